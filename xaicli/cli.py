@@ -1,0 +1,221 @@
+"""The ``xai`` command. The only place that prints, shows progress and chooses exit codes.
+
+TensorFlow is imported only inside the commands that need a model, so ``xai --help`` and
+``xai methods`` start instantly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+import traceback
+import warnings
+from pathlib import Path
+from typing import Callable, Iterator
+
+import click
+
+from . import __version__
+from .config import AUTO, RunConfig, default_workers, parse_methods, parse_size
+from .errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, XaiError
+from .explainers import REGISTRY
+from .images import DEFAULT_MAX_PIXELS, PRESET_HELP, discover
+from .render import COLORMAPS
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="xai")
+def main() -> None:
+    """xai: batch heatmaps that show where a Keras image classifier looked.
+
+    \b
+    Quick start:
+      xai run model.keras images/ -o out/
+      xai layers model.keras
+      xai methods
+    """
+
+
+def _debug_option(func: Callable) -> Callable:
+    return click.option("--debug", is_flag=True, help="Show TensorFlow's log and full tracebacks.")(func)
+
+
+def _input_size_option(func: Callable) -> Callable:
+    return click.option(
+        "--input-size", metavar="HxW", callback=lambda _c, _p, v: parse_size(v) if v else None,
+        help="Image size fed to the model (height x width); needed when the model accepts any size.",
+    )(func)
+
+
+def _layer_regex_option(func: Callable) -> Callable:
+    return click.option(
+        "--layer-regex", default="conv", show_default=True, metavar="REGEX",
+        help="Layer names (case-insensitive) that count as candidates besides convolution layers.",
+    )(func)
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Output folder; overlays mirror the input tree, plus predictions.csv.")
+@click.option("-m", "--method", "methods", default="gradcam", show_default=True, metavar="NAMES",
+              help=f"Explanation method(s), comma-separated: {', '.join(REGISTRY)} (see `xai methods`).")
+@click.option("--layer", default=AUTO, show_default=True, metavar="auto|NAME|PATH|INDEX",
+              help="Target layer: auto (last convolutional), a name, a nested path 'base/conv5', "
+                   "or an index among the candidates (-1 = last); see `xai layers`.")
+@_layer_regex_option
+@click.option("--class", "target_class", metavar="INDEX|LABEL",
+              help="Class to explain for every image (default: each image's top-1 class).")
+@click.option("--labels", type=click.Path(dir_okay=False, path_type=Path),
+              help="Class names: a text file with one per line, or a JSON list or index->name object.")
+@click.option("-b", "--batch-size", type=int, default=32, show_default=True,
+              help="Images per forward/backward pass.")
+@click.option("--preprocess", type=click.Choice([AUTO, *PRESET_HELP]), default=AUTO, show_default=True,
+              help="Pixel scaling: auto (0..255 if the model has a Rescaling/Normalization layer, "
+                   "else 0..1); " + "; ".join(f"{k}: {v}" for k, v in PRESET_HELP.items()) + ".")
+@_input_size_option
+@click.option("--alpha", type=float, default=0.4, show_default=True,
+              help="Heatmap opacity over the image, 0 (image only) to 1 (heatmap only).")
+@click.option("--colormap", type=click.Choice(list(COLORMAPS)), default="jet", show_default=True,
+              help="Colormap for the heatmap.")
+@click.option("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, show_default=True,
+              help="Refuse images larger than this many pixels (decompression-bomb guard).")
+@click.option("--workers", type=int, default=default_workers, show_default="CPU count, 2..8",
+              help="Threads that decode images and write PNGs.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line.")
+@_debug_option
+def run(model: Path, inputs: tuple[Path, ...], out_dir: Path, methods: str, layer: str, layer_regex: str,
+        target_class: str | None, labels: Path | None, batch_size: int, preprocess: str,
+        input_size: tuple[int, int] | None, alpha: float, colormap: str, max_pixels: int,
+        workers: int, quiet: bool, debug: bool) -> None:
+    """Explain every image in INPUTS (files or folders, searched recursively) with MODEL.
+
+    Writes OUT/<relative path>.<method>.png per image and method, and OUT/predictions.csv.
+    Exit status: 0 all images explained, 1 some images failed (see the status column),
+    2 bad usage or a model that cannot be used.
+    """
+    with _errors_reported(debug):
+        config = RunConfig(
+            model=model, inputs=inputs, out_dir=out_dir, methods=parse_methods(methods), layer=layer,
+            layer_regex=layer_regex, target_class=target_class, batch_size=batch_size, alpha=alpha,
+            colormap=colormap, preprocess=preprocess, input_size=input_size, labels=labels,
+            max_pixels=max_pixels, workers=workers,
+        )
+        items = discover(config.inputs, exclude=[config.out_dir])
+        if not items:
+            raise XaiError(f"no images found in {', '.join(map(str, inputs))} "
+                           "(looked for .jpg .jpeg .png .bmp .gif .tif .tiff .webp)")
+        pipeline = _engine(debug).pipeline
+        prepared = pipeline.prepare(config)
+        say = (lambda _m: None) if quiet else (lambda m: click.echo(f"xai: {m}", err=True))
+        say(f"{len(items)} images; layer {prepared.layer.path} ({prepared.layer.type_name}, "
+            f"{'auto' if config.layer == AUTO else 'chosen'}); preprocess {prepared.preprocess} "
+            f"({prepared.preprocess_reason})")
+        started = time.monotonic()
+        failed = _explain_with_progress(pipeline.run(prepared, items), len(items), quiet)
+        elapsed = time.monotonic() - started
+        say(f"{len(items) - failed} of {len(items)} images explained, {failed} failed, in "
+            f"{elapsed:.1f} s ({len(items) / max(elapsed, 1e-9):.1f} img/s); outputs in {config.out_dir}"
+            + (f" (see status=error rows in {config.out_dir / 'predictions.csv'})" if failed else ""))
+    sys.exit(EXIT_SOME_FAILED if failed else EXIT_OK)
+
+
+def _explain_with_progress(results: Iterator, total: int, quiet: bool) -> int:
+    from tqdm import tqdm
+
+    failed = 0
+    with tqdm(total=total, unit="img", file=sys.stderr, disable=quiet, dynamic_ncols=True) as bar:
+        for result in results:
+            failed += not result.ok
+            bar.update(1)
+    return failed
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("model", type=click.Path(path_type=Path))
+@_layer_regex_option
+@_input_size_option
+@click.option("--all", "show_all", is_flag=True, help="List every layer, not only the candidates.")
+@_debug_option
+def layers(model: Path, layer_regex: str, input_size: tuple[int, int] | None, show_all: bool, debug: bool) -> None:
+    """List MODEL's candidate target layers; '*' marks the one `--layer auto` picks."""
+    with _errors_reported(debug):
+        models = _engine(debug).models
+        info = models.inspect_model(models.load_model(model), input_size)
+        candidates = models.candidate_layers(info, layer_regex)
+        picked = candidates[-1].path if candidates else None
+        index = {layer.path: i for i, layer in enumerate(candidates)}
+        shown = info.layers if show_all else candidates
+        width = max([len(l.path) for l in shown] + [4])
+        click.echo(f"  {'idx':>4}  {'path':<{width}}  {'type':<22}  output shape")
+        for layer in shown:
+            mark = "*" if layer.path == picked else " "
+            idx = str(index[layer.path]) if layer.path in index else ""
+            shape = "(multiple)" if layer.output_shape is None else str(layer.output_shape)
+            click.echo(f"{mark} {idx:>4}  {layer.path:<{width}}  {layer.type_name:<22}  {shape}")
+        if not candidates:
+            click.echo(f"no candidate layers (4-D feature maps whose type is a convolution or whose name "
+                       f"matches /{layer_regex}/); try --all and pass one with --layer", err=True)
+    sys.exit(EXIT_OK)
+
+
+@main.command(context_settings=CONTEXT)
+def methods() -> None:
+    """List the explanation methods: name, family, what it computes, and its paper."""
+    width = max(len(name) for name in REGISTRY)
+    for spec in REGISTRY.values():
+        click.echo(f"{spec.name:<{width}}  [{spec.family}]  {spec.summary}")
+        click.echo(f"{'':<{width}}  {spec.paper}")
+
+
+@contextlib.contextmanager
+def _errors_reported(debug: bool) -> Iterator[None]:
+    """Turn a project error into one line on stderr and exit status 2."""
+    try:
+        with warnings.catch_warnings():
+            if not debug:
+                warnings.simplefilter("ignore")
+            yield
+    except XaiError as exc:
+        if debug:
+            traceback.print_exc()
+        click.echo(f"xai: error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+
+
+class _Engine:
+    """The TensorFlow-backed modules, imported on first use."""
+
+    def __init__(self) -> None:
+        from . import models, pipeline
+
+        self.models = models
+        self.pipeline = pipeline
+
+
+def _engine(debug: bool) -> _Engine:
+    if not debug:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        with _stderr_silenced():
+            import tensorflow  # noqa: F401  (its C++ start-up lines go to the silenced stderr)
+    return _Engine()
+
+
+@contextlib.contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    """Point file descriptor 2 at /dev/null: TensorFlow's C++ logger writes there directly,
+    before any Python or environment setting can stop it."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)

@@ -1,0 +1,119 @@
+"""Run configuration, validated once, and the small parsers the command line shares with it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UsageError
+from .explainers import REGISTRY
+from .images import COLOUR_ONLY_PRESETS, DEFAULT_MAX_PIXELS, PRESETS
+from .render import COLORMAPS
+
+AUTO = "auto"
+
+
+def default_workers() -> int:
+    """Decode/encode threads: enough to keep the model fed on small machines, at most 8."""
+    return max(2, min(8, os.cpu_count() or 2))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one ``xai run`` needs. Build it with keyword arguments; it checks itself."""
+
+    model: Path
+    inputs: tuple[Path, ...]
+    out_dir: Path
+    methods: tuple[str, ...] = ("gradcam",)
+    layer: str = AUTO
+    layer_regex: str = "conv"
+    target_class: str | None = None  # index or label name; None = each image's top class
+    batch_size: int = 32
+    alpha: float = 0.4
+    colormap: str = "jet"
+    preprocess: str = AUTO
+    input_size: tuple[int, int] | None = None
+    labels: Path | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    workers: int = 2
+
+    def __post_init__(self) -> None:
+        if not self.inputs:
+            raise UsageError("no inputs: give image files or folders after the model")
+        unknown = [m for m in self.methods if m not in REGISTRY]
+        if unknown or not self.methods:
+            raise UsageError(f"unknown method {unknown[0] if unknown else '(empty)'!r}; choose from {', '.join(REGISTRY)}")
+        if len(set(self.methods)) != len(self.methods):
+            raise UsageError(f"--method lists a method twice: {','.join(self.methods)}")
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise UsageError(f"--alpha must be between 0 and 1, got {self.alpha}")
+        if self.colormap not in COLORMAPS:
+            raise UsageError(f"unknown colormap {self.colormap!r}; choose from {', '.join(COLORMAPS)}")
+        if self.preprocess != AUTO and self.preprocess not in PRESETS:
+            raise UsageError(f"unknown preprocessing {self.preprocess!r}; choose from auto, {', '.join(PRESETS)}")
+        if self.workers < 1:
+            raise UsageError(f"--workers must be at least 1, got {self.workers}")
+        if self.max_pixels < 1:
+            raise UsageError(f"--max-pixels must be at least 1, got {self.max_pixels}")
+
+
+def parse_methods(text: str) -> tuple[str, ...]:
+    """'gradcam, gradcam++' -> ('gradcam', 'gradcam++')."""
+    return tuple(part.strip().lower() for part in text.split(",") if part.strip())
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'224x160' (height x width) -> (224, 160)."""
+    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
+    if not match or min(int(match[1]), int(match[2])) < 1:
+        raise UsageError(f"--input-size {text!r}: give HEIGHTxWIDTH in pixels, e.g. 224x224")
+    return int(match[1]), int(match[2])
+
+
+def load_labels(path: Path) -> tuple[str, ...]:
+    """Class names from a text file (one per line), a JSON list, or a JSON object
+    mapping index to name (``{"0": "cat"}``; missing indices become their number)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read labels file {path}: {exc}") from None
+    if path.suffix.lower() != ".json":
+        return tuple(line.strip() for line in text.splitlines() if line.strip())
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"labels file {path} is not valid JSON: {exc}") from None
+    if isinstance(data, list):
+        return tuple(str(name) for name in data)
+    if isinstance(data, dict) and all(str(k).isdigit() for k in data):
+        names = {int(k): str(v) for k, v in data.items()}
+        return tuple(names.get(i, str(i)) for i in range(max(names, default=-1) + 1))
+    raise UsageError(f"labels file {path}: expected a list of names or an object of index -> name")
+
+
+def resolve_class(spec: str | None, labels: tuple[str, ...], num_classes: int) -> int | None:
+    """Turn ``--class`` (an index or a label name) into an index in [0, num_classes)."""
+    if spec is None:
+        return None
+    if spec.lstrip("-").isdigit():
+        index = int(spec)
+    elif spec in labels:
+        index = labels.index(spec)
+    else:
+        known = f"; labels: {', '.join(labels[:10])}" if labels else "; give an index or pass --labels"
+        raise UsageError(f"--class {spec!r} is not a class index or a known label{known}")
+    if not 0 <= index < num_classes:
+        raise UsageError(f"--class {index} is out of range: the model has {num_classes} classes (0..{num_classes - 1})")
+    return index
+
+
+def check_preset_channels(preset: str, channels: int) -> None:
+    """torch/caffe presets carry per-RGB-channel constants; they do not fit grayscale models."""
+    if preset in COLOUR_ONLY_PRESETS and channels != 3:
+        raise UsageError(f"--preprocess {preset} needs an RGB model; this model takes {channels} channel(s)")

@@ -1,0 +1,38 @@
+"""Errors that carry a message a person can act on.
+
+Library code raises these; only ``cli.py`` prints them and chooses the exit code.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_SOME_FAILED = 1
+EXIT_USAGE = 2
+
+
+class XaiError(Exception):
+    """Base class: ``str(error)`` is one line that says what went wrong and what to do."""
+
+    exit_code = EXIT_USAGE
+
+
+class UsageError(XaiError):
+    """A bad option value or combination of options."""
+
+
+class ModelError(XaiError):
+    """The model file cannot be loaded or cannot be explained as asked."""
+
+
+class LayerError(ModelError):
+    """The requested target layer does not exist or has the wrong kind of output."""
+
+
+class ImageError(XaiError):
+    """One input image cannot be used; becomes an error row, never stops the run."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type name when it has none."""
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]

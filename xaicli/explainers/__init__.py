@@ -1,0 +1,43 @@
+"""The one registry of explanation methods.
+
+Importing this package does not import TensorFlow: each entry names its implementation as
+``"module:function"`` and it is loaded only when a run needs it, so ``xai --help`` and
+``xai methods`` stay instant. ``--method`` choices, ``xai methods`` and the tests that run
+over every method all read ``REGISTRY``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One explanation method: what users see, and where its code lives."""
+
+    name: str
+    family: str  # 'cam': a map over a convolutional layer from its activations and gradients
+    summary: str
+    paper: str
+    implementation: str  # "module:function", imported lazily
+
+    def load(self) -> Any:
+        """Import and return the implementing function."""
+        module, _, function = self.implementation.partition(":")
+        return getattr(importlib.import_module(module), function)
+
+
+REGISTRY: dict[str, MethodSpec] = {
+    spec.name: spec
+    for spec in (
+        MethodSpec(
+            name="gradcam",
+            family="cam",
+            summary="channel weights = spatial mean of the class-score gradient; ReLU of the weighted sum",
+            paper="Selvaraju et al. 2017, Grad-CAM, ICCV, arXiv:1610.02391",
+            implementation="xaicli.explainers.cam:gradcam",
+        ),
+    )
+}

@@ -1,0 +1,105 @@
+"""Class activation maps from one forward and one backward pass per batch.
+
+The shared part lives here once: run the probe under a gradient tape, pick each image's class,
+take the gradient of that class's pre-activation score with respect to the target layer, apply
+each method's combination, ReLU. A CAM method only supplies ``combine(activations, gradients)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from ..models import ModelInfo, class_scores
+from ..render import normalize_maps
+
+Combine = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
+TOP_CLASS = -1  # requested class meaning "the top-scoring class of this image"
+
+
+def gradcam(activations: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor:
+    """Grad-CAM (Selvaraju et al. 2017) before the ReLU.
+
+    ``alpha_k = mean_ij dy_c/dA_ijk`` and ``map_ij = sum_k alpha_k A_ijk``.
+
+    Args:
+        activations, gradients: (N, h, w, k) float32.
+
+    Returns:
+        (N, h, w) float32, unnormalized.
+    """
+    weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
+    return tf.reduce_sum(weights * activations, axis=-1)
+
+
+@dataclass(frozen=True)
+class BatchExplanation:
+    """What one batch gives.
+
+    probabilities, scores: (n, classes) float32; classes: (n,) int explained class per image;
+    maps: method name -> (n, h, w) float32 in [0, 1].
+    """
+
+    probabilities: np.ndarray
+    scores: np.ndarray
+    classes: np.ndarray
+    maps: dict[str, np.ndarray]
+
+
+class CamExplainer:
+    """Explains fixed-size batches with one compiled step shared by all requested CAM methods.
+
+    Batches smaller than ``batch_size`` are padded, so the step is traced once.
+    """
+
+    def __init__(self, probe: keras.Model, info: ModelInfo, combiners: dict[str, Combine], batch_size: int):
+        self._probe = probe
+        self._info = info
+        self._combiners = combiners
+        self.batch_size = batch_size
+        height, width = info.input_size
+        self._step = tf.function(
+            self._compute,
+            input_signature=[
+                tf.TensorSpec((batch_size, height, width, info.channels), tf.float32),
+                tf.TensorSpec((batch_size,), tf.int32),
+            ],
+            reduce_retracing=True,
+        )
+
+    def _compute(self, images: tf.Tensor, requested: tf.Tensor):
+        with tf.GradientTape() as tape:
+            outputs = self._probe(images, training=False)
+            activations = tf.cast(outputs["activations"], tf.float32)
+            scores, probabilities = class_scores(tf.cast(outputs["logits"], tf.float32), self._info)
+            top = tf.argmax(scores, axis=-1, output_type=tf.int32)
+            classes = tf.where(requested == TOP_CLASS, top, requested)
+            explained = tf.gather(scores, classes, batch_dims=1)
+        # Images in a batch are independent at inference, so the gradient of the summed scores
+        # is each image's own gradient.
+        gradients = tape.gradient(explained, activations)
+        maps = {name: tf.nn.relu(combine(activations, gradients)) for name, combine in self._combiners.items()}
+        return probabilities, scores, classes, maps
+
+    def explain(self, images: np.ndarray, requested: np.ndarray) -> BatchExplanation:
+        """Explain up to ``batch_size`` images.
+
+        Args:
+            images: (n, H, W, C) float32 preprocessed model inputs, n <= batch_size.
+            requested: (n,) int class per image, or ``TOP_CLASS``.
+        """
+        count = len(images)
+        padding = self.batch_size - count
+        batch = np.concatenate([images, np.zeros((padding, *images.shape[1:]), np.float32)])
+        wanted = np.concatenate([requested, np.full(padding, TOP_CLASS)]).astype(np.int32)
+        probabilities, scores, classes, maps = self._step(tf.constant(batch), tf.constant(wanted))
+        return BatchExplanation(
+            probabilities=probabilities.numpy()[:count],
+            scores=scores.numpy()[:count],
+            classes=classes.numpy()[:count],
+            maps={name: normalize_maps(m.numpy()[:count]) for name, m in maps.items()},
+        )

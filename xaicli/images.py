@@ -1,0 +1,168 @@
+"""Find image files, decode them to RGB, and turn them into model inputs (numpy and Pillow only)."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageError, UsageError, first_line
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold
+
+
+@dataclass(frozen=True)
+class InputImage:
+    """One image to explain: where it is, and where it sits in the mirrored output tree."""
+
+    path: Path
+    relative: PurePosixPath
+
+
+def is_image_name(name: str) -> bool:
+    """True when the file name ends with a supported image suffix (any letter case)."""
+    return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
+
+
+def discover(inputs: Sequence[Path], exclude: Iterable[Path] = ()) -> list[InputImage]:
+    """List the images named by ``inputs``: files as given, folders searched recursively.
+
+    Relative paths are taken from the deepest folder that holds every input, so a single
+    folder mirrors its own tree and several inputs never collide. Folders in ``exclude``
+    (e.g. the output folder inside the input tree) are not entered. Symlinked folders are not
+    followed, so link loops cannot trap the walk.
+
+    Returns:
+        Images sorted by relative path, each once.
+    """
+    missing = [str(p) for p in inputs if not p.exists()]
+    if missing:
+        raise UsageError(f"input not found: {missing[0]} (give image files or folders)")
+    base = Path(os.path.commonpath([_absolute(p) if p.is_dir() else _absolute(p).parent for p in inputs]))
+    excluded = {p.resolve() for p in exclude}
+    found: dict[PurePosixPath, Path] = {}
+    for root in inputs:
+        files = _walk_images(root, excluded) if root.is_dir() else [root]
+        for path in files:
+            relative = PurePosixPath(_absolute(path).relative_to(base).as_posix())
+            found.setdefault(relative, path)
+    return [InputImage(found[rel], rel) for rel in sorted(found, key=str)]
+
+
+def _absolute(path: Path) -> Path:
+    """Absolute and with '..' folded, without resolving symlinks (they name the tree we mirror)."""
+    return Path(os.path.abspath(path))
+
+
+def _walk_images(folder: Path, excluded: set[Path]) -> Iterable[Path]:
+    for directory, subdirs, names in os.walk(folder):
+        subdirs[:] = [d for d in subdirs if Path(directory, d).resolve() not in excluded]
+        yield from (Path(directory, n) for n in names if is_image_name(n))
+
+
+def load_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode the first frame of an image file, upright (EXIF orientation applied), as RGB.
+
+    Returns:
+        (H, W, 3) uint8.
+
+    Raises:
+        ImageError: with a one-line reason when the file cannot be used.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                if img.width * img.height > max_pixels:
+                    raise ImageError(
+                        f"image is {img.width}x{img.height} pixels, over the limit of {max_pixels}"
+                    )
+                img.seek(0)
+                img.load()
+                return _to_rgb(ImageOps.exif_transpose(img))
+    except ImageError:
+        raise
+    except FileNotFoundError:
+        raise ImageError("file not found (a broken link or removed during the run)") from None
+    except PermissionError:
+        raise ImageError("permission denied: the file is not readable") from None
+    except UnidentifiedImageError:
+        raise ImageError("not a readable image: the file is empty or not an image format") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(f"image is over the pixel limit of {max_pixels}") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageError(f"cannot decode image: {first_line(exc)}") from None
+
+
+def _to_rgb(img: Image.Image) -> np.ndarray:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        return np.repeat(_high_depth_to_8bit(np.asarray(img))[:, :, None], 3, axis=2)
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA")
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def _high_depth_to_8bit(values: np.ndarray) -> np.ndarray:
+    """16-bit and float grayscale to 0..255: integers by the 16-bit range, floats by [0, 1]."""
+    if np.issubdtype(values.dtype, np.floating):
+        finite = np.nan_to_num(values.astype(np.float64))
+        scale = 255.0 if finite.max(initial=0.0) <= 1.0 else 1.0
+        return np.clip(np.rint(finite * scale), 0, 255).astype(np.uint8)
+    return np.clip(np.rint(values.astype(np.float64) / 257.0), 0, 255).astype(np.uint8)
+
+
+def _scale(offset: Sequence[float], divisor: Sequence[float]) -> Callable[[np.ndarray], np.ndarray]:
+    off = np.asarray(offset, dtype=np.float32)
+    div = np.asarray(divisor, dtype=np.float32)
+    return lambda pixels: (pixels - off) / div
+
+
+_IMAGENET_MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+_IMAGENET_STD_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+PRESETS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "none": _scale([0.0], [1.0]),
+    "unit": _scale([0.0], [255.0]),
+    "symmetric": _scale([127.5], [127.5]),
+    "torch": _scale(_IMAGENET_MEAN_RGB, _IMAGENET_STD_RGB),
+    "caffe": lambda pixels: pixels[..., ::-1] - np.asarray(_CAFFE_MEAN_BGR, dtype=np.float32),
+}
+PRESET_HELP = {
+    "none": "pixels 0..255 as they are (the model rescales inside)",
+    "unit": "pixels / 255, range 0..1",
+    "symmetric": "pixels / 127.5 - 1, range -1..1 (MobileNet, Inception, EfficientNetV2 style)",
+    "torch": "0..1 then ImageNet mean/std per RGB channel",
+    "caffe": "RGB to BGR, then ImageNet mean subtracted (ResNet50, VGG style)",
+}
+COLOUR_ONLY_PRESETS = frozenset({"torch", "caffe"})
+
+
+def to_model_input(
+    image: np.ndarray, size: tuple[int, int], channels: int, preset: str
+) -> np.ndarray:
+    """Resize (stretch, bilinear) and preprocess one image for the model.
+
+    Args:
+        image: (H, W, 3) uint8 RGB.
+        size: model (height, width).
+        channels: 1 (converted to luma) or 3.
+        preset: a key of ``PRESETS``.
+
+    Returns:
+        (height, width, channels) float32.
+    """
+    height, width = size
+    pil = Image.fromarray(image)
+    if channels == 1:
+        pil = pil.convert("L")
+    pixels = np.asarray(pil.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
+    if channels == 1:
+        pixels = pixels[:, :, None]
+    return np.ascontiguousarray(PRESETS[preset](pixels), dtype=np.float32)

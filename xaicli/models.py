@@ -1,0 +1,358 @@
+"""Load Keras models, find their layers (nested sub-models included), and build the probe.
+
+The probe is a Functional model that, from one call, returns the target layer's activations
+and the pre-activation logits of the model's output. It is built by re-threading the user's
+layers through a new ``keras.Input``: calling ``keras.Model(m.inputs, inner_layer.output)``
+fails or gives ``None`` gradients for reloaded Sequential models and nested sub-models, while
+re-threading works for both (see DESIGN.md). Each nested Functional model is re-threaded on
+a fresh input of its own and wrapped as a sub-model whose extra outputs are the tapped
+tensors, so those taps stay connected to the outer input.
+
+Weights are shared with the loaded model, never copied, except for the small linear twin of
+an output layer that has its softmax/sigmoid built in.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable
+
+import keras
+import tensorflow as tf
+from keras.src.models.functional import Functional
+
+from .errors import LayerError, ModelError, UsageError, first_line
+
+MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
+CONVOLUTIONS = (
+    keras.layers.Conv2D,
+    keras.layers.Conv2DTranspose,
+    keras.layers.DepthwiseConv2D,
+    keras.layers.SeparableConv2D,
+)
+PREPROCESSING_LAYERS = (keras.layers.Rescaling, keras.layers.Normalization)
+SQUASHING = ("softmax", "sigmoid")
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One layer of the model tree. ``path`` joins nested model names with '/'."""
+
+    path: str
+    type_name: str
+    output_shape: tuple[int | None, ...] | None  # None when the layer has several outputs
+    is_convolution: bool
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+    @property
+    def is_feature_map(self) -> bool:
+        """A 4-D (N, H, W, C) output with more than one spatial position."""
+        shape = self.output_shape
+        if shape is None or len(shape) != 4:
+            return False
+        height, width = (d if d is not None else 2 for d in shape[1:3])
+        return height * width > 1
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the rest of the tool needs to know about a loaded model."""
+
+    input_size: tuple[int, int]  # (height, width) fed to the model
+    channels: int
+    layers: tuple[LayerInfo, ...]  # in execution order, inner layers before their model
+    head_path: str  # the layer that produces the explained output
+    final_activation: str  # 'softmax', 'sigmoid' or 'linear'
+    units: int  # width of the output (logits)
+    preprocessing: tuple[str, ...]  # paths of Rescaling/Normalization layers inside
+
+    @property
+    def num_classes(self) -> int:
+        """Classes a user can ask for; a one-unit sigmoid has two (0 = negative, 1 = positive)."""
+        return 2 if self.is_binary_sigmoid else self.units
+
+    @property
+    def is_binary_sigmoid(self) -> bool:
+        return self.final_activation == "sigmoid" and self.units == 1
+
+
+def load_model(path: Path) -> keras.Model:
+    """Load a ``.keras`` or ``.h5`` file (Keras 2 or 3) without compiling, in safe mode."""
+    if not path.exists():
+        raise ModelError(f"model file not found: {path}")
+    if path.is_dir():
+        raise ModelError(
+            f"{path} is a folder (a SavedModel?); only .keras and .h5 files are supported: "
+            "re-save the model with model.save('model.keras')"
+        )
+    if path.suffix.lower() not in MODEL_SUFFIXES:
+        raise ModelError(f"{path}: unsupported model format; give a .keras or .h5 file")
+    try:
+        model = keras.models.load_model(path, compile=False, safe_mode=True)
+    except Exception as exc:  # Keras raises many types for a bad file; all mean the same here
+        raise ModelError(f"cannot load model {path}: {first_line(exc)}") from exc
+    if not isinstance(model, (keras.Sequential, Functional)):
+        raise ModelError(
+            f"{path} holds a subclassed model ({type(model).__name__}); "
+            "save it as a Functional or Sequential model to explain it"
+        )
+    return model
+
+
+def inspect_model(model: keras.Model, input_size: tuple[int, int] | None = None) -> ModelInfo:
+    """Trace the model once, symbolically, and describe its input, layers and output.
+
+    Args:
+        input_size: (height, width) for models whose input size is not fixed.
+    """
+    size, channels = _input_geometry(model, input_size)
+    traced = _trace(model, size, channels, _Plan(record=lambda _path: True))
+    layers = tuple(
+        LayerInfo(path, type(layer).__name__, _shape(traced.records.get(path)),
+                  isinstance(layer, CONVOLUTIONS))
+        for path, layer in traced.layers.items()
+    )
+    head_path = traced.heads[0]
+    head = traced.layers[head_path]
+    return ModelInfo(
+        input_size=size,
+        channels=channels,
+        layers=layers,
+        head_path=head_path,
+        final_activation=final_activation(head),
+        units=int(traced.outputs[0].shape[-1]),
+        preprocessing=tuple(p for p, l in traced.layers.items() if isinstance(l, PREPROCESSING_LAYERS)),
+    )
+
+
+def final_activation(layer: keras.layers.Layer) -> str:
+    """'softmax' or 'sigmoid' when ``layer`` squashes its output that way, else 'linear'."""
+    if isinstance(layer, keras.layers.Softmax):
+        return "softmax"
+    name = getattr(getattr(layer, "activation", None), "__name__", "linear")
+    return name if name in SQUASHING else "linear"
+
+
+def candidate_layers(info: ModelInfo, name_regex: str) -> list[LayerInfo]:
+    """Feature-map layers whose name matches ``name_regex`` (case-insensitive) or whose type
+    is a convolution, in execution order."""
+    pattern = compile_layer_regex(name_regex)
+    return [
+        layer for layer in info.layers
+        if layer.is_feature_map and (layer.is_convolution or pattern.search(layer.name))
+    ]
+
+
+def compile_layer_regex(name_regex: str) -> re.Pattern[str]:
+    try:
+        return re.compile(name_regex, re.IGNORECASE)
+    except re.error as exc:
+        raise UsageError(f"--layer-regex {name_regex!r} is not a valid regular expression: {exc}")
+
+
+def resolve_layer(info: ModelInfo, spec: str, name_regex: str) -> LayerInfo:
+    """Pick the target layer: 'auto' (last candidate), an index among candidates ('-1'),
+    a path ('base/conv5'), or a unique layer name."""
+    candidates = candidate_layers(info, name_regex)
+    if spec == "auto":
+        if not candidates:
+            raise LayerError(
+                f"no convolutional layer found (a 4-D feature map whose name matches "
+                f"/{name_regex}/ or whose type is a convolution); feature-map layers: "
+                f"{_list([l.path for l in info.layers if l.is_feature_map])}; choose one with --layer"
+            )
+        return candidates[-1]
+    if re.fullmatch(r"-?\d+", spec):
+        index = int(spec)
+        if not -len(candidates) <= index < len(candidates):
+            raise LayerError(
+                f"--layer {spec}: there are {len(candidates)} candidate layers "
+                f"({_list([l.path for l in candidates])}); use an index from "
+                f"{-len(candidates)} to {len(candidates) - 1}"
+            )
+        return candidates[index]
+    matches = [l for l in info.layers if l.path == spec] or [l for l in info.layers if l.name == spec]
+    if not matches:
+        raise LayerError(
+            f"layer {spec!r} not found; candidates: {_list([l.path for l in candidates])} "
+            "(see `xai layers MODEL`)"
+        )
+    if len(matches) > 1:
+        raise LayerError(f"layer name {spec!r} is ambiguous: {_list([l.path for l in matches])}; give the path")
+    layer = matches[0]
+    if not layer.is_feature_map:
+        raise LayerError(
+            f"layer {layer.path!r} outputs {layer.output_shape}, not a 4-D feature map "
+            f"(N, H, W, C) with H*W > 1; candidates: {_list([l.path for l in candidates])}"
+        )
+    return layer
+
+
+def build_probe(model: keras.Model, info: ModelInfo, layer_path: str | None) -> keras.Model:
+    """A model mapping a (N, H, W, C) float32 batch to ``{"logits": (N, units)}`` plus, when
+    ``layer_path`` is given, ``"activations": (N, h, w, k)`` of that layer."""
+    plan = _Plan(record=lambda path: path == layer_path, logits_of=info.head_path)
+    traced = _trace(model, info.input_size, info.channels, plan)
+    outputs = {"logits": traced.logits}
+    if layer_path is not None:
+        outputs["activations"] = traced.records[layer_path]
+    return keras.Model(traced.inputs, outputs)
+
+
+def class_scores(logits: tf.Tensor, info: ModelInfo) -> tuple[tf.Tensor, tf.Tensor]:
+    """Per-class scores to explain and probabilities to report.
+
+    Args:
+        logits: (N, units) pre-activation outputs.
+
+    Returns:
+        (scores, probabilities), both (N, num_classes). A one-unit sigmoid becomes two
+        classes: score (-z, z), probability (1 - s, s). Softmax and linear heads report
+        softmax probabilities; multi-label sigmoid heads report per-label sigmoids.
+    """
+    if info.is_binary_sigmoid:
+        scores = tf.concat([-logits, logits], axis=-1)
+        return scores, tf.sigmoid(scores)
+    if info.final_activation == "sigmoid":
+        return logits, tf.sigmoid(logits)
+    return logits, tf.nn.softmax(logits, axis=-1)
+
+
+# --- re-threading -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Plan:
+    record: Callable[[str], bool]  # which layer outputs to keep, by path
+    logits_of: str | None = None  # path of the layer whose pre-activation output is wanted
+
+
+@dataclass
+class _Level:
+    """What one model level's re-threading collected."""
+
+    records: dict[str, Any] = field(default_factory=dict)
+    layers: dict[str, keras.layers.Layer] = field(default_factory=dict)
+    producer: dict[int, str] = field(default_factory=dict)  # id(tensor) -> innermost layer path
+    logits: Any = None
+
+
+@dataclass(frozen=True)
+class _Traced:
+    inputs: Any
+    outputs: list[Any]
+    heads: list[str]  # per output, the path of the innermost layer that produced it
+    records: dict[str, Any]
+    layers: dict[str, keras.layers.Layer]
+    logits: Any
+
+
+def _trace(model: keras.Model, size: tuple[int, int], channels: int, plan: _Plan) -> _Traced:
+    inputs = keras.Input(batch_shape=(None, *size, channels), dtype="float32")
+    level = _Level()
+    outputs = _thread(model, inputs, "", plan, level)
+    heads = [level.producer[id(o)] for o in outputs]
+    return _Traced(inputs, outputs, heads, level.records, level.layers, level.logits)
+
+
+def _thread(model: keras.Model, x: Any, prefix: str, plan: _Plan, level: _Level) -> list[Any]:
+    """Run ``model``'s layers on ``x``, recording into ``level``; returns the output tensors."""
+    if isinstance(model, keras.Sequential):
+        for layer in model.layers:
+            x = _call(layer, x, prefix=prefix, plan=plan, level=level)
+        return [x]
+    fresh = keras.Input(batch_shape=tuple(x.shape), dtype=x.dtype)
+    inner = _Level()
+    clone = keras.models.clone_model(
+        model, input_tensors=fresh, clone_function=lambda layer: layer,
+        call_function=partial(_call, prefix=prefix, plan=plan, level=inner),
+    )
+    taps = list(inner.records)
+    exported = [*clone.outputs, *(inner.records[t] for t in taps)]
+    if inner.logits is not None:
+        exported.append(inner.logits)
+    results = keras.Model(fresh, exported)(x)
+    outputs, tapped = results[: len(clone.outputs)], results[len(clone.outputs):]
+    level.records.update(zip(taps, tapped))
+    if inner.logits is not None:
+        level.logits = tapped[-1]
+    level.layers.update(inner.layers)
+    for inner_out, outer_out in zip(clone.outputs, outputs):
+        level.producer[id(outer_out)] = inner.producer[id(inner_out)]
+    return list(outputs)
+
+
+def _call(layer: keras.layers.Layer, *args: Any, prefix: str, plan: _Plan, level: _Level, **kwargs: Any) -> Any:
+    path = prefix + layer.name
+    if isinstance(layer, (keras.Sequential, Functional)):
+        outputs = _thread(layer, args[0], path + "/", plan, level)
+        out = outputs[0] if len(outputs) == 1 else outputs
+    else:
+        out = layer(*args, **kwargs)
+        for tensor in keras.tree.flatten(out):
+            level.producer[id(tensor)] = path
+        if path == plan.logits_of:
+            level.logits = _pre_activation(layer, args, kwargs, out)
+    level.layers[path] = layer
+    if plan.record(path):
+        level.records[path] = out
+    return out
+
+
+def _pre_activation(layer: keras.layers.Layer, args: tuple, kwargs: dict, out: Any) -> Any:
+    if final_activation(layer) == "linear":
+        return out
+    if isinstance(layer, (keras.layers.Softmax, keras.layers.Activation)):
+        return args[0]
+    return _linear_twin(layer, args, kwargs)
+
+
+def _linear_twin(layer: keras.layers.Layer, args: tuple, kwargs: dict) -> Any:
+    """The same layer without its activation, sharing nothing but copied weights."""
+    config = {**layer.get_config(), "activation": "linear", "name": f"{layer.name}_logits"}
+    twin = type(layer).from_config(config)
+    out = twin(*args, **kwargs)
+    twin.set_weights(layer.get_weights())
+    return out
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def _input_geometry(model: keras.Model, input_size: tuple[int, int] | None) -> tuple[tuple[int, int], int]:
+    inputs = model.inputs
+    if len(inputs) != 1:
+        raise ModelError(f"the model has {len(inputs)} inputs; only single-image models are supported")
+    shape = tuple(inputs[0].shape)
+    if len(shape) != 4:
+        raise ModelError(f"the model input has shape {shape}; expected an image batch (N, H, W, C)")
+    channels = shape[3]
+    if channels not in (1, 3):
+        raise ModelError(f"the model expects {channels} channels; only 1 (grayscale) or 3 (RGB) are supported")
+    if input_size is not None:
+        return input_size, channels
+    if shape[1] is None or shape[2] is None:
+        raise UsageError(
+            f"the model accepts any image size (input shape {shape}); "
+            "give the size it was trained on with --input-size HxW"
+        )
+    return (int(shape[1]), int(shape[2])), int(channels)
+
+
+def _shape(tensor: Any) -> tuple[int | None, ...] | None:
+    if tensor is None or isinstance(tensor, (list, tuple, dict)):
+        return None
+    return tuple(tensor.shape)
+
+
+def _list(items: list[str], most: int = 8) -> str:
+    if not items:
+        return "(none)"
+    shown = ", ".join(items[-most:])
+    return shown if len(items) <= most else f"... {shown} ({len(items)} in all)"

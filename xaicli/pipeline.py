@@ -1,0 +1,247 @@
+"""The batch loop: decode ahead in threads, explain a batch, render and write while the next
+batch computes, append the predictions table. Yields one result per image; never prints."""
+
+from __future__ import annotations
+
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from .config import AUTO, RunConfig, check_preset_channels, load_labels, resolve_class
+from .errors import ImageError, UsageError, first_line
+from .explainers import REGISTRY
+from .explainers.cam import TOP_CLASS, BatchExplanation, CamExplainer
+from .images import InputImage, load_image, to_model_input
+from .models import LayerInfo, ModelInfo, build_probe, inspect_model, load_model, resolve_layer
+from .outputs import PREDICTIONS_NAME, PredictionsWriter, Row, overlay_path, write_png
+from .render import COLORMAPS, overlay
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A run with everything resolved: the model understood, layer and class chosen."""
+
+    config: RunConfig
+    info: ModelInfo
+    layer: LayerInfo
+    preprocess: str
+    preprocess_reason: str
+    labels: tuple[str, ...]
+    target_class: int | None
+    explainer: CamExplainer
+    lut: np.ndarray
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """The rows one image produced (one per method)."""
+
+    item: InputImage
+    rows: tuple[Row, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(row.status == "ok" for row in self.rows)
+
+
+def prepare(config: RunConfig) -> Prepared:
+    """Load and inspect the model and settle every choice before any image is read."""
+    model = load_model(config.model)
+    info = inspect_model(model, config.input_size)
+    layer = resolve_layer(info, config.layer, config.layer_regex)
+    preprocess, reason = choose_preprocessing(config.preprocess, info)
+    check_preset_channels(preprocess, info.channels)
+    labels = load_labels(config.labels) if config.labels else ()
+    if labels and len(labels) != info.num_classes:
+        raise UsageError(
+            f"labels file {config.labels} has {len(labels)} names but the model has "
+            f"{info.num_classes} classes"
+        )
+    combiners = {name: REGISTRY[name].load() for name in config.methods}
+    explainer = CamExplainer(build_probe(model, info, layer.path), info, combiners, config.batch_size)
+    return Prepared(
+        config=config,
+        info=info,
+        layer=layer,
+        preprocess=preprocess,
+        preprocess_reason=reason,
+        labels=labels,
+        target_class=resolve_class(config.target_class, labels, info.num_classes),
+        explainer=explainer,
+        lut=COLORMAPS[config.colormap](),
+    )
+
+
+def choose_preprocessing(requested: str, info: ModelInfo) -> tuple[str, str]:
+    """The preset to use and why. 'auto' feeds raw 0..255 pixels to a model that rescales
+    inside, and 0..1 otherwise (the most common training recipe)."""
+    if requested != AUTO:
+        return requested, "as requested"
+    if info.preprocessing:
+        return "none", f"the model rescales inside: {info.preprocessing[0]}"
+    return "unit", "no Rescaling/Normalization layer in the model, assuming pixels/255"
+
+
+def run(prepared: Prepared, items: Sequence[InputImage]) -> Iterator[ImageResult]:
+    """Explain ``items`` in order, writing overlays and ``predictions.csv`` under the output folder."""
+    config = prepared.config
+    try:
+        config.out_dir.mkdir(parents=True, exist_ok=True)
+        stream = open(config.out_dir / PREDICTIONS_NAME, "w", newline="", encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot write to output folder {config.out_dir}: {exc.strerror or exc}") from None
+    with stream, ThreadPoolExecutor(config.workers, thread_name_prefix="xai-io") as pool:
+        writer = PredictionsWriter(stream)
+        decoded = _read_ahead(pool, lambda item: _decode(prepared, item), items, 2 * config.batch_size)
+        pending: deque[list[_Pending]] = deque()
+        for batch in _batches(decoded, config.batch_size):
+            pending.append(_explain_batch(prepared, batch, pool))
+            # The previous batch's PNGs were encoding while this batch computed.
+            if len(pending) > 1:
+                yield from _finish(prepared, pending.popleft(), writer)
+        while pending:
+            yield from _finish(prepared, pending.popleft(), writer)
+
+
+@dataclass(frozen=True)
+class _Decoded:
+    item: InputImage
+    image: np.ndarray | None  # (H, W, 3) uint8 original
+    model_input: np.ndarray | None  # (h, w, c) float32
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class _Pending:
+    item: InputImage
+    error: str
+    explanation: BatchExplanation | None = None
+    index: int = -1
+    writes: tuple[tuple[str, Path, Future[None]], ...] = ()
+
+
+def _decode(prepared: Prepared, item: InputImage) -> _Decoded:
+    info = prepared.info
+    try:
+        image = load_image(item.path, prepared.config.max_pixels)
+        model_input = to_model_input(image, info.input_size, info.channels, prepared.preprocess)
+    except ImageError as exc:
+        return _Decoded(item, None, None, str(exc))
+    return _Decoded(item, image, model_input)
+
+
+def _read_ahead(pool: ThreadPoolExecutor, work: Callable, items: Iterable, ahead: int) -> Iterator:
+    """``map(work, items)`` on ``pool``, in order, with at most ``ahead`` items in flight."""
+    in_flight: deque[Future] = deque()
+    for item in items:
+        in_flight.append(pool.submit(work, item))
+        if len(in_flight) >= ahead:
+            yield in_flight.popleft().result()
+    while in_flight:
+        yield in_flight.popleft().result()
+
+
+def _batches(decoded: Iterator[_Decoded], size: int) -> Iterator[list[_Decoded]]:
+    batch: list[_Decoded] = []
+    for entry in decoded:
+        batch.append(entry)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _explain_batch(prepared: Prepared, batch: list[_Decoded], pool: ThreadPoolExecutor) -> list[_Pending]:
+    good = [d for d in batch if not d.error]
+    explanation, failure = None, ""
+    if good:
+        requested = np.full(len(good), TOP_CLASS if prepared.target_class is None else prepared.target_class)
+        try:
+            explanation = prepared.explainer.explain(np.stack([d.model_input for d in good]), requested)
+        except tf.errors.OpError as exc:
+            failure = f"the model failed on this batch: {first_line(exc)}"
+    position = {id(d): i for i, d in enumerate(good)}
+    return [
+        _Pending(d.item, d.error or failure)
+        if d.error or failure
+        else _schedule(prepared, d, explanation, position[id(d)], pool)
+        for d in batch
+    ]
+
+
+def _schedule(prepared: Prepared, decoded: _Decoded, explanation: BatchExplanation, index: int,
+              pool: ThreadPoolExecutor) -> _Pending:
+    if not np.all(np.isfinite(explanation.scores[index])):
+        return _Pending(decoded.item, "the model produced non-finite scores (NaN or inf) for this image")
+    config = prepared.config
+    writes = []
+    for method, maps in explanation.maps.items():
+        path = overlay_path(config.out_dir, decoded.item.relative, method)
+        future = pool.submit(_render_overlay, decoded.image, maps[index], config.alpha, prepared.lut, path)
+        writes.append((method, path, future))
+    return _Pending(decoded.item, "", explanation, index, tuple(writes))
+
+
+def _render_overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float, lut: np.ndarray, path: Path) -> None:
+    write_png(path, overlay(image, heatmap, alpha, lut))
+
+
+def _finish(prepared: Prepared, pending: list[_Pending], writer: PredictionsWriter) -> Iterator[ImageResult]:
+    results = [ImageResult(p.item, tuple(_rows(prepared, p))) for p in pending]
+    writer.write(row for result in results for row in result.rows)
+    yield from results
+
+
+def _rows(prepared: Prepared, pending: _Pending) -> Iterator[Row]:
+    if pending.error:
+        for method in prepared.config.methods:
+            yield _error_row(prepared, pending.item, method, pending.error)
+        return
+    for method, path, future in pending.writes:
+        try:
+            future.result()
+        except OSError as exc:
+            yield _error_row(prepared, pending.item, method, f"cannot write {path}: {exc.strerror or exc}")
+        else:
+            yield _ok_row(prepared, pending, method, path)
+
+
+def _ok_row(prepared: Prepared, pending: _Pending, method: str, path: Path) -> Row:
+    explanation, i = pending.explanation, pending.index
+    probabilities = explanation.probabilities[i]
+    predicted = int(np.argmax(probabilities))
+    explained = int(explanation.classes[i])
+    return Row(
+        input=str(pending.item.path),
+        status="ok",
+        error="",
+        pred_index=predicted,
+        pred_label=_label(prepared, predicted),
+        pred_prob=float(probabilities[predicted]),
+        class_index=explained,
+        class_label=_label(prepared, explained),
+        class_prob=float(probabilities[explained]),
+        class_score=float(explanation.scores[i, explained]),
+        method=method,
+        layer=prepared.layer.path,
+        output=str(path),
+    )
+
+
+def _error_row(prepared: Prepared, item: InputImage, method: str, error: str) -> Row:
+    return Row(
+        input=str(item.path), status="error", error=error,
+        pred_index=None, pred_label="", pred_prob=None,
+        class_index=None, class_label="", class_prob=None, class_score=None,
+        method=method, layer=prepared.layer.path, output="",
+    )
+
+
+def _label(prepared: Prepared, index: int) -> str:
+    return prepared.labels[index] if index < len(prepared.labels) else ""

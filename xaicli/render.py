@@ -1,0 +1,81 @@
+"""Turn heatmaps into pictures: normalize, upsample, colour, blend (numpy and Pillow only)."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+LUT_SIZE = 256
+
+
+def jet_lut() -> np.ndarray:
+    """The classic 'jet' colormap as a lookup table.
+
+    Returns:
+        (256, 3) uint8 RGB; row 0 is dark blue (low), row 255 dark red (high).
+    """
+    v = np.linspace(0.0, 1.0, LUT_SIZE)
+    # Piecewise-linear ramps of MATLAB's jet: each channel is a tent centred at 3/4, 1/2, 1/4.
+    channels = [np.clip(1.5 - np.abs(4.0 * v - centre), 0.0, 1.0) for centre in (3.0, 2.0, 1.0)]
+    return np.round(np.stack(channels, axis=1) * 255.0).astype(np.uint8)
+
+
+COLORMAPS = {"jet": jet_lut}
+
+
+def normalize_maps(raw: np.ndarray) -> np.ndarray:
+    """Min-max normalize each map of a batch on its own.
+
+    Args:
+        raw: (N, h, w) real-valued maps; NaN or infinite values count as no evidence.
+
+    Returns:
+        (N, h, w) float32 in [0, 1]. A map that is constant (e.g. no positive evidence
+        after ReLU) becomes all zeros rather than NaN.
+    """
+    maps = np.nan_to_num(np.asarray(raw, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    low = maps.min(axis=(1, 2), keepdims=True)
+    span = maps.max(axis=(1, 2), keepdims=True) - low
+    flat = span <= np.finfo(np.float32).tiny
+    scaled = (maps - low) / np.where(flat, 1.0, span)
+    return np.where(flat, 0.0, scaled).astype(np.float32)
+
+
+def upsample(heatmap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize one map as values (bilinear, pixel-centre aligned) to ``size``.
+
+    Args:
+        heatmap: (h, w) float in [0, 1].
+        size: (height, width) of the target, e.g. the original image.
+
+    Returns:
+        (height, width) float32 in [0, 1].
+    """
+    height, width = size
+    resized = Image.fromarray(np.asarray(heatmap, dtype=np.float32), mode="F").resize(
+        (width, height), Image.Resampling.BILINEAR
+    )
+    return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
+
+
+def colorize(heatmap: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """Map values in [0, 1] of shape (H, W) to (H, W, 3) uint8 colours via ``lut`` (K, 3)."""
+    index = np.rint(np.clip(heatmap, 0.0, 1.0) * (len(lut) - 1)).astype(np.intp)
+    return lut[index]
+
+
+def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float, lut: np.ndarray) -> np.ndarray:
+    """Blend a coloured heatmap over an image at the image's own size.
+
+    Args:
+        image: (H, W, 3) uint8 RGB original.
+        heatmap: (h, w) float in [0, 1], any size; upsampled to (H, W).
+        alpha: weight of the heatmap colour, in [0, 1]; 0 shows only the image.
+        lut: (K, 3) uint8 colormap.
+
+    Returns:
+        (H, W, 3) uint8 RGB: ``(1 - alpha) * image + alpha * colour``, rounded.
+    """
+    colour = colorize(upsample(heatmap, image.shape[:2]), lut).astype(np.float32)
+    blended = (1.0 - alpha) * image.astype(np.float32) + alpha * colour
+    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
