@@ -44,9 +44,16 @@ def _debug_option(func: Callable) -> Callable:
     return click.option("--debug", is_flag=True, help="Show TensorFlow's log and full tracebacks.")(func)
 
 
+def _size_value(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[int, int] | None:
+    try:
+        return parse_size(value) if value else None
+    except XaiError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 def _input_size_option(func: Callable) -> Callable:
     return click.option(
-        "--input-size", metavar="HxW", callback=lambda _c, _p, v: parse_size(v) if v else None,
+        "--input-size", metavar="HxW", callback=_size_value,
         help="Image size fed to the model (height x width); needed when the model accepts any size.",
     )(func)
 

@@ -1,0 +1,127 @@
+"""Shared fixtures. TensorFlow is imported only by the fixtures that build models, so the
+numpy-only test modules run without it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+REPO = Path(__file__).resolve().parent.parent
+SIZE = 16  # tiny models take 16x16 RGB inputs
+
+
+def _variant_builders():
+    """Models that compute the same function with the same weights, in every shape users have."""
+    import keras
+    from keras import layers
+
+    def trunk(x):
+        x = layers.Conv2D(4, 3, activation="relu", name="conv_a")(x)
+        return layers.Conv2D(6, 3, activation="relu", name="conv_b")(x)
+
+    def functional(head):
+        inputs = keras.Input((SIZE, SIZE, 3))
+        x = layers.Rescaling(1 / 255.0, name="rescale")(inputs)
+        x = layers.GlobalAveragePooling2D(name="gap")(trunk(x))
+        return keras.Model(inputs, head(x))
+
+    def dense_softmax(x):
+        return layers.Dense(3, activation="softmax", name="head")(x)
+
+    def separate_activation(x):
+        return layers.Activation("softmax", name="probs")(layers.Dense(3, name="head")(x))
+
+    def softmax_layer(x):
+        return layers.Softmax(name="probs")(layers.Dense(3, name="head")(x))
+
+    def linear(x):
+        return layers.Dense(3, name="head")(x)
+
+    def sequential():
+        return keras.Sequential([
+            keras.Input((SIZE, SIZE, 3)),
+            layers.Rescaling(1 / 255.0, name="rescale"),
+            layers.Conv2D(4, 3, activation="relu", name="conv_a"),
+            layers.Conv2D(6, 3, activation="relu", name="conv_b"),
+            layers.GlobalAveragePooling2D(name="gap"),
+            layers.Dense(3, activation="softmax", name="head"),
+        ])
+
+    def nested():
+        base_in = keras.Input((SIZE, SIZE, 3))
+        base = keras.Model(base_in, trunk(base_in), name="base")
+        inputs = keras.Input((SIZE, SIZE, 3))
+        x = layers.Rescaling(1 / 255.0, name="rescale")(inputs)
+        x = layers.GlobalAveragePooling2D(name="gap")(base(x))
+        return keras.Model(inputs, dense_softmax(x))
+
+    return {
+        "functional": lambda: functional(dense_softmax),
+        "activation_layer": lambda: functional(separate_activation),
+        "softmax_layer": lambda: functional(softmax_layer),
+        "linear_head": lambda: functional(linear),
+        "sequential": sequential,
+        "nested": nested,
+    }
+
+
+def _copy_weights(source, target) -> None:
+    """Copy weights between models by layer name, looking inside nested models."""
+    def by_name(model):
+        found = {}
+        for layer in model.layers:
+            if hasattr(layer, "layers"):
+                found.update(by_name(layer))
+            elif layer.weights:
+                found[layer.name] = layer
+        return found
+
+    sources = by_name(source)
+    for name, layer in by_name(target).items():
+        layer.set_weights(sources[name].get_weights())
+
+
+@pytest.fixture(scope="session")
+def variant_models(tmp_path_factory) -> dict[str, Path]:
+    """name.format -> path of a saved tiny model; every variant has the same weights."""
+    import keras
+
+    keras.utils.set_random_seed(7)
+    folder = tmp_path_factory.mktemp("variants")
+    builders = _variant_builders()
+    reference = builders["functional"]()
+    paths = {}
+    for name, build in builders.items():
+        model = build()
+        _copy_weights(reference, model)
+        for suffix in ("keras", "h5"):
+            path = folder / f"{name}.{suffix}"
+            model.save(path)
+            paths[f"{name}.{suffix}"] = path
+    return paths
+
+
+@pytest.fixture(scope="session")
+def tiny_model(variant_models) -> Path:
+    return variant_models["functional.keras"]
+
+
+@pytest.fixture()
+def image_folder(tmp_path) -> Path:
+    """Three decodable images of different sizes and modes, one in a subfolder, and one bad file."""
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    folder = tmp_path / "images"
+    (folder / "sub").mkdir(parents=True)
+    Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(folder / "a.png")
+    Image.fromarray(rng.integers(0, 256, (50, 20), dtype=np.uint8), mode="L").save(folder / "sub" / "b.JPG")
+    Image.fromarray(rng.integers(0, 256, (16, 16, 4), dtype=np.uint8), mode="RGBA").save(folder / "c.webp")
+    (folder / "broken.jpg").write_bytes(b"this is not a jpeg")
+    (folder / "notes.txt").write_text("not an image, ignored")
+    return folder

@@ -1,0 +1,133 @@
+"""The `xai` command end to end: outputs, CSV, exit codes, one-line errors, start-up cost."""
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from xaicli.cli import main
+from xaicli.outputs import COLUMNS
+
+EXPECTED_COLUMNS = ["input", "status", "error", "pred_index", "pred_label", "pred_prob", "class_index",
+                    "class_label", "class_prob", "class_score", "method", "layer", "output"]
+
+
+def _xai(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def _rows(out: Path) -> list[dict]:
+    with open(out / "predictions.csv", newline="", encoding="utf-8") as stream:
+        return list(csv.DictReader(stream))
+
+
+def test_run_writes_overlays_at_original_size_and_a_csv_row_per_image(tiny_model, image_folder, tmp_path):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("red\ngreen\nblue\n")
+    out = tmp_path / "out"
+    result = _xai("run", tiny_model, image_folder, "-o", out, "--labels", labels, "--batch-size", 2)
+    assert result.exit_code == 1, result.output  # broken.jpg failed, the rest explained
+    assert list(COLUMNS) == EXPECTED_COLUMNS
+    rows = _rows(out)
+    assert [Path(r["input"]).relative_to(image_folder).as_posix() for r in rows] == [
+        "a.png", "broken.jpg", "c.webp", "sub/b.JPG"]
+    broken = rows[1]
+    assert broken["status"] == "error" and "not a readable image" in broken["error"]
+    assert broken["output"] == "" and broken["pred_index"] == ""
+    for row in (rows[0], rows[2], rows[3]):
+        assert row["status"] == "ok" and row["error"] == ""
+        assert row["method"] == "gradcam" and row["layer"] == "conv_b"
+        assert row["pred_label"] == ["red", "green", "blue"][int(row["pred_index"])]
+        assert row["class_index"] == row["pred_index"] and 0 < float(row["pred_prob"]) <= 1
+        assert len(row["pred_prob"].split(".")[1]) == 6
+        source = Image.open(row["input"])
+        overlay = Image.open(row["output"])
+        assert overlay.size == source.size and overlay.mode == "RGB"
+    assert (out / "sub" / "b.JPG.gradcam.png").exists()
+    assert "3 of 4 images explained, 1 failed" in result.stderr
+
+
+def test_all_good_images_exit_zero_and_runs_are_byte_identical(tiny_model, image_folder, tmp_path):
+    (image_folder / "broken.jpg").unlink()
+    outputs = []
+    for name in ("first", "second"):
+        result = _xai("run", tiny_model, image_folder, "-o", tmp_path / name, "-q")
+        assert result.exit_code == 0, result.output
+        assert result.stderr == ""
+        outputs.append({p.relative_to(tmp_path / name): p.read_bytes()
+                        for p in sorted((tmp_path / name).rglob("*")) if p.is_file()})
+    first, second = outputs
+    assert first.keys() == second.keys() and len(first) == 4
+    assert all(first[k] == second[k] for k in first if k.name != "predictions.csv")
+    csv_first = first[Path("predictions.csv")].decode().replace(str(tmp_path / "first"), "OUT")
+    csv_second = second[Path("predictions.csv")].decode().replace(str(tmp_path / "second"), "OUT")
+    assert csv_first == csv_second
+
+
+def test_class_option_explains_the_requested_class(tiny_model, image_folder, tmp_path):
+    result = _xai("run", tiny_model, image_folder / "a.png", "-o", tmp_path / "out", "--class", "2", "-q")
+    assert result.exit_code == 0, result.output
+    (row,) = _rows(tmp_path / "out")
+    assert row["class_index"] == "2"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["MISSING", "IMAGES"], "model file not found"),
+    (["MODEL", "IMAGES", "--layer", "nope"], "layer 'nope' not found; candidates: conv_a, conv_b"),
+    (["MODEL", "IMAGES", "--class", "7"], "--class 7 is out of range: the model has 3 classes"),
+    (["MODEL", "EMPTY"], "no images found"),
+    (["MODEL", "IMAGES", "--method", "nope"], "unknown method 'nope'"),
+])
+def test_usage_and_model_errors_are_one_line_with_exit_2(tiny_model, image_folder, tmp_path, args, message):
+    (tmp_path / "empty").mkdir()
+    names = {"MODEL": tiny_model, "MISSING": tmp_path / "missing.keras",
+             "IMAGES": image_folder, "EMPTY": tmp_path / "empty"}
+    result = _xai("run", *[names.get(a, a) for a in args], "-o", tmp_path / "out")
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("xai: error: ") and message in lines[0]
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("option,value", [("--preprocess", "weird"), ("--input-size", "big")])
+def test_bad_option_value_is_a_click_usage_error(tiny_model, image_folder, tmp_path, option, value):
+    result = _xai("run", tiny_model, image_folder, "-o", tmp_path / "out", option, value)
+    assert result.exit_code == 2 and f"Invalid value for '{option}'" in result.stderr
+
+
+def test_layers_command_marks_the_auto_choice(variant_models):
+    result = _xai("layers", variant_models["nested.keras"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert any(l.startswith("*") and "base/conv_b" in l and "Conv2D" in l and "(None, 12, 12, 6)" in l
+               for l in lines)
+    assert any("base/conv_a" in l and not l.startswith("*") for l in lines)
+    everything = _xai("layers", variant_models["nested.keras"], "--all").stdout
+    assert "gap" in everything and "GlobalAveragePooling2D" in everything
+
+
+def test_methods_lists_the_registry():
+    result = _xai("methods")
+    assert result.exit_code == 0 and "gradcam" in result.stdout and "Selvaraju" in result.stdout
+
+
+def test_help_and_methods_do_not_import_tensorflow():
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from xaicli.cli import main\n"
+        "for args in (['--help'], ['run', '--help'], ['methods']):\n"
+        "    assert CliRunner().invoke(main, args).exit_code == 0\n"
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'TF imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_python_dash_m_runs_the_cli():
+    result = subprocess.run([sys.executable, "-m", "xaicli", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.startswith("xai, version")

@@ -1,0 +1,130 @@
+"""images.py: discovery, decoding and preprocessing, without TensorFlow."""
+
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from xaicli.errors import ImageError, UsageError
+from xaicli.images import PRESETS, discover, load_image, to_model_input
+
+
+def _save(path: Path, array: np.ndarray, **kwargs) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, **kwargs)
+    return path
+
+
+def test_discover_is_recursive_sorted_and_case_insensitive(tmp_path):
+    pixel = np.zeros((2, 2, 3), np.uint8)
+    for name in ["b.PNG", "a.jpeg", "sub/z.Tif", "sub/deeper/c.bmp", "d.gif", "e.webp"]:
+        _save(tmp_path / name, pixel)
+    (tmp_path / "readme.md").write_text("x")
+    items = discover([tmp_path])
+    assert [str(i.relative) for i in items] == [
+        "a.jpeg", "b.PNG", "d.gif", "e.webp", "sub/deeper/c.bmp", "sub/z.Tif"]
+    assert all(i.path.exists() for i in items)
+
+
+def test_discover_mixes_files_and_folders_without_collisions(tmp_path):
+    pixel = np.zeros((2, 2, 3), np.uint8)
+    _save(tmp_path / "one" / "x.png", pixel)
+    _save(tmp_path / "two" / "x.png", pixel)
+    single = _save(tmp_path / "three" / "y.png", pixel)
+    items = discover([tmp_path / "one", tmp_path / "two", single, tmp_path / "one"])
+    assert [str(i.relative) for i in items] == ["one/x.png", "three/y.png", "two/x.png"]
+
+
+def test_discover_skips_the_output_folder_inside_the_inputs(tmp_path):
+    pixel = np.zeros((2, 2, 3), np.uint8)
+    _save(tmp_path / "a.png", pixel)
+    _save(tmp_path / "out" / "a.png.gradcam.png", pixel)
+    assert [str(i.relative) for i in discover([tmp_path], exclude=[tmp_path / "out"])] == ["a.png"]
+
+
+def test_discover_single_file_keeps_its_name(tmp_path):
+    path = _save(tmp_path / "pics" / "cat.jpg", np.zeros((2, 2, 3), np.uint8))
+    assert discover([path])[0].relative == PurePosixPath("cat.jpg")
+
+
+def test_discover_missing_input_is_a_usage_error(tmp_path):
+    with pytest.raises(UsageError, match="input not found"):
+        discover([tmp_path / "nope"])
+
+
+@pytest.mark.parametrize("mode,array", [
+    ("L", np.full((3, 4), 77, np.uint8)),
+    ("RGBA", np.full((3, 4, 4), 77, np.uint8)),
+    ("LA", np.full((3, 4, 2), 77, np.uint8)),
+])
+def test_load_image_converts_modes_to_rgb(tmp_path, mode, array):
+    path = _save(tmp_path / f"x_{mode}.png", array)
+    image = load_image(path)
+    assert image.shape == (3, 4, 3) and image.dtype == np.uint8
+    assert np.all(image == 77)
+
+
+def test_load_image_scales_16_bit_grayscale(tmp_path):
+    path = tmp_path / "deep.png"
+    Image.fromarray(np.full((2, 3), 65535, np.uint16)).save(path)
+    assert np.all(load_image(path) == 255)
+
+
+def test_load_image_applies_exif_orientation(tmp_path):
+    array = np.zeros((2, 4, 3), np.uint8)  # 4 wide, 2 high
+    image = Image.fromarray(array)
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise when displayed
+    path = tmp_path / "rotated.jpg"
+    image.save(path, exif=exif)
+    assert load_image(path).shape == (4, 2, 3)
+
+
+@pytest.mark.parametrize("content,reason", [
+    (b"", "not a readable image"),
+    (b"hello, I am text", "not a readable image"),
+])
+def test_load_image_rejects_non_images_with_a_reason(tmp_path, content, reason):
+    path = tmp_path / "fake.jpg"
+    path.write_bytes(content)
+    with pytest.raises(ImageError, match=reason):
+        load_image(path)
+
+
+def test_load_image_rejects_truncated_png(tmp_path):
+    path = _save(tmp_path / "full.png", np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(path.read_bytes()[:400])
+    with pytest.raises(ImageError, match="cannot decode"):
+        load_image(cut)
+
+
+def test_load_image_enforces_pixel_limit(tmp_path):
+    path = _save(tmp_path / "big.png", np.zeros((10, 10, 3), np.uint8))
+    with pytest.raises(ImageError, match="over the limit of 99"):
+        load_image(path, max_pixels=99)
+
+
+PIXEL = np.array([[[0, 127.5, 255]]], np.float32)
+
+
+@pytest.mark.parametrize("preset,expected", [
+    ("none", [0, 127.5, 255]),
+    ("unit", [0, 0.5, 1]),
+    ("symmetric", [-1, 0, 1]),
+    ("torch", [(0 - 123.675) / 58.395, (127.5 - 116.28) / 57.12, (255 - 103.53) / 57.375]),
+    ("caffe", [255 - 103.939, 127.5 - 116.779, 0 - 123.68]),  # BGR order
+])
+def test_presets_against_hand_computed_values(preset, expected):
+    np.testing.assert_allclose(PRESETS[preset](PIXEL)[0, 0], expected, rtol=1e-5)
+
+
+def test_to_model_input_resizes_and_converts_channels():
+    image = np.zeros((40, 30, 3), np.uint8)
+    image[..., 0] = 255  # pure red: luma 0.299 * 255
+    rgb = to_model_input(image, (8, 6), 3, "unit")
+    gray = to_model_input(image, (8, 6), 1, "none")
+    assert rgb.shape == (8, 6, 3) and rgb.dtype == np.float32
+    np.testing.assert_allclose(rgb[0, 0], [1, 0, 0])
+    assert gray.shape == (8, 6, 1) and abs(gray[0, 0, 0] - 76) <= 1

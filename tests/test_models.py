@@ -1,0 +1,151 @@
+"""models.py: every model shape loads, the probe explains the pre-activation logit, layers resolve."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from xaicli.config import RunConfig
+from xaicli.errors import LayerError, ModelError, UsageError
+from xaicli.explainers.cam import TOP_CLASS
+from xaicli.models import candidate_layers, inspect_model, load_model, resolve_layer
+from xaicli.pipeline import prepare
+
+from .conftest import SIZE
+
+IMAGES = np.random.default_rng(1).uniform(0, 255, size=(4, SIZE, SIZE, 3)).astype(np.float32)
+
+
+def _prepare(path: Path, **options):
+    return prepare(RunConfig(model=path, inputs=(path,), out_dir=path.parent / "out", **options))
+
+
+@pytest.fixture(scope="module")
+def reference(variant_models):
+    run = _prepare(variant_models["functional.keras"])
+    return run.explainer.explain(IMAGES, np.full(4, TOP_CLASS))
+
+
+VARIANTS = ["functional", "sequential", "nested", "activation_layer", "softmax_layer", "linear_head"]
+
+
+@pytest.mark.parametrize("suffix", ["keras", "h5"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_model_shape_gives_the_same_gradcam(variant_models, reference, variant, suffix):
+    path = variant_models[f"{variant}.{suffix}"]
+    run = _prepare(path)
+    assert run.layer.path == ("base/conv_b" if variant == "nested" else "conv_b")
+    assert run.preprocess == "none"  # each variant has a Rescaling layer inside
+    result = run.explainer.explain(IMAGES, np.full(4, TOP_CLASS))
+    np.testing.assert_array_equal(result.classes, reference.classes)
+    np.testing.assert_allclose(result.scores, reference.scores, atol=1e-5)
+    np.testing.assert_allclose(result.maps["gradcam"], reference.maps["gradcam"], atol=1e-5)
+    assert result.maps["gradcam"].max() == 1.0
+
+
+@pytest.mark.parametrize("variant", ["functional", "activation_layer", "softmax_layer", "sequential"])
+def test_probe_explains_logits_not_probabilities(variant_models, variant):
+    import keras
+
+    path = variant_models[f"{variant}.keras"]
+    model = keras.models.load_model(path, compile=False)
+    probabilities = np.asarray(model(IMAGES))
+    result = _prepare(path).explainer.explain(IMAGES, np.full(4, TOP_CLASS))
+    np.testing.assert_allclose(result.probabilities, probabilities, atol=1e-6)
+    # softmax(scores) reproduces the model's output, and the scores are not probabilities
+    shifted = np.exp(result.scores - result.scores.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(shifted / shifted.sum(axis=1, keepdims=True), probabilities, atol=1e-6)
+    assert not np.allclose(result.scores, probabilities)
+
+
+def test_binary_sigmoid_has_two_classes_with_negated_logit(tmp_path):
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(2)
+    inputs = keras.Input((SIZE, SIZE, 3))
+    x = layers.GlobalAveragePooling2D()(layers.Conv2D(3, 3, name="conv")(inputs))
+    model = keras.Model(inputs, layers.Dense(1, activation="sigmoid")(x))
+    model.save(tmp_path / "binary.keras")
+    run = _prepare(tmp_path / "binary.keras", preprocess="unit")
+    assert run.info.num_classes == 2
+    images = IMAGES / 255
+    result = run.explainer.explain(images, np.full(4, TOP_CLASS))
+    positive = np.asarray(model(images))[:, 0]
+    np.testing.assert_allclose(result.probabilities[:, 1], positive, atol=1e-6)
+    np.testing.assert_allclose(result.probabilities[:, 0], 1 - positive, atol=1e-6)
+    np.testing.assert_allclose(result.scores[:, 0], -result.scores[:, 1])
+    np.testing.assert_array_equal(result.classes, (positive > 0.5).astype(int))
+
+
+def test_layer_choice_by_name_path_and_index(variant_models):
+    info = inspect_model(load_model(variant_models["nested.keras"]))
+    assert [l.path for l in candidate_layers(info, "conv")] == ["base/conv_a", "base/conv_b"]
+    assert resolve_layer(info, "auto", "conv").path == "base/conv_b"
+    assert resolve_layer(info, "conv_a", "conv").path == "base/conv_a"
+    assert resolve_layer(info, "base/conv_a", "conv").path == "base/conv_a"
+    assert resolve_layer(info, "0", "conv").path == "base/conv_a"
+    assert resolve_layer(info, "-1", "conv").path == "base/conv_b"
+    assert resolve_layer(info, "rescale", "conv").path == "rescale"  # any feature map may be named
+    layer = next(l for l in info.layers if l.path == "base/conv_b")
+    assert layer.type_name == "Conv2D" and layer.output_shape == (None, 12, 12, 6)
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("nope", "layer 'nope' not found; candidates: base/conv_a, base/conv_b"),
+    ("gap", r"layer 'gap' outputs \(None, 6\), not a 4-D feature map"),
+    ("5", "there are 2 candidate layers"),
+])
+def test_layer_errors_list_the_candidates(variant_models, spec, message):
+    info = inspect_model(load_model(variant_models["nested.keras"]))
+    with pytest.raises(LayerError, match=message):
+        resolve_layer(info, spec, "conv")
+
+
+def test_regex_alone_can_make_a_candidate(variant_models):
+    info = inspect_model(load_model(variant_models["functional.keras"]))
+    assert [l.path for l in candidate_layers(info, "rescale")] == ["rescale", "conv_a", "conv_b"]
+
+
+def test_auto_with_no_candidates_says_what_to_do(tmp_path):
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((SIZE, SIZE, 3))
+    model = keras.Model(inputs, layers.Dense(2)(layers.Flatten()(layers.MaxPooling2D(name="pool")(inputs))))
+    model.save(tmp_path / "noconv.keras")
+    info = inspect_model(load_model(tmp_path / "noconv.keras"))
+    with pytest.raises(LayerError, match="no convolutional layer found.*feature-map layers: .*pool.*--layer"):
+        resolve_layer(info, "auto", "conv")
+
+
+def test_model_of_any_size_needs_input_size(tmp_path):
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((None, None, 3))
+    x = layers.GlobalAveragePooling2D()(layers.Conv2D(2, 3, name="conv")(inputs))
+    keras.Model(inputs, layers.Dense(2)(x)).save(tmp_path / "anysize.keras")
+    model = load_model(tmp_path / "anysize.keras")
+    with pytest.raises(UsageError, match="--input-size"):
+        inspect_model(model)
+    assert inspect_model(model, (20, 12)).input_size == (20, 12)
+
+
+@pytest.mark.parametrize("name,content,message", [
+    ("missing.keras", None, "model file not found"),
+    ("model.onnx", b"x", "unsupported model format"),
+    ("corrupt.h5", b"not hdf5 at all", "cannot load model"),
+    ("corrupt.keras", b"not a zip", "cannot load model"),
+])
+def test_unusable_model_files(tmp_path, name, content, message):
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(ModelError, match=message):
+        load_model(path)
+
+
+def test_savedmodel_folder_gets_a_clear_message(tmp_path):
+    with pytest.raises(ModelError, match="is a folder"):
+        load_model(tmp_path)

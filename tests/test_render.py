@@ -1,0 +1,57 @@
+"""render.py: colormap, normalization, upsampling and blending, without TensorFlow."""
+
+import numpy as np
+import pytest
+
+from xaicli.render import colorize, jet_lut, normalize_maps, overlay, upsample
+
+
+def test_jet_lut_runs_from_dark_blue_through_green_to_dark_red():
+    lut = jet_lut()
+    assert lut.shape == (256, 3) and lut.dtype == np.uint8
+    # jet(0) = (0, 0, 0.5) and jet(1) = (0.5, 0, 0)
+    np.testing.assert_array_equal(lut[0], [0, 0, 128])
+    np.testing.assert_array_equal(lut[255], [128, 0, 0])
+    # v = 128/255: r = 255 * (1.5 - |4v - 3|) = 129.5..., b = 255 * (1.5 - |4v - 1|) = 125.5...
+    np.testing.assert_array_equal(lut[128], [130, 255, 126])
+
+
+def test_normalize_scales_each_map_on_its_own():
+    raw = np.stack([np.arange(4.0).reshape(2, 2), 10 + 5 * np.arange(4.0).reshape(2, 2)])
+    maps = normalize_maps(raw)
+    expected = np.array([[0, 1 / 3], [2 / 3, 1]], dtype=np.float32)
+    np.testing.assert_allclose(maps[0], expected, atol=1e-7)
+    np.testing.assert_allclose(maps[1], expected, atol=1e-7)
+    assert maps.dtype == np.float32
+
+
+@pytest.mark.parametrize("value", [0.0, 3.0, np.nan])
+def test_flat_or_nan_map_becomes_zeros_not_nan(value):
+    maps = normalize_maps(np.full((1, 3, 3), value))
+    assert np.all(maps == 0.0)
+
+
+def test_upsample_keeps_range_size_and_peak_location():
+    heat = np.zeros((4, 4), np.float32)
+    heat[1, 2] = 1.0
+    big = upsample(heat, (40, 80))
+    assert big.shape == (40, 80) and big.min() >= 0 and big.max() <= 1
+    row, col = np.unravel_index(np.argmax(big), big.shape)
+    assert 10 <= row < 20 and 40 <= col < 60  # inside the source cell (1, 2) scaled 10x20
+
+
+def test_overlay_blends_at_the_original_size():
+    image = np.full((7, 9, 3), 200, np.uint8)
+    heat = np.ones((2, 2), np.float32)
+    lut = jet_lut()
+    out = overlay(image, heat, alpha=0.25, lut=lut)
+    assert out.shape == (7, 9, 3) and out.dtype == np.uint8
+    expected = np.rint(0.75 * 200 + 0.25 * lut[255].astype(float))
+    np.testing.assert_array_equal(out[3, 4], expected)
+    np.testing.assert_array_equal(overlay(image, heat, alpha=0.0, lut=lut), image)
+
+
+def test_colorize_indexes_the_lut_by_rounded_value():
+    lut = jet_lut()
+    colours = colorize(np.array([[0.0, 1.0, 0.5]]), lut)
+    np.testing.assert_array_equal(colours[0], lut[[0, 255, 128]])
