@@ -138,3 +138,40 @@ def test_maps_do_not_depend_on_batch_size_and_inputs_are_untouched(flatten_model
     np.testing.assert_allclose(maps[0], maps[2], atol=1e-6)
     np.testing.assert_array_equal(images, before)
     assert all(m.dtype == np.float32 and m.min() >= 0 and m.max() <= 1 for m in maps)
+
+
+def test_mixed_precision_model_gives_the_float32_map(tmp_path):
+    import keras
+    from keras import layers
+
+    def build(policy):
+        inputs = keras.Input((8, 8, 3))
+        x = layers.Conv2D(4, 3, activation="relu", name="conv", dtype=policy)(inputs)
+        x = layers.GlobalAveragePooling2D(dtype=policy)(x)
+        return keras.Model(inputs, layers.Dense(3, activation="softmax", name="head", dtype="float32")(x))
+
+    keras.utils.set_random_seed(4)
+    full, half = build("float32"), build("mixed_float16")
+    half.set_weights(full.get_weights())
+    full.save(tmp_path / "full.keras")
+    half.save(tmp_path / "half.keras")
+    images = np.random.default_rng(2).uniform(size=(3, 8, 8, 3)).astype(np.float32)
+    maps = [_explainer(tmp_path / name).explainer.explain(images, np.full(3, 0)).maps["gradcam"]
+            for name in ("full.keras", "half.keras")]
+    assert maps[1].max() == 1.0
+    np.testing.assert_allclose(maps[1], maps[0], atol=2e-2)
+
+
+def test_layer_that_does_not_feed_the_explained_output_is_an_error(tmp_path):
+    import keras
+    from keras import layers
+
+    from xaicli.errors import LayerError
+
+    inputs = keras.Input((8, 8, 3))
+    main = layers.Dense(2, name="main")(layers.GlobalAveragePooling2D()(layers.Conv2D(2, 3, name="conv_main")(inputs)))
+    side = layers.Dense(2, name="side")(layers.GlobalAveragePooling2D()(layers.Conv2D(2, 3, name="conv_side")(inputs)))
+    keras.Model(inputs, [main, side]).save(tmp_path / "two_heads.keras")
+    run = _explainer(tmp_path / "two_heads.keras", layer="conv_side")
+    with pytest.raises(LayerError, match="'conv_side' does not feed the model's output"):
+        run.explainer.explain(np.zeros((1, 8, 8, 3), np.float32), np.array([TOP_CLASS]))

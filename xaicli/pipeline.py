@@ -63,7 +63,7 @@ def prepare(config: RunConfig) -> Prepared:
             f"{info.num_classes} classes"
         )
     combiners = {name: REGISTRY[name].load() for name in config.methods}
-    explainer = CamExplainer(build_probe(model, info, layer.path), info, combiners, config.batch_size)
+    explainer = CamExplainer(build_probe(model, info, layer.path), info, layer.path, combiners, config.batch_size)
     return Prepared(
         config=config,
         info=info,

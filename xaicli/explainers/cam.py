@@ -14,6 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from ..errors import LayerError
 from ..models import ModelInfo, class_scores
 from ..render import normalize_maps
 
@@ -56,8 +57,10 @@ class CamExplainer:
     Batches smaller than ``batch_size`` are padded, so the step is traced once.
     """
 
-    def __init__(self, probe: keras.Model, info: ModelInfo, combiners: dict[str, Combine], batch_size: int):
+    def __init__(self, probe: keras.Model, info: ModelInfo, layer_path: str, combiners: dict[str, Combine],
+                 batch_size: int):
         self._probe = probe
+        self._layer_path = layer_path
         self._info = info
         self._combiners = combiners
         self.batch_size = batch_size
@@ -68,20 +71,23 @@ class CamExplainer:
                 tf.TensorSpec((batch_size, height, width, info.channels), tf.float32),
                 tf.TensorSpec((batch_size,), tf.int32),
             ],
-            reduce_retracing=True,
         )
 
     def _compute(self, images: tf.Tensor, requested: tf.Tensor):
         with tf.GradientTape() as tape:
             outputs = self._probe(images, training=False)
-            activations = tf.cast(outputs["activations"], tf.float32)
             scores, probabilities = class_scores(tf.cast(outputs["logits"], tf.float32), self._info)
             top = tf.argmax(scores, axis=-1, output_type=tf.int32)
             classes = tf.where(requested == TOP_CLASS, top, requested)
             explained = tf.gather(scores, classes, batch_dims=1)
         # Images in a batch are independent at inference, so the gradient of the summed scores
-        # is each image's own gradient.
-        gradients = tape.gradient(explained, activations)
+        # is each image's own gradient. Differentiate the layer's own tensor, then cast: a cast
+        # taken first (float16 models) would be a side branch with no gradient.
+        gradients = tape.gradient(explained, outputs["activations"])
+        if gradients is None:
+            raise LayerError(f"layer {self._layer_path!r} does not feed the model's output; pick another with --layer")
+        activations = tf.cast(outputs["activations"], tf.float32)
+        gradients = tf.cast(gradients, tf.float32)
         maps = {name: tf.nn.relu(combine(activations, gradients)) for name, combine in self._combiners.items()}
         return probabilities, scores, classes, maps
 
@@ -89,7 +95,7 @@ class CamExplainer:
         """Explain up to ``batch_size`` images.
 
         Args:
-            images: (n, H, W, C) float32 preprocessed model inputs, n <= batch_size.
+            images: (n, H, W, C) float32 preprocessed model inputs, 1 <= n <= batch_size.
             requested: (n,) int class per image, or ``TOP_CLASS``.
         """
         count = len(images)
