@@ -128,3 +128,16 @@ def test_to_model_input_resizes_and_converts_channels():
     assert rgb.shape == (8, 6, 3) and rgb.dtype == np.float32
     np.testing.assert_allclose(rgb[0, 0], [1, 0, 0])
     assert gray.shape == (8, 6, 1) and abs(gray[0, 0, 0] - 76) <= 1
+
+
+def test_load_image_turns_any_decoder_failure_into_an_image_error(tmp_path, monkeypatch):
+    # Pillow's decoders and EXIF handling raise assorted types (ZeroDivisionError, struct.error,
+    # IndexError) on malformed files; each must become a per-image error, not end the run.
+    path = _save(tmp_path / "ok.png", np.zeros((2, 2, 3), np.uint8))
+
+    def broken_exif(_image):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr("xaicli.images.ImageOps.exif_transpose", broken_exif)
+    with pytest.raises(ImageError, match="cannot decode image: division by zero"):
+        load_image(path)
