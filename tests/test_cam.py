@@ -6,8 +6,11 @@ import numpy as np
 import pytest
 
 from xaicli.config import RunConfig
-from xaicli.explainers.cam import TOP_CLASS, gradcam
+from xaicli.explainers import REGISTRY
+from xaicli.explainers.cam import TOP_CLASS, gradcam, gradcam_plus_plus
 from xaicli.pipeline import prepare
+
+from .numpy_reference import cam_maps, forward_and_gradients
 
 
 def _explainer(model_path: Path, batch_size: int = 8, target_class: str | None = None, **options):
@@ -68,76 +71,58 @@ def test_map_without_positive_evidence_is_zeros_not_nan(gap_model):
     np.testing.assert_array_equal(result.maps["gradcam"][0], np.zeros((4, 4)))
 
 
+CAM_METHODS = [name for name, spec in REGISTRY.items() if spec.family == "cam"]
+
+
 @pytest.fixture(scope="module")
-def flatten_model(tmp_path_factory):
-    """x (8x8x3) -> conv 3x3 valid ReLU (3 channels) -> flatten -> dense (4) softmax, random weights."""
+def reference_model(tmp_path_factory):
+    """The model of tests/numpy_reference.py, random weights, saved as .h5."""
     import keras
     from keras import layers
 
     keras.utils.set_random_seed(11)
     inputs = keras.Input((8, 8, 3))
-    x = layers.Conv2D(3, 3, activation="relu", name="conv")(inputs)
-    model = keras.Model(inputs, layers.Dense(4, activation="softmax", name="head")(layers.Flatten()(x)))
-    path = tmp_path_factory.mktemp("flat") / "flatten.h5"
+    x = layers.Flatten()(layers.Conv2D(3, 3, activation="relu", name="conv")(inputs))
+    x = layers.Dense(10, activation="relu", name="hidden")(x)
+    model = keras.Model(inputs, layers.Dense(4, activation="softmax", name="head")(x))
+    path = tmp_path_factory.mktemp("reference") / "reference.h5"
     model.save(path)
-    conv, head = model.get_layer("conv").get_weights(), model.get_layer("head").get_weights()
-    return path, conv, head
+    weights = [model.get_layer(name).get_weights() for name in ("conv", "hidden", "head")]
+    return path, weights
 
 
-def numpy_gradcam(images, conv_kernel, conv_bias, dense_kernel, dense_bias, classes=None):
-    """Grad-CAM computed from scratch: valid 3x3 conv + ReLU, then an analytic gradient.
-
-    logits = flatten(A) @ W + b, so d logit_c / dA = W[:, c] reshaped to A's (h, w, k).
-    """
-    n, height, width, _ = images.shape
-    kh, kw, _, k = conv_kernel.shape
-    h, w = height - kh + 1, width - kw + 1
-    activations = np.zeros((n, h, w, k))
-    for i in range(h):
-        for j in range(w):
-            patch = images[:, i:i + kh, j:j + kw, :]
-            activations[:, i, j, :] = np.einsum("nabc,abck->nk", patch, conv_kernel) + conv_bias
-    activations = np.maximum(activations, 0)
-    logits = activations.reshape(n, -1) @ dense_kernel + dense_bias
-    classes = logits.argmax(axis=1) if classes is None else classes
-    maps = []
-    for a, c in zip(activations, classes):
-        gradient = dense_kernel[:, c].reshape(h, w, k)
-        alpha = gradient.mean(axis=(0, 1))
-        cam = np.maximum((a * alpha).sum(axis=-1), 0)
-        span = cam.max() - cam.min()
-        maps.append((cam - cam.min()) / span if span > 0 else np.zeros_like(cam))
-    return np.stack(maps), classes
-
-
-def test_gradcam_matches_independent_numpy_computation(flatten_model):
-    path, (kernel, bias), (dense_kernel, dense_bias) = flatten_model
+@pytest.mark.parametrize("requested", [None, 2])
+def test_every_cam_method_matches_its_numpy_formula(reference_model, requested):
+    path, weights = reference_model
     images = np.random.default_rng(5).normal(size=(6, 8, 8, 3)).astype(np.float32)
-    expected, classes = numpy_gradcam(images, kernel, bias, dense_kernel, dense_bias)
-    result = _explainer(path).explainer.explain(images, np.full(6, TOP_CLASS))
+    activations, _, classes, gradients = forward_and_gradients(images, weights, None if requested is None else [requested] * 6)
+    assert len(np.unique(classes)) > 1 or requested is not None
+    run = _explainer(path, methods=tuple(CAM_METHODS))
+    result = run.explainer.explain(images, np.full(6, TOP_CLASS if requested is None else requested))
     np.testing.assert_array_equal(result.classes, classes)
-    np.testing.assert_allclose(result.maps["gradcam"], expected, atol=1e-4)
-    # an explicitly requested class, not the top one
-    expected_2, _ = numpy_gradcam(images, kernel, bias, dense_kernel, dense_bias, classes=np.full(6, 2))
-    result_2 = _explainer(path).explainer.explain(images, np.full(6, 2))
-    np.testing.assert_allclose(result_2.maps["gradcam"], expected_2, atol=1e-4)
+    for method in CAM_METHODS:
+        expected = cam_maps(method, activations, gradients)
+        np.testing.assert_allclose(result.maps[method], expected, atol=1e-4, err_msg=method)
 
 
-def test_maps_do_not_depend_on_batch_size_and_inputs_are_untouched(flatten_model):
-    path = flatten_model[0]
-    images = np.random.default_rng(8).normal(size=(5, 8, 8, 3)).astype(np.float32)
-    before = images.copy()
-    maps = [
-        np.concatenate([
-            _explainer(path, batch_size=size).explainer.explain(images[i:i + size], np.full(len(images[i:i + size]), TOP_CLASS)).maps["gradcam"]
-            for i in range(0, 5, size)
-        ])
-        for size in (1, 2, 32)
-    ]
-    np.testing.assert_allclose(maps[0], maps[1], atol=1e-6)
-    np.testing.assert_allclose(maps[0], maps[2], atol=1e-6)
-    np.testing.assert_array_equal(images, before)
-    assert all(m.dtype == np.float32 and m.min() >= 0 and m.max() <= 1 for m in maps)
+def test_gradcam_plus_plus_weights_by_hand():
+    import tensorflow as tf
+
+    activations = np.array([[1.0, 2.0], [3.0, 4.0]], np.float32).reshape(1, 2, 2, 1)
+    gradients = np.array([[1.0, -1.0], [2.0, 0.0]], np.float32).reshape(1, 2, 2, 1)
+    # sum A = 10; denominators 2g^2 + 10g^3 = (12, -8, 88, 0); alphas (1/12, -1/8, 4/88, 0);
+    # w = 1/12 * ReLU(1) + 4/88 * ReLU(2) = 0.174242...; map = w * A
+    weight = 1 / 12 + 8 / 88
+    result = gradcam_plus_plus(tf.constant(activations), tf.constant(gradients)).numpy()
+    np.testing.assert_allclose(result[0], weight * activations[0, :, :, 0], rtol=1e-6)
+
+
+def test_gradcam_plus_plus_does_not_overflow_for_large_logits(gap_model):
+    image = np.full((1, 4, 4, 1), 500.0, np.float32)  # logits far above float32's exp range (~88)
+    image[0, 0, 3, 0] = 900.0
+    result = _explainer(gap_model, methods=("gradcam++",)).explainer.explain(image, np.array([0]))
+    assert np.all(np.isfinite(result.maps["gradcam++"]))
+    assert np.unravel_index(np.argmax(result.maps["gradcam++"][0]), (4, 4)) == (0, 3)
 
 
 def test_mixed_precision_model_gives_the_float32_map(tmp_path):

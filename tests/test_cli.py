@@ -76,6 +76,17 @@ def test_class_option_explains_the_requested_class(tiny_model, image_folder, tmp
     assert row["class_index"] == "2"
 
 
+def test_several_methods_give_one_overlay_and_one_row_each(tiny_model, image_folder, tmp_path):
+    out = tmp_path / "out"
+    result = _xai("run", tiny_model, image_folder / "a.png", "-o", out, "--method", "gradcam,gradcam++,layercam", "-q")
+    assert result.exit_code == 0, result.output
+    rows = _rows(out)
+    assert [r["method"] for r in rows] == ["gradcam", "gradcam++", "layercam"]
+    assert len({r["pred_prob"] for r in rows}) == 1  # one forward pass serves all methods
+    for row in rows:
+        assert row["output"] == str(out / f"a.png.{row['method']}.png") and Path(row["output"]).exists()
+
+
 @pytest.mark.parametrize("args,message", [
     (["MISSING", "IMAGES"], "model file not found"),
     (["MODEL", "IMAGES", "--layer", "nope"], "layer 'nope' not found; candidates: conv_a, conv_b"),

@@ -39,5 +39,33 @@ REGISTRY: dict[str, MethodSpec] = {
             paper="Selvaraju et al. 2017, Grad-CAM, ICCV, arXiv:1610.02391",
             implementation="xaicli.explainers.cam:gradcam",
         ),
+        MethodSpec(
+            name="gradcam++",
+            family="cam",
+            summary="channel weights from positive gradients weighted by second/third-order alphas",
+            paper="Chattopadhay et al. 2018, Grad-CAM++, WACV, arXiv:1710.11063",
+            implementation="xaicli.explainers.cam:gradcam_plus_plus",
+        ),
+        MethodSpec(
+            name="xgradcam",
+            family="cam",
+            summary="channel weights = gradients averaged with the activations as weights",
+            paper="Fu et al. 2020, Axiom-based Grad-CAM, BMVC, arXiv:2008.02312",
+            implementation="xaicli.explainers.cam:xgradcam",
+        ),
+        MethodSpec(
+            name="layercam",
+            family="cam",
+            summary="per-position weights: ReLU(gradient) times activation, summed over channels",
+            paper="Jiang et al. 2021, LayerCAM, IEEE TIP 30",
+            implementation="xaicli.explainers.cam:layercam",
+        ),
+        MethodSpec(
+            name="hirescam",
+            family="cam",
+            summary="gradient times activation, summed over channels (no spatial averaging)",
+            paper="Draelos & Carin 2020, HiResCAM, arXiv:2011.08891",
+            implementation="xaicli.explainers.cam:hirescam",
+        ),
     )
 }

@@ -37,6 +37,56 @@ def gradcam(activations: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor:
     return tf.reduce_sum(weights * activations, axis=-1)
 
 
+def gradcam_plus_plus(activations: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor:
+    """Grad-CAM++ (Chattopadhay et al. 2018) before the ReLU.
+
+    With the paper's exponential score, the higher derivatives are powers of the first one and
+    ``exp(score)`` cancels from alpha; it is left out entirely, because in float32 it overflows
+    for logits above ~88 and only rescales the whole map, which normalization undoes:
+
+        alpha_ijk = g_ijk^2 / (2 g_ijk^2 + sum_ab A_abk * g_ijk^3)
+        w_k       = sum_ij alpha_ijk * ReLU(g_ijk)
+        map_ij    = sum_k w_k A_ijk
+
+    alpha is used as the paper derives it, not renormalized to sum to 1 over space as some
+    libraries do: that renormalization is not in the derivation and changes the relative weight
+    of channels. Where the denominator is 0, alpha is 0 (no evidence).
+
+    Args:
+        activations, gradients: (N, h, w, k) float32. Returns (N, h, w).
+    """
+    squared = tf.square(gradients)
+    denominator = 2.0 * squared + tf.reduce_sum(activations, axis=(1, 2), keepdims=True) * squared * gradients
+    usable = tf.abs(denominator) > 1e-12
+    alpha = tf.where(usable, squared / tf.where(usable, denominator, 1.0), 0.0)
+    weights = tf.reduce_sum(alpha * tf.nn.relu(gradients), axis=(1, 2), keepdims=True)
+    return tf.reduce_sum(weights * activations, axis=-1)
+
+
+def xgradcam(activations: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor:
+    """XGrad-CAM (Fu et al. 2020) before the ReLU.
+
+    ``w_k = sum_ij (A_ijk / sum_ab A_abk) g_ijk`` and ``map_ij = sum_k w_k A_ijk``; a channel whose
+    activations sum to 0 gets weight 0. Shapes as ``gradcam``.
+    """
+    totals = tf.reduce_sum(activations, axis=(1, 2), keepdims=True)
+    usable = tf.abs(totals) > 1e-12
+    share = tf.where(usable, activations / tf.where(usable, totals, 1.0), 0.0)
+    weights = tf.reduce_sum(share * gradients, axis=(1, 2), keepdims=True)
+    return tf.reduce_sum(weights * activations, axis=-1)
+
+
+def layercam(activations: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor:
+    """LayerCAM (Jiang et al. 2021): ``map_ij = sum_k ReLU(g_ijk) A_ijk``, a per-position weight."""
+    return tf.reduce_sum(tf.nn.relu(gradients) * activations, axis=-1)
+
+
+def hirescam(activations: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor:
+    """HiResCAM (Draelos & Carin 2020): ``map_ij = sum_k g_ijk A_ijk``, the element-wise product
+    summed over channels, which equals the score's first-order attribution to each position."""
+    return tf.reduce_sum(gradients * activations, axis=-1)
+
+
 @dataclass(frozen=True)
 class BatchExplanation:
     """What one batch gives.

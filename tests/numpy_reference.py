@@ -1,0 +1,66 @@
+"""Independent numpy computations of the explanation formulas, for the tests to compare against.
+
+The reference model is small enough to differentiate by hand:
+    A      = ReLU(conv3x3_valid(x, K) + b)               (N, h, w, k)   the target layer
+    hidden = ReLU(flatten(A) @ W1 + c1)                                 a nonlinear head
+    logits = hidden @ W2 + c2
+so d logit_c / d flatten(A) = W1 @ (1[hidden > 0] * W2[:, c]), different for every image.
+"""
+
+import numpy as np
+
+
+def conv_valid_relu(images, kernel, bias):
+    n, height, width, _ = images.shape
+    kh, kw, _, k = kernel.shape
+    out = np.zeros((n, height - kh + 1, width - kw + 1, k))
+    for i in range(out.shape[1]):
+        for j in range(out.shape[2]):
+            out[:, i, j, :] = np.einsum("nabc,abck->nk", images[:, i:i + kh, j:j + kw, :], kernel) + bias
+    return np.maximum(out, 0)
+
+
+def forward_and_gradients(images, weights, classes=None):
+    """Target activations, logits, explained classes and d logit / d activations."""
+    (kernel, bias), (w1, c1), (w2, c2) = weights
+    activations = conv_valid_relu(images.astype(np.float64), kernel, bias)
+    flat = activations.reshape(len(images), -1)
+    pre_hidden = flat @ w1 + c1
+    logits = np.maximum(pre_hidden, 0) @ w2 + c2
+    classes = logits.argmax(axis=1) if classes is None else np.asarray(classes)
+    gradients = np.stack([
+        (w1 @ ((pre_hidden[n] > 0) * w2[:, classes[n]])).reshape(activations.shape[1:])
+        for n in range(len(images))
+    ])
+    return activations, logits, classes, gradients
+
+
+def normalize(cam):
+    cam = np.maximum(cam, 0)
+    span = cam.max() - cam.min()
+    return (cam - cam.min()) / span if span > 0 else np.zeros_like(cam)
+
+
+def cam_maps(method, activations, gradients):
+    """Per-image CAM maps, ReLU and min-max normalized, one formula per paper."""
+    maps = []
+    for a, g in zip(activations, gradients):
+        if method == "gradcam":
+            cam = a @ g.mean(axis=(0, 1))
+        elif method == "gradcam++":
+            channel_sums = a.sum(axis=(0, 1))
+            denominator = 2 * g ** 2 + channel_sums * g ** 3
+            alpha = np.divide(g ** 2, denominator, out=np.zeros_like(g), where=np.abs(denominator) > 1e-12)
+            cam = a @ (alpha * np.maximum(g, 0)).sum(axis=(0, 1))
+        elif method == "xgradcam":
+            channel_sums = a.sum(axis=(0, 1))
+            share = np.divide(a, channel_sums, out=np.zeros_like(a), where=np.abs(channel_sums) > 1e-12)
+            cam = a @ (share * g).sum(axis=(0, 1))
+        elif method == "layercam":
+            cam = (np.maximum(g, 0) * a).sum(axis=-1)
+        elif method == "hirescam":
+            cam = (g * a).sum(axis=-1)
+        else:
+            raise ValueError(method)
+        maps.append(normalize(cam))
+    return np.stack(maps)
