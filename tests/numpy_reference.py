@@ -4,20 +4,25 @@ The reference model is small enough to differentiate by hand:
     A      = ReLU(conv3x3_valid(x, K) + b)               (N, h, w, k)   the target layer
     hidden = ReLU(flatten(A) @ W1 + c1)                                 a nonlinear head
     logits = hidden @ W2 + c2
-so d logit_c / d flatten(A) = W1 @ (1[hidden > 0] * W2[:, c]), different for every image.
+so d logit_c / d flatten(A) = W1 @ (1[hidden > 0] * W2[:, c]), different for every image, and
+d logit_c / d x follows by passing that back through the ReLU mask and the convolution.
 """
 
 import numpy as np
 
 
-def conv_valid_relu(images, kernel, bias):
+def conv_valid(images, kernel, bias):
     n, height, width, _ = images.shape
     kh, kw, _, k = kernel.shape
     out = np.zeros((n, height - kh + 1, width - kw + 1, k))
     for i in range(out.shape[1]):
         for j in range(out.shape[2]):
             out[:, i, j, :] = np.einsum("nabc,abck->nk", images[:, i:i + kh, j:j + kw, :], kernel) + bias
-    return np.maximum(out, 0)
+    return out
+
+
+def conv_valid_relu(images, kernel, bias):
+    return np.maximum(conv_valid(images, kernel, bias), 0)
 
 
 def forward_and_gradients(images, weights, classes=None):
@@ -64,3 +69,34 @@ def cam_maps(method, activations, gradients):
             raise ValueError(method)
         maps.append(normalize(cam))
     return np.stack(maps)
+
+
+def input_gradients(images, weights, classes):
+    """d logit_c / d x for the reference model, (N, H, W, C), by hand-written backpropagation."""
+    (kernel, bias), _, _ = weights
+    _, _, _, layer_gradients = forward_and_gradients(images, weights, classes)
+    through_relu = layer_gradients * (conv_valid(images.astype(np.float64), kernel, bias) > 0)
+    kh, kw = kernel.shape[:2]
+    result = np.zeros(images.shape)
+    for i in range(through_relu.shape[1]):
+        for j in range(through_relu.shape[2]):
+            result[:, i:i + kh, j:j + kw, :] += np.einsum("nk,abck->nabc", through_relu[:, i, j, :], kernel)
+    return result
+
+
+def saliency_maps(images, weights, classes):
+    return np.stack([normalize(m) for m in np.abs(input_gradients(images, weights, classes)).max(axis=-1)])
+
+
+def smoothgrad_maps(images, weights, classes, noises):
+    """noises: (N, samples, H, W, C), the noise each image gets."""
+    total = sum(np.abs(input_gradients(images + noises[:, s], weights, classes)).max(axis=-1)
+                for s in range(noises.shape[1]))
+    return np.stack([normalize(m) for m in total])
+
+
+def integrated_gradients_maps(images, weights, classes, baseline, steps):
+    path = [baseline + (s + 0.5) / steps * (images - baseline) for s in range(steps)]
+    average = sum(input_gradients(p, weights, classes) for p in path) / steps
+    attribution = (images - baseline) * average
+    return np.stack([normalize(m) for m in np.abs(attribution.sum(axis=-1))])

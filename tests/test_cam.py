@@ -7,7 +7,8 @@ import pytest
 
 from xaicli.config import RunConfig
 from xaicli.explainers import REGISTRY
-from xaicli.explainers.cam import TOP_CLASS, gradcam, gradcam_plus_plus
+from xaicli.explainers.cam import gradcam, gradcam_plus_plus
+from xaicli.explainers.engine import TOP_CLASS
 from xaicli.pipeline import prepare
 
 from .numpy_reference import cam_maps, forward_and_gradients

@@ -142,3 +142,21 @@ def test_help_and_methods_do_not_import_tensorflow():
 def test_python_dash_m_runs_the_cli():
     result = subprocess.run([sys.executable, "-m", "xaicli", "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.startswith("xai, version")
+
+
+def test_gradient_methods_need_no_convolutional_layer(image_folder, tmp_path):
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((12, 12, 3))
+    keras.Model(inputs, layers.Dense(2)(layers.Flatten()(inputs))).save(tmp_path / "mlp.keras")
+    out = tmp_path / "out"
+    result = _xai("run", tmp_path / "mlp.keras", image_folder / "a.png", "-o", out,
+                  "--method", "saliency,integrated-gradients", "--ig-steps", 4)
+    assert result.exit_code == 0, result.output
+    rows = _rows(out)
+    assert [(r["method"], r["layer"]) for r in rows] == [("saliency", "input"), ("integrated-gradients", "input")]
+    assert Image.open(rows[0]["output"]).size == (40, 30)  # full-resolution map on the original
+    assert "input gradients" in result.stderr
+    cam = _xai("run", tmp_path / "mlp.keras", image_folder / "a.png", "-o", out, "--method", "gradcam")
+    assert cam.exit_code == 2 and "no convolutional layer found" in cam.stderr

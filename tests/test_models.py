@@ -7,7 +7,7 @@ import pytest
 
 from xaicli.config import RunConfig
 from xaicli.errors import LayerError, ModelError, UsageError
-from xaicli.explainers.cam import TOP_CLASS
+from xaicli.explainers.engine import TOP_CLASS
 from xaicli.models import candidate_layers, inspect_model, load_model, resolve_layer
 from xaicli.pipeline import prepare
 

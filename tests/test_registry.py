@@ -5,7 +5,7 @@ import pytest
 
 from xaicli.config import RunConfig
 from xaicli.explainers import REGISTRY
-from xaicli.explainers.cam import TOP_CLASS
+from xaicli.explainers.engine import TOP_CLASS
 from xaicli.pipeline import prepare
 
 from .conftest import SIZE

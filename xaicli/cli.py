@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 import click
 
 from . import __version__
-from .config import AUTO, RunConfig, default_workers, parse_methods, parse_size
+from .config import AUTO, IG_BASELINES, RunConfig, default_workers, parse_methods, parse_size
 from .errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, XaiError
 from .explainers import REGISTRY
 from .images import DEFAULT_MAX_PIXELS, PRESET_HELP, discover
@@ -94,12 +94,21 @@ def _layer_regex_option(func: Callable) -> Callable:
               help="Refuse images larger than this many pixels (decompression-bomb guard).")
 @click.option("--workers", type=int, default=default_workers, show_default="CPU count, 2..8",
               help="Threads that decode images and write PNGs.")
+@click.option("--smoothgrad-samples", type=int, default=25, show_default=True,
+              help="smoothgrad: noisy copies averaged per image.")
+@click.option("--smoothgrad-noise", type=float, default=0.15, show_default=True,
+              help="smoothgrad: noise std as a fraction of each image's input value range.")
+@click.option("--ig-steps", type=int, default=32, show_default=True,
+              help="integrated-gradients: steps on the path from the baseline to the image.")
+@click.option("--ig-baseline", type=click.Choice(list(IG_BASELINES)), default="black", show_default=True,
+              help="integrated-gradients start: " + "; ".join(f"{k}: {v}" for k, v in IG_BASELINES.items()) + ".")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line.")
 @_debug_option
 def run(model: Path, inputs: tuple[Path, ...], out_dir: Path, methods: str, layer: str, layer_regex: str,
         target_class: str | None, labels: Path | None, batch_size: int, preprocess: str,
         input_size: tuple[int, int] | None, alpha: float, colormap: str, max_pixels: int,
-        workers: int, quiet: bool, debug: bool) -> None:
+        workers: int, smoothgrad_samples: int, smoothgrad_noise: float, ig_steps: int, ig_baseline: str,
+        quiet: bool, debug: bool) -> None:
     """Explain every image in INPUTS (files or folders, searched recursively) with MODEL.
 
     Writes OUT/<relative path>.<method>.png per image and method, and OUT/predictions.csv.
@@ -111,7 +120,8 @@ def run(model: Path, inputs: tuple[Path, ...], out_dir: Path, methods: str, laye
             model=model, inputs=inputs, out_dir=out_dir, methods=parse_methods(methods), layer=layer,
             layer_regex=layer_regex, target_class=target_class, batch_size=batch_size, alpha=alpha,
             colormap=colormap, preprocess=preprocess, input_size=input_size, labels=labels,
-            max_pixels=max_pixels, workers=workers,
+            max_pixels=max_pixels, workers=workers, smoothgrad_samples=smoothgrad_samples,
+            smoothgrad_noise=smoothgrad_noise, ig_steps=ig_steps, ig_baseline=ig_baseline,
         )
         items = discover(config.inputs, exclude=[config.out_dir])
         if not items:
@@ -120,9 +130,10 @@ def run(model: Path, inputs: tuple[Path, ...], out_dir: Path, methods: str, laye
         pipeline = _engine(debug).pipeline
         prepared = pipeline.prepare(config)
         say = (lambda _m: None) if quiet else (lambda m: click.echo(f"xai: {m}", err=True))
-        say(f"{len(items)} images; layer {prepared.layer.path} ({prepared.layer.type_name}, "
-            f"{'auto' if config.layer == AUTO else 'chosen'}); preprocess {prepared.preprocess} "
-            f"({prepared.preprocess_reason})")
+        layer = prepared.layer
+        target = (f"layer {layer.path} ({layer.type_name}, {'auto' if config.layer == AUTO else 'chosen'})"
+                  if layer else "input gradients")
+        say(f"{len(items)} images; {target}; preprocess {prepared.preprocess} ({prepared.preprocess_reason})")
         started = time.monotonic()
         failed = _explain_with_progress(pipeline.run(prepared, items), len(items), quiet)
         elapsed = time.monotonic() - started

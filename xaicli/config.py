@@ -14,6 +14,12 @@ from .images import COLOUR_ONLY_PRESETS, DEFAULT_MAX_PIXELS, PRESETS
 from .render import COLORMAPS
 
 AUTO = "auto"
+IG_BASELINES = {
+    "black": "an all-black image (pixels 0), preprocessed like the inputs",
+    "white": "an all-white image (pixels 255), preprocessed like the inputs",
+    "gray": "a mid-gray image (pixels 127.5), preprocessed like the inputs",
+    "zeros": "model input 0 everywhere, whatever the preprocessing",
+}
 
 
 def default_workers() -> int:
@@ -40,6 +46,10 @@ class RunConfig:
     labels: Path | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
     workers: int = 2
+    smoothgrad_samples: int = 25
+    smoothgrad_noise: float = 0.15
+    ig_steps: int = 32
+    ig_baseline: str = "black"
 
     def __post_init__(self) -> None:
         if not self.inputs:
@@ -61,6 +71,19 @@ class RunConfig:
             raise UsageError(f"--workers must be at least 1, got {self.workers}")
         if self.max_pixels < 1:
             raise UsageError(f"--max-pixels must be at least 1, got {self.max_pixels}")
+        if self.smoothgrad_samples < 1:
+            raise UsageError(f"--smoothgrad-samples must be at least 1, got {self.smoothgrad_samples}")
+        if self.smoothgrad_noise < 0:
+            raise UsageError(f"--smoothgrad-noise must be 0 or more, got {self.smoothgrad_noise}")
+        if self.ig_steps < 1:
+            raise UsageError(f"--ig-steps must be at least 1, got {self.ig_steps}")
+        if self.ig_baseline not in IG_BASELINES:
+            raise UsageError(f"unknown --ig-baseline {self.ig_baseline!r}; choose from {', '.join(IG_BASELINES)}")
+
+    @property
+    def needs_layer(self) -> bool:
+        """True when a method that works on a convolutional layer is asked for."""
+        return any(REGISTRY[name].needs_layer for name in self.methods)
 
 
 def parse_methods(text: str) -> tuple[str, ...]:

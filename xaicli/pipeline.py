@@ -15,8 +15,8 @@ import tensorflow as tf
 from .config import AUTO, RunConfig, check_preset_channels, load_labels, resolve_class
 from .errors import ImageError, UsageError, first_line
 from .explainers import REGISTRY
-from .explainers.cam import TOP_CLASS, BatchExplanation, CamExplainer
-from .images import InputImage, load_image, to_model_input
+from .explainers.engine import TOP_CLASS, BatchExplanation, Explainer, MethodOptions
+from .images import PRESETS, InputImage, load_image, to_model_input
 from .models import LayerInfo, ModelInfo, build_probe, inspect_model, load_model, resolve_layer
 from .outputs import PREDICTIONS_NAME, PredictionsWriter, Row, overlay_path, write_png
 from .render import COLORMAPS, overlay
@@ -28,12 +28,12 @@ class Prepared:
 
     config: RunConfig
     info: ModelInfo
-    layer: LayerInfo
+    layer: LayerInfo | None  # None when no method needs a layer
     preprocess: str
     preprocess_reason: str
     labels: tuple[str, ...]
     target_class: int | None
-    explainer: CamExplainer
+    explainer: Explainer
     lut: np.ndarray
 
 
@@ -53,7 +53,7 @@ def prepare(config: RunConfig) -> Prepared:
     """Load and inspect the model and settle every choice before any image is read."""
     model = load_model(config.model)
     info = inspect_model(model, config.input_size)
-    layer = resolve_layer(info, config.layer, config.layer_regex)
+    layer = resolve_layer(info, config.layer, config.layer_regex) if config.needs_layer else None
     preprocess, reason = choose_preprocessing(config.preprocess, info)
     check_preset_channels(preprocess, info.channels)
     labels = load_labels(config.labels) if config.labels else ()
@@ -62,8 +62,18 @@ def prepare(config: RunConfig) -> Prepared:
             f"labels file {config.labels} has {len(labels)} names but the model has "
             f"{info.num_classes} classes"
         )
-    combiners = {name: REGISTRY[name].load() for name in config.methods}
-    explainer = CamExplainer(build_probe(model, info, layer.path), info, layer.path, combiners, config.batch_size)
+    methods = {name: REGISTRY[name] for name in config.methods}
+    layer_path = layer.path if layer else None
+    explainer = Explainer(
+        build_probe(model, info, layer_path), info, layer_path,
+        cam_methods={n: m.load() for n, m in methods.items() if m.family == "cam"},
+        gradient_methods={n: m.load() for n, m in methods.items() if m.family == "gradient"},
+        batch_size=config.batch_size,
+        options=MethodOptions(
+            smoothgrad_samples=config.smoothgrad_samples, smoothgrad_noise=config.smoothgrad_noise,
+            ig_steps=config.ig_steps, baseline=baseline_input(config.ig_baseline, info, preprocess),
+        ),
+    )
     return Prepared(
         config=config,
         info=info,
@@ -85,6 +95,20 @@ def choose_preprocessing(requested: str, info: ModelInfo) -> tuple[str, str]:
     if info.preprocessing:
         return "none", f"the model rescales inside: {info.preprocessing[0]}"
     return "unit", "no Rescaling/Normalization layer in the model, assuming pixels/255"
+
+
+def baseline_input(name: str, info: ModelInfo, preprocess: str) -> np.ndarray:
+    """The integrated-gradients baseline in model-input units: (H, W, C) float32."""
+    shape = (*info.input_size, info.channels)
+    if name == "zeros":
+        return np.zeros(shape, np.float32)
+    pixel = {"black": 0.0, "white": 255.0, "gray": 127.5}[name]
+    return PRESETS[preprocess](np.full(shape, pixel, np.float32)).astype(np.float32)
+
+
+def layer_label(prepared: Prepared, method: str) -> str:
+    """What the CSV's layer column says: the target layer, or 'input' for gradient methods."""
+    return prepared.layer.path if REGISTRY[method].needs_layer else "input"
 
 
 def run(prepared: Prepared, items: Sequence[InputImage]) -> Iterator[ImageResult]:
@@ -229,7 +253,7 @@ def _ok_row(prepared: Prepared, pending: _Pending, method: str, path: Path) -> R
         class_prob=float(probabilities[explained]),
         class_score=float(explanation.scores[i, explained]),
         method=method,
-        layer=prepared.layer.path,
+        layer=layer_label(prepared, method),
         output=str(path),
     )
 
@@ -239,7 +263,7 @@ def _error_row(prepared: Prepared, item: InputImage, method: str, error: str) ->
         input=str(item.path), status="error", error=error,
         pred_index=None, pred_label="", pred_prob=None,
         class_index=None, class_label="", class_prob=None, class_score=None,
-        method=method, layer=prepared.layer.path, output="",
+        method=method, layer=layer_label(prepared, method), output="",
     )
 
 

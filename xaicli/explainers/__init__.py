@@ -18,10 +18,15 @@ class MethodSpec:
     """One explanation method: what users see, and where its code lives."""
 
     name: str
-    family: str  # 'cam': a map over a convolutional layer from its activations and gradients
+    family: str  # 'cam': from a layer's activations and gradients; 'gradient': from d score / d input
     summary: str
     paper: str
     implementation: str  # "module:function", imported lazily
+
+    @property
+    def needs_layer(self) -> bool:
+        """CAM methods explain a convolutional layer; gradient methods the input."""
+        return self.family == "cam"
 
     def load(self) -> Any:
         """Import and return the implementing function."""
@@ -66,6 +71,27 @@ REGISTRY: dict[str, MethodSpec] = {
             summary="gradient times activation, summed over channels (no spatial averaging)",
             paper="Draelos & Carin 2020, HiResCAM, arXiv:2011.08891",
             implementation="xaicli.explainers.cam:hirescam",
+        ),
+        MethodSpec(
+            name="saliency",
+            family="gradient",
+            summary="|d score / d input|, max over colour channels; full resolution",
+            paper="Simonyan et al. 2013, Deep Inside Convolutional Networks, arXiv:1312.6034",
+            implementation="xaicli.explainers.gradients:saliency",
+        ),
+        MethodSpec(
+            name="smoothgrad",
+            family="gradient",
+            summary="saliency averaged over noisy copies of the image (--smoothgrad-samples/-noise)",
+            paper="Smilkov et al. 2017, SmoothGrad, arXiv:1706.03825",
+            implementation="xaicli.explainers.gradients:smoothgrad",
+        ),
+        MethodSpec(
+            name="integrated-gradients",
+            family="gradient",
+            summary="(input - baseline) x gradients averaged along the path from the baseline (--ig-steps/-baseline)",
+            paper="Sundararajan et al. 2017, Axiomatic Attribution for Deep Networks, arXiv:1703.01365",
+            implementation="xaicli.explainers.gradients:integrated_gradients",
         ),
     )
 }

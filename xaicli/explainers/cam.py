@@ -1,25 +1,12 @@
-"""Class activation maps from one forward and one backward pass per batch.
+"""Class activation maps: how each CAM method combines a layer's activations and gradients.
 
-The shared part lives here once: run the probe under a gradient tape, pick each image's class,
-take the gradient of that class's pre-activation score with respect to the target layer, apply
-each method's combination, ReLU. A CAM method only supplies ``combine(activations, gradients)``.
+Everything shared (the tape, class choice, ReLU, normalization, batching) lives in
+``engine.py``; a CAM method is only ``combine(activations, gradients) -> map before ReLU``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
-
-import keras
-import numpy as np
 import tensorflow as tf
-
-from ..errors import LayerError
-from ..models import ModelInfo, class_scores
-from ..render import normalize_maps
-
-Combine = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
-TOP_CLASS = -1  # requested class meaning "the top-scoring class of this image"
 
 
 def gradcam(activations: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor:
@@ -85,77 +72,3 @@ def hirescam(activations: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor:
     """HiResCAM (Draelos & Carin 2020): ``map_ij = sum_k g_ijk A_ijk``, the element-wise product
     summed over channels, which equals the score's first-order attribution to each position."""
     return tf.reduce_sum(gradients * activations, axis=-1)
-
-
-@dataclass(frozen=True)
-class BatchExplanation:
-    """What one batch gives.
-
-    probabilities, scores: (n, classes) float32; classes: (n,) int explained class per image;
-    maps: method name -> (n, h, w) float32 in [0, 1].
-    """
-
-    probabilities: np.ndarray
-    scores: np.ndarray
-    classes: np.ndarray
-    maps: dict[str, np.ndarray]
-
-
-class CamExplainer:
-    """Explains fixed-size batches with one compiled step shared by all requested CAM methods.
-
-    Batches smaller than ``batch_size`` are padded, so the step is traced once.
-    """
-
-    def __init__(self, probe: keras.Model, info: ModelInfo, layer_path: str, combiners: dict[str, Combine],
-                 batch_size: int):
-        self._probe = probe
-        self._layer_path = layer_path
-        self._info = info
-        self._combiners = combiners
-        self.batch_size = batch_size
-        height, width = info.input_size
-        self._step = tf.function(
-            self._compute,
-            input_signature=[
-                tf.TensorSpec((batch_size, height, width, info.channels), tf.float32),
-                tf.TensorSpec((batch_size,), tf.int32),
-            ],
-        )
-
-    def _compute(self, images: tf.Tensor, requested: tf.Tensor):
-        with tf.GradientTape() as tape:
-            outputs = self._probe(images, training=False)
-            scores, probabilities = class_scores(tf.cast(outputs["logits"], tf.float32), self._info)
-            top = tf.argmax(scores, axis=-1, output_type=tf.int32)
-            classes = tf.where(requested == TOP_CLASS, top, requested)
-            explained = tf.gather(scores, classes, batch_dims=1)
-        # Images in a batch are independent at inference, so the gradient of the summed scores
-        # is each image's own gradient. Differentiate the layer's own tensor, then cast: a cast
-        # taken first (float16 models) would be a side branch with no gradient.
-        gradients = tape.gradient(explained, outputs["activations"])
-        if gradients is None:
-            raise LayerError(f"layer {self._layer_path!r} does not feed the model's output; pick another with --layer")
-        activations = tf.cast(outputs["activations"], tf.float32)
-        gradients = tf.cast(gradients, tf.float32)
-        maps = {name: tf.nn.relu(combine(activations, gradients)) for name, combine in self._combiners.items()}
-        return probabilities, scores, classes, maps
-
-    def explain(self, images: np.ndarray, requested: np.ndarray) -> BatchExplanation:
-        """Explain up to ``batch_size`` images.
-
-        Args:
-            images: (n, H, W, C) float32 preprocessed model inputs, 1 <= n <= batch_size.
-            requested: (n,) int class per image, or ``TOP_CLASS``.
-        """
-        count = len(images)
-        padding = self.batch_size - count
-        batch = np.concatenate([images, np.zeros((padding, *images.shape[1:]), np.float32)])
-        wanted = np.concatenate([requested, np.full(padding, TOP_CLASS)]).astype(np.int32)
-        probabilities, scores, classes, maps = self._step(tf.constant(batch), tf.constant(wanted))
-        return BatchExplanation(
-            probabilities=probabilities.numpy()[:count],
-            scores=scores.numpy()[:count],
-            classes=classes.numpy()[:count],
-            maps={name: normalize_maps(m.numpy()[:count]) for name, m in maps.items()},
-        )
