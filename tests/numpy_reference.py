@@ -46,6 +46,53 @@ def normalize(cam):
     return (cam - cam.min()) / span if span > 0 else np.zeros_like(cam)
 
 
+def eigencam_maps(activations):
+    """First principal component over positions, signed to agree with the channel sum."""
+    maps = []
+    for a in activations:
+        positions = a.reshape(-1, a.shape[-1])
+        centred = positions - positions.mean(axis=0)
+        projection = centred @ np.linalg.svd(centred)[2][0]
+        energy = positions.sum(axis=1) - positions.sum(axis=1).mean()
+        if (projection * energy).sum() < 0:
+            projection = -projection
+        maps.append(normalize(projection.reshape(a.shape[:2])))
+    return np.stack(maps)
+
+
+def bilinear_resize(grid, height, width):
+    """Bilinear resize of (h, w) with half-pixel centres and edge clamping."""
+    def axis(size_in, size_out):
+        source = np.clip((np.arange(size_out) + 0.5) * size_in / size_out - 0.5, 0, size_in - 1)
+        low = np.floor(source).astype(int)
+        return low, np.minimum(low + 1, size_in - 1), source - low
+    r0, r1, fr = axis(grid.shape[0], height)
+    c0, c1, fc = axis(grid.shape[1], width)
+    top = grid[r0][:, c0] * (1 - fc) + grid[r0][:, c1] * fc
+    bottom = grid[r1][:, c0] * (1 - fc) + grid[r1][:, c1] * fc
+    return top * (1 - fr[:, None]) + bottom * fr[:, None]
+
+
+def scorecam_maps(images, weights, classes, max_channels=None):
+    """Each channel, upsampled and min-maxed, masks the image; softmax of the class scores weights it."""
+    activations, _, _, _ = forward_and_gradients(images, weights, classes)
+    maps = []
+    for image, a, c in zip(images, activations, classes):
+        channels = np.arange(a.shape[-1])
+        if max_channels is not None:
+            channels = np.sort(np.argsort(-a.mean(axis=(0, 1)), kind="stable")[:max_channels])
+        scores = []
+        for k in channels:
+            mask = bilinear_resize(a[:, :, k], *image.shape[:2])
+            span = mask.max() - mask.min()
+            mask = (mask - mask.min()) / span if span > 0 else np.zeros_like(mask)
+            _, logits, _, _ = forward_and_gradients((image * mask[:, :, None])[None], weights, [c])
+            scores.append(logits[0, c])
+        w = np.exp(np.array(scores) - max(scores))
+        maps.append(normalize(a[:, :, channels] @ (w / w.sum())))
+    return np.stack(maps)
+
+
 def cam_maps(method, activations, gradients):
     """Per-image CAM maps, ReLU and min-max normalized, one formula per paper."""
     maps = []
@@ -65,6 +112,8 @@ def cam_maps(method, activations, gradients):
             cam = (np.maximum(g, 0) * a).sum(axis=-1)
         elif method == "hirescam":
             cam = (g * a).sum(axis=-1)
+        elif method == "eigencam":
+            return eigencam_maps(activations)
         else:
             raise ValueError(method)
         maps.append(normalize(cam))

@@ -7,11 +7,11 @@ import pytest
 
 from xaicli.config import RunConfig
 from xaicli.explainers import REGISTRY
-from xaicli.explainers.cam import gradcam, gradcam_plus_plus
+from xaicli.explainers.cam import eigencam, gradcam, gradcam_plus_plus
 from xaicli.explainers.engine import TOP_CLASS
 from xaicli.pipeline import prepare
 
-from .numpy_reference import cam_maps, forward_and_gradients
+from .numpy_reference import cam_maps, forward_and_gradients, scorecam_maps
 
 
 def _explainer(model_path: Path, batch_size: int = 8, target_class: str | None = None, **options):
@@ -104,6 +104,31 @@ def test_every_cam_method_matches_its_numpy_formula(reference_model, requested):
     for method in CAM_METHODS:
         expected = cam_maps(method, activations, gradients)
         np.testing.assert_allclose(result.maps[method], expected, atol=1e-4, err_msg=method)
+
+
+@pytest.mark.parametrize("max_channels", [None, 2])
+def test_scorecam_matches_numpy(reference_model, max_channels):
+    path, weights = reference_model
+    images = np.random.default_rng(6).normal(size=(3, 8, 8, 3)).astype(np.float32)
+    run = _explainer(path, methods=("scorecam",), batch_size=2, scorecam_max_channels=max_channels)
+    results = [run.explainer.explain(images[s], np.full(len(images[s]), TOP_CLASS)) for s in (slice(0, 2), slice(2, 3))]
+    classes = np.concatenate([r.classes for r in results])
+    maps = np.concatenate([r.maps["scorecam"] for r in results])
+    np.testing.assert_allclose(maps, scorecam_maps(images, weights, classes, max_channels), atol=1e-4)
+
+
+@pytest.mark.parametrize("channel_weights", [[1.0, 1.0, 1.0], [-3.0, 2.0, 2.0], [1.0, 1.0, -1.5]])
+def test_eigencam_sign_makes_the_active_region_positive(channel_weights):
+    """The blob raises the channel sum, so the map must peak there. With a dominant negative
+    channel, the raw singular vector (largest entry made positive) would invert the map."""
+    import tensorflow as tf
+
+    blob = np.zeros((6, 6))
+    blob[2, 3] = 1.0
+    noise = np.random.default_rng(0).uniform(0, 0.05, size=(6, 6, 3))
+    activations = blob[:, :, None] * np.array(channel_weights) + noise
+    result = eigencam(tf.constant(activations[None], tf.float32), tf.zeros((1, 6, 6, 3))).numpy()[0]
+    assert np.unravel_index(np.argmax(result), result.shape) == (2, 3)
 
 
 def test_gradcam_plus_plus_weights_by_hand():

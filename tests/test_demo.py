@@ -34,8 +34,9 @@ def test_demo_model_classifies_the_sample_shapes(demo_result):
 
 
 # Pixel-level gradient maps peak on single pixels, often on an object's edge or on background
-# texture the model also uses; CAM maps peak on regions. Scores today are in the README.
-MINIMUM_SHARE = {"cam": 0.9, "gradient": 0.75}
+# texture the model also uses; Score-CAM masks towards black, which hides little of the dark
+# shapes. Gradient-weighted CAM maps peak on regions. Scores today are in the README.
+MINIMUM_SHARE = {"cam": 0.9, "score": 0.75, "gradient": 0.75}
 
 
 @pytest.mark.parametrize("method", sorted(REGISTRY))

@@ -102,13 +102,15 @@ def _layer_regex_option(func: Callable) -> Callable:
               help="integrated-gradients: steps on the path from the baseline to the image.")
 @click.option("--ig-baseline", type=click.Choice(list(IG_BASELINES)), default="black", show_default=True,
               help="integrated-gradients start: " + "; ".join(f"{k}: {v}" for k, v in IG_BASELINES.items()) + ".")
+@click.option("--scorecam-max-channels", type=int, default=None,
+              help="scorecam: score only the N most active channels (faster); default every channel.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line.")
 @_debug_option
 def run(model: Path, inputs: tuple[Path, ...], out_dir: Path, methods: str, layer: str, layer_regex: str,
         target_class: str | None, labels: Path | None, batch_size: int, preprocess: str,
         input_size: tuple[int, int] | None, alpha: float, colormap: str, max_pixels: int,
         workers: int, smoothgrad_samples: int, smoothgrad_noise: float, ig_steps: int, ig_baseline: str,
-        quiet: bool, debug: bool) -> None:
+        scorecam_max_channels: int | None, quiet: bool, debug: bool) -> None:
     """Explain every image in INPUTS (files or folders, searched recursively) with MODEL.
 
     Writes OUT/<relative path>.<method>.png per image and method, and OUT/predictions.csv.
@@ -122,6 +124,7 @@ def run(model: Path, inputs: tuple[Path, ...], out_dir: Path, methods: str, laye
             colormap=colormap, preprocess=preprocess, input_size=input_size, labels=labels,
             max_pixels=max_pixels, workers=workers, smoothgrad_samples=smoothgrad_samples,
             smoothgrad_noise=smoothgrad_noise, ig_steps=ig_steps, ig_baseline=ig_baseline,
+            scorecam_max_channels=scorecam_max_channels,
         )
         items = discover(config.inputs, exclude=[config.out_dir])
         if not items:

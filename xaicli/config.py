@@ -50,6 +50,7 @@ class RunConfig:
     smoothgrad_noise: float = 0.15
     ig_steps: int = 32
     ig_baseline: str = "black"
+    scorecam_max_channels: int | None = None  # None = every channel
 
     def __post_init__(self) -> None:
         if not self.inputs:
@@ -77,6 +78,8 @@ class RunConfig:
             raise UsageError(f"--smoothgrad-noise must be 0 or more, got {self.smoothgrad_noise}")
         if self.ig_steps < 1:
             raise UsageError(f"--ig-steps must be at least 1, got {self.ig_steps}")
+        if self.scorecam_max_channels is not None and self.scorecam_max_channels < 1:
+            raise UsageError(f"--scorecam-max-channels must be at least 1, got {self.scorecam_max_channels}")
         if self.ig_baseline not in IG_BASELINES:
             raise UsageError(f"unknown --ig-baseline {self.ig_baseline!r}; choose from {', '.join(IG_BASELINES)}")
 

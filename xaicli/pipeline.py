@@ -68,10 +68,12 @@ def prepare(config: RunConfig) -> Prepared:
         build_probe(model, info, layer_path), info, layer_path,
         cam_methods={n: m.load() for n, m in methods.items() if m.family == "cam"},
         gradient_methods={n: m.load() for n, m in methods.items() if m.family == "gradient"},
+        score_methods={n: m.load() for n, m in methods.items() if m.family == "score"},
         batch_size=config.batch_size,
         options=MethodOptions(
             smoothgrad_samples=config.smoothgrad_samples, smoothgrad_noise=config.smoothgrad_noise,
             ig_steps=config.ig_steps, baseline=baseline_input(config.ig_baseline, info, preprocess),
+            scorecam_max_channels=config.scorecam_max_channels,
         ),
     )
     return Prepared(

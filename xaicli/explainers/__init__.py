@@ -18,15 +18,17 @@ class MethodSpec:
     """One explanation method: what users see, and where its code lives."""
 
     name: str
-    family: str  # 'cam': from a layer's activations and gradients; 'gradient': from d score / d input
+    # 'cam': from a layer's activations and gradients; 'score': from a layer's activations and
+    # masked forward passes; 'gradient': from d score / d input
+    family: str
     summary: str
     paper: str
     implementation: str  # "module:function", imported lazily
 
     @property
     def needs_layer(self) -> bool:
-        """CAM methods explain a convolutional layer; gradient methods the input."""
-        return self.family == "cam"
+        """CAM and score methods explain a convolutional layer; gradient methods the input."""
+        return self.family in ("cam", "score")
 
     def load(self) -> Any:
         """Import and return the implementing function."""
@@ -71,6 +73,20 @@ REGISTRY: dict[str, MethodSpec] = {
             summary="gradient times activation, summed over channels (no spatial averaging)",
             paper="Draelos & Carin 2020, HiResCAM, arXiv:2011.08891",
             implementation="xaicli.explainers.cam:hirescam",
+        ),
+        MethodSpec(
+            name="eigencam",
+            family="cam",
+            summary="first principal component of the layer's activations (class-agnostic, no gradients)",
+            paper="Muhammad & Yeasin 2020, Eigen-CAM, IJCNN, arXiv:2008.00299",
+            implementation="xaicli.explainers.cam:eigencam",
+        ),
+        MethodSpec(
+            name="scorecam",
+            family="score",
+            summary="channel weights = softmax of class scores with each channel as an input mask (--scorecam-max-channels)",
+            paper="Wang et al. 2020, Score-CAM, CVPR Workshops, arXiv:1910.01279",
+            implementation="xaicli.explainers.scorecam:scorecam",
         ),
         MethodSpec(
             name="saliency",

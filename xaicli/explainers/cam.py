@@ -72,3 +72,23 @@ def hirescam(activations: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor:
     """HiResCAM (Draelos & Carin 2020): ``map_ij = sum_k g_ijk A_ijk``, the element-wise product
     summed over channels, which equals the score's first-order attribution to each position."""
     return tf.reduce_sum(gradients * activations, axis=-1)
+
+
+def eigencam(activations: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor:
+    """Eigen-CAM (Muhammad & Yeasin 2020): the activations' first principal component.
+
+    Positions are samples and channels are features: centre over positions, take the first right
+    singular vector ``v``, and project, ``map_ij = (A_ij - mean A) . v``. An eigenvector's sign is
+    arbitrary, so it is chosen to make the map correlate positively with the channel-summed
+    activations: maps are never randomly inverted. Class-agnostic; ``gradients`` are unused.
+    """
+    del gradients
+    batch, height, width, channels = tf.unstack(tf.shape(activations))
+    positions = tf.reshape(activations, (batch, height * width, channels))
+    centred = positions - tf.reduce_mean(positions, axis=1, keepdims=True)
+    _, _, vectors = tf.linalg.svd(centred)
+    projection = tf.linalg.matvec(centred, vectors[:, :, 0])
+    energy = tf.reduce_sum(positions, axis=-1)
+    energy = energy - tf.reduce_mean(energy, axis=1, keepdims=True)
+    sign = tf.where(tf.reduce_sum(projection * energy, axis=1, keepdims=True) < 0, -1.0, 1.0)
+    return tf.reshape(sign * projection, (batch, height, width))

@@ -1,5 +1,6 @@
-"""Explain a batch: one compiled step for predictions and every CAM method, and a compiled
-input-gradient step that the gradient-family methods call as often as they need.
+"""Explain a batch: one compiled step for predictions and every CAM method, a compiled
+input-gradient step that the gradient-family methods call as often as they need, and a compiled
+masked-scoring step for Score-CAM.
 
 Batches smaller than ``batch_size`` are padded so each step is traced once.
 """
@@ -31,6 +32,7 @@ class MethodOptions:
     ig_steps: int = 32
     baseline: np.ndarray | None = None
     seed: int = 0
+    scorecam_max_channels: int | None = None
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,19 @@ class GradientContext:
     classes: np.ndarray  # (B,) int32
     options: MethodOptions
     gradient: Callable[[np.ndarray], np.ndarray]  # (B, H, W, C) -> (B, H, W, C)
+
+
+@dataclass(frozen=True)
+class ScoreContext:
+    """What a score-family method gets: the padded batch, its classes, the target layer's
+    activations, and a way to score one image under a stack of masks drawn from them."""
+
+    images: np.ndarray  # (B, H, W, C) float32
+    classes: np.ndarray  # (B,) int32
+    activations: np.ndarray  # (B, h, w, k) float32
+    options: MethodOptions
+    # (image (H, W, C), channel maps (m, h, w), class) -> (m,) class scores of the masked image
+    masked_scores: Callable[[np.ndarray, np.ndarray, int], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -64,12 +79,13 @@ class Explainer:
 
     def __init__(self, probe: keras.Model, info: ModelInfo, layer_path: str | None,
                  cam_methods: dict[str, Callable], gradient_methods: dict[str, Callable],
-                 batch_size: int, options: MethodOptions):
+                 score_methods: dict[str, Callable], batch_size: int, options: MethodOptions):
         self._probe = probe
         self._info = info
         self._layer_path = layer_path
         self._cam_methods = cam_methods
         self._gradient_methods = gradient_methods
+        self._score_methods = score_methods
         self._options = options
         self.batch_size = batch_size
         height, width = info.input_size
@@ -77,6 +93,14 @@ class Explainer:
         classes = tf.TensorSpec((batch_size,), tf.int32)
         self._step = tf.function(self._predict_and_cams, input_signature=[images, classes])
         self._input_gradient = tf.function(self._score_gradient, input_signature=[images, classes])
+        self._masked = None
+        if score_methods:
+            grid = probe.output["activations"].shape[1:3]
+            self._masked = tf.function(self._score_masked, input_signature=[
+                tf.TensorSpec((height, width, info.channels), tf.float32),
+                tf.TensorSpec((batch_size, *grid), tf.float32),
+                tf.TensorSpec((), tf.int32),
+            ])
 
     def _predict_and_cams(self, images: tf.Tensor, requested: tf.Tensor):
         with tf.GradientTape() as tape:
@@ -97,7 +121,19 @@ class Explainer:
             activations = tf.cast(outputs["activations"], tf.float32)
             gradients = tf.cast(gradients, tf.float32)
             maps = {name: tf.nn.relu(combine(activations, gradients)) for name, combine in self._cam_methods.items()}
-        return probabilities, scores, classes, maps
+        activations = outputs.get("activations", tf.zeros((0,)))
+        return probabilities, scores, classes, maps, tf.cast(activations, tf.float32)
+
+    def _score_masked(self, image: tf.Tensor, channel_maps: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
+        """Upsample each map to the input size (bilinear, half-pixel centres), min-max it to
+        [0, 1] (a flat map becomes 0), mask the image with it and score ``target``."""
+        height, width = self._info.input_size
+        masks = tf.image.resize(channel_maps[..., None], (height, width), method="bilinear")
+        low = tf.reduce_min(masks, axis=(1, 2, 3), keepdims=True)
+        span = tf.reduce_max(masks, axis=(1, 2, 3), keepdims=True) - low
+        masks = tf.where(span > 0, (masks - low) / tf.where(span > 0, span, 1.0), 0.0)
+        scores, _ = class_scores(tf.cast(self._probe(image[None] * masks, training=False)["logits"], tf.float32), self._info)
+        return scores[:, target]
 
     def _score_gradient(self, images: tf.Tensor, classes: tf.Tensor) -> tf.Tensor:
         with tf.GradientTape() as tape:
@@ -117,17 +153,31 @@ class Explainer:
         padding = self.batch_size - count
         batch = np.concatenate([images, np.zeros((padding, *images.shape[1:]), np.float32)])
         wanted = np.concatenate([requested, np.full(padding, TOP_CLASS)]).astype(np.int32)
-        probabilities, scores, classes, cam_maps = self._step(tf.constant(batch), tf.constant(wanted))
+        probabilities, scores, classes, cam_maps, activations = self._step(tf.constant(batch), tf.constant(wanted))
         raw = {name: m.numpy() for name, m in cam_maps.items()}
         if self._gradient_methods:
             context = GradientContext(batch, classes.numpy(), self._options, self._gradient_at(classes))
             raw.update({name: method(context) for name, method in self._gradient_methods.items()})
+        if self._score_methods:
+            context = ScoreContext(batch[:count], classes.numpy()[:count], activations.numpy()[:count],
+                                   self._options, self._masked_scores)
+            raw.update({name: method(context) for name, method in self._score_methods.items()})
         return BatchExplanation(
             probabilities=probabilities.numpy()[:count],
             scores=scores.numpy()[:count],
             classes=classes.numpy()[:count],
             maps={name: normalize_maps(raw[name][:count]) for name in raw},
         )
+
+    def _masked_scores(self, image: np.ndarray, channel_maps: np.ndarray, target: int) -> np.ndarray:
+        """Scores of ``image`` under each of ``channel_maps`` (m, h, w), in padded chunks."""
+        scores = []
+        for start in range(0, len(channel_maps), self.batch_size):
+            chunk = channel_maps[start:start + self.batch_size]
+            padded = np.concatenate([chunk, np.zeros((self.batch_size - len(chunk), *chunk.shape[1:]), np.float32)])
+            result = self._masked(tf.constant(image), tf.constant(padded, tf.float32), tf.constant(target, tf.int32))
+            scores.append(result.numpy()[:len(chunk)])
+        return np.concatenate(scores)
 
     def _gradient_at(self, classes: tf.Tensor) -> Callable[[np.ndarray], np.ndarray]:
         return lambda inputs: self._input_gradient(tf.constant(inputs, tf.float32), classes).numpy()
