@@ -7,6 +7,7 @@ TensorFlow is imported only inside the commands that need a model, so ``xai --he
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 import time
@@ -51,11 +52,22 @@ def _size_value(_ctx: click.Context, _param: click.Parameter, value: str | None)
         raise click.BadParameter(str(exc)) from None
 
 
-def _input_size_option(func: Callable) -> Callable:
-    return click.option(
-        "--input-size", metavar="HxW", callback=_size_value,
-        help="Image size fed to the model (height x width); needed when the model accepts any size.",
-    )(func)
+def _model_options(func: Callable) -> Callable:
+    """Options that say how to load and read the model, shared by every command that takes one."""
+    options = [
+        click.option("--input-size", metavar="HxW", callback=_size_value,
+                     help="Image size fed to the model (height x width); needed when the model accepts any size."),
+        click.option("--output", "output", default="0", show_default=True, metavar="INDEX|NAME",
+                     help="Which model output to explain, for models with several (see `xai info`)."),
+        click.option("--unsafe", is_flag=True,
+                     help="Allow Lambda layers holding Python code; loading them can run arbitrary code, "
+                          "so use only for files you trust."),
+        click.option("--custom-objects", metavar="FILE.py|MODULE",
+                     help="Python file or module that defines the model's custom layers."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
 
 
 def _layer_regex_option(func: Callable) -> Callable:
@@ -85,7 +97,7 @@ def _layer_regex_option(func: Callable) -> Callable:
 @click.option("--preprocess", type=click.Choice([AUTO, *PRESET_HELP]), default=AUTO, show_default=True,
               help="Pixel scaling: auto (0..255 if the model has a Rescaling/Normalization layer, "
                    "else 0..1); " + "; ".join(f"{k}: {v}" for k, v in PRESET_HELP.items()) + ".")
-@_input_size_option
+@_model_options
 @click.option("--alpha", type=float, default=0.4, show_default=True,
               help="Heatmap opacity over the image, 0 (image only) to 1 (heatmap only).")
 @click.option("--colormap", type=click.Choice(list(COLORMAPS)), default="jet", show_default=True,
@@ -108,7 +120,7 @@ def _layer_regex_option(func: Callable) -> Callable:
 @_debug_option
 def run(model: Path, inputs: tuple[Path, ...], out_dir: Path, methods: str, layer: str, layer_regex: str,
         target_class: str | None, labels: Path | None, batch_size: int, preprocess: str,
-        input_size: tuple[int, int] | None, alpha: float, colormap: str, max_pixels: int,
+        input_size: tuple[int, int] | None, output: str, unsafe: bool, custom_objects: str | None, alpha: float, colormap: str, max_pixels: int,
         workers: int, smoothgrad_samples: int, smoothgrad_noise: float, ig_steps: int, ig_baseline: str,
         scorecam_max_channels: int | None, quiet: bool, debug: bool) -> None:
     """Explain every image in INPUTS (files or folders, searched recursively) with MODEL.
@@ -121,7 +133,8 @@ def run(model: Path, inputs: tuple[Path, ...], out_dir: Path, methods: str, laye
         config = RunConfig(
             model=model, inputs=inputs, out_dir=out_dir, methods=parse_methods(methods), layer=layer,
             layer_regex=layer_regex, target_class=target_class, batch_size=batch_size, alpha=alpha,
-            colormap=colormap, preprocess=preprocess, input_size=input_size, labels=labels,
+            colormap=colormap, preprocess=preprocess, input_size=input_size, output=output, unsafe=unsafe,
+            custom_objects=custom_objects, labels=labels,
             max_pixels=max_pixels, workers=workers, smoothgrad_samples=smoothgrad_samples,
             smoothgrad_noise=smoothgrad_noise, ig_steps=ig_steps, ig_baseline=ig_baseline,
             scorecam_max_channels=scorecam_max_channels,
@@ -160,14 +173,16 @@ def _explain_with_progress(results: Iterator, total: int, quiet: bool) -> int:
 @main.command(context_settings=CONTEXT)
 @click.argument("model", type=click.Path(path_type=Path))
 @_layer_regex_option
-@_input_size_option
+@_model_options
 @click.option("--all", "show_all", is_flag=True, help="List every layer, not only the candidates.")
 @_debug_option
-def layers(model: Path, layer_regex: str, input_size: tuple[int, int] | None, show_all: bool, debug: bool) -> None:
+def layers(model: Path, layer_regex: str, input_size: tuple[int, int] | None, output: str, unsafe: bool,
+           custom_objects: str | None, show_all: bool, debug: bool) -> None:
     """List MODEL's candidate target layers; '*' marks the one `--layer auto` picks."""
     with _errors_reported(debug):
         models = _engine(debug).models
-        info = models.inspect_model(models.load_model(model), input_size)
+        _, info = models.open_model(model, input_size=input_size, output=output, unsafe=unsafe,
+                                    custom_objects=custom_objects)
         candidates = models.candidate_layers(info, layer_regex)
         picked = candidates[-1].path if candidates else None
         index = {layer.path: i for i, layer in enumerate(candidates)}
@@ -183,6 +198,38 @@ def layers(model: Path, layer_regex: str, input_size: tuple[int, int] | None, sh
             click.echo(f"no candidate layers (4-D feature maps whose type is a convolution or whose name "
                        f"matches /{layer_regex}/); try --all and pass one with --layer", err=True)
     sys.exit(EXIT_OK)
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("model", type=click.Path(path_type=Path))
+@_layer_regex_option
+@_model_options
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object for machines.")
+@_debug_option
+def info(model: Path, layer_regex: str, input_size: tuple[int, int] | None, output: str, unsafe: bool,
+         custom_objects: str | None, as_json: bool, debug: bool) -> None:
+    """Describe MODEL: format, input, outputs, classes, activation, preprocessing, the layer
+    `--layer auto` picks, and the methods that apply."""
+    with _errors_reported(debug):
+        engine = _engine(debug)
+        _, details = engine.models.open_model(model, input_size=input_size, output=output, unsafe=unsafe,
+                                              custom_objects=custom_objects)
+        summary = engine.pipeline.describe(model, details, layer_regex)
+        if as_json:
+            click.echo(json.dumps(summary, indent=2))
+        else:
+            width = max(len(key) for key in summary)
+            for key, value in summary.items():
+                click.echo(f"{key.replace('_', ' '):<{width}}  {_as_text(value)}")
+    sys.exit(EXIT_OK)
+
+
+def _as_text(value: object) -> str:
+    if isinstance(value, list):
+        return "; ".join(_as_text(v) for v in value) if value and isinstance(value[0], dict) else ", ".join(map(str, value))
+    if isinstance(value, dict):
+        return f"{value['index']}: {value['layer']} ({value['units']} units, {value['activation']})"
+    return str(value)
 
 
 @main.command(context_settings=CONTEXT)

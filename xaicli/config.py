@@ -43,6 +43,9 @@ class RunConfig:
     colormap: str = "jet"
     preprocess: str = AUTO
     input_size: tuple[int, int] | None = None
+    output: str = "0"  # index or name of the model output to explain
+    unsafe: bool = False  # allow Lambda layers holding Python code
+    custom_objects: str | None = None  # a .py file or module defining custom layers
     labels: Path | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
     workers: int = 2

@@ -14,6 +14,8 @@ an output layer that has its softmax/sigmoid built in.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import re
 from dataclasses import dataclass, field
 from functools import partial
@@ -61,6 +63,16 @@ class LayerInfo:
 
 
 @dataclass(frozen=True)
+class OutputInfo:
+    """One model output: the innermost layer that produces it, its width and activation."""
+
+    index: int
+    head_path: str
+    units: int
+    final_activation: str
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """What the rest of the tool needs to know about a loaded model."""
 
@@ -71,6 +83,7 @@ class ModelInfo:
     final_activation: str  # 'softmax', 'sigmoid' or 'linear'
     units: int  # width of the output (logits)
     preprocessing: tuple[str, ...]  # paths of Rescaling/Normalization layers inside
+    outputs: tuple[OutputInfo, ...] = ()  # every output; head_path/units/activation are the chosen one's
 
     @property
     def num_classes(self) -> int:
@@ -82,8 +95,14 @@ class ModelInfo:
         return self.final_activation == "sigmoid" and self.units == 1
 
 
-def load_model(path: Path) -> keras.Model:
-    """Load a ``.keras`` or ``.h5`` file (Keras 2 or 3) without compiling, in safe mode."""
+def load_model(path: Path, unsafe: bool = False, custom_objects: dict[str, Any] | None = None) -> keras.Model:
+    """Load a ``.keras`` or ``.h5`` file (Keras 2 or 3) without compiling.
+
+    Args:
+        unsafe: allow ``Lambda`` layers that hold Python code (Keras safe mode off); only for
+            files you trust, because loading them can run arbitrary code.
+        custom_objects: name -> class or function for custom layers (see ``load_custom_objects``).
+    """
     if not path.exists():
         raise ModelError(f"model file not found: {path}")
     if path.is_dir():
@@ -94,9 +113,9 @@ def load_model(path: Path) -> keras.Model:
     if path.suffix.lower() not in MODEL_SUFFIXES:
         raise ModelError(f"{path}: unsupported model format; give a .keras or .h5 file")
     try:
-        model = keras.models.load_model(path, compile=False, safe_mode=True)
+        model = keras.models.load_model(path, compile=False, safe_mode=not unsafe, custom_objects=custom_objects)
     except Exception as exc:  # Keras raises many types for a bad file; all mean the same here
-        raise ModelError(f"cannot load model {path}: {first_line(exc)}") from exc
+        raise ModelError(_load_failure(path, exc)) from exc
     if not isinstance(model, (keras.Sequential, Functional)):
         raise ModelError(
             f"{path} holds a subclassed model ({type(model).__name__}); "
@@ -105,11 +124,75 @@ def load_model(path: Path) -> keras.Model:
     return model
 
 
-def inspect_model(model: keras.Model, input_size: tuple[int, int] | None = None) -> ModelInfo:
-    """Trace the model once, symbolically, and describe its input, layers and output.
+def _load_failure(path: Path, exc: BaseException) -> str:
+    """One line that says why loading failed and what to do."""
+    chain = " ".join(str(e) for e in _exception_chain(exc))
+    if "Lambda" in chain and "safe_mode" in chain:
+        return (f"{path} has a Lambda layer holding Python code, which safe loading refuses because "
+                "it can run arbitrary code; if you trust this file, pass --unsafe")
+    missing = re.search(r"Could not locate (?:class|function) '([^']+)'", chain) or re.search(r"Unknown layer: '([^']+)'", chain)
+    if missing:
+        return (f"{path} uses the custom class or function '{missing[1]}'; pass --custom-objects "
+                "FILE.py (or a module name) that defines it")
+    return f"cannot load model {path}: {first_line(exc)}"
+
+
+def _exception_chain(exc: BaseException | None) -> list[BaseException]:
+    chain: list[BaseException] = []
+    while exc is not None and exc not in chain:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return chain
+
+
+def load_custom_objects(source: str) -> dict[str, Any]:
+    """Import a Python file or module that defines custom layers; returns its public classes and
+    functions by name. Classes decorated with ``@keras.saving.register_keras_serializable()``
+    register themselves on import; undecorated ones are matched by class name."""
+    try:
+        if source.endswith(".py") or Path(source).is_file():
+            spec = importlib.util.spec_from_file_location(f"xai_custom_{Path(source).stem}", source)
+            if spec is None or spec.loader is None:
+                raise ImportError(f"not a Python file: {source}")
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(source)
+    except Exception as exc:  # the user's own code: any error it raises is theirs to see
+        raise UsageError(f"--custom-objects {source}: cannot import it: {first_line(exc)}") from exc
+    return {name: value for name, value in vars(module).items()
+            if not name.startswith("_") and callable(value) and getattr(value, "__module__", None) == module.__name__}
+
+
+def open_model(path: Path, *, input_size: tuple[int, int] | None = None, output: str = "0",
+               unsafe: bool = False, custom_objects: str | None = None) -> tuple[keras.Model, ModelInfo]:
+    """Load and inspect in one step, as every command does."""
+    objects = load_custom_objects(custom_objects) if custom_objects else None
+    model = load_model(path, unsafe=unsafe, custom_objects=objects)
+    return model, inspect_model(model, input_size, output)
+
+
+def model_format(path: Path) -> str:
+    """A short description of the file format, with the Keras version that wrote an .h5 file."""
+    if path.suffix.lower() == ".keras":
+        return "Keras 3 (.keras)"
+    try:
+        import h5py
+
+        with h5py.File(path, "r") as handle:
+            version = handle.attrs.get("keras_version", "unknown")
+        return f"HDF5 (.h5) written by Keras {version.decode() if isinstance(version, bytes) else version}"
+    except OSError:
+        return "HDF5 (.h5)"
+
+
+def inspect_model(model: keras.Model, input_size: tuple[int, int] | None = None, output: str = "0") -> ModelInfo:
+    """Trace the model once, symbolically, and describe its input, layers and outputs.
 
     Args:
         input_size: (height, width) for models whose input size is not fixed.
+        output: which output to explain: an index, or the name or path of the layer that
+            produces it (``xai info`` lists them).
     """
     size, channels = _input_geometry(model, input_size)
     traced = _trace(model, size, channels, _Plan(record=lambda _path: True))
@@ -118,17 +201,31 @@ def inspect_model(model: keras.Model, input_size: tuple[int, int] | None = None)
                   isinstance(layer, CONVOLUTIONS))
         for path, layer in traced.layers.items()
     )
-    head_path = traced.heads[0]
-    head = traced.layers[head_path]
+    outputs = tuple(
+        OutputInfo(i, head, int(tensor.shape[-1]), final_activation(traced.layers[head]))
+        for i, (head, tensor) in enumerate(zip(traced.heads, traced.outputs))
+    )
+    chosen = _choose_output(outputs, output)
     return ModelInfo(
         input_size=size,
         channels=channels,
         layers=layers,
-        head_path=head_path,
-        final_activation=final_activation(head),
-        units=int(traced.outputs[0].shape[-1]),
+        head_path=chosen.head_path,
+        final_activation=chosen.final_activation,
+        units=chosen.units,
         preprocessing=tuple(p for p, l in traced.layers.items() if isinstance(l, PREPROCESSING_LAYERS)),
+        outputs=outputs,
     )
+
+
+def _choose_output(outputs: tuple[OutputInfo, ...], spec: str) -> OutputInfo:
+    if re.fullmatch(r"-?\d+", spec.strip()) and -len(outputs) <= int(spec) < len(outputs):
+        return outputs[int(spec)]
+    for candidate in outputs:
+        if spec in (candidate.head_path, candidate.head_path.rsplit("/", 1)[-1]):
+            return candidate
+    listing = ", ".join(f"{o.index}: {o.head_path} ({o.units} units, {o.final_activation})" for o in outputs)
+    raise UsageError(f"--output {spec!r} does not name an output; the model has {listing}")
 
 
 def final_activation(layer: keras.layers.Layer) -> str:

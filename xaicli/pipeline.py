@@ -17,7 +17,7 @@ from .errors import ImageError, UsageError, first_line
 from .explainers import REGISTRY
 from .explainers.engine import TOP_CLASS, BatchExplanation, Explainer, MethodOptions
 from .images import PRESETS, InputImage, load_image, to_model_input
-from .models import LayerInfo, ModelInfo, build_probe, inspect_model, load_model, resolve_layer
+from .models import LayerInfo, ModelInfo, build_probe, candidate_layers, model_format, open_model, resolve_layer
 from .outputs import PREDICTIONS_NAME, PredictionsWriter, Row, overlay_path, write_png
 from .render import COLORMAPS, overlay
 
@@ -51,8 +51,8 @@ class ImageResult:
 
 def prepare(config: RunConfig) -> Prepared:
     """Load and inspect the model and settle every choice before any image is read."""
-    model = load_model(config.model)
-    info = inspect_model(model, config.input_size)
+    model, info = open_model(config.model, input_size=config.input_size, output=config.output,
+                             unsafe=config.unsafe, custom_objects=config.custom_objects)
     layer = resolve_layer(info, config.layer, config.layer_regex) if config.needs_layer else None
     preprocess, reason = choose_preprocessing(config.preprocess, info)
     check_preset_channels(preprocess, info.channels)
@@ -97,6 +97,28 @@ def choose_preprocessing(requested: str, info: ModelInfo) -> tuple[str, str]:
     if info.preprocessing:
         return "none", f"the model rescales inside: {info.preprocessing[0]}"
     return "unit", "no Rescaling/Normalization layer in the model, assuming pixels/255"
+
+
+def describe(path: Path, info: ModelInfo, layer_regex: str) -> dict:
+    """What ``xai info`` reports, as plain JSON-ready values."""
+    candidates = candidate_layers(info, layer_regex)
+    preset, reason = choose_preprocessing(AUTO, info)
+    usable = [name for name, spec in REGISTRY.items() if candidates or not spec.needs_layer]
+    return {
+        "model": str(path),
+        "format": model_format(path),
+        "input_shape": [*info.input_size, info.channels],
+        "outputs": [{"index": o.index, "layer": o.head_path, "units": o.units, "activation": o.final_activation}
+                    for o in info.outputs],
+        "explained_output": info.head_path,
+        "final_activation": info.final_activation,
+        "classes": info.num_classes,
+        "preprocessing_layers": list(info.preprocessing),
+        "auto_preprocess": f"{preset} ({reason})",
+        "auto_layer": candidates[-1].path if candidates else None,
+        "candidate_layers": len(candidates),
+        "methods": usable,
+    }
 
 
 def baseline_input(name: str, info: ModelInfo, preprocess: str) -> np.ndarray:

@@ -1,0 +1,192 @@
+"""Issue 4's model kinds: safe loading, custom layers, several outputs, multi-label, grayscale, info."""
+
+import json
+import textwrap
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from xaicli.cli import main
+from xaicli.config import RunConfig
+from xaicli.errors import ModelError, UsageError
+from xaicli.explainers.engine import TOP_CLASS
+from xaicli.models import open_model
+from xaicli.pipeline import prepare
+
+
+def _xai(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def _small_cnn(inputs, name_prefix=""):
+    from keras import layers
+
+    x = layers.Conv2D(3, 3, activation="relu", name=f"{name_prefix}conv")(inputs)
+    return layers.GlobalAveragePooling2D()(x)
+
+
+@pytest.fixture(scope="module")
+def lambda_model(tmp_path_factory):
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((8, 8, 3))
+    x = layers.Lambda(lambda t: t * 2.0, name="double")(inputs)
+    path = tmp_path_factory.mktemp("lambda") / "lambda.keras"
+    keras.Model(inputs, layers.Dense(2)(_small_cnn(x))).save(path)
+    return path
+
+
+def test_lambda_layers_are_refused_unless_unsafe(lambda_model):
+    with pytest.raises(ModelError, match="Lambda layer holding Python code.*pass --unsafe"):
+        open_model(lambda_model)
+    _, info = open_model(lambda_model, unsafe=True)
+    assert "double" in [layer.path for layer in info.layers]
+
+
+def test_lambda_error_on_the_command_line_is_one_line(lambda_model, tmp_path):
+    result = _xai("info", lambda_model)
+    assert result.exit_code == 2 and "--unsafe" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert _xai("info", lambda_model, "--unsafe").exit_code == 0
+
+
+CUSTOM_LAYER = '''
+import keras
+
+{decorator}
+class Brighten(keras.layers.Layer):
+    def call(self, inputs):
+        return inputs + 1.0
+'''
+
+
+@pytest.mark.parametrize("decorated", [True, False])
+def test_custom_layers_load_from_a_file(tmp_path, decorated):
+    import keras
+    from keras import layers
+
+    decorator = '@keras.saving.register_keras_serializable(package="tests")' if decorated else ""
+    source = tmp_path / f"custom_{decorated}.py"
+    source.write_text(textwrap.dedent(CUSTOM_LAYER.format(decorator=decorator)))
+    namespace: dict = {}
+    exec(compile(source.read_text(), str(source), "exec"), namespace)  # the same class, to build the model
+    inputs = keras.Input((8, 8, 3))
+    model = keras.Model(inputs, layers.Dense(2)(_small_cnn(namespace["Brighten"](name="brighten")(inputs))))
+    path = tmp_path / "custom.keras"
+    model.save(path)
+    _, info = open_model(path, custom_objects=str(source))
+    assert any(layer.type_name == "Brighten" for layer in info.layers)
+
+
+def test_unknown_custom_layer_names_the_class_and_the_option(tmp_path):
+    source = tmp_path / "defs.py"
+    source.write_text(textwrap.dedent(CUSTOM_LAYER.format(decorator="")).replace("Brighten", "Darken"))
+    namespace: dict = {}
+    exec(compile(source.read_text(), str(source), "exec"), namespace)
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((8, 8, 3))
+    path = tmp_path / "dark.keras"
+    keras.Model(inputs, layers.Dense(2)(_small_cnn(namespace["Darken"](name="darken")(inputs)))).save(path)
+    with pytest.raises(ModelError, match="custom class or function 'Darken'; pass --custom-objects"):
+        open_model(path)
+    with pytest.raises(UsageError, match="--custom-objects .*missing.py: cannot import it"):
+        open_model(path, custom_objects=str(tmp_path / "missing.py"))
+
+
+@pytest.fixture(scope="module")
+def two_heads(tmp_path_factory):
+    """One trunk, a 3-class softmax head 'kind' and a 4-label sigmoid head 'tags'."""
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(5)
+    inputs = keras.Input((8, 8, 3))
+    features = _small_cnn(inputs)
+    kind = layers.Dense(3, activation="softmax", name="kind")(features)
+    tags = layers.Dense(4, activation="sigmoid", name="tags")(features)
+    model = keras.Model(inputs, [kind, tags])
+    path = tmp_path_factory.mktemp("heads") / "heads.h5"
+    model.save(path)
+    return path, model
+
+
+IMAGES = np.random.default_rng(4).uniform(0, 1, size=(3, 8, 8, 3)).astype(np.float32)
+
+
+@pytest.mark.parametrize("spec,expected", [("0", "kind"), ("1", "tags"), ("tags", "tags"), ("-1", "tags")])
+def test_output_is_chosen_by_index_or_name(two_heads, spec, expected):
+    _, info = open_model(two_heads[0], output=spec)
+    assert info.head_path == expected and [o.head_path for o in info.outputs] == ["kind", "tags"]
+
+
+def test_unknown_output_lists_the_outputs(two_heads):
+    with pytest.raises(UsageError, match=r"--output 'nope' does not name an output; the model has 0: kind \(3 units, softmax\), 1: tags"):
+        open_model(two_heads[0], output="nope")
+
+
+def test_multi_label_sigmoid_output_explains_the_chosen_label(two_heads):
+    path, model = two_heads
+    run = prepare(RunConfig(model=path, inputs=(path,), out_dir=path.parent / "o", output="tags",
+                            target_class="2", preprocess="none"))
+    assert run.info.num_classes == 4 and run.info.final_activation == "sigmoid"
+    result = run.explainer.explain(IMAGES, np.full(3, run.target_class))
+    np.testing.assert_array_equal(result.classes, [2, 2, 2])
+    np.testing.assert_allclose(result.probabilities, np.asarray(model(IMAGES)[1]), atol=1e-6)
+    # the explained score is the label's own logit: sigmoid(score) is its probability
+    np.testing.assert_allclose(1 / (1 + np.exp(-result.scores[:, 2])), result.probabilities[:, 2], atol=1e-6)
+
+
+def test_first_output_is_the_default_and_its_maps_differ_from_the_second(two_heads):
+    path, _ = two_heads
+    maps = {}
+    for output in ("0", "1"):
+        run = prepare(RunConfig(model=path, inputs=(path,), out_dir=path.parent / "o", output=output, preprocess="none"))
+        maps[output] = run.explainer.explain(IMAGES, np.full(3, TOP_CLASS)).maps["gradcam"]
+    assert not np.allclose(maps["0"], maps["1"])
+
+
+def test_grayscale_model_explains_colour_images(image_folder, tmp_path):
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((10, 10, 1))
+    keras.Model(inputs, layers.Dense(2, activation="softmax")(_small_cnn(inputs))).save(tmp_path / "gray.keras")
+    out = tmp_path / "out"
+    result = _xai("run", tmp_path / "gray.keras", image_folder / "a.png", image_folder / "sub" / "b.JPG", "-o", out, "-q")
+    assert result.exit_code == 0, result.output
+    assert (out / "a.png.gradcam.png").exists() and (out / "sub" / "b.JPG.gradcam.png").exists()
+
+
+def test_more_than_one_input_is_refused(tmp_path):
+    import keras
+    from keras import layers
+
+    a, b = keras.Input((8, 8, 3)), keras.Input((8, 8, 3))
+    keras.Model([a, b], layers.Dense(2)(layers.Concatenate()([_small_cnn(a, "a_"), _small_cnn(b, "b_")]))).save(tmp_path / "two.keras")
+    with pytest.raises(ModelError, match="the model has 2 inputs; only single-image models are supported"):
+        open_model(tmp_path / "two.keras")
+
+
+def test_info_text_and_json(two_heads):
+    text = _xai("info", two_heads[0], "--output", "tags")
+    assert text.exit_code == 0, text.output
+    assert "explained output" in text.stdout and "1: tags (4 units, sigmoid)" in text.stdout
+    data = json.loads(_xai("info", two_heads[0], "--json").stdout)
+    assert data["format"].startswith("HDF5 (.h5) written by Keras 3")
+    assert data["input_shape"] == [8, 8, 3] and data["classes"] == 3 and data["final_activation"] == "softmax"
+    assert data["outputs"][1] == {"index": 1, "layer": "tags", "units": 4, "activation": "sigmoid"}
+    assert data["auto_layer"] == "conv" and "gradcam" in data["methods"] and "saliency" in data["methods"]
+
+
+def test_info_lists_only_input_gradient_methods_without_a_conv_layer(tmp_path):
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((6, 6, 3))
+    keras.Model(inputs, layers.Dense(2)(layers.Flatten()(inputs))).save(tmp_path / "flat.keras")
+    data = json.loads(_xai("info", tmp_path / "flat.keras", "--json").stdout)
+    assert data["auto_layer"] is None
+    assert data["methods"] == ["saliency", "smoothgrad", "integrated-gradients"]
