@@ -39,6 +39,19 @@ PREPROCESSING_LAYERS = (keras.layers.Rescaling, keras.layers.Normalization)
 SQUASHING = ("softmax", "sigmoid")
 
 
+class _Keras2DepthwiseConv2D(keras.layers.DepthwiseConv2D):
+    """DepthwiseConv2D that accepts the ``groups`` argument Keras 2 wrote into its configs
+    (always 1 there) and Keras 3 rejects; without it, legacy MobileNet/EfficientNet .h5 files
+    do not load at all."""
+
+    def __init__(self, *args: Any, groups: int = 1, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+
+
+# Built-in classes replaced while loading, so files written by Keras 2 load in Keras 3.
+KERAS2_COMPATIBLE: dict[str, Any] = {"DepthwiseConv2D": _Keras2DepthwiseConv2D}
+
+
 @dataclass(frozen=True)
 class LayerInfo:
     """One layer of the model tree. ``path`` joins nested model names with '/'."""
@@ -112,8 +125,9 @@ def load_model(path: Path, unsafe: bool = False, custom_objects: dict[str, Any] 
         )
     if path.suffix.lower() not in MODEL_SUFFIXES:
         raise ModelError(f"{path}: unsupported model format; give a .keras or .h5 file")
+    objects = {**KERAS2_COMPATIBLE, **(custom_objects or {})}
     try:
-        model = keras.models.load_model(path, compile=False, safe_mode=not unsafe, custom_objects=custom_objects)
+        model = keras.models.load_model(path, compile=False, safe_mode=not unsafe, custom_objects=objects)
     except Exception as exc:  # Keras raises many types for a bad file; all mean the same here
         raise ModelError(_load_failure(path, exc)) from exc
     if not isinstance(model, (keras.Sequential, Functional)):
@@ -366,8 +380,10 @@ def _thread(model: keras.Model, x: Any, prefix: str, plan: _Plan, level: _Level)
         return [x]
     fresh = keras.Input(batch_shape=tuple(x.shape), dtype=x.dtype)
     inner = _Level()
+    # Models saved by Keras 2 reload with their input as a one-element list; match its structure.
+    structured = [fresh] if isinstance(model.input, (list, tuple)) else fresh
     clone = keras.models.clone_model(
-        model, input_tensors=fresh, clone_function=lambda layer: layer,
+        model, input_tensors=structured, clone_function=lambda layer: layer,
         call_function=partial(_call, prefix=prefix, plan=plan, level=inner),
     )
     taps = list(inner.records)

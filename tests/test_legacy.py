@@ -1,0 +1,78 @@
+"""Model files written by Keras 2 (tf.keras / tf_keras) explain exactly like Keras 3 ones."""
+
+import numpy as np
+import pytest
+
+from xaicli.config import RunConfig
+from xaicli.explainers.engine import TOP_CLASS
+from xaicli.pipeline import prepare
+
+k2 = pytest.importorskip("tf_keras", reason="tf_keras (Keras 2) is needed to write legacy files; "
+                                            "pip install 'xaicli[test]'")
+
+IMAGES = np.random.default_rng(3).uniform(0, 255, size=(3, 16, 16, 3)).astype(np.float32)
+
+
+def _keras2_models():
+    layers = k2.layers
+    inputs = k2.Input((16, 16, 3))
+    x = layers.Rescaling(1 / 255.0, name="rescale")(inputs)
+    x = layers.Conv2D(4, 3, activation="relu", name="conv_a")(x)
+    x = layers.DepthwiseConv2D(3, name="dw_conv")(x)  # Keras 2 writes a 'groups' key Keras 3 rejects
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    functional = k2.Model(inputs, layers.Dense(3, activation="softmax", name="head")(x))
+    sequential = k2.Sequential([
+        k2.Input((16, 16, 3)), layers.Rescaling(1 / 255.0, name="rescale"),
+        layers.Conv2D(4, 3, activation="relu", name="conv_a"), layers.DepthwiseConv2D(3, name="dw_conv"),
+        layers.GlobalAveragePooling2D(name="gap"), layers.Dense(3, name="head"), layers.Softmax(name="probs"),
+    ])
+    sequential.set_weights(functional.get_weights())
+    return functional, sequential
+
+
+def _keras3_twin():
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((16, 16, 3))
+    x = layers.Rescaling(1 / 255.0)(inputs)
+    x = layers.Conv2D(4, 3, activation="relu", name="conv_a")(x)
+    x = layers.DepthwiseConv2D(3, name="dw_conv")(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, layers.Dense(3, activation="softmax", name="head")(x))
+
+
+@pytest.fixture(scope="module")
+def legacy_files(tmp_path_factory):
+    k2.utils.set_random_seed(1)
+    folder = tmp_path_factory.mktemp("legacy")
+    functional, sequential = _keras2_models()
+    functional.save(folder / "keras2_functional.h5")
+    sequential.save(folder / "keras2_sequential.h5")
+    twin = _keras3_twin()
+    twin.set_weights(functional.get_weights())
+    twin.save(folder / "keras3.keras")
+    twin.save(folder / "keras3.h5")
+    return folder
+
+
+def _gradcam(path):
+    run = prepare(RunConfig(model=path, inputs=(path,), out_dir=path.parent / "out", layer="conv_a"))
+    return run, run.explainer.explain(IMAGES, np.full(len(IMAGES), TOP_CLASS))
+
+
+def test_keras2_files_say_so_and_pick_the_same_layer(legacy_files):
+    from xaicli.models import model_format
+
+    assert model_format(legacy_files / "keras2_functional.h5").startswith("HDF5 (.h5) written by Keras 2.")
+    run, _ = _gradcam(legacy_files / "keras2_functional.h5")
+    assert run.info.preprocessing == ("rescale",) and run.preprocess == "none"
+
+
+@pytest.mark.parametrize("name", ["keras2_functional.h5", "keras2_sequential.h5", "keras3.h5"])
+def test_gradcam_agrees_across_keras2_and_keras3_files(legacy_files, name):
+    _, reference = _gradcam(legacy_files / "keras3.keras")
+    _, result = _gradcam(legacy_files / name)
+    np.testing.assert_array_equal(result.classes, reference.classes)
+    np.testing.assert_allclose(result.probabilities, reference.probabilities, atol=1e-6)
+    np.testing.assert_allclose(result.maps["gradcam"], reference.maps["gradcam"], atol=1e-5)
