@@ -76,3 +76,25 @@ def test_gradcam_agrees_across_keras2_and_keras3_files(legacy_files, name):
     np.testing.assert_array_equal(result.classes, reference.classes)
     np.testing.assert_allclose(result.probabilities, reference.probabilities, atol=1e-6)
     np.testing.assert_allclose(result.maps["gradcam"], reference.maps["gradcam"], atol=1e-5)
+
+
+def test_keras2_savedmodel_folder_explains_like_the_keras3_file(legacy_files, tmp_path):
+    functional, _ = _keras2_models()
+    functional.set_weights(k2.models.load_model(legacy_files / "keras2_functional.h5", compile=False).get_weights())
+    folder = tmp_path / "exported_by_keras2"
+    functional.save(folder, save_format="tf")
+    assert (folder / "keras_metadata.pb").exists()
+    run, result = _gradcam(folder)
+    _, reference = _gradcam(legacy_files / "keras3.keras")
+    assert [l.path for l in run.info.layers if l.is_convolution] == ["conv_a", "dw_conv"]
+    np.testing.assert_allclose(result.maps["gradcam"], reference.maps["gradcam"], atol=1e-5)
+
+
+def test_savedmodel_without_keras_metadata_says_what_to_do(tmp_path):
+    from xaicli.errors import ModelError
+    from xaicli.models import load_model
+
+    model = _keras3_twin()
+    model.export(tmp_path / "served", verbose=False)
+    with pytest.raises(ModelError, match="without Keras layer metadata.*model.save\\('model.keras'\\)"):
+        load_model(tmp_path / "served")

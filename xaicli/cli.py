@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import sys
 import time
@@ -53,7 +54,8 @@ def _size_value(_ctx: click.Context, _param: click.Parameter, value: str | None)
 
 
 def _model_options(func: Callable) -> Callable:
-    """Options that say how to load and read the model, shared by every command that takes one."""
+    """Options that say how to load and read the model, shared by every command that takes one.
+    Their names are ``open_model``'s keyword arguments, so commands pass them straight on."""
     options = [
         click.option("--input-size", metavar="HxW", callback=_size_value,
                      help="Image size fed to the model (height x width); needed when the model accepts any size."),
@@ -176,13 +178,11 @@ def _explain_with_progress(results: Iterator, total: int, quiet: bool) -> int:
 @_model_options
 @click.option("--all", "show_all", is_flag=True, help="List every layer, not only the candidates.")
 @_debug_option
-def layers(model: Path, layer_regex: str, input_size: tuple[int, int] | None, output: str, unsafe: bool,
-           custom_objects: str | None, show_all: bool, debug: bool) -> None:
+def layers(model: Path, layer_regex: str, show_all: bool, debug: bool, **model_options: object) -> None:
     """List MODEL's candidate target layers; '*' marks the one `--layer auto` picks."""
     with _errors_reported(debug):
         models = _engine(debug).models
-        _, info = models.open_model(model, input_size=input_size, output=output, unsafe=unsafe,
-                                    custom_objects=custom_objects)
+        _, info = models.open_model(model, **model_options)
         candidates = models.candidate_layers(info, layer_regex)
         picked = candidates[-1].path if candidates else None
         index = {layer.path: i for i, layer in enumerate(candidates)}
@@ -206,14 +206,12 @@ def layers(model: Path, layer_regex: str, input_size: tuple[int, int] | None, ou
 @_model_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object for machines.")
 @_debug_option
-def info(model: Path, layer_regex: str, input_size: tuple[int, int] | None, output: str, unsafe: bool,
-         custom_objects: str | None, as_json: bool, debug: bool) -> None:
+def info(model: Path, layer_regex: str, as_json: bool, debug: bool, **model_options: object) -> None:
     """Describe MODEL: format, input, outputs, classes, activation, preprocessing, the layer
     `--layer auto` picks, and the methods that apply."""
     with _errors_reported(debug):
         engine = _engine(debug)
-        _, details = engine.models.open_model(model, input_size=input_size, output=output, unsafe=unsafe,
-                                              custom_objects=custom_objects)
+        _, details = engine.models.open_model(model, **model_options)
         summary = engine.pipeline.describe(model, details, layer_regex)
         if as_json:
             click.echo(json.dumps(summary, indent=2))
@@ -271,6 +269,9 @@ def _engine(debug: bool) -> _Engine:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         with _stderr_silenced():
             import tensorflow  # noqa: F401  (its C++ start-up lines go to the silenced stderr)
+        # TensorFlow and Keras 2 also log notices through Python logging; the CLI owns stderr.
+        for name in ("tensorflow", "absl"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     return _Engine()
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import re
+import tempfile
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -119,10 +120,7 @@ def load_model(path: Path, unsafe: bool = False, custom_objects: dict[str, Any] 
     if not path.exists():
         raise ModelError(f"model file not found: {path}")
     if path.is_dir():
-        raise ModelError(
-            f"{path} is a folder (a SavedModel?); only .keras and .h5 files are supported: "
-            "re-save the model with model.save('model.keras')"
-        )
+        return _load_keras2_savedmodel(path, unsafe, custom_objects)
     if path.suffix.lower() not in MODEL_SUFFIXES:
         raise ModelError(f"{path}: unsupported model format; give a .keras or .h5 file")
     objects = {**KERAS2_COMPATIBLE, **(custom_objects or {})}
@@ -136,6 +134,35 @@ def load_model(path: Path, unsafe: bool = False, custom_objects: dict[str, Any] 
             "save it as a Functional or Sequential model to explain it"
         )
     return model
+
+
+def _load_keras2_savedmodel(folder: Path, unsafe: bool, custom_objects: dict[str, Any] | None) -> keras.Model:
+    """A SavedModel folder written by Keras 2 (``model.save(dir)``, TF <= 2.15) keeps its layers
+    in ``keras_metadata.pb``. Keras 3 cannot read it, so Keras 2 (``tf_keras``) loads it and
+    writes it to a temporary Keras 2 ``.h5``, which loads here with every layer reachable."""
+    if not (folder / "saved_model.pb").exists():
+        raise ModelError(f"{folder} is a folder but not a SavedModel (no saved_model.pb); give a .keras or .h5 file")
+    if not (folder / "keras_metadata.pb").exists():
+        raise ModelError(
+            f"{folder} is a SavedModel without Keras layer metadata (written by model.export() or plain "
+            "TensorFlow), which xaicli cannot explain yet; re-save the Keras model with model.save('model.keras')"
+        )
+    try:
+        import tf_keras
+    except ImportError:
+        raise ModelError(
+            f"{folder} is a SavedModel written by Keras 2; loading it needs Keras 2: pip install 'xaicli[legacy]'"
+        ) from None
+    try:
+        legacy = tf_keras.models.load_model(folder, compile=False, custom_objects=custom_objects)
+        with tempfile.TemporaryDirectory(prefix="xai-savedmodel-") as scratch:
+            converted = Path(scratch) / f"{folder.name}.h5"
+            legacy.save(converted, save_format="h5")
+            return load_model(converted, unsafe=unsafe, custom_objects=custom_objects)
+    except ModelError:
+        raise
+    except Exception as exc:  # tf_keras raises many types for a folder it cannot read
+        raise ModelError(f"cannot load SavedModel {folder} with Keras 2: {first_line(exc)}") from exc
 
 
 def _load_failure(path: Path, exc: BaseException) -> str:
@@ -188,6 +215,8 @@ def open_model(path: Path, *, input_size: tuple[int, int] | None = None, output:
 
 def model_format(path: Path) -> str:
     """A short description of the file format, with the Keras version that wrote an .h5 file."""
+    if path.is_dir():
+        return "SavedModel folder written by Keras 2 (converted through tf_keras)"
     if path.suffix.lower() == ".keras":
         return "Keras 3 (.keras)"
     try:
@@ -276,7 +305,8 @@ def resolve_layer(info: ModelInfo, spec: str, name_regex: str) -> LayerInfo:
             raise LayerError(
                 f"no convolutional layer found (a 4-D feature map whose name matches "
                 f"/{name_regex}/ or whose type is a convolution); feature-map layers: "
-                f"{_list([l.path for l in info.layers if l.is_feature_map])}; choose one with --layer"
+                f"{_list([l.path for l in info.layers if l.is_feature_map])}; choose one with --layer, "
+                "or use a method that needs no layer: saliency, smoothgrad, integrated-gradients"
             )
         return candidates[-1]
     if re.fullmatch(r"-?\d+", spec):
