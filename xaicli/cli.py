@@ -172,12 +172,16 @@ def _explain_with_progress(results: Iterator, total: int, quiet: bool) -> int:
     return failed
 
 
-@main.command(context_settings=CONTEXT)
-@click.argument("model", type=click.Path(path_type=Path))
-@_layer_regex_option
-@_model_options
+def _model_command(func: Callable) -> Callable:
+    """A subcommand that takes MODEL and the options for reading it."""
+    for decorate in (_debug_option, _model_options, _layer_regex_option,
+                     click.argument("model", type=click.Path(path_type=Path)), main.command(context_settings=CONTEXT)):
+        func = decorate(func)
+    return func
+
+
+@_model_command
 @click.option("--all", "show_all", is_flag=True, help="List every layer, not only the candidates.")
-@_debug_option
 def layers(model: Path, layer_regex: str, show_all: bool, debug: bool, **model_options: object) -> None:
     """List MODEL's candidate target layers; '*' marks the one `--layer auto` picks."""
     with _errors_reported(debug):
@@ -200,12 +204,8 @@ def layers(model: Path, layer_regex: str, show_all: bool, debug: bool, **model_o
     sys.exit(EXIT_OK)
 
 
-@main.command(context_settings=CONTEXT)
-@click.argument("model", type=click.Path(path_type=Path))
-@_layer_regex_option
-@_model_options
+@_model_command
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object for machines.")
-@_debug_option
 def info(model: Path, layer_regex: str, as_json: bool, debug: bool, **model_options: object) -> None:
     """Describe MODEL: format, input, outputs, classes, activation, preprocessing, the layer
     `--layer auto` picks, and the methods that apply."""
