@@ -98,3 +98,27 @@ def test_savedmodel_without_keras_metadata_says_what_to_do(tmp_path):
     model.export(tmp_path / "served", verbose=False)
     with pytest.raises(ModelError, match="without Keras layer metadata.*model.save\\('model.keras'\\)"):
         load_model(tmp_path / "served")
+
+
+def _keras2_nested():
+    """The transfer-learning shape in Keras 2: the backbone is a model inside the model."""
+    layers = k2.layers
+    base_in = k2.Input((16, 16, 3))
+    base = k2.Model(base_in, layers.DepthwiseConv2D(3, name="dw_conv")(
+        layers.Conv2D(4, 3, activation="relu", name="conv_a")(base_in)), name="base")
+    inputs = k2.Input((16, 16, 3))
+    x = base(layers.Rescaling(1 / 255.0, name="rescale")(inputs))
+    return k2.Model(inputs, layers.Dense(3, activation="softmax", name="head")(layers.GlobalAveragePooling2D()(x)))
+
+
+@pytest.mark.parametrize("save_format", ["h5", "tf"])
+def test_keras2_nested_backbone_explains_like_the_flat_keras3_model(legacy_files, tmp_path, save_format):
+    nested = _keras2_nested()
+    nested.set_weights(k2.models.load_model(legacy_files / "keras2_functional.h5", compile=False).get_weights())
+    path = tmp_path / ("nested.h5" if save_format == "h5" else "nested_savedmodel")
+    nested.save(path, save_format=save_format)
+    run, result = _gradcam(path)
+    _, reference = _gradcam(legacy_files / "keras3.keras")
+    assert run.layer.path == "base/conv_a"
+    np.testing.assert_allclose(result.probabilities, reference.probabilities, atol=1e-6)
+    np.testing.assert_allclose(result.maps["gradcam"], reference.maps["gradcam"], atol=1e-5)

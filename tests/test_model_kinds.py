@@ -190,3 +190,35 @@ def test_info_lists_only_input_gradient_methods_without_a_conv_layer(tmp_path):
     data = json.loads(_xai("info", tmp_path / "flat.keras", "--json").stdout)
     assert data["auto_layer"] is None
     assert data["methods"] == ["saliency", "smoothgrad", "integrated-gradients"]
+
+
+def test_backbone_nested_two_levels_with_a_dropout_batchnorm_head(tmp_path):
+    """outer -> base -> block (two levels), then BatchNorm/Dropout before the classifier; the
+    map on the innermost conv equals the one from the same layers built flat."""
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(8)
+    conv_a, conv_b = layers.Conv2D(4, 3, activation="relu", name="conv_a"), layers.Conv2D(5, 3, activation="relu", name="conv_b")
+    norm, head = layers.BatchNormalization(name="norm"), layers.Dense(3, activation="softmax", name="head")
+
+    block_in = keras.Input((14, 14, 4))
+    block = keras.Model(block_in, conv_b(block_in), name="block")
+    base_in = keras.Input((16, 16, 3))
+    base = keras.Model(base_in, block(conv_a(base_in)), name="base")
+    inputs = keras.Input((16, 16, 3))
+    x = norm(layers.GlobalAveragePooling2D()(base(inputs, training=False)))
+    nested = keras.Model(inputs, head(layers.Dropout(0.3)(x)))
+    norm.set_weights([np.full(5, 2.0), np.full(5, 0.5), np.full(5, 0.1), np.full(5, 4.0)])  # not identity
+    flat_in = keras.Input((16, 16, 3))
+    flat = keras.Model(flat_in, head(layers.Dropout(0.3)(norm(layers.GlobalAveragePooling2D()(conv_b(conv_a(flat_in)))))))
+    nested.save(tmp_path / "nested.keras")
+    flat.save(tmp_path / "flat.keras")
+
+    maps = {}
+    for name in ("nested", "flat"):
+        run = prepare(RunConfig(model=tmp_path / f"{name}.keras", inputs=(tmp_path,), out_dir=tmp_path / "o", preprocess="none"))
+        maps[name] = (run.layer.path, run.explainer.explain(IMAGES.repeat(2, 1).repeat(2, 2)[:, :16, :16], np.full(3, TOP_CLASS)))
+    assert maps["nested"][0] == "base/block/conv_b" and maps["flat"][0] == "conv_b"
+    np.testing.assert_allclose(maps["nested"][1].probabilities, maps["flat"][1].probabilities, atol=1e-6)
+    np.testing.assert_allclose(maps["nested"][1].maps["gradcam"], maps["flat"][1].maps["gradcam"], atol=1e-5)

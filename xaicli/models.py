@@ -14,14 +14,17 @@ an output layer that has its softmax/sigmoid built in.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
+import json
 import re
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import keras
 import tensorflow as tf
@@ -125,7 +128,8 @@ def load_model(path: Path, unsafe: bool = False, custom_objects: dict[str, Any] 
         raise ModelError(f"{path}: unsupported model format; give a .keras or .h5 file")
     objects = {**KERAS2_COMPATIBLE, **(custom_objects or {})}
     try:
-        model = keras.models.load_model(path, compile=False, safe_mode=not unsafe, custom_objects=objects)
+        with _keras2_nodes_renumbered(path) as readable:
+            model = keras.models.load_model(readable, compile=False, safe_mode=not unsafe, custom_objects=objects)
     except Exception as exc:  # Keras raises many types for a bad file; all mean the same here
         raise ModelError(_load_failure(path, exc)) from exc
     if not isinstance(model, (keras.Sequential, Functional)):
@@ -134,6 +138,66 @@ def load_model(path: Path, unsafe: bool = False, custom_objects: dict[str, Any] 
             "save it as a Functional or Sequential model to explain it"
         )
     return model
+
+
+@contextlib.contextmanager
+def _keras2_nodes_renumbered(path: Path) -> Iterator[Path]:
+    """The file to load: ``path`` itself, or a temporary copy whose config Keras 3 can read.
+
+    Keras 2 gave every Functional or Sequential model a node of its own creation, so a model
+    nested in another is called at node 1; Keras 3 rebuilds nested models without that node and
+    fails to connect the graph ("disconnected nodes"). The copy refers to those calls one node
+    lower, at every level of nesting.
+    """
+    config = _keras2_config(path)
+    if config is None or not _renumber_nested_calls(config["config"]):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="xai-keras2-") as scratch:
+        copy = Path(scratch) / path.name
+        shutil.copyfile(path, copy)
+        import h5py
+
+        with h5py.File(copy, "r+") as handle:
+            handle.attrs["model_config"] = json.dumps(config)
+        yield copy
+
+
+def _keras2_config(path: Path) -> dict | None:
+    """The model config of an .h5 file written by Keras 2, or None for anything else."""
+    if path.suffix.lower() not in (".h5", ".hdf5"):
+        return None
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as handle:
+            version, config = handle.attrs.get("keras_version"), handle.attrs.get("model_config")
+    except OSError:
+        return None  # not HDF5: let Keras report it
+    version = version.decode() if isinstance(version, bytes) else str(version or "")
+    if not version.startswith("2.") or config is None:
+        return None
+    return json.loads(config.decode() if isinstance(config, bytes) else config)
+
+
+NESTED_MODEL_CLASSES = ("Functional", "Model", "Sequential")
+
+
+def _renumber_nested_calls(model_config: dict) -> bool:
+    """Lower by one every node index that refers to a call of a nested model, recursively.
+    Returns whether anything changed."""
+    layers = model_config.get("layers", [])
+    nested = {layer["config"]["name"] for layer in layers if layer.get("class_name") in NESTED_MODEL_CLASSES}
+    changed = False
+    for layer in layers:
+        if layer.get("class_name") in NESTED_MODEL_CLASSES:
+            changed |= _renumber_nested_calls(layer["config"])
+        for node in layer.get("inbound_nodes", []):
+            for reference in node:
+                if reference[0] in nested and reference[1] > 0:
+                    reference[1] -= 1
+                    changed = True
+    return changed
 
 
 def _load_keras2_savedmodel(folder: Path, unsafe: bool, custom_objects: dict[str, Any] | None) -> keras.Model:
