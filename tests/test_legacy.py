@@ -90,16 +90,6 @@ def test_keras2_savedmodel_folder_explains_like_the_keras3_file(legacy_files, tm
     np.testing.assert_allclose(result.maps["gradcam"], reference.maps["gradcam"], atol=1e-5)
 
 
-def test_savedmodel_without_keras_metadata_says_what_to_do(tmp_path):
-    from xaicli.errors import ModelError
-    from xaicli.models import load_model
-
-    model = _keras3_twin()
-    model.export(tmp_path / "served", verbose=False)
-    with pytest.raises(ModelError, match="without Keras layer metadata.*model.save\\('model.keras'\\)"):
-        load_model(tmp_path / "served")
-
-
 def _keras2_nested():
     """The transfer-learning shape in Keras 2: the backbone is a model inside the model."""
     layers = k2.layers

@@ -146,6 +146,6 @@ def test_unusable_model_files(tmp_path, name, content, message):
         load_model(path)
 
 
-def test_savedmodel_folder_gets_a_clear_message(tmp_path):
-    with pytest.raises(ModelError, match="is a folder"):
+def test_folder_that_is_not_a_savedmodel_gets_a_clear_message(tmp_path):
+    with pytest.raises(ModelError, match="is a folder but not a SavedModel \\(no saved_model.pb\\); give a .keras or .h5"):
         load_model(tmp_path)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras.src.models.functional import Functional
 
@@ -207,10 +208,7 @@ def _load_keras2_savedmodel(folder: Path, unsafe: bool, custom_objects: dict[str
     if not (folder / "saved_model.pb").exists():
         raise ModelError(f"{folder} is a folder but not a SavedModel (no saved_model.pb); give a .keras or .h5 file")
     if not (folder / "keras_metadata.pb").exists():
-        raise ModelError(
-            f"{folder} is a SavedModel without Keras layer metadata (written by model.export() or plain "
-            "TensorFlow), which xaicli cannot explain yet; re-save the Keras model with model.save('model.keras')"
-        )
+        return _load_exported_savedmodel(folder)
     try:
         import tf_keras
     except ImportError:
@@ -227,6 +225,76 @@ def _load_keras2_savedmodel(folder: Path, unsafe: bool, custom_objects: dict[str
         raise
     except Exception as exc:  # tf_keras raises many types for a folder it cannot read
         raise ModelError(f"cannot load SavedModel {folder} with Keras 2: {first_line(exc)}") from exc
+
+
+SERVING_ENDPOINTS = ("serve", "serving_default")
+
+
+class _ServedModel(keras.layers.TFSMLayer):
+    """A SavedModel's serving function as one layer (Keras 3 ``model.export()`` or plain TF).
+
+    Its layers cannot be reached, so only input-gradient methods apply. The output's squashing
+    is found from served values and exposed as ``activation``, so the rest of the tool treats
+    this layer like a Dense head; ``logits_from`` recovers scores from served probabilities.
+    """
+
+    def __init__(self, folder: Path, endpoint: str, activation: str, **kwargs: Any):
+        super().__init__(str(folder), call_endpoint=endpoint, **kwargs)
+        self.activation = getattr(keras.activations, activation)
+
+    def logits_from(self, served: Any) -> Any:
+        """Softmax: centred log-probabilities ``log p - mean log p``, equal to the logits minus
+        their mean. Sigmoid: ``log p - log(1 - p)``, the logit itself. Linear: unchanged."""
+        name = final_activation(self)
+        if name == "linear":
+            return served
+        tiny = 1e-30  # keeps log finite where float32 probabilities underflow to 0
+        if name == "softmax":
+            logs = keras.ops.log(keras.ops.maximum(served, tiny))
+            return logs - keras.ops.mean(logs, axis=-1, keepdims=True)
+        return keras.ops.log(keras.ops.maximum(served, tiny)) - keras.ops.log(keras.ops.maximum(1.0 - served, tiny))
+
+
+def _load_exported_savedmodel(folder: Path) -> keras.Model:
+    """Wrap a SavedModel without Keras metadata as a one-layer model over its serving function."""
+    try:
+        reloaded = tf.saved_model.load(str(folder))
+    except Exception as exc:  # TensorFlow raises many types for an unreadable folder
+        raise ModelError(f"cannot load SavedModel {folder}: {first_line(exc)}") from exc
+    endpoint = next((e for e in SERVING_ENDPOINTS if hasattr(reloaded, e) or e in reloaded.signatures), None)
+    if endpoint is None:
+        raise ModelError(f"SavedModel {folder} has no serving endpoint ({' or '.join(SERVING_ENDPOINTS)})")
+    function = getattr(reloaded, endpoint, None) or reloaded.signatures[endpoint]
+    concrete = function if hasattr(function, "structured_input_signature") else function.concrete_functions[0]
+    args, kwargs = concrete.structured_input_signature
+    specs = [*tf.nest.flatten(args), *tf.nest.flatten(kwargs)]
+    if len(specs) != 1 or specs[0].shape.rank != 4:
+        raise ModelError(f"SavedModel {folder} does not take one image batch (N, H, W, C); its inputs: {specs}")
+    inputs = keras.Input(batch_shape=tuple(specs[0].shape), dtype="float32")
+    activation = _served_activation(function, specs[0])
+    served = _ServedModel(folder, endpoint, activation, name="savedmodel")(inputs)
+    if isinstance(served, dict):
+        if len(served) != 1:
+            raise ModelError(f"SavedModel {folder} serves {len(served)} outputs; only one is supported")
+        served = next(iter(served.values()))
+    return keras.Model(inputs, served, name=folder.name)
+
+
+def _served_activation(function: Any, spec: tf.TensorSpec) -> str:
+    """'softmax' when served rows are probabilities that sum to 1, 'sigmoid' when every value is
+    in [0, 1] otherwise, else 'linear'; judged on random and constant images."""
+    height, width, channels = (d or 32 for d in spec.shape[1:])
+    probes = [np.random.default_rng(0).uniform(0, 255, (4, height, width, channels)), np.zeros((1, height, width, channels))]
+    outputs = []
+    for probe in probes:
+        served = function(tf.constant(probe, tf.float32))
+        outputs.append(np.asarray(next(iter(served.values())) if isinstance(served, dict) else served))
+    values = np.concatenate([o.reshape(len(o), -1) for o in outputs])
+    if values.min() < 0 or values.max() > 1:
+        return "linear"
+    if values.shape[1] > 1 and np.allclose(values.sum(axis=1), 1.0, atol=1e-4):
+        return "softmax"
+    return "sigmoid"
 
 
 def _load_failure(path: Path, exc: BaseException) -> str:
@@ -279,8 +347,10 @@ def open_model(path: Path, *, input_size: tuple[int, int] | None = None, output:
 
 def model_format(path: Path) -> str:
     """A short description of the file format, with the Keras version that wrote an .h5 file."""
-    if path.is_dir():
+    if path.is_dir() and (path / "keras_metadata.pb").exists():
         return "SavedModel folder written by Keras 2 (converted through tf_keras)"
+    if path.is_dir():
+        return "SavedModel folder without Keras layers (serving function only: input-gradient methods)"
     if path.suffix.lower() == ".keras":
         return "Keras 3 (.keras)"
     try:
@@ -513,6 +583,8 @@ def _call(layer: keras.layers.Layer, *args: Any, prefix: str, plan: _Plan, level
 
 
 def _pre_activation(layer: keras.layers.Layer, args: tuple, kwargs: dict, out: Any) -> Any:
+    if isinstance(layer, _ServedModel):
+        return layer.logits_from(out)
     if final_activation(layer) == "linear":
         return out
     if isinstance(layer, (keras.layers.Softmax, keras.layers.Activation)):
