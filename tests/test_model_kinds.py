@@ -222,3 +222,18 @@ def test_backbone_nested_two_levels_with_a_dropout_batchnorm_head(tmp_path):
     assert maps["nested"][0] == "base/block/conv_b" and maps["flat"][0] == "conv_b"
     np.testing.assert_allclose(maps["nested"][1].probabilities, maps["flat"][1].probabilities, atol=1e-6)
     np.testing.assert_allclose(maps["nested"][1].maps["gradcam"], maps["flat"][1].maps["gradcam"], atol=1e-5)
+
+
+def test_custom_layers_load_from_a_module_name(tmp_path, monkeypatch):
+    import keras
+    from keras import layers
+
+    (tmp_path / "my_layers.py").write_text(textwrap.dedent(CUSTOM_LAYER.format(decorator="")).replace("Brighten", "Shift"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import my_layers
+
+    inputs = keras.Input((8, 8, 3))
+    path = tmp_path / "shift.keras"
+    keras.Model(inputs, layers.Dense(2)(_small_cnn(my_layers.Shift(name="shift")(inputs)))).save(path)
+    _, info = open_model(path, custom_objects="my_layers")
+    assert any(layer.type_name == "Shift" for layer in info.layers)
