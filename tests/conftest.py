@@ -125,3 +125,51 @@ def image_folder(tmp_path) -> Path:
     (folder / "broken.jpg").write_bytes(b"this is not a jpeg")
     (folder / "notes.txt").write_text("not an image, ignored")
     return folder
+
+
+def build_vit(height=12, width=16, patch=4, dim=8, heads=2, blocks=2, class_token=True, classes=3,
+              pre_norm=True, seed=0):
+    """A tiny Vision Transformer from built-in layers only: a patch-embedding convolution, an
+    optional class token (a learned constant made by a zero-kernel Dense), attention blocks
+    (pre-norm, or post-norm as in the original Transformer), and a classifier on the class
+    token or on the mean token. The grid is (height/patch) x (width/patch)."""
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(seed)
+    rows, columns = height // patch, width // patch
+    inputs = keras.Input((height, width, 3))
+    x = layers.Conv2D(dim, patch, strides=patch, name="patch_embed")(inputs)
+    x = layers.Reshape((rows * columns, dim), name="tokens")(x)
+    if class_token:
+        constant = layers.Dense(dim, kernel_initializer="zeros", bias_initializer="random_normal", name="cls")(
+            layers.GlobalAveragePooling1D(keepdims=True, name="cls_source")(x))
+        x = layers.Concatenate(axis=1, name="with_cls")([constant, x])
+    for block in range(blocks):
+        attend = layers.MultiHeadAttention(heads, dim // heads, name=f"mha_{block}")
+        if pre_norm:
+            h = layers.LayerNormalization(name=f"norm_a{block}")(x)
+            x = layers.Add()([x, attend(h, h)])
+            h = layers.LayerNormalization(name=f"norm_b{block}")(x)
+            x = layers.Add()([x, layers.Dense(dim, activation="gelu", name=f"mlp_{block}")(h)])
+        else:
+            x = layers.LayerNormalization(name=f"norm_a{block}")(layers.Add()([x, attend(x, x)]))
+            h = layers.Dense(dim, activation="gelu", name=f"mlp_{block}")(x)
+            x = layers.LayerNormalization(name=f"norm_b{block}")(layers.Add()([x, h]))
+    x = layers.LayerNormalization(name="final_norm")(x)
+    pooled = layers.Flatten()(layers.Cropping1D((0, rows * columns))(x)) if class_token else layers.GlobalAveragePooling1D()(x)
+    return keras.Model(inputs, layers.Dense(classes, activation="softmax", name="head")(pooled))
+
+
+@pytest.fixture(scope="session")
+def tiny_vit(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("vit") / "vit.keras"
+    build_vit().save(path)
+    return path
+
+
+def model_for(method: str, cnn: Path, vit: Path) -> Path:
+    """A tiny model the method fits: a ViT for attention methods, the CNN otherwise."""
+    from xaicli.explainers import REGISTRY
+
+    return vit if REGISTRY[method].family == "attention" else cnn

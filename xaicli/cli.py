@@ -20,7 +20,7 @@ from typing import Callable, Iterator
 import click
 
 from . import __version__
-from .config import AUTO, IG_BASELINES, RunConfig, default_workers, parse_methods, parse_size
+from .config import AUTO, HEAD_FUSIONS, IG_BASELINES, RunConfig, default_workers, parse_methods, parse_size
 from .errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, XaiError
 from .explainers import REGISTRY
 from .images import DEFAULT_MAX_PIXELS, PRESET_HELP, discover
@@ -118,13 +118,18 @@ def _layer_regex_option(func: Callable) -> Callable:
               help="integrated-gradients start: " + "; ".join(f"{k}: {v}" for k, v in IG_BASELINES.items()) + ".")
 @click.option("--scorecam-max-channels", type=int, default=None,
               help="scorecam: score only the N most active channels (faster); default every channel.")
+@click.option("--head-fusion", type=click.Choice(list(HEAD_FUSIONS)), default="mean", show_default=True,
+              help="attention: how each block's heads are combined.")
+@click.option("--discard-ratio", type=float, default=0.0, show_default=True,
+              help="attention: fraction of the lowest attention weights set to 0 in each block.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line.")
 @_debug_option
 def run(model: Path, inputs: tuple[Path, ...], out_dir: Path, methods: str, layer: str, layer_regex: str,
         target_class: str | None, labels: Path | None, batch_size: int, preprocess: str,
         input_size: tuple[int, int] | None, output: str, unsafe: bool, custom_objects: str | None, alpha: float, colormap: str, max_pixels: int,
         workers: int, smoothgrad_samples: int, smoothgrad_noise: float, ig_steps: int, ig_baseline: str,
-        scorecam_max_channels: int | None, quiet: bool, debug: bool) -> None:
+        scorecam_max_channels: int | None, head_fusion: str, discard_ratio: float, quiet: bool,
+        debug: bool) -> None:
     """Explain every image in INPUTS (files or folders, searched recursively) with MODEL.
 
     Writes OUT/<relative path>.<method>.png per image and method, and OUT/predictions.csv.
@@ -139,7 +144,7 @@ def run(model: Path, inputs: tuple[Path, ...], out_dir: Path, methods: str, laye
             custom_objects=custom_objects, labels=labels,
             max_pixels=max_pixels, workers=workers, smoothgrad_samples=smoothgrad_samples,
             smoothgrad_noise=smoothgrad_noise, ig_steps=ig_steps, ig_baseline=ig_baseline,
-            scorecam_max_channels=scorecam_max_channels,
+            scorecam_max_channels=scorecam_max_channels, head_fusion=head_fusion, discard_ratio=discard_ratio,
         )
         items = discover(config.inputs, exclude=[config.out_dir])
         if not items:

@@ -14,6 +14,7 @@ from .images import COLOUR_ONLY_PRESETS, DEFAULT_MAX_PIXELS, PRESETS
 from .render import COLORMAPS
 
 AUTO = "auto"
+HEAD_FUSIONS = ("mean", "max", "min")
 IG_BASELINES = {
     "black": "an all-black image (pixels 0), preprocessed like the inputs",
     "white": "an all-white image (pixels 255), preprocessed like the inputs",
@@ -54,6 +55,8 @@ class RunConfig:
     ig_steps: int = 32
     ig_baseline: str = "black"
     scorecam_max_channels: int | None = None  # None = every channel
+    head_fusion: str = "mean"
+    discard_ratio: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.inputs:
@@ -83,6 +86,10 @@ class RunConfig:
             raise UsageError(f"--ig-steps must be at least 1, got {self.ig_steps}")
         if self.scorecam_max_channels is not None and self.scorecam_max_channels < 1:
             raise UsageError(f"--scorecam-max-channels must be at least 1, got {self.scorecam_max_channels}")
+        if self.head_fusion not in HEAD_FUSIONS:
+            raise UsageError(f"unknown --head-fusion {self.head_fusion!r}; choose from {', '.join(HEAD_FUSIONS)}")
+        if not 0.0 <= self.discard_ratio < 1.0:
+            raise UsageError(f"--discard-ratio must be in [0, 1), got {self.discard_ratio}")
         if self.ig_baseline not in IG_BASELINES:
             raise UsageError(f"unknown --ig-baseline {self.ig_baseline!r}; choose from {', '.join(IG_BASELINES)}")
 

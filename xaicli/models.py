@@ -102,6 +102,9 @@ class ModelInfo:
     units: int  # width of the output (logits)
     preprocessing: tuple[str, ...]  # paths of Rescaling/Normalization layers inside
     outputs: tuple[OutputInfo, ...] = ()  # every output; head_path/units/activation are the chosen one's
+    attention_layers: tuple[str, ...] = ()  # paths of MultiHeadAttention layers, in execution order
+    token_grid: tuple[int, int] | None = None  # (rows, columns) of patch tokens, for transformers
+    extra_tokens: int = 0  # tokens before the patch tokens (1 = a class token)
 
     @property
     def num_classes(self) -> int:
@@ -383,6 +386,8 @@ def inspect_model(model: keras.Model, input_size: tuple[int, int] | None = None,
         for i, (head, tensor) in enumerate(zip(traced.heads, traced.outputs))
     )
     chosen = _choose_output(outputs, output)
+    attention = tuple(p for p, l in traced.layers.items() if isinstance(l, keras.layers.MultiHeadAttention))
+    grid, extra = _token_layout(layers, attention, size)
     return ModelInfo(
         input_size=size,
         channels=channels,
@@ -392,7 +397,32 @@ def inspect_model(model: keras.Model, input_size: tuple[int, int] | None = None,
         units=chosen.units,
         preprocessing=tuple(p for p, l in traced.layers.items() if isinstance(l, PREPROCESSING_LAYERS)),
         outputs=outputs,
+        attention_layers=attention,
+        token_grid=grid,
+        extra_tokens=extra,
     )
+
+
+def _token_layout(layers: tuple[LayerInfo, ...], attention: tuple[str, ...],
+                  size: tuple[int, int]) -> tuple[tuple[int, int] | None, int]:
+    """The patch grid and the number of leading extra tokens (class/distillation) of a
+    transformer: the grid is the last 4-D feature map before the first attention layer (the
+    patch embedding), else the input's aspect ratio; extra tokens are what the sequence has
+    beyond the grid."""
+    if not attention:
+        return None, 0
+    first = next(i for i, l in enumerate(layers) if l.path == attention[0])
+    tokens = layers[first].output_shape[1] if layers[first].output_shape else None
+    if tokens is None:
+        return None, 0
+    maps = [l for l in layers[:first] if l.is_feature_map]
+    if maps:
+        grid = (int(maps[-1].output_shape[1]), int(maps[-1].output_shape[2]))
+    else:
+        rows = round((tokens * size[0] / size[1]) ** 0.5)
+        grid = (rows, tokens // max(rows, 1))
+    extra = tokens - grid[0] * grid[1]
+    return (grid, extra) if 0 <= extra <= 8 else (None, 0)
 
 
 def _choose_output(outputs: tuple[OutputInfo, ...], spec: str) -> OutputInfo:
@@ -414,13 +444,25 @@ def final_activation(layer: keras.layers.Layer) -> str:
 
 
 def candidate_layers(info: ModelInfo, name_regex: str) -> list[LayerInfo]:
-    """Feature-map layers whose name matches ``name_regex`` (case-insensitive) or whose type
-    is a convolution, in execution order."""
+    """Layers a CAM method can explain, in execution order: feature maps whose name matches
+    ``name_regex`` (case-insensitive) or whose type is a convolution, and in a transformer the
+    patch-token layers after its first attention layer."""
     pattern = compile_layer_regex(name_regex)
     return [
         layer for layer in info.layers
-        if layer.is_feature_map and (layer.is_convolution or pattern.search(layer.name))
+        if (layer.is_feature_map and (layer.is_convolution or pattern.search(layer.name))) or is_token_layer(layer, info)
     ]
+
+
+def is_token_layer(layer: LayerInfo, info: ModelInfo) -> bool:
+    """A (N, T, D) output of a transformer after its first attention layer whose T tokens are
+    the patch grid plus the extra tokens; CAM methods see it reshaped to the grid."""
+    if not info.token_grid or layer.output_shape is None or len(layer.output_shape) != 3:
+        return False
+    rows, columns = info.token_grid
+    paths = [l.path for l in info.layers]
+    return (layer.output_shape[1] == rows * columns + info.extra_tokens
+            and paths.index(layer.path) > paths.index(info.attention_layers[0]))
 
 
 def compile_layer_regex(name_regex: str) -> re.Pattern[str]:
@@ -461,7 +503,7 @@ def resolve_layer(info: ModelInfo, spec: str, name_regex: str) -> LayerInfo:
     if len(matches) > 1:
         raise LayerError(f"layer name {spec!r} is ambiguous: {_list([l.path for l in matches])}; give the path")
     layer = matches[0]
-    if not layer.is_feature_map:
+    if not (layer.is_feature_map or is_token_layer(layer, info)):
         raise LayerError(
             f"layer {layer.path!r} outputs {layer.output_shape}, not a 4-D feature map "
             f"(N, H, W, C) with H*W > 1; candidates: {_list([l.path for l in candidates])}"
@@ -469,14 +511,19 @@ def resolve_layer(info: ModelInfo, spec: str, name_regex: str) -> LayerInfo:
     return layer
 
 
-def build_probe(model: keras.Model, info: ModelInfo, layer_path: str | None) -> keras.Model:
-    """A model mapping a (N, H, W, C) float32 batch to ``{"logits": (N, units)}`` plus, when
-    ``layer_path`` is given, ``"activations": (N, h, w, k)`` of that layer."""
-    plan = _Plan(record=lambda path: path == layer_path, logits_of=info.head_path)
+def build_probe(model: keras.Model, info: ModelInfo, layer_path: str | None,
+                attention: bool = False) -> keras.Model:
+    """A model mapping a (N, H, W, C) float32 batch to ``{"logits": (N, units)}``, plus
+    ``"activations"`` of ``layer_path`` when given ((N, h, w, k), or (N, T, D) for a token
+    layer), plus ``"attention"``: one (N, heads, T, T) score tensor per attention layer when
+    ``attention`` is set."""
+    plan = _Plan(record=lambda path: path == layer_path, logits_of=info.head_path, attention=attention)
     traced = _trace(model, info.input_size, info.channels, plan)
-    outputs = {"logits": traced.logits}
+    outputs: dict[str, Any] = {"logits": traced.logits}
     if layer_path is not None:
         outputs["activations"] = traced.records[layer_path]
+    if attention:
+        outputs["attention"] = [traced.records[p + ATTENTION_SCORES] for p in info.attention_layers]
     return keras.Model(traced.inputs, outputs)
 
 
@@ -506,6 +553,7 @@ def class_scores(logits: tf.Tensor, info: ModelInfo) -> tuple[tf.Tensor, tf.Tens
 class _Plan:
     record: Callable[[str], bool]  # which layer outputs to keep, by path
     logits_of: str | None = None  # path of the layer whose pre-activation output is wanted
+    attention: bool = False  # also keep every MultiHeadAttention layer's scores
 
 
 @dataclass
@@ -570,6 +618,8 @@ def _call(layer: keras.layers.Layer, *args: Any, prefix: str, plan: _Plan, level
     if isinstance(layer, (keras.Sequential, Functional)):
         outputs = _thread(layer, args[0], path + "/", plan, level)
         out = outputs[0] if len(outputs) == 1 else outputs
+    elif plan.attention and isinstance(layer, keras.layers.MultiHeadAttention):
+        out = _attend(layer, args, kwargs, path, level)
     else:
         out = layer(*args, **kwargs)
         for tensor in keras.tree.flatten(out):
@@ -579,6 +629,36 @@ def _call(layer: keras.layers.Layer, *args: Any, prefix: str, plan: _Plan, level
     level.layers[path] = layer
     if plan.record(path):
         level.records[path] = out
+    return out
+
+
+ATTENTION_SCORES = ":attention"  # suffix of the record holding a layer's attention scores
+
+
+class _WithScores(keras.layers.Layer):
+    """Calls a MultiHeadAttention layer (same weights) asking for its scores too. Asking the
+    layer itself symbolically gives a scores tensor that a Functional model reports as "not
+    connected to inputs" (Keras 3.15); as the outputs of this layer's own node, both connect."""
+
+    def __init__(self, attention: keras.layers.MultiHeadAttention, **kwargs: Any):
+        super().__init__(name=f"{attention.name}_with_scores", **kwargs)
+        self.attention = attention
+
+    def call(self, *args: Any, **kwargs: Any) -> Any:
+        return self.attention(*args, **kwargs, return_attention_scores=True)
+
+    def compute_output_spec(self, *args: Any, **kwargs: Any) -> Any:
+        return self.attention.compute_output_spec(*args, **kwargs, return_attention_scores=True)
+
+
+def _attend(layer: keras.layers.MultiHeadAttention, args: tuple, kwargs: dict, path: str, level: _Level) -> Any:
+    """Call the layer asking for its scores too; record them, pass on only what the model used."""
+    wanted_scores = kwargs.pop("return_attention_scores", False)
+    output, scores = _WithScores(layer)(*args, **kwargs)
+    level.records[path + ATTENTION_SCORES] = scores
+    out = (output, scores) if wanted_scores else output
+    for tensor in keras.tree.flatten(out):
+        level.producer[id(tensor)] = path
     return out
 
 

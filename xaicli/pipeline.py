@@ -63,9 +63,12 @@ def prepare(config: RunConfig) -> Prepared:
             f"{info.num_classes} classes"
         )
     methods = {name: REGISTRY[name] for name in config.methods}
+    wants_attention = any(m.family == "attention" for m in methods.values())
+    if wants_attention:
+        check_attention(info)
     layer_path = layer.path if layer else None
     explainer = Explainer(
-        build_probe(model, info, layer_path), info, layer_path,
+        build_probe(model, info, layer_path, attention=wants_attention), info, layer_path,
         cam_methods={n: m.load() for n, m in methods.items() if m.family == "cam"},
         gradient_methods={n: m.load() for n, m in methods.items() if m.family == "gradient"},
         score_methods={n: m.load() for n, m in methods.items() if m.family == "score"},
@@ -74,7 +77,9 @@ def prepare(config: RunConfig) -> Prepared:
             smoothgrad_samples=config.smoothgrad_samples, smoothgrad_noise=config.smoothgrad_noise,
             ig_steps=config.ig_steps, baseline=baseline_input(config.ig_baseline, info, preprocess),
             scorecam_max_channels=config.scorecam_max_channels,
+            head_fusion=config.head_fusion, discard_ratio=config.discard_ratio,
         ),
+        attention_methods={n: m.load() for n, m in methods.items() if m.family == "attention"},
     )
     return Prepared(
         config=config,
@@ -99,11 +104,23 @@ def choose_preprocessing(requested: str, info: ModelInfo) -> tuple[str, str]:
     return "unit", "no Rescaling/Normalization layer in the model, assuming pixels/255"
 
 
+def check_attention(info: ModelInfo) -> None:
+    """Attention methods need MultiHeadAttention layers and a patch grid the tokens map onto."""
+    if not info.attention_layers:
+        fitting = ", ".join(name for name, spec in REGISTRY.items() if spec.family != "attention")
+        raise UsageError(f"--method attention needs a Vision Transformer (keras.layers.MultiHeadAttention "
+                         f"blocks); this model has none; methods that fit it: {fitting}")
+    if info.token_grid is None:
+        raise UsageError("the model's attention tokens do not map onto a patch grid of its input; "
+                         "--method attention cannot place them on the image")
+
+
 def describe(path: Path, info: ModelInfo, layer_regex: str) -> dict:
     """What ``xai info`` reports, as plain JSON-ready values."""
     candidates = candidate_layers(info, layer_regex)
     preset, reason = choose_preprocessing(AUTO, info)
-    usable = [name for name, spec in REGISTRY.items() if candidates or not spec.needs_layer]
+    usable = [name for name, spec in REGISTRY.items()
+              if (candidates or not spec.needs_layer) and (spec.family != "attention" or info.token_grid)]
     return {
         "model": str(path),
         "format": model_format(path),
@@ -117,6 +134,8 @@ def describe(path: Path, info: ModelInfo, layer_regex: str) -> dict:
         "auto_preprocess": f"{preset} ({reason})",
         "auto_layer": candidates[-1].path if candidates else None,
         "candidate_layers": len(candidates),
+        "attention_layers": list(info.attention_layers),
+        "token_grid": list(info.token_grid) if info.token_grid else None,
         "methods": usable,
     }
 
@@ -131,7 +150,12 @@ def baseline_input(name: str, info: ModelInfo, preprocess: str) -> np.ndarray:
 
 
 def layer_label(prepared: Prepared, method: str) -> str:
-    """What the CSV's layer column says: the target layer, or 'input' for gradient methods."""
+    """What the CSV's layer column says: the target layer, the attention layers rolled out
+    ('first..last'), or 'input' for gradient methods."""
+    family = REGISTRY[method].family
+    if family == "attention":
+        attention = prepared.info.attention_layers
+        return attention[0] if len(attention) == 1 else f"{attention[0]}..{attention[-1]}"
     return prepared.layer.path if REGISTRY[method].needs_layer else "input"
 
 
@@ -229,9 +253,10 @@ def _schedule(prepared: Prepared, decoded: _Decoded, explanation: BatchExplanati
         return _Pending(decoded.item, "the model produced non-finite scores (NaN or inf) for this image")
     config = prepared.config
     writes = []
-    for method, maps in explanation.maps.items():
+    for method in config.methods:  # rows and files in the order the user asked for
         path = overlay_path(config.out_dir, decoded.item.relative, method)
-        future = pool.submit(_render_overlay, decoded.image, maps[index], config.alpha, prepared.lut, path)
+        heatmap = explanation.maps[method][index]
+        future = pool.submit(_render_overlay, decoded.image, heatmap, config.alpha, prepared.lut, path)
         writes.append((method, path, future))
     return _Pending(decoded.item, "", explanation, index, tuple(writes))
 

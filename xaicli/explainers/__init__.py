@@ -19,7 +19,8 @@ class MethodSpec:
 
     name: str
     # 'cam': from a layer's activations and gradients; 'score': from a layer's activations and
-    # masked forward passes; 'gradient': from d score / d input
+    # masked forward passes; 'gradient': from d score / d input; 'attention': from a
+    # transformer's attention scores
     family: str
     summary: str
     paper: str
@@ -87,6 +88,13 @@ REGISTRY: dict[str, MethodSpec] = {
             summary="channel weights = softmax of class scores with each channel as an input mask (--scorecam-max-channels)",
             paper="Wang et al. 2020, Score-CAM, CVPR Workshops, arXiv:1910.01279",
             implementation="xaicli.explainers.scorecam:scorecam",
+        ),
+        MethodSpec(
+            name="attention",
+            family="attention",
+            summary="attention rollout through a Vision Transformer's blocks (--head-fusion, --discard-ratio)",
+            paper="Abnar & Zuidema 2020, Quantifying Attention Flow in Transformers, ACL, arXiv:2005.00928",
+            implementation="xaicli.explainers.attention:attention_rollout",
         ),
         MethodSpec(
             name="saliency",

@@ -33,6 +33,8 @@ class MethodOptions:
     baseline: np.ndarray | None = None
     seed: int = 0
     scorecam_max_channels: int | None = None
+    head_fusion: str = "mean"
+    discard_ratio: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,17 @@ class ScoreContext:
 
 
 @dataclass(frozen=True)
+class AttentionContext:
+    """What an attention-family method gets: each attention layer's scores, in block order,
+    and where the patch tokens are in the sequence."""
+
+    attention: list[np.ndarray]  # per layer (B, heads, T, T)
+    grid: tuple[int, int]  # patch rows, columns
+    extra_tokens: int  # leading non-patch tokens (1 = class token)
+    options: MethodOptions
+
+
+@dataclass(frozen=True)
 class BatchExplanation:
     """What one batch gives.
 
@@ -79,13 +92,15 @@ class Explainer:
 
     def __init__(self, probe: keras.Model, info: ModelInfo, layer_path: str | None,
                  cam_methods: dict[str, Callable], gradient_methods: dict[str, Callable],
-                 score_methods: dict[str, Callable], batch_size: int, options: MethodOptions):
+                 score_methods: dict[str, Callable], batch_size: int, options: MethodOptions,
+                 attention_methods: dict[str, Callable] | None = None):
         self._probe = probe
         self._info = info
         self._layer_path = layer_path
         self._cam_methods = cam_methods
         self._gradient_methods = gradient_methods
         self._score_methods = score_methods
+        self._attention_methods = attention_methods or {}
         self._options = options
         self.batch_size = batch_size
         height, width = info.input_size
@@ -95,7 +110,8 @@ class Explainer:
         self._input_gradient = tf.function(self._score_gradient, input_signature=[images, classes])
         self._masked = None
         if score_methods:
-            grid = probe.output["activations"].shape[1:3]
+            layer_shape = probe.output["activations"].shape
+            grid = info.token_grid if len(layer_shape) == 3 else layer_shape[1:3]
             self._masked = tf.function(self._score_masked, input_signature=[
                 tf.TensorSpec((height, width, info.channels), tf.float32),
                 tf.TensorSpec((batch_size, *grid), tf.float32),
@@ -113,16 +129,25 @@ class Explainer:
         if self._cam_methods:
             # Images in a batch are independent at inference, so the gradient of the summed
             # scores is each image's own gradient. Differentiate the layer's own tensor, then
-            # cast: a cast taken first (float16 models) would be a side branch with no gradient.
+            # cast and reshape: either done first would be a side branch with no gradient.
             gradients = tape.gradient(explained, outputs["activations"])
             if gradients is None:
                 raise LayerError(f"layer {self._layer_path!r} does not feed the model's output; "
                                  "pick another with --layer")
-            activations = tf.cast(outputs["activations"], tf.float32)
-            gradients = tf.cast(gradients, tf.float32)
+            activations, gradients = self._on_grid(outputs["activations"]), self._on_grid(gradients)
             maps = {name: tf.nn.relu(combine(activations, gradients)) for name, combine in self._cam_methods.items()}
-        activations = outputs.get("activations", tf.zeros((0,)))
-        return probabilities, scores, classes, maps, tf.cast(activations, tf.float32)
+        activations = self._on_grid(outputs["activations"]) if "activations" in outputs else tf.zeros((0,))
+        attention = [tf.cast(a, tf.float32) for a in outputs.get("attention", [])]
+        return probabilities, scores, classes, maps, activations, attention
+
+    def _on_grid(self, tensor: tf.Tensor) -> tf.Tensor:
+        """float32 (N, h, w, k); a transformer's tokens (N, T, D) lose their extra (class)
+        tokens and are laid out on the patch grid, as pytorch-grad-cam users do by hand."""
+        tensor = tf.cast(tensor, tf.float32)
+        if tensor.shape.rank != 3:
+            return tensor
+        rows, columns = self._info.token_grid
+        return tf.reshape(tensor[:, self._info.extra_tokens:, :], (-1, rows, columns, tensor.shape[-1]))
 
     def _score_masked(self, image: tf.Tensor, channel_maps: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
         """Upsample each map to the input size (bilinear, half-pixel centres), min-max it to
@@ -153,7 +178,8 @@ class Explainer:
         padding = self.batch_size - count
         batch = np.concatenate([images, np.zeros((padding, *images.shape[1:]), np.float32)])
         wanted = np.concatenate([requested, np.full(padding, TOP_CLASS)]).astype(np.int32)
-        probabilities, scores, classes, cam_maps, activations = self._step(tf.constant(batch), tf.constant(wanted))
+        probabilities, scores, classes, cam_maps, activations, attention = self._step(
+            tf.constant(batch), tf.constant(wanted))
         raw = {name: m.numpy() for name, m in cam_maps.items()}
         if self._gradient_methods:
             context = GradientContext(batch, classes.numpy(), self._options, self._gradient_at(classes))
@@ -162,6 +188,10 @@ class Explainer:
             context = ScoreContext(batch[:count], classes.numpy()[:count], activations.numpy()[:count],
                                    self._options, self._masked_scores)
             raw.update({name: method(context) for name, method in self._score_methods.items()})
+        if self._attention_methods:
+            context = AttentionContext([a.numpy()[:count] for a in attention], self._info.token_grid,
+                                       self._info.extra_tokens, self._options)
+            raw.update({name: method(context) for name, method in self._attention_methods.items()})
         return BatchExplanation(
             probabilities=probabilities.numpy()[:count],
             scores=scores.numpy()[:count],

@@ -1,0 +1,143 @@
+"""Attention rollout on Vision Transformers, and Grad-CAM on their token layers."""
+
+import numpy as np
+import pytest
+
+from xaicli.config import RunConfig
+from xaicli.errors import UsageError
+from xaicli.explainers.engine import TOP_CLASS
+from xaicli.pipeline import prepare
+
+from .conftest import build_vit
+
+IMAGES = np.random.default_rng(31).uniform(0, 1, size=(4, 12, 16, 3)).astype(np.float32)
+
+
+def _run(path, method="attention", **options):
+    run = prepare(RunConfig(model=path, inputs=(path,), out_dir=path.parent / "out", methods=(method,),
+                            preprocess="none", **options))
+    return run, run.explainer.explain(IMAGES, np.full(len(IMAGES), TOP_CLASS))
+
+
+def eager_forward(model, images, class_token=True, blocks=2):
+    """The tiny ViT run layer by layer in eager mode, asking each attention layer for its
+    scores directly: an independent capture. Returns (scores per block, final tokens, logits)."""
+    import tensorflow as tf
+
+    layer = model.get_layer
+    x = layer("tokens")(layer("patch_embed")(tf.constant(images)))
+    if class_token:
+        x = tf.concat([layer("cls")(tf.reduce_mean(x, axis=1, keepdims=True)), x], axis=1)
+    scores = []
+    for block in range(blocks):
+        h = layer(f"norm_a{block}")(x)
+        attended, block_scores = layer(f"mha_{block}")(h, h, return_attention_scores=True)
+        scores.append(block_scores.numpy())
+        x = x + attended
+        x = x + layer(f"mlp_{block}")(layer(f"norm_b{block}")(x))
+    return scores, layer("final_norm")(x)
+
+
+def numpy_rollout(scores, grid, class_token, fusion="mean", discard=0.0):
+    fuse = {"mean": np.mean, "max": np.max, "min": np.min}[fusion]
+    maps = []
+    for image in range(len(scores[0])):
+        tokens = scores[0].shape[-1]
+        rollout = np.eye(tokens)
+        for block in scores:
+            a = fuse(block[image].astype(np.float64), axis=0)
+            if discard:
+                a = np.where(a < np.sort(a.ravel())[int(discard * (a.size - 1))], 0.0, a)
+            a = a + np.eye(tokens)
+            rollout = (a / a.sum(axis=1, keepdims=True)) @ rollout
+        row = rollout[0, 1:] if class_token else rollout.mean(axis=0)
+        row = row.reshape(grid)
+        maps.append((row - row.min()) / (row.max() - row.min()))
+    return np.stack(maps)
+
+
+@pytest.mark.parametrize("class_token", [True, False])
+@pytest.mark.parametrize("fusion,discard", [("mean", 0.0), ("max", 0.0), ("min", 0.3)])
+def test_rollout_matches_numpy_from_independently_captured_scores(tmp_path, class_token, fusion, discard):
+    model = build_vit(class_token=class_token, seed=1)
+    model.save(tmp_path / "vit.keras")
+    run, result = _run(tmp_path / "vit.keras", head_fusion=fusion, discard_ratio=discard)
+    assert run.info.token_grid == (3, 4) and run.info.extra_tokens == (1 if class_token else 0)
+    scores, _ = eager_forward(model, IMAGES, class_token)
+    expected = numpy_rollout(scores, (3, 4), class_token, fusion, discard)
+    np.testing.assert_allclose(result.maps["attention"], expected, atol=1e-5)
+
+
+def _rigged_vit(tmp_path):
+    """Post-norm ViT whose every query attends to the brightest patch: the patch embedding's
+    channel 0 is the patch's mean brightness, queries are a constant, keys are the brightness."""
+    model = build_vit(pre_norm=False, seed=2)
+    embed = model.get_layer("patch_embed")
+    kernel = np.zeros_like(embed.get_weights()[0])
+    kernel[..., 0] = 1.0 / (4 * 4 * 3)
+    embed.set_weights([kernel, np.zeros_like(embed.get_weights()[1])])
+    cls = model.get_layer("cls")
+    cls.set_weights([np.zeros_like(w) for w in cls.get_weights()])  # class token brightness 0
+    for block in range(2):
+        attention = model.get_layer(f"mha_{block}")
+        weights = [np.zeros_like(w) for w in attention.get_weights()]
+        # weights: query kernel, query bias, key kernel, key bias, value kernel, value bias, out kernel, out bias
+        weights[1][:, 0] = 40.0  # query = constant
+        weights[2][0, :, 0] = 40.0  # key = 40 x brightness (channel 0)
+        attention.set_weights(weights)
+    model.save(tmp_path / "rigged.keras")
+    return tmp_path / "rigged.keras"
+
+
+def test_rigged_attention_peaks_at_each_images_own_patch(tmp_path):
+    path = _rigged_vit(tmp_path)
+    images = np.zeros((2, 12, 16, 3), np.float32)
+    images[0, 8:12, 4:8] = 1.0  # grid cell (row 2, column 1): tests rows vs columns on a 3x4 grid
+    images[1, 0:4, 12:16] = 1.0  # grid cell (row 0, column 3)
+    run = prepare(RunConfig(model=path, inputs=(path,), out_dir=tmp_path / "o", methods=("attention",), preprocess="none"))
+    maps = run.explainer.explain(images, np.full(2, TOP_CLASS)).maps["attention"]
+    assert maps.shape == (2, 3, 4)
+    assert np.unravel_index(np.argmax(maps[0]), (3, 4)) == (2, 1)
+    assert np.unravel_index(np.argmax(maps[1]), (3, 4)) == (0, 3)
+
+
+def test_gradcam_on_a_token_layer_uses_the_patch_grid(tmp_path):
+    import tensorflow as tf
+
+    model = build_vit(seed=4)
+    model.save(tmp_path / "vit.keras")
+    run, result = _run(tmp_path / "vit.keras", "gradcam", layer="auto")
+    assert run.layer.path == "final_norm"
+    images = tf.constant(IMAGES)
+    with tf.GradientTape() as tape:
+        _, tokens = eager_forward(model, IMAGES)
+        tape.watch(tokens)
+        logits = tf.matmul(tokens[:, 0], model.get_layer("head").kernel) + model.get_layer("head").bias
+        chosen = tf.gather(logits, result.classes, batch_dims=1)
+    gradients = tape.gradient(chosen, tokens).numpy()[:, 1:].reshape(4, 3, 4, 8)
+    activations = tokens.numpy()[:, 1:].reshape(4, 3, 4, 8)
+    cams = np.maximum((activations * gradients.mean(axis=(1, 2), keepdims=True)).sum(-1), 0)
+    low, high = cams.min(axis=(1, 2), keepdims=True), cams.max(axis=(1, 2), keepdims=True)
+    expected = np.where(high > low, (cams - low) / np.where(high > low, high - low, 1), 0)
+    np.testing.assert_allclose(result.maps["gradcam"], expected, atol=1e-4)
+    del images
+
+
+def test_attention_on_a_cnn_names_the_methods_that_fit(tiny_model):
+    with pytest.raises(UsageError, match="needs a Vision Transformer.*methods that fit it: gradcam, gradcam\\+\\+"):
+        _run(tiny_model)
+
+
+def test_vit_run_writes_rows_for_attention_and_token_cams(tmp_path, image_folder):
+    from click.testing import CliRunner
+
+    from xaicli.cli import main
+
+    build_vit().save(tmp_path / "vit.keras")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["run", str(tmp_path / "vit.keras"), str(image_folder / "a.png"), "-o", str(out),
+                                       "--method", "attention,gradcam", "-q"])
+    assert result.exit_code == 0, result.output
+    lines = (out / "predictions.csv").read_text().splitlines()[1:]
+    assert [(l.split(",")[10], l.split(",")[11]) for l in lines] == [("attention", "mha_0..mha_1"), ("gradcam", "final_norm")]
+    assert (out / "a.png.attention.png").exists()
