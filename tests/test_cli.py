@@ -160,3 +160,44 @@ def test_gradient_methods_need_no_convolutional_layer(image_folder, tmp_path):
     assert "input gradients" in result.stderr
     cam = _xai("run", tmp_path / "mlp.keras", image_folder / "a.png", "-o", out, "--method", "gradcam")
     assert cam.exit_code == 2 and "no convolutional layer found" in cam.stderr
+
+
+def test_config_file_fills_options_and_the_command_line_wins(tiny_model, image_folder, tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text(f'out = "{tmp_path / "from_config"}"\nmethod = ["gradcam", "saliency"]\nclass = 1\nbatch_size = 2\n')
+    result = _xai("run", tiny_model, image_folder / "a.png", "-c", config, "--class", "2", "-q")
+    assert result.exit_code == 0, result.output
+    rows = _rows(tmp_path / "from_config")
+    assert [r["method"] for r in rows] == ["gradcam", "saliency"]  # from the file
+    assert {r["class_index"] for r in rows} == {"2"}  # the command line wins
+
+
+@pytest.mark.parametrize("content,message", [
+    ("batchsize = 3\n", "unknown key 'batchsize'; keys are the long options of `xai run`: alpha, batch-size"),
+    ('batch-size = "many"\n', "key 'batch-size': 'many' is not a valid integer"),
+    ('preprocess = "magic"\n', "key 'preprocess': 'magic' is not one of"),
+    ("batch-size = [\n", "is not valid TOML"),
+    ("[run]\nalpha = 0.3\n", "[run] tables are not used"),
+])
+def test_config_file_errors_name_the_key_and_the_file(tiny_model, image_folder, tmp_path, content, message):
+    config = tmp_path / "bad.toml"
+    config.write_text(content)
+    result = _xai("run", tiny_model, image_folder, "-c", config, "-o", tmp_path / "out")
+    assert result.exit_code == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"xai: error: config file {config}") and message in line
+
+
+def test_missing_output_folder_is_a_usage_error(tiny_model, image_folder):
+    result = _xai("run", tiny_model, image_folder)
+    assert result.exit_code == 2 and "no output folder: give -o/--out" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["default.toml", "imagenet.toml", "medical-grayscale.toml"])
+def test_shipped_configs_run(tiny_model, image_folder, tmp_path, name):
+    from .conftest import REPO
+
+    (image_folder / "broken.jpg").unlink()
+    result = _xai("run", tiny_model, image_folder / "a.png", "-c", REPO / "configs" / name, "-o", tmp_path / "out",
+                  "--ig-steps", 2, "--smoothgrad-samples", 2, "-q")
+    assert result.exit_code == 0, result.output

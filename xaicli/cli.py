@@ -20,7 +20,7 @@ from typing import Callable, Iterator
 import click
 
 from . import __version__
-from .config import AUTO, HEAD_FUSIONS, IG_BASELINES, RunConfig, default_workers, parse_methods, parse_size
+from .config import AUTO, HEAD_FUSIONS, IG_BASELINES, RunConfig, default_workers, parse_methods, parse_size, read_config_file
 from .errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, XaiError
 from .explainers import REGISTRY
 from .images import DEFAULT_MAX_PIXELS, PRESET_HELP, discover
@@ -82,8 +82,12 @@ def _layer_regex_option(func: Callable) -> Callable:
 @main.command(context_settings=CONTEXT)
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("-o", "--out", "out_dir", required=True, type=click.Path(path_type=Path),
-              help="Output folder; overlays mirror the input tree, plus predictions.csv.")
+@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path),
+              help="Output folder (required here or in --config); overlays mirror the input tree, "
+                   "plus predictions.csv.")
+@click.option("-c", "--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="TOML file of option values (keys are the long option names, e.g. batch-size = 16); "
+                   "options given on the command line win.")
 @click.option("-m", "--method", "methods", default="gradcam", show_default=True, metavar="NAMES",
               help=f"Explanation method(s), comma-separated: {', '.join(REGISTRY)} (see `xai methods`).")
 @click.option("--layer", default=AUTO, show_default=True, metavar="auto|NAME|PATH|INDEX",
@@ -124,12 +128,8 @@ def _layer_regex_option(func: Callable) -> Callable:
               help="attention: fraction of the lowest attention weights set to 0 in each block.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line.")
 @_debug_option
-def run(model: Path, inputs: tuple[Path, ...], out_dir: Path, methods: str, layer: str, layer_regex: str,
-        target_class: str | None, labels: Path | None, batch_size: int, preprocess: str,
-        input_size: tuple[int, int] | None, output: str, unsafe: bool, custom_objects: str | None, alpha: float, colormap: str, max_pixels: int,
-        workers: int, smoothgrad_samples: int, smoothgrad_noise: float, ig_steps: int, ig_baseline: str,
-        scorecam_max_channels: int | None, head_fusion: str, discard_ratio: float, quiet: bool,
-        debug: bool) -> None:
+def run(model: Path, inputs: tuple[Path, ...], config_file: Path | None, quiet: bool, debug: bool,
+        **options: object) -> None:
     """Explain every image in INPUTS (files or folders, searched recursively) with MODEL.
 
     Writes OUT/<relative path>.<method>.png per image and method, and OUT/predictions.csv.
@@ -137,15 +137,11 @@ def run(model: Path, inputs: tuple[Path, ...], out_dir: Path, methods: str, laye
     2 bad usage or a model that cannot be used.
     """
     with _errors_reported(debug):
-        config = RunConfig(
-            model=model, inputs=inputs, out_dir=out_dir, methods=parse_methods(methods), layer=layer,
-            layer_regex=layer_regex, target_class=target_class, batch_size=batch_size, alpha=alpha,
-            colormap=colormap, preprocess=preprocess, input_size=input_size, output=output, unsafe=unsafe,
-            custom_objects=custom_objects, labels=labels,
-            max_pixels=max_pixels, workers=workers, smoothgrad_samples=smoothgrad_samples,
-            smoothgrad_noise=smoothgrad_noise, ig_steps=ig_steps, ig_baseline=ig_baseline,
-            scorecam_max_channels=scorecam_max_channels, head_fusion=head_fusion, discard_ratio=discard_ratio,
-        )
+        if config_file is not None:
+            options = _with_config_file(click.get_current_context(), options, config_file)
+        if options["out_dir"] is None:
+            raise XaiError("no output folder: give -o/--out, or out = \"...\" in the --config file")
+        config = RunConfig(model=model, inputs=inputs, **{**options, "methods": parse_methods(str(options["methods"]))})
         items = discover(config.inputs, exclude=[config.out_dir])
         if not items:
             raise XaiError(f"no images found in {', '.join(map(str, inputs))} "
@@ -164,6 +160,31 @@ def run(model: Path, inputs: tuple[Path, ...], out_dir: Path, methods: str, laye
             f"{elapsed:.1f} s ({len(items) / max(elapsed, 1e-9):.1f} img/s); outputs in {config.out_dir}"
             + (f" (see status=error rows in {config.out_dir / 'predictions.csv'})" if failed else ""))
     sys.exit(EXIT_SOME_FAILED if failed else EXIT_OK)
+
+
+def _with_config_file(ctx: click.Context, options: dict[str, object], path: Path) -> dict[str, object]:
+    """``options`` with the config file's values for every option not given on the command line.
+    Keys are long option names; values go through the same checks as on the command line."""
+    by_key = {
+        flag.lstrip("-").replace("-", "_"): param
+        for param in ctx.command.params if isinstance(param, click.Option) and param.name in options
+        for flag in param.opts if flag.startswith("--")
+    }
+    merged = dict(options)
+    for key, raw in read_config_file(path).items():
+        param = by_key.get(key.replace("-", "_"))
+        if param is None:
+            raise XaiError(f"config file {path}: unknown key '{key}'; keys are the long options of "
+                           f"`xai run`: {', '.join(sorted(k.replace('_', '-') for k in by_key))}")
+        if ctx.get_parameter_source(param.name) == click.core.ParameterSource.COMMANDLINE:
+            continue
+        try:
+            # a TOML list (method = ["gradcam", "saliency"]) is the option's comma-separated form
+            value = ",".join(map(str, raw)) if isinstance(raw, list) else raw
+            merged[param.name] = param.process_value(ctx, value)
+        except click.BadParameter as exc:
+            raise XaiError(f"config file {path}: key '{key}': {exc.message}") from None
+    return merged
 
 
 def _explain_with_progress(results: Iterator, total: int, quiet: bool) -> int:

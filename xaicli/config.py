@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,3 +154,19 @@ def check_preset_channels(preset: str, channels: int) -> None:
     """torch/caffe presets carry per-RGB-channel constants; they do not fit grayscale models."""
     if preset in COLOUR_ONLY_PRESETS and channels != 3:
         raise UsageError(f"--preprocess {preset} needs an RGB model; this model takes {channels} channel(s)")
+
+
+def read_config_file(path: Path) -> dict[str, object]:
+    """The settings of a TOML config file, keyed as written: long option names, where
+    ``batch-size`` and ``batch_size`` mean the same."""
+    try:
+        with open(path, "rb") as stream:
+            data = tomllib.load(stream)
+    except OSError as exc:
+        raise UsageError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
+    nested = [key for key, value in data.items() if isinstance(value, dict)]
+    if nested:
+        raise UsageError(f"config file {path}: [{nested[0]}] tables are not used; write the keys at the top level")
+    return data
