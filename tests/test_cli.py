@@ -1,6 +1,7 @@
 """The `xai` command end to end: outputs, CSV, exit codes, one-line errors, start-up cost."""
 
 import csv
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -62,11 +63,13 @@ def test_all_good_images_exit_zero_and_runs_are_byte_identical(tiny_model, image
         outputs.append({p.relative_to(tmp_path / name): p.read_bytes()
                         for p in sorted((tmp_path / name).rglob("*")) if p.is_file()})
     first, second = outputs
-    assert first.keys() == second.keys() and len(first) == 4
-    assert all(first[k] == second[k] for k in first if k.name != "predictions.csv")
-    csv_first = first[Path("predictions.csv")].decode().replace(str(tmp_path / "first"), "OUT")
-    csv_second = second[Path("predictions.csv")].decode().replace(str(tmp_path / "second"), "OUT")
-    assert csv_first == csv_second
+    assert first.keys() == second.keys() and len(first) == 5
+    assert all(first[k] == second[k] for k in first if k.name not in ("predictions.csv", "run.json"))
+    for name in ("predictions.csv", "run.json"):  # equal but for the output folder's name and the timing
+        texts = [files[Path(name)].decode().replace(str(tmp_path / run), "OUT")
+                 for files, run in ((first, "first"), (second, "second"))]
+        texts = [re.sub(r'"seconds": [0-9.]+', '"seconds": S', t) for t in texts]
+        assert texts[0] == texts[1]
 
 
 def test_class_option_explains_the_requested_class(tiny_model, image_folder, tmp_path):
@@ -201,3 +204,33 @@ def test_shipped_configs_run(tiny_model, image_folder, tmp_path, name):
     result = _xai("run", tiny_model, image_folder / "a.png", "-c", REPO / "configs" / name, "-o", tmp_path / "out",
                   "--ig-steps", 2, "--smoothgrad-samples", 2, "-q")
     assert result.exit_code == 0, result.output
+
+
+def test_run_manifest_records_versions_model_hash_choices_options_and_counts(tiny_model, image_folder, tmp_path):
+    import hashlib
+    import json
+
+    import keras
+    import tensorflow as tf
+
+    from xaicli import __version__
+
+    out = tmp_path / "out"
+    result = _xai("run", tiny_model, image_folder, "-o", out, "--batch-size", 3, "--method", "gradcam,saliency", "-q")
+    assert result.exit_code == 1
+    manifest = json.loads((out / "run.json").read_text())
+    volatile = manifest.pop("seconds")
+    assert isinstance(volatile, float) and volatile >= 0
+    assert manifest["tool"] == {"name": "xaicli", "version": __version__}
+    assert (manifest["tensorflow"], manifest["keras"]) == (tf.__version__, keras.__version__)
+    assert manifest["model"] == {"path": str(tiny_model), "format": "Keras 3 (.keras)",
+                                 "sha256": hashlib.sha256(tiny_model.read_bytes()).hexdigest()}
+    assert manifest["resolved"] == {
+        "layer": "conv_b", "attention_layers": [], "explained_output": "head", "final_activation": "softmax",
+        "classes": 3, "preprocess": "none", "preprocess_reason": "the model rescales inside: rescale",
+        "target_class": None}
+    assert manifest["options"]["batch_size"] == 3 and manifest["options"]["methods"] == ["gradcam", "saliency"]
+    assert manifest["options"]["out_dir"] == str(out) and manifest["options"]["inputs"] == [str(image_folder)]
+    assert manifest["counts"] == {"images": 4, "explained": 3, "failed": 1}
+    text = (out / "run.json").read_text()
+    assert text == json.dumps(json.loads(text), indent=2, sort_keys=True) + "\n"  # stable formatting

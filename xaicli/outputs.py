@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import os
 import threading
 from dataclasses import dataclass, fields
 from pathlib import Path, PurePosixPath
-from typing import IO, Iterable
+from typing import IO, Callable, Iterable
 
 import numpy as np
 from PIL import Image
 
 PNG_COMPRESS_LEVEL = 1  # fastest zlib level: ~3x faster to encode than 6, files ~15% larger
 PREDICTIONS_NAME = "predictions.csv"
+MANIFEST_NAME = "run.json"
 
 
 @dataclass(frozen=True)
@@ -69,16 +72,39 @@ def overlay_path(out_dir: Path, relative: PurePosixPath, method: str) -> Path:
     return out_dir.joinpath(*relative.parts[:-1], f"{relative.name}.{method}.png")
 
 
+def write_json(path: Path, data: dict) -> None:
+    """Write ``data`` as sorted, indented JSON via a temporary file and a rename."""
+    _write_atomically(path, lambda stream: stream.write(json.dumps(data, indent=2, sort_keys=True).encode() + b"\n"))
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file, or of a folder's files (relative path and content, in sorted order)."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(file.relative_to(path).as_posix().encode() + b"\0")
+        with open(file, "rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
 def write_png(path: Path, rgb: np.ndarray) -> None:
     """Write (H, W, 3) uint8 as PNG via a temporary file and a rename, so no reader ever sees
     a truncated file."""
+    _write_atomically(path, lambda stream: Image.fromarray(rgb).save(stream, format="PNG",
+                                                                     compress_level=PNG_COMPRESS_LEVEL))
+
+
+def _write_atomically(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     # A name unique to this process and thread, opened normally so the file gets the usual
     # permissions (mkstemp would make it private to the owner).
     temp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         with open(temp, "wb") as stream:
-            Image.fromarray(rgb).save(stream, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+            write(stream)
         os.replace(temp, path)
     except BaseException:
         temp.unlink(missing_ok=True)

@@ -3,22 +3,25 @@ batch computes, append the predictions table. Yields one result per image; never
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
+import keras
 import numpy as np
 import tensorflow as tf
 
+from . import __version__
 from .config import AUTO, RunConfig, check_preset_channels, load_labels, resolve_class
 from .errors import ImageError, UsageError, first_line
 from .explainers import REGISTRY
 from .explainers.engine import TOP_CLASS, BatchExplanation, Explainer, MethodOptions
 from .images import PRESETS, InputImage, load_image, to_model_input
 from .models import LayerInfo, ModelInfo, build_probe, candidate_layers, model_format, open_model, resolve_layer
-from .outputs import PREDICTIONS_NAME, PredictionsWriter, Row, overlay_path, write_png
+from .outputs import MANIFEST_NAME, PREDICTIONS_NAME, PredictionsWriter, Row, file_digest, overlay_path, write_json, write_png
 from .render import COLORMAPS, overlay
 
 
@@ -167,17 +170,61 @@ def run(prepared: Prepared, items: Sequence[InputImage]) -> Iterator[ImageResult
         stream = open(config.out_dir / PREDICTIONS_NAME, "w", newline="", encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"cannot write to output folder {config.out_dir}: {exc.strerror or exc}") from None
+    started, failed = time.monotonic(), 0
     with stream, ThreadPoolExecutor(config.workers, thread_name_prefix="xai-io") as pool:
         writer = PredictionsWriter(stream)
         decoded = _read_ahead(pool, lambda item: _decode(prepared, item), items, 2 * config.batch_size)
         pending: deque[list[_Pending]] = deque()
+
+        def finish_oldest() -> Iterator[ImageResult]:
+            nonlocal failed
+            for result in _finish(prepared, pending.popleft(), writer):
+                failed += not result.ok
+                yield result
+
         for batch in _batches(decoded, config.batch_size):
             pending.append(_explain_batch(prepared, batch, pool))
             # The previous batch's PNGs were encoding while this batch computed.
             if len(pending) > 1:
-                yield from _finish(prepared, pending.popleft(), writer)
+                yield from finish_oldest()
         while pending:
-            yield from _finish(prepared, pending.popleft(), writer)
+            yield from finish_oldest()
+    write_json(config.out_dir / MANIFEST_NAME,
+               manifest(prepared, len(items), failed, time.monotonic() - started))
+
+
+def manifest(prepared: Prepared, images: int, failed: int, seconds: float) -> dict:
+    """What ``OUT/run.json`` records: versions, the model's SHA-256, what was resolved, every
+    option's value, counts and timing."""
+    config = prepared.config
+    return {
+        "tool": {"name": "xaicli", "version": __version__},
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "model": {"path": str(config.model), "sha256": file_digest(config.model), "format": model_format(config.model)},
+        "resolved": {
+            "layer": prepared.layer.path if prepared.layer else None,
+            "attention_layers": list(prepared.info.attention_layers),
+            "explained_output": prepared.info.head_path,
+            "final_activation": prepared.info.final_activation,
+            "classes": prepared.info.num_classes,
+            "preprocess": prepared.preprocess,
+            "preprocess_reason": prepared.preprocess_reason,
+            "target_class": prepared.target_class,
+        },
+        "options": {field.name: _plain(getattr(config, field.name)) for field in fields(config)},
+        "counts": {"images": images, "explained": images - failed, "failed": failed},
+        "seconds": round(seconds, 3),
+    }
+
+
+def _plain(value: object) -> object:
+    """JSON-ready: paths as strings, tuples as lists."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 @dataclass(frozen=True)
