@@ -234,3 +234,30 @@ def test_run_manifest_records_versions_model_hash_choices_options_and_counts(tin
     assert manifest["counts"] == {"images": 4, "explained": 3, "failed": 1}
     text = (out / "run.json").read_text()
     assert text == json.dumps(json.loads(text), indent=2, sort_keys=True) + "\n"  # stable formatting
+
+
+def test_inputs_from_stdin_and_table_on_stdout(tiny_model, image_folder, tmp_path):
+    listed = f"{image_folder / 'a.png'}\n\n{image_folder / 'sub' / 'b.JPG'}\n"
+    result = CliRunner().invoke(main, ["run", str(tiny_model), "-", "-o", str(tmp_path / "out"), "--predictions", "-"],
+                                input=listed)
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(result.stdout.splitlines()))  # stdout holds the table and nothing else
+    assert [Path(r["input"]).name for r in rows] == ["a.png", "b.JPG"]
+    assert list(rows[0]) == EXPECTED_COLUMNS
+    assert "images explained" in result.stderr  # the summary stays on stderr
+    assert not (tmp_path / "out" / "predictions.csv").exists()
+
+
+def test_jsonl_table_has_the_columns_in_order_and_stable_numbers(tiny_model, image_folder, tmp_path):
+    import json
+
+    out = tmp_path / "out"
+    result = _xai("run", tiny_model, image_folder, "-o", out, "--format", "jsonl", "-q")
+    assert result.exit_code == 1
+    records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [list(r) for r in records] == [EXPECTED_COLUMNS] * 4
+    broken = records[1]
+    assert broken["status"] == "error" and broken["pred_prob"] is None and broken["output"] is None
+    ok = records[0]
+    assert isinstance(ok["pred_index"], int) and isinstance(ok["pred_prob"], float)
+    assert all(len(repr(ok[k]).split(".")[1]) <= 6 for k in ("pred_prob", "class_prob", "class_score"))

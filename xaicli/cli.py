@@ -23,7 +23,7 @@ from . import __version__
 from .config import AUTO, HEAD_FUSIONS, IG_BASELINES, RunConfig, default_workers, parse_methods, parse_size, read_config_file
 from .errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, XaiError
 from .explainers import REGISTRY
-from .images import DEFAULT_MAX_PIXELS, PRESET_HELP, discover
+from .images import DEFAULT_MAX_PIXELS, PRESET_HELP, discover, expand_stdin
 from .render import COLORMAPS
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -85,6 +85,11 @@ def _layer_regex_option(func: Callable) -> Callable:
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path),
               help="Output folder (required here or in --config); overlays mirror the input tree, "
                    "plus predictions.csv.")
+@click.option("--format", "table_format", type=click.Choice(["csv", "jsonl"]), default="csv", show_default=True,
+              help="Predictions table format.")
+@click.option("--predictions", metavar="PATH|-",
+              help="Where the predictions table goes (default OUT/predictions.<format>); '-' writes it to "
+                   "standard output, while progress stays on standard error.")
 @click.option("-c", "--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
               help="TOML file of option values (keys are the long option names, e.g. batch-size = 16); "
                    "options given on the command line win.")
@@ -130,9 +135,11 @@ def _layer_regex_option(func: Callable) -> Callable:
 @_debug_option
 def run(model: Path, inputs: tuple[Path, ...], config_file: Path | None, quiet: bool, debug: bool,
         **options: object) -> None:
-    """Explain every image in INPUTS (files or folders, searched recursively) with MODEL.
+    """Explain every image in INPUTS (files or folders, searched recursively; '-' reads paths
+    from standard input, one per line) with MODEL.
 
-    Writes OUT/<relative path>.<method>.png per image and method, and OUT/predictions.csv.
+    Writes OUT/<relative path>.<method>.png per image and method, OUT/predictions.csv (or
+    .jsonl) and OUT/run.json.
     Exit status: 0 all images explained, 1 some images failed (see the status column),
     2 bad usage or a model that cannot be used.
     """
@@ -141,6 +148,7 @@ def run(model: Path, inputs: tuple[Path, ...], config_file: Path | None, quiet: 
             options = _with_config_file(click.get_current_context(), options, config_file)
         if options["out_dir"] is None:
             raise XaiError("no output folder: give -o/--out, or out = \"...\" in the --config file")
+        inputs = tuple(expand_stdin(inputs, sys.stdin if Path("-") in inputs else ()))
         config = RunConfig(model=model, inputs=inputs, **{**options, "methods": parse_methods(str(options["methods"]))})
         items = discover(config.inputs, exclude=[config.out_dir])
         if not items:
@@ -158,7 +166,7 @@ def run(model: Path, inputs: tuple[Path, ...], config_file: Path | None, quiet: 
         elapsed = time.monotonic() - started
         say(f"{len(items) - failed} of {len(items)} images explained, {failed} failed, in "
             f"{elapsed:.1f} s ({len(items) / max(elapsed, 1e-9):.1f} img/s); outputs in {config.out_dir}"
-            + (f" (see status=error rows in {config.out_dir / 'predictions.csv'})" if failed else ""))
+            + (f" (see status=error rows in {config.predictions_path or 'the table on stdout'})" if failed else ""))
     sys.exit(EXIT_SOME_FAILED if failed else EXIT_OK)
 
 

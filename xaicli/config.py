@@ -58,6 +58,8 @@ class RunConfig:
     scorecam_max_channels: int | None = None  # None = every channel
     head_fusion: str = "mean"
     discard_ratio: float = 0.0
+    table_format: str = "csv"  # predictions table: csv or jsonl
+    predictions: str | None = None  # where the table goes: a path, '-' for stdout, None for OUT
 
     def __post_init__(self) -> None:
         if not self.inputs:
@@ -87,12 +89,21 @@ class RunConfig:
             raise UsageError(f"--ig-steps must be at least 1, got {self.ig_steps}")
         if self.scorecam_max_channels is not None and self.scorecam_max_channels < 1:
             raise UsageError(f"--scorecam-max-channels must be at least 1, got {self.scorecam_max_channels}")
+        if self.table_format not in ("csv", "jsonl"):
+            raise UsageError(f"unknown --format {self.table_format!r}; choose csv or jsonl")
         if self.head_fusion not in HEAD_FUSIONS:
             raise UsageError(f"unknown --head-fusion {self.head_fusion!r}; choose from {', '.join(HEAD_FUSIONS)}")
         if not 0.0 <= self.discard_ratio < 1.0:
             raise UsageError(f"--discard-ratio must be in [0, 1), got {self.discard_ratio}")
         if self.ig_baseline not in IG_BASELINES:
             raise UsageError(f"unknown --ig-baseline {self.ig_baseline!r}; choose from {', '.join(IG_BASELINES)}")
+
+    @property
+    def predictions_path(self) -> Path | None:
+        """Where the predictions table is written; None means standard output."""
+        if self.predictions == "-":
+            return None
+        return Path(self.predictions) if self.predictions else self.out_dir / f"predictions.{self.table_format}"
 
     @property
     def needs_layer(self) -> bool:

@@ -29,6 +29,15 @@ def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
 
 
+def expand_stdin(inputs: Sequence[Path], lines: Iterable[str]) -> list[Path]:
+    """Replace an input '-' by the paths in ``lines`` (standard input), one per line; blank
+    lines are skipped."""
+    if Path("-") not in inputs:
+        return list(inputs)
+    listed = [Path(line.rstrip("\r\n")) for line in lines if line.strip()]
+    return [path for entry in inputs for path in (listed if entry == Path("-") else [entry])]
+
+
 def discover(inputs: Sequence[Path], exclude: Iterable[Path] = ()) -> list[InputImage]:
     """List the images named by ``inputs``: files as given, folders searched recursively.
 

@@ -3,6 +3,8 @@ batch computes, append the predictions table. Yields one result per image; never
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,7 +23,7 @@ from .explainers import REGISTRY
 from .explainers.engine import TOP_CLASS, BatchExplanation, Explainer, MethodOptions
 from .images import PRESETS, InputImage, load_image, to_model_input
 from .models import LayerInfo, ModelInfo, build_probe, candidate_layers, model_format, open_model, resolve_layer
-from .outputs import MANIFEST_NAME, PREDICTIONS_NAME, PredictionsWriter, Row, file_digest, overlay_path, write_json, write_png
+from .outputs import MANIFEST_NAME, PredictionsWriter, Row, file_digest, overlay_path, write_json, write_png
 from .render import COLORMAPS, overlay
 
 
@@ -163,16 +165,19 @@ def layer_label(prepared: Prepared, method: str) -> str:
 
 
 def run(prepared: Prepared, items: Sequence[InputImage]) -> Iterator[ImageResult]:
-    """Explain ``items`` in order, writing overlays and ``predictions.csv`` under the output folder."""
+    """Explain ``items`` in order, writing overlays under the output folder, the predictions
+    table (to its file or standard output) and, at the end, ``run.json``."""
     config = prepared.config
     try:
         config.out_dir.mkdir(parents=True, exist_ok=True)
-        stream = open(config.out_dir / PREDICTIONS_NAME, "w", newline="", encoding="utf-8")
+        table = config.predictions_path
+        stream = (contextlib.nullcontext(sys.stdout) if table is None
+                  else open(table, "w", newline="", encoding="utf-8"))
     except OSError as exc:
         raise UsageError(f"cannot write to output folder {config.out_dir}: {exc.strerror or exc}") from None
     started, failed = time.monotonic(), 0
-    with stream, ThreadPoolExecutor(config.workers, thread_name_prefix="xai-io") as pool:
-        writer = PredictionsWriter(stream)
+    with stream as table_stream, ThreadPoolExecutor(config.workers, thread_name_prefix="xai-io") as pool:
+        writer = PredictionsWriter(table_stream, config.table_format)
         decoded = _read_ahead(pool, lambda item: _decode(prepared, item), items, 2 * config.batch_size)
         pending: deque[list[_Pending]] = deque()
 
