@@ -261,3 +261,30 @@ def test_jsonl_table_has_the_columns_in_order_and_stable_numbers(tiny_model, ima
     ok = records[0]
     assert isinstance(ok["pred_index"], int) and isinstance(ok["pred_prob"], float)
     assert all(len(repr(ok[k]).split(".")[1]) <= 6 for k in ("pred_prob", "class_prob", "class_score"))
+
+
+def test_save_writes_every_kind_and_the_csv_points_at_the_first(tiny_model, image_folder, tmp_path):
+    out = tmp_path / "out"
+    result = _xai("run", tiny_model, image_folder / "a.png", "-o", out, "--save", "panel,overlay,heatmap,raw",
+                  "--labels", _labels(tmp_path), "--colormap", "viridis", "-q")
+    assert result.exit_code == 0, result.output
+    (row,) = _rows(out)
+    assert row["output"] == str(out / "a.png.gradcam.panel.png")
+    source = Image.open(image_folder / "a.png")
+    heat = Image.open(out / "a.png.gradcam.heatmap.png")
+    assert heat.mode == "L" and heat.size == source.size
+    raw = np.load(out / "a.png.gradcam.npy")
+    assert raw.dtype == np.float32 and raw.shape == (12, 12) and raw.min() >= 0 and raw.max() == 1.0
+    assert Image.open(out / "a.png.gradcam.panel.png").size == (3 * source.width, source.height + 16)
+    assert Image.open(out / "a.png.gradcam.png").size == source.size
+
+
+def test_unknown_save_kind_is_a_usage_error(tiny_model, image_folder, tmp_path):
+    result = _xai("run", tiny_model, image_folder, "-o", tmp_path / "out", "--save", "overlay,movie")
+    assert result.exit_code == 2 and "--save overlay,movie: choose from overlay, heatmap, raw, panel" in result.stderr
+
+
+def _labels(folder: Path) -> Path:
+    path = folder / "labels.txt"
+    path.write_text("red\ngreen\nblue\n")
+    return path

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from xaicli.config import RunConfig, load_labels, parse_methods, parse_size, resolve_class
+from xaicli.config import RunConfig, load_labels, parse_names, parse_size, resolve_class
 from xaicli.errors import UsageError
 
 
@@ -28,7 +28,7 @@ def test_bad_values_name_the_option(overrides, message):
 
 
 def test_parsers():
-    assert parse_methods(" GradCAM, ,gradcam++") == ("gradcam", "gradcam++")
+    assert parse_names(" GradCAM, ,gradcam++") == ("gradcam", "gradcam++")
     assert parse_size("224x160") == (224, 160)
     with pytest.raises(UsageError, match="HEIGHTxWIDTH"):
         parse_size("224")

@@ -55,3 +55,33 @@ def test_colorize_indexes_the_lut_by_rounded_value():
     lut = jet_lut()
     colours = colorize(np.array([[0.0, 1.0, 0.5]]), lut)
     np.testing.assert_array_equal(colours[0], lut[[0, 255, 128]])
+
+
+@pytest.mark.parametrize("name,index,expected", [
+    ("viridis", 0, (68, 1, 84)),  # matplotlib: viridis(0) = (0.267004, 0.004874, 0.329415)
+    ("viridis", 255, (253, 231, 37)),  # viridis(1) = (0.993248, 0.906157, 0.143936)
+    ("inferno", 0, (0, 0, 4)),  # inferno(0) = (0.001462, 0.000466, 0.013866)
+    ("turbo", 255, (122, 4, 3)),  # turbo(1) = (0.4796, 0.01583, 0.01055)
+    ("gray", 128, (128, 128, 128)),
+])
+def test_colormap_tables(name, index, expected):
+    from xaicli.render import COLORMAPS
+
+    lut = COLORMAPS[name]()
+    assert lut.shape == (256, 3) and lut.dtype == np.uint8
+    assert tuple(lut[index]) == expected
+
+
+def test_panel_layout_is_image_heatmap_overlay_over_a_caption():
+    from xaicli.render import panel
+
+    image = np.random.default_rng(0).integers(0, 256, (30, 20, 3), dtype=np.uint8)
+    heat = np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4)
+    lut = jet_lut()
+    picture = panel(image, heat, 0.4, lut, "cat 0.93")
+    assert picture.shape == (30 + 16, 60, 3)
+    np.testing.assert_array_equal(picture[:30, :20], image)
+    np.testing.assert_array_equal(picture[:30, 20:40], colorize(upsample(heat, (30, 20)), lut))
+    np.testing.assert_array_equal(picture[:30, 40:], overlay(image, heat, 0.4, lut))
+    caption = picture[30:]
+    assert (caption < 128).any() and (caption == 255).mean() > 0.5  # dark text on white

@@ -20,7 +20,7 @@ from typing import Callable, Iterator
 import click
 
 from . import __version__
-from .config import AUTO, HEAD_FUSIONS, IG_BASELINES, RunConfig, default_workers, parse_methods, parse_size, read_config_file
+from .config import AUTO, HEAD_FUSIONS, IG_BASELINES, RunConfig, default_workers, parse_names, parse_size, read_config_file
 from .errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, XaiError
 from .explainers import REGISTRY
 from .images import DEFAULT_MAX_PIXELS, PRESET_HELP, discover, expand_stdin
@@ -113,6 +113,9 @@ def _layer_regex_option(func: Callable) -> Callable:
               help="Heatmap opacity over the image, 0 (image only) to 1 (heatmap only).")
 @click.option("--colormap", type=click.Choice(list(COLORMAPS)), default="jet", show_default=True,
               help="Colormap for the heatmap.")
+@click.option("--save", default="overlay", show_default=True, metavar="KINDS",
+              help="Files per image and method, comma-separated: overlay (.png), heatmap (.heatmap.png, "
+                   "grayscale), raw (.npy, float map), panel (.panel.png: image | heatmap | overlay, captioned).")
 @click.option("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, show_default=True,
               help="Refuse images larger than this many pixels (decompression-bomb guard).")
 @click.option("--workers", type=int, default=default_workers, show_default="CPU count, 2..8",
@@ -149,7 +152,8 @@ def run(model: Path, inputs: tuple[Path, ...], config_file: Path | None, quiet: 
         if options["out_dir"] is None:
             raise XaiError("no output folder: give -o/--out, or out = \"...\" in the --config file")
         inputs = tuple(expand_stdin(inputs, sys.stdin if Path("-") in inputs else ()))
-        config = RunConfig(model=model, inputs=inputs, **{**options, "methods": parse_methods(str(options["methods"]))})
+        config = RunConfig(model=model, inputs=inputs, **{**options, "methods": parse_names(str(options["methods"])),
+                                                          "save": parse_names(str(options["save"]))})
         items = discover(config.inputs, exclude=[config.out_dir])
         if not items:
             raise XaiError(f"no images found in {', '.join(map(str, inputs))} "

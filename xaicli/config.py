@@ -12,6 +12,7 @@ from pathlib import Path
 from .errors import UsageError
 from .explainers import REGISTRY
 from .images import COLOUR_ONLY_PRESETS, DEFAULT_MAX_PIXELS, PRESETS
+from .outputs import SAVE_KINDS
 from .render import COLORMAPS
 
 AUTO = "auto"
@@ -58,6 +59,7 @@ class RunConfig:
     scorecam_max_channels: int | None = None  # None = every channel
     head_fusion: str = "mean"
     discard_ratio: float = 0.0
+    save: tuple[str, ...] = ("overlay",)  # which files to write per image and method
     table_format: str = "csv"  # predictions table: csv or jsonl
     predictions: str | None = None  # where the table goes: a path, '-' for stdout, None for OUT
 
@@ -89,6 +91,9 @@ class RunConfig:
             raise UsageError(f"--ig-steps must be at least 1, got {self.ig_steps}")
         if self.scorecam_max_channels is not None and self.scorecam_max_channels < 1:
             raise UsageError(f"--scorecam-max-channels must be at least 1, got {self.scorecam_max_channels}")
+        unknown_kinds = [kind for kind in self.save if kind not in SAVE_KINDS]
+        if unknown_kinds or not self.save:
+            raise UsageError(f"--save {','.join(self.save) or '(empty)'}: choose from {', '.join(SAVE_KINDS)}")
         if self.table_format not in ("csv", "jsonl"):
             raise UsageError(f"unknown --format {self.table_format!r}; choose csv or jsonl")
         if self.head_fusion not in HEAD_FUSIONS:
@@ -111,8 +116,8 @@ class RunConfig:
         return any(REGISTRY[name].needs_layer for name in self.methods)
 
 
-def parse_methods(text: str) -> tuple[str, ...]:
-    """'gradcam, gradcam++' -> ('gradcam', 'gradcam++')."""
+def parse_names(text: str) -> tuple[str, ...]:
+    """A comma-separated option value as lower-case names: 'GradCAM, saliency' -> ('gradcam', 'saliency')."""
     return tuple(part.strip().lower() for part in text.split(",") if part.strip())
 
 

@@ -88,9 +88,29 @@ def predictions_name(table_format: str) -> str:
     return f"predictions.{table_format}"
 
 
-def overlay_path(out_dir: Path, relative: PurePosixPath, method: str) -> Path:
-    """``OUT/<relative path>.<method>.png``; keeps the source suffix so a.jpg and a.png differ."""
-    return out_dir.joinpath(*relative.parts[:-1], f"{relative.name}.{method}.png")
+SAVE_KINDS = {
+    "overlay": ".png",  # heatmap coloured and blended over the image
+    "heatmap": ".heatmap.png",  # the map alone, grayscale 0..255, at the image's size
+    "raw": ".npy",  # the map as float32 in [0, 1] at the method's own resolution
+    "panel": ".panel.png",  # original | heatmap | overlay with the prediction written below
+}
+
+
+def output_path(out_dir: Path, relative: PurePosixPath, method: str, kind: str = "overlay") -> Path:
+    """``OUT/<relative path>.<method><suffix of kind>``; the source suffix stays in the name so
+    a.jpg and a.png never collide. ``relative`` never holds '..', so the path stays inside OUT."""
+    return out_dir.joinpath(*relative.parts[:-1], f"{relative.name}.{method}{SAVE_KINDS[kind]}")
+
+
+def write_npy(path: Path, array: np.ndarray) -> None:
+    """Write an array as .npy via a temporary file and a rename."""
+    _write_atomically(path, lambda stream: np.save(stream, array, allow_pickle=False))
+
+
+def write_gray_png(path: Path, gray: np.ndarray) -> None:
+    """Write (H, W) uint8 as a grayscale PNG via a temporary file and a rename."""
+    _write_atomically(path, lambda stream: Image.fromarray(gray, mode="L").save(
+        stream, format="PNG", compress_level=PNG_COMPRESS_LEVEL))
 
 
 def write_json(path: Path, data: dict) -> None:

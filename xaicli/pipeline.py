@@ -23,8 +23,9 @@ from .explainers import REGISTRY
 from .explainers.engine import TOP_CLASS, BatchExplanation, Explainer, MethodOptions
 from .images import PRESETS, InputImage, load_image, to_model_input
 from .models import LayerInfo, ModelInfo, build_probe, candidate_layers, model_format, open_model, resolve_layer
-from .outputs import MANIFEST_NAME, PredictionsWriter, Row, file_digest, overlay_path, write_json, write_png
-from .render import COLORMAPS, overlay
+from .outputs import (MANIFEST_NAME, PredictionsWriter, Row, file_digest, output_path, write_gray_png, write_json,
+                      write_npy, write_png)
+from .render import COLORMAPS, heatmap_image, overlay, panel
 
 
 @dataclass(frozen=True)
@@ -305,16 +306,34 @@ def _schedule(prepared: Prepared, decoded: _Decoded, explanation: BatchExplanati
         return _Pending(decoded.item, "the model produced non-finite scores (NaN or inf) for this image")
     config = prepared.config
     writes = []
+    caption = _caption(prepared, explanation, index)
     for method in config.methods:  # rows and files in the order the user asked for
-        path = overlay_path(config.out_dir, decoded.item.relative, method)
+        paths = {kind: output_path(config.out_dir, decoded.item.relative, method, kind) for kind in config.save}
         heatmap = explanation.maps[method][index]
-        future = pool.submit(_render_overlay, decoded.image, heatmap, config.alpha, prepared.lut, path)
-        writes.append((method, path, future))
+        future = pool.submit(_render, decoded.image, heatmap, prepared, paths, f"{caption} | {method}")
+        writes.append((method, paths[config.save[0]], future))
     return _Pending(decoded.item, "", explanation, index, tuple(writes))
 
 
-def _render_overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float, lut: np.ndarray, path: Path) -> None:
-    write_png(path, overlay(image, heatmap, alpha, lut))
+def _caption(prepared: Prepared, explanation: BatchExplanation, index: int) -> str:
+    """'label 0.93' for the predicted class, and the explained class when it differs."""
+    probabilities = explanation.probabilities[index]
+    predicted, explained = int(np.argmax(probabilities)), int(explanation.classes[index])
+    name = lambda i: _label(prepared, i) or f"class {i}"  # noqa: E731
+    text = f"{name(predicted)} {probabilities[predicted]:.2f}"
+    return text if explained == predicted else f"{text}; explaining {name(explained)}"
+
+
+def _render(image: np.ndarray, heatmap: np.ndarray, prepared: Prepared, paths: dict[str, Path], caption: str) -> None:
+    config = prepared.config
+    writers = {
+        "overlay": lambda path: write_png(path, overlay(image, heatmap, config.alpha, prepared.lut)),
+        "heatmap": lambda path: write_gray_png(path, heatmap_image(heatmap, image.shape[:2])),
+        "raw": lambda path: write_npy(path, heatmap),
+        "panel": lambda path: write_png(path, panel(image, heatmap, config.alpha, prepared.lut, caption)),
+    }
+    for kind, path in paths.items():
+        writers[kind](path)
 
 
 def _finish(prepared: Prepared, pending: list[_Pending], writer: PredictionsWriter) -> Iterator[ImageResult]:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
+
+from . import colormap_data
 
 LUT_SIZE = 256
 
@@ -20,7 +22,22 @@ def jet_lut() -> np.ndarray:
     return np.round(np.stack(channels, axis=1) * 255.0).astype(np.uint8)
 
 
-COLORMAPS = {"jet": jet_lut}
+def gray_lut() -> np.ndarray:
+    """(256, 3) uint8 black-to-white ramp."""
+    return np.repeat(np.arange(LUT_SIZE, dtype=np.uint8)[:, None], 3, axis=1)
+
+
+def _table(hex_rows: tuple[str, ...]) -> np.ndarray:
+    return np.frombuffer(bytes.fromhex("".join(hex_rows)), dtype=np.uint8).reshape(LUT_SIZE, 3).copy()
+
+
+COLORMAPS = {
+    "jet": jet_lut,
+    "turbo": lambda: _table(colormap_data.TURBO),
+    "viridis": lambda: _table(colormap_data.VIRIDIS),
+    "inferno": lambda: _table(colormap_data.INFERNO),
+    "gray": gray_lut,
+}
 
 
 def normalize_maps(raw: np.ndarray) -> np.ndarray:
@@ -79,3 +96,26 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float, lut: np.ndarra
     colour = colorize(upsample(heatmap, image.shape[:2]), lut).astype(np.float32)
     blended = (1.0 - alpha) * image.astype(np.float32) + alpha * colour
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+
+
+def heatmap_image(heatmap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The map upsampled to ``size`` (height, width) as (H, W) uint8 grayscale, 0..255."""
+    return np.rint(upsample(heatmap, size) * 255.0).astype(np.uint8)
+
+
+def panel(image: np.ndarray, heatmap: np.ndarray, alpha: float, lut: np.ndarray, caption: str) -> np.ndarray:
+    """Original | coloured heatmap | overlay, side by side at the image's size, over a caption bar.
+
+    Returns:
+        (H + bar, 3 W, 3) uint8, where bar = max(16, H // 10) rows of white with ``caption`` in black.
+    """
+    height, width = image.shape[:2]
+    colour = colorize(upsample(heatmap, (height, width)), lut)
+    bar = max(16, height // 10)
+    canvas = np.full((height + bar, 3 * width, 3), 255, np.uint8)
+    canvas[:height, :width] = image
+    canvas[:height, width:2 * width] = colour
+    canvas[:height, 2 * width:] = overlay(image, heatmap, alpha, lut)
+    picture = Image.fromarray(canvas)
+    ImageDraw.Draw(picture).text((4, height + (bar - 11) // 2), caption, fill=(0, 0, 0), font=ImageFont.load_default())
+    return np.asarray(picture)
