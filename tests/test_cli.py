@@ -161,7 +161,7 @@ def test_gradient_methods_need_no_convolutional_layer(image_folder, tmp_path):
     assert [(r["method"], r["layer"]) for r in rows] == [("saliency", "input"), ("integrated-gradients", "input")]
     assert Image.open(rows[0]["output"]).size == (40, 30)  # full-resolution map on the original
     assert "input gradients" in result.stderr
-    cam = _xai("run", tmp_path / "mlp.keras", image_folder / "a.png", "-o", out, "--method", "gradcam")
+    cam = _xai("run", tmp_path / "mlp.keras", image_folder / "a.png", "-o", tmp_path / "cam", "--method", "gradcam")
     assert cam.exit_code == 2 and "no convolutional layer found" in cam.stderr
 
 
@@ -231,7 +231,7 @@ def test_run_manifest_records_versions_model_hash_choices_options_and_counts(tin
         "target_class": None}
     assert manifest["options"]["batch_size"] == 3 and manifest["options"]["methods"] == ["gradcam", "saliency"]
     assert manifest["options"]["out_dir"] == str(out) and manifest["options"]["inputs"] == [str(image_folder)]
-    assert manifest["counts"] == {"images": 4, "explained": 3, "failed": 1}
+    assert manifest["counts"] == {"images": 4, "explained": 3, "failed": 1, "skipped": 0}
     text = (out / "run.json").read_text()
     assert text == json.dumps(json.loads(text), indent=2, sort_keys=True) + "\n"  # stable formatting
 
@@ -288,3 +288,29 @@ def _labels(folder: Path) -> Path:
     path = folder / "labels.txt"
     path.write_text("red\ngreen\nblue\n")
     return path
+
+
+def test_existing_outputs_are_refused_replaced_or_kept(tiny_model, image_folder, tmp_path):
+    import json
+
+    (image_folder / "broken.jpg").unlink()
+    out = tmp_path / "out"
+    assert _xai("run", tiny_model, image_folder, "-o", out, "-q").exit_code == 0
+    overlay = out / "a.png.gradcam.png"
+    refused = _xai("run", tiny_model, image_folder, "-o", out, "-q")
+    assert refused.exit_code == 2
+    assert "exists and 4 more outputs; pass --overwrite to replace them or --skip-existing" in refused.stderr
+
+    overlay.write_bytes(b"marker")  # an output an earlier run left
+    (out / "sub" / "b.JPG.gradcam.png").unlink()  # and one that is missing
+    kept = _xai("run", tiny_model, image_folder, "-o", out, "--skip-existing", "-q")
+    assert kept.exit_code == 0, kept.output
+    assert overlay.read_bytes() == b"marker" and (out / "sub" / "b.JPG.gradcam.png").exists()
+    statuses = {Path(r["input"]).name: (r["status"], r["output"]) for r in _rows(out)}
+    assert statuses["a.png"] == ("skipped", str(overlay)) and statuses["b.JPG"][0] == "ok"
+    assert json.loads((out / "run.json").read_text())["counts"] == {"images": 3, "explained": 1, "failed": 0, "skipped": 2}
+
+    replaced = _xai("run", tiny_model, image_folder, "-o", out, "--overwrite", "-q")
+    assert replaced.exit_code == 0 and overlay.read_bytes().startswith(b"\x89PNG")
+    both = _xai("run", tiny_model, image_folder, "-o", out, "--overwrite", "--skip-existing")
+    assert both.exit_code == 2 and "contradict" in both.stderr

@@ -85,6 +85,9 @@ def _layer_regex_option(func: Callable) -> Callable:
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path),
               help="Output folder (required here or in --config); overlays mirror the input tree, "
                    "plus predictions.csv.")
+@click.option("--overwrite", is_flag=True, help="Replace outputs of an earlier run in OUT.")
+@click.option("--skip-existing", is_flag=True,
+              help="Keep outputs of an earlier run in OUT; explain only images missing any of them.")
 @click.option("--format", "table_format", type=click.Choice(["csv", "jsonl"]), default="csv", show_default=True,
               help="Predictions table format.")
 @click.option("--predictions", metavar="PATH|-",
@@ -152,13 +155,18 @@ def run(model: Path, inputs: tuple[Path, ...], config_file: Path | None, quiet: 
         if options["out_dir"] is None:
             raise XaiError("no output folder: give -o/--out, or out = \"...\" in the --config file")
         inputs = tuple(expand_stdin(inputs, sys.stdin if Path("-") in inputs else ()))
-        config = RunConfig(model=model, inputs=inputs, **{**options, "methods": parse_names(str(options["methods"])),
-                                                          "save": parse_names(str(options["save"]))})
+        overwrite, skip = options.pop("overwrite"), options.pop("skip_existing")
+        if overwrite and skip:
+            raise XaiError("--overwrite and --skip-existing contradict each other; give one")
+        config = RunConfig(model=model, inputs=inputs, existing="overwrite" if overwrite else "skip" if skip else "refuse",
+                           **{**options, "methods": parse_names(str(options["methods"])),
+                              "save": parse_names(str(options["save"]))})
         items = discover(config.inputs, exclude=[config.out_dir])
         if not items:
             raise XaiError(f"no images found in {', '.join(map(str, inputs))} "
                            "(looked for .jpg .jpeg .png .bmp .gif .tif .tiff .webp)")
         pipeline = _engine(debug).pipeline
+        pipeline.check_existing(config, items)
         prepared = pipeline.prepare(config)
         say = (lambda _m: None) if quiet else (lambda m: click.echo(f"xai: {m}", err=True))
         layer = prepared.layer

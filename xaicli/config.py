@@ -60,6 +60,7 @@ class RunConfig:
     head_fusion: str = "mean"
     discard_ratio: float = 0.0
     save: tuple[str, ...] = ("overlay",)  # which files to write per image and method
+    existing: str = "refuse"  # outputs already there: refuse the run, overwrite them, or skip those images
     table_format: str = "csv"  # predictions table: csv or jsonl
     predictions: str | None = None  # where the table goes: a path, '-' for stdout, None for OUT
 
@@ -94,6 +95,8 @@ class RunConfig:
         unknown_kinds = [kind for kind in self.save if kind not in SAVE_KINDS]
         if unknown_kinds or not self.save:
             raise UsageError(f"--save {','.join(self.save) or '(empty)'}: choose from {', '.join(SAVE_KINDS)}")
+        if self.existing not in ("refuse", "overwrite", "skip"):
+            raise UsageError(f"unknown handling of existing outputs {self.existing!r}")
         if self.table_format not in ("csv", "jsonl"):
             raise UsageError(f"unknown --format {self.table_format!r}; choose csv or jsonl")
         if self.head_fusion not in HEAD_FUSIONS:

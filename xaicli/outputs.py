@@ -22,7 +22,8 @@ MANIFEST_NAME = "run.json"
 class Row:
     """One line of the predictions table: one image explained by one method.
 
-    ``status`` is ``ok`` or ``error``; on ``error`` the prediction fields are ``None``.
+    ``status`` is ``ok``, ``error``, or ``skipped`` (``--skip-existing`` found every output);
+    on ``error`` and ``skipped`` the prediction fields are ``None``.
     Probabilities are in [0, 1]; ``class_score`` is the explained pre-activation score (logit).
     """
 

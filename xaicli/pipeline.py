@@ -8,7 +8,7 @@ import sys
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -52,7 +52,30 @@ class ImageResult:
 
     @property
     def ok(self) -> bool:
-        return all(row.status == "ok" for row in self.rows)
+        """Explained now, or skipped because its outputs were already there."""
+        return all(row.status in ("ok", "skipped") for row in self.rows)
+
+    @property
+    def skipped(self) -> bool:
+        return all(row.status == "skipped" for row in self.rows)
+
+
+def planned_outputs(config: RunConfig, item: InputImage) -> list[Path]:
+    """Every file the run writes for ``item``, in ``--method`` then ``--save`` order."""
+    return [output_path(config.out_dir, item.relative, method, kind) for method in config.methods for kind in config.save]
+
+
+def check_existing(config: RunConfig, items: Sequence[InputImage]) -> None:
+    """Refuse to replace earlier outputs unless asked to (``--overwrite`` / ``--skip-existing``)."""
+    if config.existing != "refuse":
+        return
+    run_files = [p for p in (config.predictions_path, config.out_dir / MANIFEST_NAME) if p is not None]
+    found = [p for p in run_files if p.exists()]
+    found += [p for item in items for p in planned_outputs(config, item) if p.exists()]
+    if found:
+        more = f" and {len(found) - 1} more outputs" if len(found) > 1 else ""
+        raise UsageError(f"{found[0]} exists{more}; pass --overwrite to replace them or --skip-existing "
+                         "to keep them and explain only the images without outputs")
 
 
 def prepare(config: RunConfig) -> Prepared:
@@ -176,16 +199,17 @@ def run(prepared: Prepared, items: Sequence[InputImage]) -> Iterator[ImageResult
                   else open(table, "w", newline="", encoding="utf-8"))
     except OSError as exc:
         raise UsageError(f"cannot write to output folder {config.out_dir}: {exc.strerror or exc}") from None
-    started, failed = time.monotonic(), 0
+    started, failed, skipped = time.monotonic(), 0, 0
     with stream as table_stream, ThreadPoolExecutor(config.workers, thread_name_prefix="xai-io") as pool:
         writer = PredictionsWriter(table_stream, config.table_format)
         decoded = _read_ahead(pool, lambda item: _decode(prepared, item), items, 2 * config.batch_size)
         pending: deque[list[_Pending]] = deque()
 
         def finish_oldest() -> Iterator[ImageResult]:
-            nonlocal failed
+            nonlocal failed, skipped
             for result in _finish(prepared, pending.popleft(), writer):
                 failed += not result.ok
+                skipped += result.skipped
                 yield result
 
         for batch in _batches(decoded, config.batch_size):
@@ -196,10 +220,10 @@ def run(prepared: Prepared, items: Sequence[InputImage]) -> Iterator[ImageResult
         while pending:
             yield from finish_oldest()
     write_json(config.out_dir / MANIFEST_NAME,
-               manifest(prepared, len(items), failed, time.monotonic() - started))
+               manifest(prepared, len(items), failed, skipped, time.monotonic() - started))
 
 
-def manifest(prepared: Prepared, images: int, failed: int, seconds: float) -> dict:
+def manifest(prepared: Prepared, images: int, failed: int, skipped: int, seconds: float) -> dict:
     """What ``OUT/run.json`` records: versions, the model's SHA-256, what was resolved, every
     option's value, counts and timing."""
     config = prepared.config
@@ -219,7 +243,7 @@ def manifest(prepared: Prepared, images: int, failed: int, seconds: float) -> di
             "target_class": prepared.target_class,
         },
         "options": {field.name: _plain(getattr(config, field.name)) for field in fields(config)},
-        "counts": {"images": images, "explained": images - failed, "failed": failed},
+        "counts": {"images": images, "explained": images - failed - skipped, "failed": failed, "skipped": skipped},
         "seconds": round(seconds, 3),
     }
 
@@ -239,12 +263,14 @@ class _Decoded:
     image: np.ndarray | None  # (H, W, 3) uint8 original
     model_input: np.ndarray | None  # (h, w, c) float32
     error: str = ""
+    skipped: bool = False  # --skip-existing and every output is already there
 
 
 @dataclass(frozen=True)
 class _Pending:
     item: InputImage
     error: str
+    skipped: bool = False
     explanation: BatchExplanation | None = None
     index: int = -1
     writes: tuple[tuple[str, Path, Future[None]], ...] = ()
@@ -252,6 +278,8 @@ class _Pending:
 
 def _decode(prepared: Prepared, item: InputImage) -> _Decoded:
     info = prepared.info
+    if prepared.config.existing == "skip" and all(p.exists() for p in planned_outputs(prepared.config, item)):
+        return _Decoded(item, None, None, skipped=True)
     try:
         image = load_image(item.path, prepared.config.max_pixels)
         model_input = to_model_input(image, info.input_size, info.channels, prepared.preprocess)
@@ -283,7 +311,7 @@ def _batches(decoded: Iterator[_Decoded], size: int) -> Iterator[list[_Decoded]]
 
 
 def _explain_batch(prepared: Prepared, batch: list[_Decoded], pool: ThreadPoolExecutor) -> list[_Pending]:
-    good = [d for d in batch if not d.error]
+    good = [d for d in batch if not (d.error or d.skipped)]
     explanation, failure = None, ""
     if good:
         requested = np.full(len(good), TOP_CLASS if prepared.target_class is None else prepared.target_class)
@@ -293,8 +321,8 @@ def _explain_batch(prepared: Prepared, batch: list[_Decoded], pool: ThreadPoolEx
             failure = f"the model failed on this batch: {first_line(exc)}"
     position = {id(d): i for i, d in enumerate(good)}
     return [
-        _Pending(d.item, d.error or failure)
-        if d.error or failure
+        _Pending(d.item, "", skipped=True) if d.skipped
+        else _Pending(d.item, d.error or failure) if d.error or failure
         else _schedule(prepared, d, explanation, position[id(d)], pool)
         for d in batch
     ]
@@ -312,7 +340,7 @@ def _schedule(prepared: Prepared, decoded: _Decoded, explanation: BatchExplanati
         heatmap = explanation.maps[method][index]
         future = pool.submit(_render, decoded.image, heatmap, prepared, paths, f"{caption} | {method}")
         writes.append((method, paths[config.save[0]], future))
-    return _Pending(decoded.item, "", explanation, index, tuple(writes))
+    return _Pending(decoded.item, "", explanation=explanation, index=index, writes=tuple(writes))
 
 
 def _caption(prepared: Prepared, explanation: BatchExplanation, index: int) -> str:
@@ -343,6 +371,12 @@ def _finish(prepared: Prepared, pending: list[_Pending], writer: PredictionsWrit
 
 
 def _rows(prepared: Prepared, pending: _Pending) -> Iterator[Row]:
+    if pending.skipped:
+        first_kind = prepared.config.save[0]
+        for method in prepared.config.methods:
+            path = output_path(prepared.config.out_dir, pending.item.relative, method, first_kind)
+            yield replace(_error_row(prepared, pending.item, method, ""), status="skipped", output=str(path))
+        return
     if pending.error:
         for method in prepared.config.methods:
             yield _error_row(prepared, pending.item, method, pending.error)
