@@ -96,11 +96,11 @@ def prepare(config: RunConfig) -> Prepared:
     if wants_attention:
         check_attention(info)
     layer_path = layer.path if layer else None
+    by_family: dict[str, dict[str, Callable]] = {}
+    for name, spec in methods.items():
+        by_family.setdefault(spec.family, {})[name] = spec.load()
     explainer = Explainer(
-        build_probe(model, info, layer_path, attention=wants_attention), info, layer_path,
-        cam_methods={n: m.load() for n, m in methods.items() if m.family == "cam"},
-        gradient_methods={n: m.load() for n, m in methods.items() if m.family == "gradient"},
-        score_methods={n: m.load() for n, m in methods.items() if m.family == "score"},
+        build_probe(model, info, layer_path, attention=wants_attention), info, layer_path, by_family,
         batch_size=config.batch_size,
         options=MethodOptions(
             smoothgrad_samples=config.smoothgrad_samples, smoothgrad_noise=config.smoothgrad_noise,
@@ -108,7 +108,6 @@ def prepare(config: RunConfig) -> Prepared:
             scorecam_max_channels=config.scorecam_max_channels,
             head_fusion=config.head_fusion, discard_ratio=config.discard_ratio,
         ),
-        attention_methods={n: m.load() for n, m in methods.items() if m.family == "attention"},
     )
     return Prepared(
         config=config,

@@ -91,16 +91,15 @@ class Explainer:
     """Runs the requested methods on batches of at most ``batch_size`` images."""
 
     def __init__(self, probe: keras.Model, info: ModelInfo, layer_path: str | None,
-                 cam_methods: dict[str, Callable], gradient_methods: dict[str, Callable],
-                 score_methods: dict[str, Callable], batch_size: int, options: MethodOptions,
-                 attention_methods: dict[str, Callable] | None = None):
+                 methods: dict[str, dict[str, Callable]], batch_size: int, options: MethodOptions):
+        """``methods``: family ('cam', 'score', 'gradient', 'attention') -> name -> implementation."""
         self._probe = probe
         self._info = info
         self._layer_path = layer_path
-        self._cam_methods = cam_methods
-        self._gradient_methods = gradient_methods
-        self._score_methods = score_methods
-        self._attention_methods = attention_methods or {}
+        self._cam_methods = methods.get("cam", {})
+        self._gradient_methods = methods.get("gradient", {})
+        self._score_methods = methods.get("score", {})
+        self._attention_methods = methods.get("attention", {})
         self._options = options
         self.batch_size = batch_size
         height, width = info.input_size
@@ -109,7 +108,7 @@ class Explainer:
         self._step = tf.function(self._predict_and_cams, input_signature=[images, classes])
         self._input_gradient = tf.function(self._score_gradient, input_signature=[images, classes])
         self._masked = None
-        if score_methods:
+        if self._score_methods:
             layer_shape = probe.output["activations"].shape
             grid = info.token_grid if len(layer_shape) == 3 else layer_shape[1:3]
             self._masked = tf.function(self._score_masked, input_signature=[
