@@ -303,8 +303,9 @@ def test_existing_outputs_are_refused_replaced_or_kept(tiny_model, image_folder,
 
     overlay.write_bytes(b"marker")  # an output an earlier run left
     (out / "sub" / "b.JPG.gradcam.png").unlink()  # and one that is missing
-    kept = _xai("run", tiny_model, image_folder, "-o", out, "--skip-existing", "-q")
+    kept = _xai("run", tiny_model, image_folder, "-o", out, "--skip-existing")
     assert kept.exit_code == 0, kept.output
+    assert "1 of 3 images explained, 2 skipped (outputs already there), 0 failed" in kept.stderr
     assert overlay.read_bytes() == b"marker" and (out / "sub" / "b.JPG.gradcam.png").exists()
     statuses = {Path(r["input"]).name: (r["status"], r["output"]) for r in _rows(out)}
     assert statuses["a.png"] == ("skipped", str(overlay)) and statuses["b.JPG"][0] == "ok"

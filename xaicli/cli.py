@@ -174,9 +174,10 @@ def run(model: Path, inputs: tuple[Path, ...], config_file: Path | None, quiet: 
                   if layer else "input gradients")
         say(f"{len(items)} images; {target}; preprocess {prepared.preprocess} ({prepared.preprocess_reason})")
         started = time.monotonic()
-        failed = _explain_with_progress(pipeline.run(prepared, items), len(items), quiet)
+        failed, skipped = _explain_with_progress(pipeline.run(prepared, items), len(items), quiet)
         elapsed = time.monotonic() - started
-        say(f"{len(items) - failed} of {len(items)} images explained, {failed} failed, in "
+        kept = f", {skipped} skipped (outputs already there)" if skipped else ""
+        say(f"{len(items) - failed - skipped} of {len(items)} images explained{kept}, {failed} failed, in "
             f"{elapsed:.1f} s ({len(items) / max(elapsed, 1e-9):.1f} img/s); outputs in {config.out_dir}"
             + (f" (see status=error rows in {config.predictions_path or 'the table on stdout'})" if failed else ""))
     sys.exit(EXIT_SOME_FAILED if failed else EXIT_OK)
@@ -207,15 +208,17 @@ def _with_config_file(ctx: click.Context, options: dict[str, object], path: Path
     return merged
 
 
-def _explain_with_progress(results: Iterator, total: int, quiet: bool) -> int:
+def _explain_with_progress(results: Iterator, total: int, quiet: bool) -> tuple[int, int]:
+    """Drive the run under a progress bar; returns (failed, skipped) image counts."""
     from tqdm import tqdm
 
-    failed = 0
+    failed = skipped = 0
     with tqdm(total=total, unit="img", file=sys.stderr, disable=quiet, dynamic_ncols=True) as bar:
         for result in results:
             failed += not result.ok
+            skipped += result.skipped
             bar.update(1)
-    return failed
+    return failed, skipped
 
 
 def _model_command(func: Callable) -> Callable:
