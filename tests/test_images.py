@@ -141,3 +141,13 @@ def test_load_image_turns_any_decoder_failure_into_an_image_error(tmp_path, monk
     monkeypatch.setattr("xaicli.images.ImageOps.exif_transpose", broken_exif)
     with pytest.raises(ImageError, match="cannot decode image: division by zero"):
         load_image(path)
+
+
+def test_relative_paths_never_climb_out_of_the_output_tree(tmp_path, monkeypatch):
+    pixel = np.zeros((2, 2, 3), np.uint8)
+    _save(tmp_path / "a" / "x.png", pixel)
+    _save(tmp_path / "b" / "y.png", pixel)
+    monkeypatch.chdir(tmp_path / "a")
+    items = discover([Path("../a/../b"), Path("x.png")])
+    assert [str(i.relative) for i in items] == ["a/x.png", "b/y.png"]
+    assert all(".." not in i.relative.parts for i in items)
