@@ -25,7 +25,7 @@ def demo_result():
     run = prepare(RunConfig(model=SAMPLES / "demo_model.keras", inputs=(SAMPLES,), out_dir=SAMPLES / "unused",
                             labels=SAMPLES / "labels.txt", methods=tuple(CNN_METHODS)))
     images = [load_image(SAMPLES / "shapes" / name) for name in NAMES]
-    batch = np.stack([to_model_input(i, run.info.input_size, 3, run.preprocess) for i in images])
+    batch = np.stack([to_model_input(i, run.info.input_size, 3, run.scaling) for i in images])
     return images, run.explainer.explain(batch, np.full(len(NAMES), TOP_CLASS))
 
 

@@ -123,8 +123,8 @@ def test_presets_against_hand_computed_values(preset, expected):
 def test_to_model_input_resizes_and_converts_channels():
     image = np.zeros((40, 30, 3), np.uint8)
     image[..., 0] = 255  # pure red: luma 0.299 * 255
-    rgb = to_model_input(image, (8, 6), 3, "unit")
-    gray = to_model_input(image, (8, 6), 1, "none")
+    rgb = to_model_input(image, (8, 6), 3, PRESETS["unit"])
+    gray = to_model_input(image, (8, 6), 1, PRESETS["none"])
     assert rgb.shape == (8, 6, 3) and rgb.dtype == np.float32
     np.testing.assert_allclose(rgb[0, 0], [1, 0, 0])
     assert gray.shape == (8, 6, 1) and abs(gray[0, 0, 0] - 76) <= 1
@@ -151,3 +151,11 @@ def test_relative_paths_never_climb_out_of_the_output_tree(tmp_path, monkeypatch
     items = discover([Path("../a/../b"), Path("x.png")])
     assert [str(i.relative) for i in items] == ["a/x.png", "b/y.png"]
     assert all(".." not in i.relative.parts for i in items)
+
+
+def test_custom_scaling_against_hand_computed_values():
+    from xaicli.images import custom_scaling
+
+    scaled = custom_scaling([0.5, 0.25, 0.0], [0.5, 0.25, 2.0])(PIXEL)[0, 0]
+    # (0/255 - 0.5)/0.5 = -1; (127.5/255 - 0.25)/0.25 = 1; (255/255 - 0)/2 = 0.5
+    np.testing.assert_allclose(scaled, [-1.0, 1.0, 0.5], rtol=1e-6)

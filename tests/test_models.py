@@ -9,6 +9,7 @@ from xaicli.config import RunConfig
 from xaicli.errors import LayerError, ModelError, UsageError
 from xaicli.explainers.engine import TOP_CLASS
 from xaicli.models import candidate_layers, inspect_model, load_model, resolve_layer
+from xaicli.images import to_model_input
 from xaicli.pipeline import prepare
 
 from .conftest import SIZE
@@ -149,3 +150,25 @@ def test_unusable_model_files(tmp_path, name, content, message):
 def test_folder_that_is_not_a_savedmodel_gets_a_clear_message(tmp_path):
     with pytest.raises(ModelError, match="is a folder but not a SavedModel \\(no saved_model.pb\\); give a .keras or .h5"):
         load_model(tmp_path)
+
+
+def test_custom_mean_std_equals_the_symmetric_preset(variant_models):
+    path = variant_models["functional.keras"]
+    images = IMAGES[:2]
+    maps = []
+    for options in ({"preprocess": "symmetric"}, {"preprocess": "custom", "mean": (0.5,), "std": (0.5, 0.5, 0.5)}):
+        run = _prepare(path, **options)
+        batch = np.stack([to_model_input(i.astype(np.uint8), run.info.input_size, 3, run.scaling) for i in images])
+        maps.append(run.explainer.explain(batch, np.full(2, TOP_CLASS)).maps["gradcam"])
+    np.testing.assert_array_equal(maps[0], maps[1])
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"preprocess": "custom", "mean": (0.5,)}, "--preprocess custom goes with both --mean and --std"),
+    ({"mean": (0.5,), "std": (0.5,)}, "--preprocess custom goes with both"),
+    ({"preprocess": "custom", "mean": (0.1, 0.2), "std": (0.5,)}, "--mean has 2 values; the model takes 3 channel"),
+    ({"preprocess": "custom", "mean": (0.1,), "std": (0.0,)}, "--std values must be positive"),
+])
+def test_custom_preprocessing_errors(variant_models, options, message):
+    with pytest.raises(UsageError, match=message):
+        _prepare(variant_models["functional.keras"], **options)

@@ -20,7 +20,7 @@ from typing import Callable, Iterator
 import click
 
 from . import __version__
-from .config import AUTO, HEAD_FUSIONS, IG_BASELINES, RunConfig, default_workers, parse_names, parse_size, read_config_file
+from .config import AUTO, HEAD_FUSIONS, IG_BASELINES, RunConfig, default_workers, parse_names, parse_numbers, parse_size, read_config_file
 from .errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, XaiError
 from .explainers import REGISTRY
 from .images import DEFAULT_MAX_PIXELS, PRESET_HELP, discover, expand_stdin
@@ -49,6 +49,13 @@ def _debug_option(func: Callable) -> Callable:
 def _size_value(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[int, int] | None:
     try:
         return parse_size(value) if value else None
+    except XaiError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _numbers(value: str | None) -> tuple[float, ...] | None:
+    try:
+        return parse_numbers(value) if value else None
     except XaiError as exc:
         raise click.BadParameter(str(exc)) from None
 
@@ -111,6 +118,10 @@ def _layer_regex_option(func: Callable) -> Callable:
 @click.option("--preprocess", type=click.Choice([AUTO, *PRESET_HELP]), default=AUTO, show_default=True,
               help="Pixel scaling: auto (0..255 if the model has a Rescaling/Normalization layer, "
                    "else 0..1); " + "; ".join(f"{k}: {v}" for k, v in PRESET_HELP.items()) + ".")
+@click.option("--mean", callback=lambda _c, _p, v: _numbers(v), metavar="M[,M,M]",
+              help="--preprocess custom: per-channel mean on the 0..1 scale, e.g. 0.485,0.456,0.406.")
+@click.option("--std", callback=lambda _c, _p, v: _numbers(v), metavar="S[,S,S]",
+              help="--preprocess custom: per-channel standard deviation on the 0..1 scale.")
 @_model_options
 @click.option("--alpha", type=float, default=0.4, show_default=True,
               help="Heatmap opacity over the image, 0 (image only) to 1 (heatmap only).")

@@ -16,6 +16,7 @@ from .outputs import SAVE_KINDS
 from .render import COLORMAPS
 
 AUTO = "auto"
+CUSTOM = "custom"
 HEAD_FUSIONS = ("mean", "max", "min")
 IG_BASELINES = {
     "black": "an all-black image (pixels 0), preprocessed like the inputs",
@@ -45,6 +46,8 @@ class RunConfig:
     alpha: float = 0.4
     colormap: str = "jet"
     preprocess: str = AUTO
+    mean: tuple[float, ...] | None = None  # --preprocess custom, on the 0..1 scale
+    std: tuple[float, ...] | None = None
     input_size: tuple[int, int] | None = None
     output: str = "0"  # index or name of the model output to explain
     unsafe: bool = False  # allow Lambda layers holding Python code
@@ -78,8 +81,12 @@ class RunConfig:
             raise UsageError(f"--alpha must be between 0 and 1, got {self.alpha}")
         if self.colormap not in COLORMAPS:
             raise UsageError(f"unknown colormap {self.colormap!r}; choose from {', '.join(COLORMAPS)}")
-        if self.preprocess != AUTO and self.preprocess not in PRESETS:
-            raise UsageError(f"unknown preprocessing {self.preprocess!r}; choose from auto, {', '.join(PRESETS)}")
+        if self.preprocess not in (AUTO, CUSTOM, *PRESETS):
+            raise UsageError(f"unknown preprocessing {self.preprocess!r}; choose from auto, {', '.join(PRESETS)}, custom")
+        if (self.preprocess == CUSTOM) != (self.mean is not None and self.std is not None):
+            raise UsageError("--preprocess custom goes with both --mean and --std, and they with it")
+        if self.std is not None and any(value <= 0 for value in self.std):
+            raise UsageError(f"--std values must be positive, got {','.join(map(str, self.std))}")
         if self.workers < 1:
             raise UsageError(f"--workers must be at least 1, got {self.workers}")
         if self.max_pixels < 1:
@@ -169,10 +176,22 @@ def resolve_class(spec: str | None, labels: tuple[str, ...], num_classes: int) -
     return index
 
 
-def check_preset_channels(preset: str, channels: int) -> None:
-    """torch/caffe presets carry per-RGB-channel constants; they do not fit grayscale models."""
+def check_preset_channels(config: RunConfig, preset: str, channels: int) -> None:
+    """torch/caffe presets carry per-RGB-channel constants; custom ones have one value or one
+    per channel."""
     if preset in COLOUR_ONLY_PRESETS and channels != 3:
         raise UsageError(f"--preprocess {preset} needs an RGB model; this model takes {channels} channel(s)")
+    for name, values in (("--mean", config.mean), ("--std", config.std)):
+        if preset == CUSTOM and len(values) not in (1, channels):
+            raise UsageError(f"{name} has {len(values)} values; the model takes {channels} channel(s): give 1 or {channels}")
+
+
+def parse_numbers(text: str) -> tuple[float, ...]:
+    """'0.485, 0.456,0.406' -> (0.485, 0.456, 0.406)."""
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise UsageError(f"{text!r} is not a comma-separated list of numbers") from None
 
 
 def read_config_file(path: Path) -> dict[str, object]:

@@ -145,11 +145,18 @@ PRESET_HELP = {
     "torch": "0..1 then ImageNet mean/std per RGB channel",
     "caffe": "RGB to BGR, then ImageNet mean subtracted (ResNet50, VGG style)",
 }
+PRESET_HELP["custom"] = "(pixels / 255 - --mean) / --std per channel, torchvision style"
 COLOUR_ONLY_PRESETS = frozenset({"torch", "caffe"})
+Scaling = Callable[[np.ndarray], np.ndarray]
+
+
+def custom_scaling(mean: Sequence[float], std: Sequence[float]) -> Scaling:
+    """``(pixels / 255 - mean) / std``: mean and std on the 0..1 scale, one value or one per channel."""
+    return _scale([m * 255.0 for m in mean], [s * 255.0 for s in std])
 
 
 def to_model_input(
-    image: np.ndarray, size: tuple[int, int], channels: int, preset: str
+    image: np.ndarray, size: tuple[int, int], channels: int, scaling: Scaling
 ) -> np.ndarray:
     """Resize (stretch, bilinear) and preprocess one image for the model.
 
@@ -157,7 +164,7 @@ def to_model_input(
         image: (H, W, 3) uint8 RGB.
         size: model (height, width).
         channels: 1 (converted to luma) or 3.
-        preset: a key of ``PRESETS``.
+        scaling: a value of ``PRESETS`` or ``custom_scaling(...)``, applied to 0..255 pixels.
 
     Returns:
         (height, width, channels) float32.
@@ -169,4 +176,4 @@ def to_model_input(
     pixels = np.asarray(pil.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
     if channels == 1:
         pixels = pixels[:, :, None]
-    return np.ascontiguousarray(PRESETS[preset](pixels), dtype=np.float32)
+    return np.ascontiguousarray(scaling(pixels), dtype=np.float32)

@@ -17,11 +17,11 @@ import numpy as np
 import tensorflow as tf
 
 from . import __version__
-from .config import AUTO, RunConfig, check_preset_channels, load_labels, resolve_class
+from .config import AUTO, CUSTOM, RunConfig, check_preset_channels, load_labels, resolve_class
 from .errors import ImageError, UsageError, first_line
 from .explainers import REGISTRY
 from .explainers.engine import TOP_CLASS, BatchExplanation, Explainer, MethodOptions
-from .images import PRESETS, InputImage, load_image, to_model_input
+from .images import PRESETS, InputImage, Scaling, custom_scaling, load_image, to_model_input
 from .models import LayerInfo, ModelInfo, build_probe, candidate_layers, model_format, open_model, resolve_layer
 from .outputs import (MANIFEST_NAME, PredictionsWriter, Row, file_digest, output_path, write_gray_png, write_json,
                       write_npy, write_png)
@@ -37,6 +37,7 @@ class Prepared:
     layer: LayerInfo | None  # None when no method needs a layer
     preprocess: str
     preprocess_reason: str
+    scaling: Scaling  # the preset or custom scaling applied to 0..255 pixels
     labels: tuple[str, ...]
     target_class: int | None
     explainer: Explainer
@@ -84,7 +85,8 @@ def prepare(config: RunConfig) -> Prepared:
                              unsafe=config.unsafe, custom_objects=config.custom_objects)
     layer = resolve_layer(info, config.layer, config.layer_regex) if config.needs_layer else None
     preprocess, reason = choose_preprocessing(config.preprocess, info)
-    check_preset_channels(preprocess, info.channels)
+    check_preset_channels(config, preprocess, info.channels)
+    scaling = custom_scaling(config.mean, config.std) if preprocess == CUSTOM else PRESETS[preprocess]
     labels = load_labels(config.labels) if config.labels else ()
     if labels and len(labels) != info.num_classes:
         raise UsageError(
@@ -104,7 +106,7 @@ def prepare(config: RunConfig) -> Prepared:
         batch_size=config.batch_size,
         options=MethodOptions(
             smoothgrad_samples=config.smoothgrad_samples, smoothgrad_noise=config.smoothgrad_noise,
-            ig_steps=config.ig_steps, baseline=baseline_input(config.ig_baseline, info, preprocess),
+            ig_steps=config.ig_steps, baseline=baseline_input(config.ig_baseline, info, scaling),
             scorecam_max_channels=config.scorecam_max_channels,
             head_fusion=config.head_fusion, discard_ratio=config.discard_ratio,
         ),
@@ -115,6 +117,7 @@ def prepare(config: RunConfig) -> Prepared:
         layer=layer,
         preprocess=preprocess,
         preprocess_reason=reason,
+        scaling=scaling,
         labels=labels,
         target_class=resolve_class(config.target_class, labels, info.num_classes),
         explainer=explainer,
@@ -168,13 +171,13 @@ def describe(path: Path, info: ModelInfo, layer_regex: str) -> dict:
     }
 
 
-def baseline_input(name: str, info: ModelInfo, preprocess: str) -> np.ndarray:
+def baseline_input(name: str, info: ModelInfo, scaling: Scaling) -> np.ndarray:
     """The integrated-gradients baseline in model-input units: (H, W, C) float32."""
     shape = (*info.input_size, info.channels)
     if name == "zeros":
         return np.zeros(shape, np.float32)
     pixel = {"black": 0.0, "white": 255.0, "gray": 127.5}[name]
-    return PRESETS[preprocess](np.full(shape, pixel, np.float32)).astype(np.float32)
+    return scaling(np.full(shape, pixel, np.float32)).astype(np.float32)
 
 
 def layer_label(prepared: Prepared, method: str) -> str:
@@ -281,7 +284,7 @@ def _decode(prepared: Prepared, item: InputImage) -> _Decoded:
         return _Decoded(item, None, None, skipped=True)
     try:
         image = load_image(item.path, prepared.config.max_pixels)
-        model_input = to_model_input(image, info.input_size, info.channels, prepared.preprocess)
+        model_input = to_model_input(image, info.input_size, info.channels, prepared.scaling)
     except ImageError as exc:
         return _Decoded(item, None, None, str(exc))
     return _Decoded(item, image, model_input)
