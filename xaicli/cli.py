@@ -24,6 +24,7 @@ from .config import AUTO, HEAD_FUSIONS, IG_BASELINES, RunConfig, default_workers
 from .errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, XaiError
 from .explainers import REGISTRY
 from .images import DEFAULT_MAX_PIXELS, PRESET_HELP, discover, expand_stdin
+from .outputs import TABLE_FORMATS
 from .render import COLORMAPS
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -95,7 +96,7 @@ def _layer_regex_option(func: Callable) -> Callable:
 @click.option("--overwrite", is_flag=True, help="Replace outputs of an earlier run in OUT.")
 @click.option("--skip-existing", is_flag=True,
               help="Keep outputs of an earlier run in OUT; explain only images missing any of them.")
-@click.option("--format", "table_format", type=click.Choice(["csv", "jsonl"]), default="csv", show_default=True,
+@click.option("--format", "table_format", type=click.Choice(TABLE_FORMATS), default="csv", show_default=True,
               help="Predictions table format.")
 @click.option("--predictions", metavar="PATH|-",
               help="Where the predictions table goes (default OUT/predictions.<format>); '-' writes it to "

@@ -12,7 +12,7 @@ from pathlib import Path
 from .errors import UsageError
 from .explainers import REGISTRY
 from .images import COLOUR_ONLY_PRESETS, DEFAULT_MAX_PIXELS, PRESETS
-from .outputs import SAVE_KINDS
+from .outputs import SAVE_KINDS, TABLE_FORMATS
 from .render import COLORMAPS
 
 AUTO = "auto"
@@ -104,8 +104,8 @@ class RunConfig:
             raise UsageError(f"--save {','.join(self.save) or '(empty)'}: choose from {', '.join(SAVE_KINDS)}")
         if self.existing not in ("refuse", "overwrite", "skip"):
             raise UsageError(f"unknown handling of existing outputs {self.existing!r}")
-        if self.table_format not in ("csv", "jsonl"):
-            raise UsageError(f"unknown --format {self.table_format!r}; choose csv or jsonl")
+        if self.table_format not in TABLE_FORMATS:
+            raise UsageError(f"unknown --format {self.table_format!r}; choose from {', '.join(TABLE_FORMATS)}")
         if self.head_fusion not in HEAD_FUSIONS:
             raise UsageError(f"unknown --head-fusion {self.head_fusion!r}; choose from {', '.join(HEAD_FUSIONS)}")
         if not 0.0 <= self.discard_ratio < 1.0:

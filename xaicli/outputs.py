@@ -84,11 +84,6 @@ def _json_value(value: object) -> object:
     return None if value == "" else value
 
 
-def predictions_name(table_format: str) -> str:
-    """The table's file name in the output folder."""
-    return f"predictions.{table_format}"
-
-
 SAVE_KINDS = {
     "overlay": ".png",  # heatmap coloured and blended over the image
     "heatmap": ".heatmap.png",  # the map alone, grayscale 0..255, at the image's size
