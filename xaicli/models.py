@@ -32,6 +32,7 @@ import tensorflow as tf
 from keras.src.models.functional import Functional
 
 from .errors import LayerError, ModelError, UsageError, first_line
+from .explainers import REGISTRY
 
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
 CONVOLUTIONS = (
@@ -127,7 +128,7 @@ def load_model(path: Path, unsafe: bool = False, custom_objects: dict[str, Any] 
     if not path.exists():
         raise ModelError(f"model file not found: {path}")
     if path.is_dir():
-        return _load_keras2_savedmodel(path, unsafe, custom_objects)
+        return _load_savedmodel_folder(path, unsafe, custom_objects)
     if path.suffix.lower() not in MODEL_SUFFIXES:
         raise ModelError(f"{path}: unsupported model format; give a .keras or .h5 file")
     objects = {**KERAS2_COMPATIBLE, **(custom_objects or {})}
@@ -167,21 +168,26 @@ def _keras2_nodes_renumbered(path: Path) -> Iterator[Path]:
         yield copy
 
 
-def _keras2_config(path: Path) -> dict | None:
-    """The model config of an .h5 file written by Keras 2, or None for anything else."""
-    if path.suffix.lower() not in (".h5", ".hdf5"):
-        return None
+def _h5_keras_attributes(path: Path) -> tuple[str, str | None] | None:
+    """(Keras version that wrote it, model config JSON) of an HDF5 model file; None when the
+    file is not HDF5. h5py returns these attributes as bytes or str depending on the writer."""
     import h5py
 
     try:
         with h5py.File(path, "r") as handle:
-            version, config = handle.attrs.get("keras_version"), handle.attrs.get("model_config")
+            version, config = handle.attrs.get("keras_version", "unknown"), handle.attrs.get("model_config")
     except OSError:
-        return None  # not HDF5: let Keras report it
-    version = version.decode() if isinstance(version, bytes) else str(version or "")
-    if not version.startswith("2.") or config is None:
         return None
-    return json.loads(config.decode() if isinstance(config, bytes) else config)
+    text = lambda value: value.decode() if isinstance(value, bytes) else value  # noqa: E731
+    return str(text(version)), text(config)
+
+
+def _keras2_config(path: Path) -> dict | None:
+    """The model config of an .h5 file written by Keras 2, or None for anything else."""
+    attributes = _h5_keras_attributes(path) if path.suffix.lower() in (".h5", ".hdf5") else None
+    if attributes is None or not attributes[0].startswith("2.") or attributes[1] is None:
+        return None  # not HDF5 (Keras reports it), or not Keras 2
+    return json.loads(attributes[1])
 
 
 NESTED_MODEL_CLASSES = ("Functional", "Model", "Sequential")
@@ -204,10 +210,11 @@ def _renumber_nested_calls(model_config: dict) -> bool:
     return changed
 
 
-def _load_keras2_savedmodel(folder: Path, unsafe: bool, custom_objects: dict[str, Any] | None) -> keras.Model:
-    """A SavedModel folder written by Keras 2 (``model.save(dir)``, TF <= 2.15) keeps its layers
-    in ``keras_metadata.pb``. Keras 3 cannot read it, so Keras 2 (``tf_keras``) loads it and
-    writes it to a temporary Keras 2 ``.h5``, which loads here with every layer reachable."""
+def _load_savedmodel_folder(folder: Path, unsafe: bool, custom_objects: dict[str, Any] | None) -> keras.Model:
+    """A SavedModel folder. One written by Keras 2 (``model.save(dir)``, TF <= 2.15) keeps its
+    layers in ``keras_metadata.pb``; Keras 3 cannot read it, so Keras 2 (``tf_keras``) loads it
+    and writes it to a temporary Keras 2 ``.h5``, which loads here with every layer reachable.
+    Any other SavedModel is wrapped around its serving function."""
     if not (folder / "saved_model.pb").exists():
         raise ModelError(f"{folder} is a folder but not a SavedModel (no saved_model.pb); give a .keras or .h5 file")
     if not (folder / "keras_metadata.pb").exists():
@@ -356,14 +363,8 @@ def model_format(path: Path) -> str:
         return "SavedModel folder without Keras layers (serving function only: input-gradient methods)"
     if path.suffix.lower() == ".keras":
         return "Keras 3 (.keras)"
-    try:
-        import h5py
-
-        with h5py.File(path, "r") as handle:
-            version = handle.attrs.get("keras_version", "unknown")
-        return f"HDF5 (.h5) written by Keras {version.decode() if isinstance(version, bytes) else version}"
-    except OSError:
-        return "HDF5 (.h5)"
+    attributes = _h5_keras_attributes(path)
+    return f"HDF5 (.h5) written by Keras {attributes[0]}" if attributes else "HDF5 (.h5)"
 
 
 def inspect_model(model: keras.Model, input_size: tuple[int, int] | None = None, output: str = "0") -> ModelInfo:
@@ -482,7 +483,7 @@ def resolve_layer(info: ModelInfo, spec: str, name_regex: str) -> LayerInfo:
                 f"no convolutional layer found (a 4-D feature map whose name matches "
                 f"/{name_regex}/ or whose type is a convolution); feature-map layers: "
                 f"{_list([l.path for l in info.layers if l.is_feature_map])}; choose one with --layer, "
-                "or use a method that needs no layer: saliency, smoothgrad, integrated-gradients"
+                f"or use a method that needs no layer: {', '.join(_layerless_methods())}"
             )
         return candidates[-1]
     if re.fullmatch(r"-?\d+", spec):
@@ -509,6 +510,11 @@ def resolve_layer(info: ModelInfo, spec: str, name_regex: str) -> LayerInfo:
             f"(N, H, W, C) with H*W > 1; candidates: {_list([l.path for l in candidates])}"
         )
     return layer
+
+
+def _layerless_methods() -> list[str]:
+    """Methods that work on the input, not a layer, from the one registry."""
+    return [name for name, spec in REGISTRY.items() if spec.family == "gradient"]
 
 
 def build_probe(model: keras.Model, info: ModelInfo, layer_path: str | None,
