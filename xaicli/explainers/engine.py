@@ -124,6 +124,7 @@ class Explainer:
             top = tf.argmax(scores, axis=-1, output_type=tf.int32)
             classes = tf.where(requested == TOP_CLASS, top, requested)
             explained = tf.gather(scores, classes, batch_dims=1)
+        activations = self._on_grid(outputs["activations"]) if "activations" in outputs else None
         maps = {}
         if self._cam_methods:
             # Images in a batch are independent at inference, so the gradient of the summed
@@ -133,11 +134,12 @@ class Explainer:
             if gradients is None:
                 raise LayerError(f"layer {self._layer_path!r} does not feed the model's output; "
                                  "pick another with --layer")
-            activations, gradients = self._on_grid(outputs["activations"]), self._on_grid(gradients)
+            gradients = self._on_grid(gradients)
             maps = {name: tf.nn.relu(combine(activations, gradients)) for name, combine in self._cam_methods.items()}
-        activations = self._on_grid(outputs["activations"]) if "activations" in outputs else tf.zeros((0,))
+        # Only Score-CAM reads the activations on the host; other runs leave them on the device.
+        kept = activations if self._score_methods else tf.zeros((0,))
         attention = [tf.cast(a, tf.float32) for a in outputs.get("attention", [])]
-        return probabilities, scores, classes, maps, activations, attention
+        return probabilities, scores, classes, maps, kept, attention
 
     def _on_grid(self, tensor: tf.Tensor) -> tf.Tensor:
         """float32 (N, h, w, k); a transformer's tokens (N, T, D) lose their extra (class)
@@ -174,9 +176,8 @@ class Explainer:
             requested: (n,) int class per image, or ``TOP_CLASS``.
         """
         count = len(images)
-        padding = self.batch_size - count
-        batch = np.concatenate([images, np.zeros((padding, *images.shape[1:]), np.float32)])
-        wanted = np.concatenate([requested, np.full(padding, TOP_CLASS)]).astype(np.int32)
+        batch = _padded(images.astype(np.float32), self.batch_size, 0.0)
+        wanted = _padded(np.asarray(requested, np.int32), self.batch_size, TOP_CLASS)
         probabilities, scores, classes, cam_maps, activations, attention = self._step(
             tf.constant(batch), tf.constant(wanted))
         raw = {name: m.numpy() for name, m in cam_maps.items()}
@@ -203,13 +204,20 @@ class Explainer:
         scores = []
         for start in range(0, len(channel_maps), self.batch_size):
             chunk = channel_maps[start:start + self.batch_size]
-            padded = np.concatenate([chunk, np.zeros((self.batch_size - len(chunk), *chunk.shape[1:]), np.float32)])
-            result = self._masked(tf.constant(image), tf.constant(padded, tf.float32), tf.constant(target, tf.int32))
+            padded = _padded(chunk.astype(np.float32), self.batch_size, 0.0)
+            result = self._masked(tf.constant(image), tf.constant(padded), tf.constant(target, tf.int32))
             scores.append(result.numpy()[:len(chunk)])
         return np.concatenate(scores)
 
     def _gradient_at(self, classes: tf.Tensor) -> Callable[[np.ndarray], np.ndarray]:
         return lambda inputs: self._input_gradient(tf.constant(inputs, tf.float32), classes).numpy()
+
+
+def _padded(rows: np.ndarray, size: int, fill: float) -> np.ndarray:
+    """``rows`` extended to ``size`` along the first axis with ``fill``, so every compiled step
+    sees one fixed batch shape and is traced once."""
+    padding = np.full((size - len(rows), *rows.shape[1:]), fill, rows.dtype)
+    return np.concatenate([rows, padding])
 
 
 def image_seed(image: np.ndarray, seed: int) -> np.random.Generator:
