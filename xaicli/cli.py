@@ -47,25 +47,22 @@ def _debug_option(func: Callable) -> Callable:
     return click.option("--debug", is_flag=True, help="Show TensorFlow's log and full tracebacks.")(func)
 
 
-def _size_value(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[int, int] | None:
-    try:
-        return parse_size(value) if value else None
-    except XaiError as exc:
-        raise click.BadParameter(str(exc)) from None
-
-
-def _numbers(value: str | None) -> tuple[float, ...] | None:
-    try:
-        return parse_numbers(value) if value else None
-    except XaiError as exc:
-        raise click.BadParameter(str(exc)) from None
+def _parsed(parse: Callable[[str], object]) -> Callable[[click.Context, click.Parameter, str | None], object]:
+    """A click callback that parses an option's text with ``parse``; our one-line error becomes
+    click's usage error for that option."""
+    def callback(_ctx: click.Context, _param: click.Parameter, value: str | None) -> object:
+        try:
+            return parse(value) if value else None
+        except XaiError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return callback
 
 
 def _model_options(func: Callable) -> Callable:
     """Options that say how to load and read the model, shared by every command that takes one.
     Their names are ``open_model``'s keyword arguments, so commands pass them straight on."""
     options = [
-        click.option("--input-size", metavar="HxW", callback=_size_value,
+        click.option("--input-size", metavar="HxW", callback=_parsed(parse_size),
                      help="Image size fed to the model (height x width); needed when the model accepts any size."),
         click.option("--output", "output", default="0", show_default=True, metavar="INDEX|NAME",
                      help="Which model output to explain, for models with several (see `xai info`)."),
@@ -119,9 +116,9 @@ def _layer_regex_option(func: Callable) -> Callable:
 @click.option("--preprocess", type=click.Choice([AUTO, *PRESET_HELP]), default=AUTO, show_default=True,
               help="Pixel scaling: auto (0..255 if the model has a Rescaling/Normalization layer, "
                    "else 0..1); " + "; ".join(f"{k}: {v}" for k, v in PRESET_HELP.items()) + ".")
-@click.option("--mean", callback=lambda _c, _p, v: _numbers(v), metavar="M[,M,M]",
+@click.option("--mean", callback=_parsed(parse_numbers), metavar="M[,M,M]",
               help="--preprocess custom: per-channel mean on the 0..1 scale, e.g. 0.485,0.456,0.406.")
-@click.option("--std", callback=lambda _c, _p, v: _numbers(v), metavar="S[,S,S]",
+@click.option("--std", callback=_parsed(parse_numbers), metavar="S[,S,S]",
               help="--preprocess custom: per-channel standard deviation on the 0..1 scale.")
 @_model_options
 @click.option("--alpha", type=float, default=0.4, show_default=True,
