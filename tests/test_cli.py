@@ -315,3 +315,52 @@ def test_existing_outputs_are_refused_replaced_or_kept(tiny_model, image_folder,
     assert replaced.exit_code == 0 and overlay.read_bytes().startswith(b"\x89PNG")
     both = _xai("run", tiny_model, image_folder, "-o", out, "--overwrite", "--skip-existing")
     assert both.exit_code == 2 and "contradict" in both.stderr
+
+
+def test_target_topk_explains_each_ranked_class_like_an_explicit_class(tiny_model, image_folder, tmp_path):
+    out = tmp_path / "out"
+    result = _xai("run", tiny_model, image_folder, "-o", out, "--top-k", 3, "--target", "topk", "--save", "raw",
+                  "--labels", _labels(tmp_path), "-q")
+    assert result.exit_code == 1, result.output
+    rows = _rows(out)
+    assert list(rows[0])[len(EXPECTED_COLUMNS):] == [f"top{r}_{p}" for r in (1, 2, 3) for p in ("index", "label", "prob")]
+    by_image = {}
+    for row in rows:
+        by_image.setdefault(Path(row["input"]).name, []).append(row)
+    assert len(by_image["broken.jpg"]) == 3 and all(r["top1_index"] == "" for r in by_image["broken.jpg"])
+    ranked = by_image["a.png"]
+    assert [r["class_index"] for r in ranked] == [ranked[0][f"top{k}_index"] for k in (1, 2, 3)]
+    assert [Path(r["output"]).name for r in ranked] == [f"a.png.gradcam.top{k}.npy" for k in (1, 2, 3)]
+    probabilities = [float(ranked[0][f"top{k}_prob"]) for k in (1, 2, 3)]
+    assert probabilities == sorted(probabilities, reverse=True) and abs(sum(probabilities) - 1) < 1e-5
+    assert ranked[0]["class_index"] == ranked[0]["pred_index"]
+    assert ranked[0]["top2_label"] == ["red", "green", "blue"][int(ranked[0]["top2_index"])]
+    # the rank-3 map is the map of that class asked for by --class
+    third = ranked[2]["class_index"]
+    single = tmp_path / "single"
+    assert _xai("run", tiny_model, image_folder / "a.png", "-o", single, "--class", third, "--save", "raw",
+                "-q").exit_code == 0
+    np.testing.assert_allclose(np.load(out / "a.png.gradcam.top3.npy"), np.load(single / "a.png.gradcam.npy"), atol=1e-6)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--target", "topk"], "--target topk explains each of the --top-k classes: give --top-k K"),
+    (["--target", "topk", "--top-k", "2", "--class", "1"], "and no --class"),
+    (["--top-k", "4"], "--top-k 4 is more than the model's 3 classes"),
+    (["--top-k", "-1"], "--top-k must be 0 or more"),
+])
+def test_top_k_errors(tiny_model, image_folder, tmp_path, args, message):
+    result = _xai("run", tiny_model, image_folder, "-o", tmp_path / "out", *args)
+    assert result.exit_code == 2 and message in result.stderr, result.output
+
+
+def test_crop_overlay_covers_the_original_and_leaves_unseen_sides_untouched(tiny_model, image_folder, tmp_path):
+    out = tmp_path / "out"
+    result = _xai("run", tiny_model, image_folder / "a.png", "-o", out, "--resize", "crop", "--alpha", 1.0, "-q")
+    assert result.exit_code == 0, result.output
+    source = np.asarray(Image.open(image_folder / "a.png").convert("RGB"))  # 30 x 40; the model saw columns 5..35
+    overlay = np.asarray(Image.open(out / "a.png.gradcam.png"))
+    assert overlay.shape == source.shape
+    np.testing.assert_array_equal(overlay[:, :5], source[:, :5])
+    np.testing.assert_array_equal(overlay[:, 35:], source[:, 35:])
+    assert (overlay[:, 5:35] != source[:, 5:35]).any()

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from xaicli.render import colorize, jet_lut, normalize_maps, overlay, upsample
+from xaicli.images import View
+from xaicli.render import UNSEEN_GRAY, colorize, heatmap_image, jet_lut, normalize_maps, overlay, upsample
 
 
 def test_jet_lut_runs_from_dark_blue_through_green_to_dark_red():
@@ -85,3 +86,40 @@ def test_panel_layout_is_image_heatmap_overlay_over_a_caption():
     np.testing.assert_array_equal(picture[:30, 40:], overlay(image, heat, 0.4, lut))
     caption = picture[30:]
     assert (caption < 128).any() and (caption == 255).mean() > 0.5  # dark text on white
+
+
+def test_letterboxed_map_is_cut_to_the_picture_before_it_is_stretched_over_the_image():
+    view = View((0, 0, 8, 4), (0, 0.25, 1, 0.75))  # a 4x8 image letterboxed into rows 1..2 of 4
+    columns = np.tile(np.float32([0, 0, 1, 1]), (4, 1))  # the right half is hot
+    back = upsample(columns, (4, 8), view)
+    assert back.shape == (4, 8) and np.isfinite(back).all()
+    np.testing.assert_allclose(back[:, :3], 0.0)
+    np.testing.assert_allclose(back[:, 5:], 1.0)
+    padding_hot = np.float32([[1] * 4, [0] * 4, [0] * 4, [1] * 4])
+    # Only the bilinear bleed at the picture's edge remains of the hot padding rows; stretching
+    # the whole map would have put 1.0 on the image's top and bottom rows.
+    assert upsample(padding_hot, (4, 8), view).max() <= 0.25
+    assert upsample(padding_hot, (4, 8)).max() == 1.0
+
+
+def test_cropped_map_covers_only_what_the_model_saw():
+    heat = np.ones((2, 2), np.float32)
+    view = View((2, 0, 6, 4))  # the central 4x4 of a 4x8 image
+    back = upsample(heat, (4, 8), view)
+    assert np.isnan(back[:, :2]).all() and np.isnan(back[:, 6:]).all()
+    np.testing.assert_allclose(back[:, 2:6], 1.0)
+    image = np.full((4, 8, 3), 90, np.uint8)
+    blended = overlay(image, heat, 0.5, jet_lut(), view)
+    np.testing.assert_array_equal(blended[:, :2], image[:, :2])  # unseen: the image untouched
+    assert (blended[:, 2:6] != image[:, 2:6]).any()
+    assert (heatmap_image(heat, (4, 8), view)[:, :2] == 0).all()
+    assert (colorize(back, jet_lut())[:, :2] == UNSEEN_GRAY).all()
+
+
+def test_panel_shows_unseen_parts_in_gray():
+    from xaicli.render import panel
+
+    image = np.full((20, 40, 3), 90, np.uint8)
+    picture = panel(image, np.ones((2, 2), np.float32), 0.4, jet_lut(), "x", View((10, 0, 30, 20)))
+    assert (picture[:20, 40:50] == UNSEEN_GRAY).all()  # heatmap pane, left of the crop
+    np.testing.assert_array_equal(picture[:20, 80:90], image[:, :10])  # overlay pane, unseen

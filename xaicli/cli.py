@@ -20,10 +20,10 @@ from typing import Callable, Iterator
 import click
 
 from . import __version__
-from .config import AUTO, HEAD_FUSIONS, IG_BASELINES, RunConfig, default_workers, parse_names, parse_numbers, parse_size, read_config_file
+from .config import AUTO, HEAD_FUSIONS, IG_BASELINES, TARGETS, RunConfig, default_workers, parse_names, parse_numbers, parse_size, read_config_file
 from .errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, XaiError
 from .explainers import REGISTRY
-from .images import DEFAULT_MAX_PIXELS, PRESET_HELP, discover, expand_stdin
+from .images import DEFAULT_MAX_PIXELS, PRESET_HELP, RESIZE_MODES, discover, expand_stdin
 from .outputs import TABLE_FORMATS
 from .render import COLORMAPS
 
@@ -109,6 +109,10 @@ def _layer_regex_option(func: Callable) -> Callable:
 @_layer_regex_option
 @click.option("--class", "target_class", metavar="INDEX|LABEL",
               help="Class to explain for every image (default: each image's top-1 class).")
+@click.option("--top-k", type=int, default=0, show_default=True, metavar="K",
+              help="Add the K best classes to the table (top1_index, top1_label, top1_prob, ...).")
+@click.option("--target", type=click.Choice(list(TARGETS)), default="predicted", show_default=True,
+              help="Which classes get a heatmap: " + "; ".join(f"{k}: {v}" for k, v in TARGETS.items()) + ".")
 @click.option("--labels", type=click.Path(dir_okay=False, path_type=Path),
               help="Class names: a text file with one per line, or a JSON list or index->name object.")
 @click.option("-b", "--batch-size", type=int, default=32, show_default=True,
@@ -120,6 +124,9 @@ def _layer_regex_option(func: Callable) -> Callable:
               help="--preprocess custom: per-channel mean on the 0..1 scale, e.g. 0.485,0.456,0.406.")
 @click.option("--std", callback=_parsed(parse_numbers), metavar="S[,S,S]",
               help="--preprocess custom: per-channel standard deviation on the 0..1 scale.")
+@click.option("--resize", type=click.Choice(list(RESIZE_MODES)), default="stretch", show_default=True,
+              help="How images are fitted to the model's input: " + "; ".join(f"{k}: {v}" for k, v in RESIZE_MODES.items())
+                   + ". Heatmaps are always drawn back over the whole original image.")
 @_model_options
 @click.option("--alpha", type=float, default=0.4, show_default=True,
               help="Heatmap opacity over the image, 0 (image only) to 1 (heatmap only).")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .errors import UsageError
 from .explainers import REGISTRY
-from .images import COLOUR_ONLY_PRESETS, DEFAULT_MAX_PIXELS, PRESETS
+from .images import COLOUR_ONLY_PRESETS, DEFAULT_MAX_PIXELS, PRESETS, RESIZE_MODES
 from .outputs import SAVE_KINDS, TABLE_FORMATS
 from .render import COLORMAPS
 
@@ -23,6 +23,10 @@ IG_BASELINES = {
     "white": "an all-white image (pixels 255), preprocessed like the inputs",
     "gray": "a mid-gray image (pixels 127.5), preprocessed like the inputs",
     "zeros": "model input 0 everywhere, whatever the preprocessing",
+}
+TARGETS = {
+    "predicted": "each image's top class, or the --class given",
+    "topk": "each of the image's --top-k classes, one output per rank (name.<method>.top1.png, ...)",
 }
 
 
@@ -42,10 +46,13 @@ class RunConfig:
     layer: str = AUTO
     layer_regex: str = "conv"
     target_class: str | None = None  # index or label name; None = each image's top class
+    target: str = "predicted"  # or "topk": explain each of the top_k classes
+    top_k: int = 0  # extra table columns for the K best classes
     batch_size: int = 32
     alpha: float = 0.4
     colormap: str = "jet"
     preprocess: str = AUTO
+    resize: str = "stretch"
     mean: tuple[float, ...] | None = None  # --preprocess custom, on the 0..1 scale
     std: tuple[float, ...] | None = None
     input_size: tuple[int, int] | None = None
@@ -110,6 +117,15 @@ class RunConfig:
             raise UsageError(f"unknown --head-fusion {self.head_fusion!r}; choose from {', '.join(HEAD_FUSIONS)}")
         if not 0.0 <= self.discard_ratio < 1.0:
             raise UsageError(f"--discard-ratio must be in [0, 1), got {self.discard_ratio}")
+        if self.resize not in RESIZE_MODES:
+            raise UsageError(f"unknown --resize {self.resize!r}; choose from {', '.join(RESIZE_MODES)}")
+        if self.top_k < 0:
+            raise UsageError(f"--top-k must be 0 or more, got {self.top_k}")
+        if self.target not in TARGETS:
+            raise UsageError(f"unknown --target {self.target!r}; choose from {', '.join(TARGETS)}")
+        if self.target == "topk" and (self.top_k < 1 or self.target_class is not None):
+            raise UsageError("--target topk explains each of the --top-k classes: give --top-k K (e.g. 3) "
+                             "and no --class")
         if self.ig_baseline not in IG_BASELINES:
             raise UsageError(f"unknown --ig-baseline {self.ig_baseline!r}; choose from {', '.join(IG_BASELINES)}")
 
@@ -119,6 +135,11 @@ class RunConfig:
         if self.predictions == "-":
             return None
         return Path(self.predictions) if self.predictions else self.out_dir / f"predictions.{self.table_format}"
+
+    @property
+    def target_tags(self) -> tuple[str, ...]:
+        """Output name tags, one per explained class of an image: ('',) or ('top1', 'top2', ...)."""
+        return tuple(f"top{rank}" for rank in range(1, self.top_k + 1)) if self.target == "topk" else ("",)
 
     @property
     def needs_layer(self) -> bool:

@@ -155,16 +155,71 @@ def custom_scaling(mean: Sequence[float], std: Sequence[float]) -> Scaling:
     return _scale([m * 255.0 for m in mean], [s * 255.0 for s in std])
 
 
+RESIZE_MODES = {
+    "stretch": "resize to the model's size, ignoring the aspect ratio",
+    "letterbox": "keep the aspect ratio, pad the short side with black",
+    "crop": "keep the aspect ratio, cut the long side to the centre",
+}
+
+
+@dataclass(frozen=True)
+class View:
+    """How a model input was cut from its image, so a map can be put back where it belongs.
+
+    ``seen``: (left, top, right, bottom) of the part of the original image the model saw, in
+    original pixels (the whole image unless it was centre-cropped).
+    ``placed``: where that part sits inside the model input, as (left, top, right, bottom)
+    fractions of its width and height ((0, 0, 1, 1) unless it was letterboxed).
+    """
+
+    seen: tuple[float, float, float, float]
+    placed: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
+
+    @staticmethod
+    def whole(height: int, width: int) -> "View":
+        """The view of a stretched image: all of it, filling the model input."""
+        return View((0.0, 0.0, float(width), float(height)))
+
+
+def fit_view(image_size: tuple[int, int], size: tuple[int, int], resize: str = "stretch") -> View:
+    """The geometry of fitting an image of ``image_size`` (height, width) into the model's
+    ``size`` (height, width) with one of ``RESIZE_MODES``."""
+    height, width = image_size
+    target_height, target_width = size
+    if resize == "stretch":
+        return View.whole(height, width)
+    if resize == "letterbox":
+        inner_width, inner_height = _letterboxed_size(image_size, size)
+        left, top = (target_width - inner_width) // 2, (target_height - inner_height) // 2
+        return View((0.0, 0.0, float(width), float(height)),
+                    (left / target_width, top / target_height,
+                     (left + inner_width) / target_width, (top + inner_height) / target_height))
+    if resize == "crop":
+        aspect = target_width / target_height
+        seen_width, seen_height = min(width, height * aspect), min(height, width / aspect)
+        left, top = (width - seen_width) / 2, (height - seen_height) / 2
+        return View((left, top, left + seen_width, top + seen_height))
+    raise ValueError(f"unknown resize mode {resize!r}")
+
+
+def _letterboxed_size(image_size: tuple[int, int], size: tuple[int, int]) -> tuple[int, int]:
+    """(width, height) of the image scaled to fit inside ``size`` with its aspect ratio kept."""
+    scale = min(size[0] / image_size[0], size[1] / image_size[1])
+    return max(1, round(image_size[1] * scale)), max(1, round(image_size[0] * scale))
+
+
 def to_model_input(
-    image: np.ndarray, size: tuple[int, int], channels: int, scaling: Scaling
+    image: np.ndarray, size: tuple[int, int], channels: int, scaling: Scaling, resize: str = "stretch"
 ) -> np.ndarray:
-    """Resize (stretch, bilinear) and preprocess one image for the model.
+    """Resize (bilinear, as ``resize`` of ``RESIZE_MODES`` says) and preprocess one image.
 
     Args:
         image: (H, W, 3) uint8 RGB.
         size: model (height, width).
         channels: 1 (converted to luma) or 3.
-        scaling: a value of ``PRESETS`` or ``custom_scaling(...)``, applied to 0..255 pixels.
+        scaling: a value of ``PRESETS`` or ``custom_scaling(...)``, applied to 0..255 pixels
+            (letterbox padding is black, pixel 0, before scaling).
+        resize: stretch, letterbox or crop; ``fit_view`` gives the matching geometry.
 
     Returns:
         (height, width, channels) float32.
@@ -173,7 +228,15 @@ def to_model_input(
     pil = Image.fromarray(image)
     if channels == 1:
         pil = pil.convert("L")
-    pixels = np.asarray(pil.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
+    if resize == "letterbox":
+        inner = pil.resize(_letterboxed_size(image.shape[:2], size), Image.Resampling.BILINEAR)
+        view = fit_view(image.shape[:2], size, resize)
+        resized = Image.new(pil.mode, (width, height), 0)
+        resized.paste(inner, (round(view.placed[0] * width), round(view.placed[1] * height)))
+    else:
+        box = fit_view(image.shape[:2], size, resize).seen
+        resized = pil.resize((width, height), Image.Resampling.BILINEAR, box=box)
+    pixels = np.asarray(resized, dtype=np.float32)
     if channels == 1:
         pixels = pixels[:, :, None]
     return np.ascontiguousarray(scaling(pixels), dtype=np.float32)

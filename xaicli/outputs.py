@@ -40,9 +40,35 @@ class Row:
     method: str
     layer: str
     output: str
+    top: tuple["Ranked", ...] = ()  # the K best classes, for --top-k columns
 
 
-COLUMNS = tuple(f.name for f in fields(Row))
+@dataclass(frozen=True)
+class Ranked:
+    """One of an image's best classes: index, label ('' without labels) and probability."""
+
+    index: int
+    label: str
+    prob: float
+
+
+COLUMNS = tuple(f.name for f in fields(Row) if f.name != "top")
+
+
+def top_columns(top_k: int) -> tuple[str, ...]:
+    """The extra columns of ``--top-k K``: top1_index, top1_label, top1_prob, top2_index, ..."""
+    return tuple(f"top{rank}_{part}" for rank in range(1, top_k + 1) for part in ("index", "label", "prob"))
+
+
+def _cells(row: Row, top_k: int) -> dict[str, object]:
+    """The row's values by column name, the --top-k columns empty where there is no prediction."""
+    values: dict[str, object] = {c: getattr(row, c) for c in COLUMNS}
+    for rank in range(top_k):
+        ranked = row.top[rank] if rank < len(row.top) else None
+        values[f"top{rank + 1}_index"] = ranked.index if ranked else None
+        values[f"top{rank + 1}_label"] = ranked.label if ranked else ""
+        values[f"top{rank + 1}_prob"] = ranked.prob if ranked else None
+    return values
 
 
 def _cell(value: object) -> str:
@@ -57,24 +83,27 @@ TABLE_FORMATS = ("csv", "jsonl")
 
 
 class PredictionsWriter:
-    """Writes rows with fixed columns as CSV (a header line first) or JSON Lines (one object
-    per row, keys in column order, numbers rounded to 6 decimals, empty values as null).
-    Each call writes whole lines and flushes, so a reader never sees half a row."""
+    """Writes rows with fixed columns (``COLUMNS``, then ``top_columns(top_k)``) as CSV (a
+    header line first) or JSON Lines (one object per row, keys in column order, numbers rounded
+    to 6 decimals, empty values as null). Each call writes whole lines and flushes, so a reader
+    never sees half a row."""
 
-    def __init__(self, stream: IO[str], table_format: str = "csv") -> None:
+    def __init__(self, stream: IO[str], table_format: str = "csv", top_k: int = 0) -> None:
         self._stream = stream
         self._format = table_format
+        self._top_k = top_k
         self._csv = csv.writer(stream, lineterminator="\n")
         if table_format == "csv":
-            self._csv.writerow(COLUMNS)
+            self._csv.writerow(COLUMNS + top_columns(top_k))
         stream.flush()
 
     def write(self, rows: Iterable[Row]) -> None:
         for row in rows:
+            cells = _cells(row, self._top_k)
             if self._format == "csv":
-                self._csv.writerow([_cell(getattr(row, c)) for c in COLUMNS])
+                self._csv.writerow([_cell(value) for value in cells.values()])
             else:
-                self._stream.write(json.dumps({c: _json_value(getattr(row, c)) for c in COLUMNS}) + "\n")
+                self._stream.write(json.dumps({c: _json_value(v) for c, v in cells.items()}) + "\n")
         self._stream.flush()
 
 
@@ -92,10 +121,12 @@ SAVE_KINDS = {
 }
 
 
-def output_path(out_dir: Path, relative: PurePosixPath, method: str, kind: str = "overlay") -> Path:
-    """``OUT/<relative path>.<method><suffix of kind>``; the source suffix stays in the name so
-    a.jpg and a.png never collide. ``relative`` never holds '..', so the path stays inside OUT."""
-    return out_dir.joinpath(*relative.parts[:-1], f"{relative.name}.{method}{SAVE_KINDS[kind]}")
+def output_path(out_dir: Path, relative: PurePosixPath, method: str, kind: str = "overlay", tag: str = "") -> Path:
+    """``OUT/<relative path>.<method>[.<tag>]<suffix of kind>``; the source suffix stays in the
+    name so a.jpg and a.png never collide, and ``tag`` (e.g. 'top2') tells apart the classes of
+    one image. ``relative`` never holds '..', so the path stays inside OUT."""
+    tagged = f"{method}.{tag}" if tag else method
+    return out_dir.joinpath(*relative.parts[:-1], f"{relative.name}.{tagged}{SAVE_KINDS[kind]}")
 
 
 def write_npy(path: Path, array: np.ndarray) -> None:

@@ -20,11 +20,11 @@ from . import __version__
 from .config import AUTO, CUSTOM, RunConfig, check_preset_channels, load_labels, resolve_class
 from .errors import ImageError, UsageError, first_line
 from .explainers import REGISTRY
-from .explainers.engine import TOP_CLASS, BatchExplanation, Explainer, MethodOptions
-from .images import PRESETS, InputImage, Scaling, custom_scaling, load_image, to_model_input
+from .explainers.engine import TOP_CLASS, BatchExplanation, Explainer, MethodOptions, rank_request
+from .images import PRESETS, InputImage, Scaling, View, custom_scaling, fit_view, load_image, to_model_input
 from .models import LayerInfo, ModelInfo, build_probe, candidate_layers, model_format, open_model, resolve_layer
-from .outputs import (MANIFEST_NAME, PredictionsWriter, Row, file_digest, output_path, write_gray_png, write_json,
-                      write_npy, write_png)
+from .outputs import (MANIFEST_NAME, PredictionsWriter, Ranked, Row, file_digest, output_path, write_gray_png,
+                      write_json, write_npy, write_png)
 from .render import COLORMAPS, heatmap_image, overlay, panel
 
 
@@ -62,8 +62,9 @@ class ImageResult:
 
 
 def planned_outputs(config: RunConfig, item: InputImage) -> list[Path]:
-    """Every file the run writes for ``item``, in ``--method`` then ``--save`` order."""
-    return [output_path(config.out_dir, item.relative, method, kind) for method in config.methods for kind in config.save]
+    """Every file the run writes for ``item``, in ``--method``, target rank, then ``--save`` order."""
+    return [output_path(config.out_dir, item.relative, method, kind, tag)
+            for method in config.methods for tag in config.target_tags for kind in config.save]
 
 
 def check_existing(config: RunConfig, items: Sequence[InputImage]) -> None:
@@ -93,6 +94,8 @@ def prepare(config: RunConfig) -> Prepared:
             f"labels file {config.labels} has {len(labels)} names but the model has "
             f"{info.num_classes} classes"
         )
+    if config.top_k > info.num_classes:
+        raise UsageError(f"--top-k {config.top_k} is more than the model's {info.num_classes} classes")
     methods = {name: REGISTRY[name] for name in config.methods}
     wants_attention = any(m.family == "attention" for m in methods.values())
     if wants_attention:
@@ -203,7 +206,7 @@ def run(prepared: Prepared, items: Sequence[InputImage]) -> Iterator[ImageResult
         raise UsageError(f"cannot write to output folder {config.out_dir}: {exc.strerror or exc}") from None
     started, failed, skipped = time.monotonic(), 0, 0
     with stream as table_stream, ThreadPoolExecutor(config.workers, thread_name_prefix="xai-io") as pool:
-        writer = PredictionsWriter(table_stream, config.table_format)
+        writer = PredictionsWriter(table_stream, config.table_format, config.top_k)
         decoded = _read_ahead(pool, lambda item: _decode(prepared, item), items, 2 * config.batch_size)
         pending: deque[list[_Pending]] = deque()
 
@@ -264,8 +267,20 @@ class _Decoded:
     item: InputImage
     image: np.ndarray | None  # (H, W, 3) uint8 original
     model_input: np.ndarray | None  # (h, w, c) float32
+    view: View | None = None  # how model_input was cut from image
     error: str = ""
     skipped: bool = False  # --skip-existing and every output is already there
+
+
+@dataclass(frozen=True)
+class _Write:
+    """The files of one image, method and explained class, being written in the pool."""
+
+    method: str
+    tag: str
+    explanation: BatchExplanation  # of the batch, for this tag's classes
+    path: Path  # the first --save kind, named in the table
+    done: Future[None]
 
 
 @dataclass(frozen=True)
@@ -273,9 +288,9 @@ class _Pending:
     item: InputImage
     error: str
     skipped: bool = False
-    explanation: BatchExplanation | None = None
+    explanations: tuple[BatchExplanation, ...] = ()  # one per target tag
     index: int = -1
-    writes: tuple[tuple[str, Path, Future[None]], ...] = ()
+    writes: tuple[_Write, ...] = ()
 
 
 def _decode(prepared: Prepared, item: InputImage) -> _Decoded:
@@ -284,10 +299,11 @@ def _decode(prepared: Prepared, item: InputImage) -> _Decoded:
         return _Decoded(item, None, None, skipped=True)
     try:
         image = load_image(item.path, prepared.config.max_pixels)
-        model_input = to_model_input(image, info.input_size, info.channels, prepared.scaling)
+        resize = prepared.config.resize
+        model_input = to_model_input(image, info.input_size, info.channels, prepared.scaling, resize)
     except ImageError as exc:
-        return _Decoded(item, None, None, str(exc))
-    return _Decoded(item, image, model_input)
+        return _Decoded(item, None, None, error=str(exc))
+    return _Decoded(item, image, model_input, fit_view(image.shape[:2], info.input_size, resize))
 
 
 def _read_ahead(pool: ThreadPoolExecutor, work: Callable, items: Iterable, ahead: int) -> Iterator:
@@ -314,35 +330,44 @@ def _batches(decoded: Iterator[_Decoded], size: int) -> Iterator[list[_Decoded]]
 
 def _explain_batch(prepared: Prepared, batch: list[_Decoded], pool: ThreadPoolExecutor) -> list[_Pending]:
     good = [d for d in batch if not (d.error or d.skipped)]
-    explanation, failure = None, ""
+    explanations, failure = (), ""
     if good:
-        requested = np.full(len(good), TOP_CLASS if prepared.target_class is None else prepared.target_class)
+        inputs = np.stack([d.model_input for d in good])
         try:
-            explanation = prepared.explainer.explain(np.stack([d.model_input for d in good]), requested)
+            explanations = tuple(prepared.explainer.explain(inputs, requested)
+                                 for requested in _requests(prepared, len(good)))
         except tf.errors.OpError as exc:
             failure = f"the model failed on this batch: {first_line(exc)}"
     position = {id(d): i for i, d in enumerate(good)}
     return [
         _Pending(d.item, "", skipped=True) if d.skipped
         else _Pending(d.item, d.error or failure) if d.error or failure
-        else _schedule(prepared, d, explanation, position[id(d)], pool)
+        else _schedule(prepared, d, explanations, position[id(d)], pool)
         for d in batch
     ]
 
 
-def _schedule(prepared: Prepared, decoded: _Decoded, explanation: BatchExplanation, index: int,
+def _requests(prepared: Prepared, count: int) -> list[np.ndarray]:
+    """The classes to explain for ``count`` images, one array per target tag."""
+    if prepared.config.target == "topk":
+        return [np.full(count, rank_request(rank)) for rank in range(1, prepared.config.top_k + 1)]
+    return [np.full(count, TOP_CLASS if prepared.target_class is None else prepared.target_class)]
+
+
+def _schedule(prepared: Prepared, decoded: _Decoded, explanations: tuple[BatchExplanation, ...], index: int,
               pool: ThreadPoolExecutor) -> _Pending:
-    if not np.all(np.isfinite(explanation.scores[index])):
+    if not np.all(np.isfinite(explanations[0].scores[index])):
         return _Pending(decoded.item, "the model produced non-finite scores (NaN or inf) for this image")
     config = prepared.config
     writes = []
-    caption = _caption(prepared, explanation, index)
     for method in config.methods:  # rows and files in the order the user asked for
-        paths = {kind: output_path(config.out_dir, decoded.item.relative, method, kind) for kind in config.save}
-        heatmap = explanation.maps[method][index]
-        future = pool.submit(_render, decoded.image, heatmap, prepared, paths, f"{caption} | {method}")
-        writes.append((method, paths[config.save[0]], future))
-    return _Pending(decoded.item, "", explanation=explanation, index=index, writes=tuple(writes))
+        for tag, explanation in zip(config.target_tags, explanations):
+            paths = {kind: output_path(config.out_dir, decoded.item.relative, method, kind, tag) for kind in config.save}
+            caption = f"{_caption(prepared, explanation, index)} | {method}"
+            future = pool.submit(_render, decoded.image, decoded.view, explanation.maps[method][index], prepared,
+                                 paths, caption)
+            writes.append(_Write(method, tag, explanation, paths[config.save[0]], future))
+    return _Pending(decoded.item, "", explanations=explanations, index=index, writes=tuple(writes))
 
 
 def _caption(prepared: Prepared, explanation: BatchExplanation, index: int) -> str:
@@ -354,13 +379,14 @@ def _caption(prepared: Prepared, explanation: BatchExplanation, index: int) -> s
     return text if explained == predicted else f"{text}; explaining {name(explained)}"
 
 
-def _render(image: np.ndarray, heatmap: np.ndarray, prepared: Prepared, paths: dict[str, Path], caption: str) -> None:
+def _render(image: np.ndarray, view: View, heatmap: np.ndarray, prepared: Prepared, paths: dict[str, Path],
+            caption: str) -> None:
     config = prepared.config
     writers = {
-        "overlay": lambda path: write_png(path, overlay(image, heatmap, config.alpha, prepared.lut)),
-        "heatmap": lambda path: write_gray_png(path, heatmap_image(heatmap, image.shape[:2])),
+        "overlay": lambda path: write_png(path, overlay(image, heatmap, config.alpha, prepared.lut, view)),
+        "heatmap": lambda path: write_gray_png(path, heatmap_image(heatmap, image.shape[:2], view)),
         "raw": lambda path: write_npy(path, heatmap),
-        "panel": lambda path: write_png(path, panel(image, heatmap, config.alpha, prepared.lut, caption)),
+        "panel": lambda path: write_png(path, panel(image, heatmap, config.alpha, prepared.lut, caption, view)),
     }
     for kind, path in paths.items():
         writers[kind](path)
@@ -373,27 +399,27 @@ def _finish(prepared: Prepared, pending: list[_Pending], writer: PredictionsWrit
 
 
 def _rows(prepared: Prepared, pending: _Pending) -> Iterator[Row]:
-    if pending.skipped:
-        first_kind = prepared.config.save[0]
-        for method in prepared.config.methods:
-            path = output_path(prepared.config.out_dir, pending.item.relative, method, first_kind)
-            yield replace(_error_row(prepared, pending.item, method, ""), status="skipped", output=str(path))
+    config = prepared.config
+    if pending.skipped or pending.error:
+        for method in config.methods:
+            for tag in config.target_tags:
+                row = _error_row(prepared, pending.item, method, pending.error)
+                if pending.skipped:
+                    path = output_path(config.out_dir, pending.item.relative, method, config.save[0], tag)
+                    row = replace(row, status="skipped", output=str(path))
+                yield row
         return
-    if pending.error:
-        for method in prepared.config.methods:
-            yield _error_row(prepared, pending.item, method, pending.error)
-        return
-    for method, path, future in pending.writes:
+    for write in pending.writes:
         try:
-            future.result()
+            write.done.result()
         except OSError as exc:
-            yield _error_row(prepared, pending.item, method, f"cannot write {path}: {exc.strerror or exc}")
+            yield _error_row(prepared, pending.item, write.method, f"cannot write {write.path}: {exc.strerror or exc}")
         else:
-            yield _ok_row(prepared, pending, method, path)
+            yield _ok_row(prepared, pending, write)
 
 
-def _ok_row(prepared: Prepared, pending: _Pending, method: str, path: Path) -> Row:
-    explanation, i = pending.explanation, pending.index
+def _ok_row(prepared: Prepared, pending: _Pending, write: _Write) -> Row:
+    explanation, i, method = write.explanation, pending.index, write.method
     probabilities = explanation.probabilities[i]
     predicted = int(np.argmax(probabilities))
     explained = int(explanation.classes[i])
@@ -410,8 +436,16 @@ def _ok_row(prepared: Prepared, pending: _Pending, method: str, path: Path) -> R
         class_score=float(explanation.scores[i, explained]),
         method=method,
         layer=layer_label(prepared, method),
-        output=str(path),
+        output=str(write.path),
+        top=_top_classes(prepared, explanation, i),
     )
+
+
+def _top_classes(prepared: Prepared, explanation: BatchExplanation, index: int) -> tuple[Ranked, ...]:
+    """The image's ``--top-k`` classes, best first, ranked by score as ``--target topk`` ranks them."""
+    order = np.argsort(-explanation.scores[index], kind="stable")[:prepared.config.top_k]
+    probabilities = explanation.probabilities[index]
+    return tuple(Ranked(int(c), _label(prepared, int(c)), float(probabilities[c])) for c in order)
 
 
 def _error_row(prepared: Prepared, item: InputImage, method: str, error: str) -> Row:

@@ -6,6 +6,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from . import colormap_data
+from .images import View
 
 LUT_SIZE = 256
 
@@ -58,30 +59,51 @@ def normalize_maps(raw: np.ndarray) -> np.ndarray:
     return np.where(flat, 0.0, scaled).astype(np.float32)
 
 
-def upsample(heatmap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize one map as values (bilinear, pixel-centre aligned) to ``size``.
+def upsample(heatmap: np.ndarray, size: tuple[int, int], view: View | None = None) -> np.ndarray:
+    """Put one map back onto its original image: resize it as values (bilinear, pixel-centre
+    aligned) from the part of the model input that holds the image to the part of the image
+    the model saw.
 
     Args:
-        heatmap: (h, w) float in [0, 1].
-        size: (height, width) of the target, e.g. the original image.
+        heatmap: (h, w) float in [0, 1], covering the whole model input.
+        size: (height, width) of the original image.
+        view: how the model input was cut from the image (``images.fit_view``); None = stretched.
 
     Returns:
-        (height, width) float32 in [0, 1].
+        (height, width) float32 in [0, 1], NaN where the model never saw the image (outside a
+        centre crop).
     """
     height, width = size
+    view = view or View.whole(height, width)
+    map_height, map_width = heatmap.shape
+    x0, y0, x1, y1 = view.placed
+    left, top, right, bottom = (int(round(v)) for v in view.seen)
     resized = Image.fromarray(np.asarray(heatmap, dtype=np.float32), mode="F").resize(
-        (width, height), Image.Resampling.BILINEAR
+        (max(1, right - left), max(1, bottom - top)), Image.Resampling.BILINEAR,
+        box=(x0 * map_width, y0 * map_height, x1 * map_width, y1 * map_height),
     )
-    return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
+    values = np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
+    if values.shape == (height, width):
+        return values
+    placed = np.full((height, width), np.nan, np.float32)
+    placed[top:bottom, left:right] = values[:bottom - top, :right - left]
+    return placed
+
+
+UNSEEN_GRAY = 128  # colour of pixels the model never saw, in a colorized heatmap
 
 
 def colorize(heatmap: np.ndarray, lut: np.ndarray) -> np.ndarray:
-    """Map values in [0, 1] of shape (H, W) to (H, W, 3) uint8 colours via ``lut`` (K, 3)."""
-    index = np.rint(np.clip(heatmap, 0.0, 1.0) * (len(lut) - 1)).astype(np.intp)
-    return lut[index]
+    """Map values in [0, 1] of shape (H, W) to (H, W, 3) uint8 colours via ``lut`` (K, 3);
+    NaN (never seen by the model) becomes mid gray."""
+    unseen = np.isnan(heatmap)
+    index = np.rint(np.clip(np.nan_to_num(heatmap), 0.0, 1.0) * (len(lut) - 1)).astype(np.intp)
+    colour = lut[index]
+    colour[unseen] = UNSEEN_GRAY
+    return colour
 
 
-def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float, lut: np.ndarray) -> np.ndarray:
+def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float, lut: np.ndarray, view: View | None = None) -> np.ndarray:
     """Blend a coloured heatmap over an image at the image's own size.
 
     Args:
@@ -89,33 +111,41 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float, lut: np.ndarra
         heatmap: (h, w) float in [0, 1], any size; upsampled to (H, W).
         alpha: weight of the heatmap colour, in [0, 1]; 0 shows only the image.
         lut: (K, 3) uint8 colormap.
+        view: how the model input was cut from the image; None = stretched.
 
     Returns:
-        (H, W, 3) uint8 RGB: ``(1 - alpha) * image + alpha * colour``, rounded.
+        (H, W, 3) uint8 RGB: ``(1 - alpha) * image + alpha * colour``, rounded; the image
+        unchanged where the model never saw it.
     """
-    colour = colorize(upsample(heatmap, image.shape[:2]), lut).astype(np.float32)
+    values = upsample(heatmap, image.shape[:2], view)
+    colour = colorize(values, lut).astype(np.float32)
     blended = (1.0 - alpha) * image.astype(np.float32) + alpha * colour
+    unseen = np.isnan(values)
+    blended[unseen] = image[unseen]
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
 
 
-def heatmap_image(heatmap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """The map upsampled to ``size`` (height, width) as (H, W) uint8 grayscale, 0..255."""
-    return np.rint(upsample(heatmap, size) * 255.0).astype(np.uint8)
+def heatmap_image(heatmap: np.ndarray, size: tuple[int, int], view: View | None = None) -> np.ndarray:
+    """The map put back onto an image of ``size`` (height, width) as (H, W) uint8 grayscale,
+    0..255; 0 where the model never saw the image."""
+    return np.rint(np.nan_to_num(upsample(heatmap, size, view)) * 255.0).astype(np.uint8)
 
 
-def panel(image: np.ndarray, heatmap: np.ndarray, alpha: float, lut: np.ndarray, caption: str) -> np.ndarray:
+def panel(image: np.ndarray, heatmap: np.ndarray, alpha: float, lut: np.ndarray, caption: str,
+          view: View | None = None) -> np.ndarray:
     """Original | coloured heatmap | overlay, side by side at the image's size, over a caption bar.
+    Parts of the image the model never saw are mid gray in the heatmap pane.
 
     Returns:
         (H + bar, 3 W, 3) uint8, where bar = max(16, H // 10) rows of white with ``caption`` in black.
     """
     height, width = image.shape[:2]
-    colour = colorize(upsample(heatmap, (height, width)), lut)
+    colour = colorize(upsample(heatmap, (height, width), view), lut)
     bar = max(16, height // 10)
     canvas = np.full((height + bar, 3 * width, 3), 255, np.uint8)
     canvas[:height, :width] = image
     canvas[:height, width:2 * width] = colour
-    canvas[:height, 2 * width:] = overlay(image, heatmap, alpha, lut)
+    canvas[:height, 2 * width:] = overlay(image, heatmap, alpha, lut, view)
     picture = Image.fromarray(canvas)
     ImageDraw.Draw(picture).text((4, height + (bar - 11) // 2), caption, fill=(0, 0, 0), font=ImageFont.load_default())
     return np.asarray(picture)

@@ -19,7 +19,12 @@ from ..errors import LayerError
 from ..models import ModelInfo, class_scores
 from ..render import normalize_maps
 
-TOP_CLASS = -1  # requested class meaning "the top-scoring class of this image"
+def rank_request(rank: int) -> int:
+    """The requested-class value meaning "this image's ``rank``-th best class" (1 = top)."""
+    return -rank
+
+
+TOP_CLASS = rank_request(1)  # requested class meaning "the top-scoring class of this image"
 
 
 @dataclass(frozen=True)
@@ -121,8 +126,7 @@ class Explainer:
         with tf.GradientTape() as tape:
             outputs = self._probe(images, training=False)
             scores, probabilities = class_scores(tf.cast(outputs["logits"], tf.float32), self._info)
-            top = tf.argmax(scores, axis=-1, output_type=tf.int32)
-            classes = tf.where(requested == TOP_CLASS, top, requested)
+            classes = _chosen_classes(scores, requested)
             explained = tf.gather(scores, classes, batch_dims=1)
         activations = self._on_grid(outputs["activations"]) if "activations" in outputs else None
         maps = {}
@@ -173,7 +177,7 @@ class Explainer:
 
         Args:
             images: (n, H, W, C) float32 preprocessed model inputs, 1 <= n <= batch_size.
-            requested: (n,) int class per image, or ``TOP_CLASS``.
+            requested: (n,) int class per image, ``TOP_CLASS``, or ``rank_request(r)``.
         """
         count = len(images)
         batch = _padded(images.astype(np.float32), self.batch_size, 0.0)
@@ -211,6 +215,14 @@ class Explainer:
 
     def _gradient_at(self, classes: tf.Tensor) -> Callable[[np.ndarray], np.ndarray]:
         return lambda inputs: self._input_gradient(tf.constant(inputs, tf.float32), classes).numpy()
+
+
+def _chosen_classes(scores: tf.Tensor, requested: tf.Tensor) -> tf.Tensor:
+    """(B,) int32 class per image: ``requested`` where it is an index, the image's r-th best
+    class where it is ``rank_request(r)``. Ties rank the lower index first, as argmax does."""
+    order = tf.argsort(scores, axis=-1, direction="DESCENDING", stable=True)
+    rank = tf.clip_by_value(-requested - 1, 0, tf.shape(scores)[-1] - 1)
+    return tf.where(requested < 0, tf.gather(order, rank, batch_dims=1), requested)
 
 
 def _padded(rows: np.ndarray, size: int, fill: float) -> np.ndarray:
