@@ -1,5 +1,7 @@
 """Attention rollout on Vision Transformers, and Grad-CAM on their token layers."""
 
+import csv
+
 import numpy as np
 import pytest
 
@@ -138,6 +140,7 @@ def test_vit_run_writes_rows_for_attention_and_token_cams(tmp_path, image_folder
     result = CliRunner().invoke(main, ["run", str(tmp_path / "vit.keras"), str(image_folder / "a.png"), "-o", str(out),
                                        "--method", "attention,gradcam", "-q"])
     assert result.exit_code == 0, result.output
-    lines = (out / "predictions.csv").read_text().splitlines()[1:]
-    assert [(l.split(",")[10], l.split(",")[11]) for l in lines] == [("attention", "mha_0..mha_1"), ("gradcam", "final_norm")]
+    with open(out / "predictions.csv", newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    assert [(r["method"], r["layer"]) for r in rows] == [("attention", "mha_0..mha_1"), ("gradcam", "final_norm")]
     assert (out / "a.png.attention.png").exists()

@@ -14,7 +14,7 @@ from PIL import Image
 from xaicli.cli import main
 from xaicli.outputs import COLUMNS
 
-EXPECTED_COLUMNS = ["input", "status", "error", "pred_index", "pred_label", "pred_prob", "class_index",
+EXPECTED_COLUMNS = ["input", "status", "error", "note", "pred_index", "pred_label", "pred_prob", "class_index",
                     "class_label", "class_prob", "class_score", "method", "layer", "output"]
 
 
@@ -231,7 +231,7 @@ def test_run_manifest_records_versions_model_hash_choices_options_and_counts(tin
         "target_class": None}
     assert manifest["options"]["batch_size"] == 3 and manifest["options"]["methods"] == ["gradcam", "saliency"]
     assert manifest["options"]["out_dir"] == str(out) and manifest["options"]["inputs"] == [str(image_folder)]
-    assert manifest["counts"] == {"images": 4, "explained": 3, "failed": 1, "skipped": 0}
+    assert manifest["counts"] == {"images": 4, "explained": 3, "failed": 1, "skipped": 0, "resumed": 0}
     text = (out / "run.json").read_text()
     assert text == json.dumps(json.loads(text), indent=2, sort_keys=True) + "\n"  # stable formatting
 
@@ -309,7 +309,7 @@ def test_existing_outputs_are_refused_replaced_or_kept(tiny_model, image_folder,
     assert overlay.read_bytes() == b"marker" and (out / "sub" / "b.JPG.gradcam.png").exists()
     statuses = {Path(r["input"]).name: (r["status"], r["output"]) for r in _rows(out)}
     assert statuses["a.png"] == ("skipped", str(overlay)) and statuses["b.JPG"][0] == "ok"
-    assert json.loads((out / "run.json").read_text())["counts"] == {"images": 3, "explained": 1, "failed": 0, "skipped": 2}
+    assert json.loads((out / "run.json").read_text())["counts"] == {"images": 3, "explained": 1, "failed": 0, "skipped": 2, "resumed": 0}
 
     replaced = _xai("run", tiny_model, image_folder, "-o", out, "--overwrite", "-q")
     assert replaced.exit_code == 0 and overlay.read_bytes().startswith(b"\x89PNG")

@@ -1,9 +1,13 @@
 """images.py: discovery, decoding and preprocessing, without TensorFlow."""
 
+import io
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 from PIL import Image
 
 from xaicli.errors import ImageError, UsageError
@@ -45,7 +49,7 @@ def test_discover_skips_the_output_folder_inside_the_inputs(tmp_path):
 
 def test_discover_single_file_keeps_its_name(tmp_path):
     path = _save(tmp_path / "pics" / "cat.jpg", np.zeros((2, 2, 3), np.uint8))
-    assert discover([path])[0].relative == PurePosixPath("cat.jpg")
+    assert next(discover([path])).relative == PurePosixPath("cat.jpg")
 
 
 def test_discover_missing_input_is_a_usage_error(tmp_path):
@@ -201,3 +205,40 @@ def test_a_map_drawn_back_with_its_view_peaks_where_the_object_is(resize, shape)
     back = upsample(detector, shape, fit_view(shape, (24, 24), resize))
     peak = np.unravel_index(np.nanargmax(back), shape)
     assert abs(peak[0] - row) <= 3 and abs(peak[1] - column) <= 3
+
+
+def _encoded(array: np.ndarray, mode: str, image_format: str) -> bytes | None:
+    buffer = io.BytesIO()
+    try:
+        Image.fromarray(array).convert(mode).save(buffer, image_format)
+    except (OSError, ValueError, KeyError):
+        return None  # a mode the format cannot store
+    return buffer.getvalue()
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow warns about the corrupt EXIF it skips
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    data=st.one_of(
+        st.binary(max_size=2048),
+        st.builds(
+            _encoded,
+            hnp.arrays(np.uint8, st.tuples(st.integers(1, 12), st.integers(1, 12), st.just(3))),
+            st.sampled_from(["RGB", "L", "RGBA", "LA", "P", "1", "CMYK", "I", "F", "I;16"]),
+            st.sampled_from(["PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP"]),
+        ),
+    ),
+    cut=st.one_of(st.none(), st.integers(0, 400)),
+)
+def test_loader_returns_an_rgb_image_or_its_own_error_for_any_bytes(tmp_path, data, cut):
+    """Random bytes, and real small images of every mode and format, whole or cut short."""
+    if data is None:
+        return
+    path = tmp_path / "input.img"
+    path.write_bytes(data if cut is None else data[:cut])
+    try:
+        image = load_image(path, max_pixels=100_000)
+    except ImageError as exc:
+        assert str(exc) and "\n" not in str(exc)
+        return
+    assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3 and min(image.shape[:2]) >= 1

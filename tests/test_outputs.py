@@ -31,10 +31,11 @@ def _matches_golden(name: str, text: str) -> None:
 
 def _hand_rows() -> list[Row]:
     top = (Ranked(2, "lesion, malignant", 0.8765435), Ranked(0, "naevus", 0.1234565))
-    ok = Row(input="scans/ü 1.png", status="ok", error="", pred_index=2, pred_label="lesion, malignant",
+    ok = Row(input="scans/ü 1.png", status="ok", error="", note="animated image: explained its first frame of 3",
+             pred_index=2, pred_label="lesion, malignant",
              pred_prob=0.8765435, class_index=0, class_label="naevus", class_prob=0.1234565, class_score=-1.5,
              method="gradcam", layer="base/conv5", output="out/scans/ü 1.png.gradcam.png", top=top)
-    error = Row(input='odd "name".jpg', status="error", error="cannot decode image: broken data stream",
+    error = Row(input='odd "name".jpg', status="error", error="cannot decode image: broken data stream", note="",
                 pred_index=None, pred_label="", pred_prob=None, class_index=None, class_label="", class_prob=None,
                 class_score=None, method="gradcam", layer="base/conv5", output="")
     return [ok, error]
@@ -108,6 +109,7 @@ def test_run_outputs_match_golden(colour_model, tmp_path, monkeypatch, table_for
     assert manifest.pop("seconds") >= 0
     manifest.update(tensorflow="<version>", keras="<version>", tool={**manifest["tool"], "version": "<version>"})
     manifest["model"]["sha256"] = "<sha256>"
+    assert manifest["status"] == "complete"
     _matches_golden(f"run.{table_format}.manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 

@@ -7,9 +7,11 @@ TensorFlow is imported only inside the commands that need a model, so ``xai --he
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
+import signal
 import sys
 import time
 import traceback
@@ -21,7 +23,7 @@ import click
 
 from . import __version__
 from .config import AUTO, HEAD_FUSIONS, IG_BASELINES, TARGETS, RunConfig, default_workers, parse_names, parse_numbers, parse_size, read_config_file
-from .errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, XaiError
+from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, XaiError
 from .explainers import REGISTRY
 from .images import DEFAULT_MAX_PIXELS, PRESET_HELP, RESIZE_MODES, discover, expand_stdin
 from .outputs import TABLE_FORMATS
@@ -93,6 +95,10 @@ def _layer_regex_option(func: Callable) -> Callable:
 @click.option("--overwrite", is_flag=True, help="Replace outputs of an earlier run in OUT.")
 @click.option("--skip-existing", is_flag=True,
               help="Keep outputs of an earlier run in OUT; explain only images missing any of them.")
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted run in OUT with the same options: images it finished keep "
+                   "their rows and files; the table ends as an uninterrupted run's would.")
+@click.option("--fail-fast", is_flag=True, help="Stop after the batch of the first image that fails (exit 1).")
 @click.option("--format", "table_format", type=click.Choice(TABLE_FORMATS), default="csv", show_default=True,
               help="Predictions table format.")
 @click.option("--predictions", metavar="PATH|-",
@@ -171,32 +177,98 @@ def run(model: Path, inputs: tuple[Path, ...], config_file: Path | None, quiet: 
         if options["out_dir"] is None:
             raise XaiError("no output folder: give -o/--out, or out = \"...\" in the --config file")
         inputs = tuple(expand_stdin(inputs, sys.stdin if Path("-") in inputs else ()))
-        overwrite, skip = options.pop("overwrite"), options.pop("skip_existing")
-        if overwrite and skip:
-            raise XaiError("--overwrite and --skip-existing contradict each other; give one")
-        config = RunConfig(model=model, inputs=inputs, existing="overwrite" if overwrite else "skip" if skip else "refuse",
+        config = RunConfig(model=model, inputs=inputs, existing=_existing_mode(options),
                            **{**options, "methods": parse_names(str(options["methods"])),
                               "save": parse_names(str(options["save"]))})
-        items = discover(config.inputs, exclude=[config.out_dir])
-        if not items:
+        images = lambda: discover(config.inputs, exclude=[config.out_dir])  # noqa: E731  (streamed, so walked anew)
+        total = sum(1 for _ in images())
+        if not total:
             raise XaiError(f"no images found in {', '.join(map(str, inputs))} "
                            "(looked for .jpg .jpeg .png .bmp .gif .tif .tiff .webp)")
         pipeline = _engine(debug).pipeline
-        pipeline.check_existing(config, items)
+        pipeline.check_existing(config, images())
         prepared = pipeline.prepare(config)
         say = (lambda _m: None) if quiet else (lambda m: click.echo(f"xai: {m}", err=True))
         layer = prepared.layer
         target = (f"layer {layer.path} ({layer.type_name}, {'auto' if config.layer == AUTO else 'chosen'})"
                   if layer else "input gradients")
-        say(f"{len(items)} images; {target}; preprocess {prepared.preprocess} ({prepared.preprocess_reason})")
+        say(f"{total} images; {target}; preprocess {prepared.preprocess} ({prepared.preprocess_reason})")
+        _pillow_pixel_limit(config.max_pixels)
+        if config.predictions == "-":
+            _escape_undecodable(sys.stdout)
         started = time.monotonic()
-        failed, skipped = _explain_with_progress(pipeline.run(prepared, items), len(items), quiet)
+        with _StopSignals(say) as stop:
+            progress = _explain_with_progress(pipeline.run(prepared, images(), stop), total, quiet)
         elapsed = time.monotonic() - started
-        kept = f", {skipped} skipped (outputs already there)" if skipped else ""
-        say(f"{len(items) - failed - skipped} of {len(items)} images explained{kept}, {failed} failed, in "
-            f"{elapsed:.1f} s ({len(items) / max(elapsed, 1e-9):.1f} img/s); outputs in {config.out_dir}"
-            + (f" (see status=error rows in {config.predictions_path or 'the table on stdout'})" if failed else ""))
-    sys.exit(EXIT_SOME_FAILED if failed else EXIT_OK)
+        say(_summary(progress, total, elapsed, config))
+    if stop.reason:
+        say(f"stopped by {stop.reason} after {progress.done} of {total} images; run again with --resume to finish")
+        sys.exit(128 + signal.Signals[stop.reason].value)
+    if config.fail_fast and progress.first_failure and progress.done < total:
+        say(f"stopped at the first failure (--fail-fast): {progress.first_failure}")
+    sys.exit(EXIT_SOME_FAILED if progress.counts["failed"] else EXIT_OK)
+
+
+def _existing_mode(options: dict[str, object]) -> str:
+    """What to do with outputs already in OUT, from the one flag given (popped from ``options``)."""
+    flags = {"overwrite": options.pop("overwrite"), "skip": options.pop("skip_existing"), "resume": options.pop("resume")}
+    chosen = [mode for mode, given in flags.items() if given]
+    if len(chosen) > 1:
+        raise XaiError("--overwrite, --skip-existing and --resume contradict each other; give one")
+    return chosen[0] if chosen else "refuse"
+
+
+def _summary(progress: _Progress, total: int, elapsed: float, config: RunConfig) -> str:
+    counts = progress.counts
+    explained = counts["explained"] + counts["resumed"]
+    resumed = f" ({counts['resumed']} by the earlier run)" if counts["resumed"] else ""
+    kept = f", {counts['skipped']} skipped (outputs already there)" if counts["skipped"] else ""
+    where = f" (see status=error rows in {config.predictions_path or 'the table on stdout'})" if counts["failed"] else ""
+    return (f"{explained} of {total} images explained{resumed}{kept}, {counts['failed']} failed, in {elapsed:.1f} s "
+            f"({progress.done / max(elapsed, 1e-9):.1f} img/s); outputs in {config.out_dir}{where}")
+
+
+def _pillow_pixel_limit(max_pixels: int) -> None:
+    """Pillow refuses images over twice its own limit before ours is checked; --max-pixels is
+    the user's decision, so Pillow's guard follows it."""
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = max_pixels
+
+
+def _escape_undecodable(stream: object) -> None:
+    """File names that are not valid UTF-8 are written to the table as backslash escapes, as
+    in a table file, rather than ending the run."""
+    reconfigure = getattr(stream, "reconfigure", None)
+    if reconfigure is not None:
+        reconfigure(errors="backslashreplace")
+
+
+class _StopSignals:
+    """While active, SIGINT (Ctrl-C) and SIGTERM ask the run to stop after the batches under
+    way; a second signal stops at once. Calling the object gives the signal's name, or None."""
+
+    def __init__(self, say: Callable[[str], None]) -> None:
+        self.reason: str | None = None
+        self._say = say
+        self._previous: dict[int, object] = {}
+
+    def __call__(self) -> str | None:
+        return self.reason
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        if self.reason:
+            raise KeyboardInterrupt
+        self.reason = signal.Signals(signum).name
+        self._say(f"{self.reason} received: finishing the batches under way (send it again to stop at once)")
+
+    def __enter__(self) -> "_StopSignals":
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def _with_config_file(ctx: click.Context, options: dict[str, object], path: Path) -> dict[str, object]:
@@ -224,17 +296,30 @@ def _with_config_file(ctx: click.Context, options: dict[str, object], path: Path
     return merged
 
 
-def _explain_with_progress(results: Iterator, total: int, quiet: bool) -> tuple[int, int]:
-    """Drive the run under a progress bar; returns (failed, skipped) image counts."""
+@dataclasses.dataclass
+class _Progress:
+    """What the run has done so far, as the command reports it."""
+
+    counts: dict[str, int]
+    done: int = 0
+    first_failure: str = ""
+
+
+def _explain_with_progress(results: Iterator, total: int, quiet: bool) -> _Progress:
+    """Drive the run under a progress bar, counting each image's outcome."""
     from tqdm import tqdm
 
-    failed = skipped = 0
+    from .pipeline import OUTCOMES
+
+    progress = _Progress(dict.fromkeys(OUTCOMES, 0))
     with tqdm(total=total, unit="img", file=sys.stderr, disable=quiet, dynamic_ncols=True) as bar:
         for result in results:
-            failed += not result.ok
-            skipped += result.skipped
+            progress.counts[result.outcome] += 1
+            progress.done += 1
+            if result.outcome == "failed" and not progress.first_failure:
+                progress.first_failure = f"{result.item.path}: {next(r.error for r in result.rows if r.error)}"
             bar.update(1)
-    return failed, skipped
+    return progress
 
 
 def _model_command(func: Callable) -> Callable:
@@ -317,6 +402,10 @@ def _errors_reported(debug: bool) -> Iterator[None]:
             traceback.print_exc()
         click.echo(f"xai: error: {exc}", err=True)
         sys.exit(EXIT_USAGE)
+    except KeyboardInterrupt:
+        click.echo("xai: stopped at once; images of the batches under way have no rows (--resume redoes them)",
+                   err=True)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 class _Engine:

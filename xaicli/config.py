@@ -24,6 +24,7 @@ IG_BASELINES = {
     "gray": "a mid-gray image (pixels 127.5), preprocessed like the inputs",
     "zeros": "model input 0 everywhere, whatever the preprocessing",
 }
+EXISTING = ("refuse", "overwrite", "skip", "resume")
 TARGETS = {
     "predicted": "each image's top class, or the --class given",
     "topk": "each of the image's --top-k classes, one output per rank (name.<method>.top1.png, ...)",
@@ -70,7 +71,8 @@ class RunConfig:
     head_fusion: str = "mean"
     discard_ratio: float = 0.0
     save: tuple[str, ...] = ("overlay",)  # which files to write per image and method
-    existing: str = "refuse"  # outputs already there: refuse the run, overwrite them, or skip those images
+    existing: str = "refuse"  # outputs already there: refuse, overwrite, skip those images, or resume the run
+    fail_fast: bool = False  # stop after the batch of the first image that fails
     table_format: str = "csv"  # predictions table: csv or jsonl
     predictions: str | None = None  # where the table goes: a path, '-' for stdout, None for OUT
 
@@ -109,7 +111,7 @@ class RunConfig:
         unknown_kinds = [kind for kind in self.save if kind not in SAVE_KINDS]
         if unknown_kinds or not self.save:
             raise UsageError(f"--save {','.join(self.save) or '(empty)'}: choose from {', '.join(SAVE_KINDS)}")
-        if self.existing not in ("refuse", "overwrite", "skip"):
+        if self.existing not in EXISTING:
             raise UsageError(f"unknown handling of existing outputs {self.existing!r}")
         if self.table_format not in TABLE_FORMATS:
             raise UsageError(f"unknown --format {self.table_format!r}; choose from {', '.join(TABLE_FORMATS)}")
@@ -121,6 +123,9 @@ class RunConfig:
             raise UsageError(f"unknown --resize {self.resize!r}; choose from {', '.join(RESIZE_MODES)}")
         if self.top_k < 0:
             raise UsageError(f"--top-k must be 0 or more, got {self.top_k}")
+        if self.existing == "resume" and self.predictions == "-":
+            raise UsageError("--resume reads the earlier run's table back: it cannot go to standard output "
+                             "(--predictions -)")
         if self.target not in TARGETS:
             raise UsageError(f"unknown --target {self.target!r}; choose from {', '.join(TARGETS)}")
         if self.target == "topk" and (self.top_k < 1 or self.target_class is not None):

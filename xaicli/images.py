@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import heapq
 import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -38,29 +39,38 @@ def expand_stdin(inputs: Sequence[Path], lines: Iterable[str]) -> list[Path]:
     return [path for entry in inputs for path in (listed if entry == Path("-") else [entry])]
 
 
-def discover(inputs: Sequence[Path], exclude: Iterable[Path] = ()) -> list[InputImage]:
-    """List the images named by ``inputs``: files as given, folders searched recursively.
+def discover(inputs: Sequence[Path], exclude: Iterable[Path] = ()) -> Iterator[InputImage]:
+    """Stream the images named by ``inputs``: files as given, folders searched recursively.
 
     Relative paths are taken from the deepest folder that holds every input, so a single
     folder mirrors its own tree and several inputs never collide. Folders in ``exclude``
     (e.g. the output folder inside the input tree) are not entered. Symlinked folders are not
-    followed, so link loops cannot trap the walk.
+    followed, so link loops cannot trap the walk. Only one folder's listing is held at a time,
+    so memory does not grow with the number of images.
 
     Returns:
-        Images sorted by relative path, each once.
+        An iterator of images in sorted order of their relative paths' components (a folder's
+        files and subfolders by name), each once. Missing inputs raise at once.
     """
-    missing = [str(p) for p in inputs if not p.exists()]
+    missing = [str(p) for p in inputs if not os.path.lexists(p)]
     if missing:
         raise UsageError(f"input not found: {missing[0]} (give image files or folders)")
     base = Path(os.path.commonpath([_absolute(p) if p.is_dir() else _absolute(p).parent for p in inputs]))
     excluded = {p.resolve() for p in exclude}
-    found: dict[PurePosixPath, Path] = {}
-    for root in inputs:
-        files = _walk_images(root, excluded) if root.is_dir() else [root]
-        for path in files:
-            relative = PurePosixPath(_absolute(path).relative_to(base).as_posix())
-            found.setdefault(relative, path)
-    return [InputImage(found[rel], rel) for rel in sorted(found, key=str)]
+    def located(path: Path) -> InputImage:
+        return InputImage(path, PurePosixPath(_absolute(path).relative_to(base).as_posix()))
+
+    streams = [map(located, _walk_sorted(root, excluded) if root.is_dir() else [root]) for root in inputs]
+    return _unique(heapq.merge(*streams, key=lambda item: item.relative.parts))
+
+
+def _unique(items: Iterable[InputImage]) -> Iterator[InputImage]:
+    """Drop repeats of a relative path; ``items`` are sorted, so repeats are neighbours."""
+    previous = None
+    for item in items:
+        if item.relative != previous:
+            yield item
+        previous = item.relative
 
 
 def _absolute(path: Path) -> Path:
@@ -68,17 +78,32 @@ def _absolute(path: Path) -> Path:
     return Path(os.path.abspath(path))
 
 
-def _walk_images(folder: Path, excluded: set[Path]) -> Iterable[Path]:
-    for directory, subdirs, names in os.walk(folder):
-        subdirs[:] = [d for d in subdirs if Path(directory, d).resolve() not in excluded]
-        yield from (Path(directory, n) for n in names if is_image_name(n))
+def _walk_sorted(folder: Path, excluded: set[Path]) -> Iterator[Path]:
+    """Image files under ``folder``, depth first, each folder's entries in name order."""
+    try:
+        with os.scandir(folder) as listing:
+            entries = sorted(listing, key=lambda entry: entry.name)
+    except OSError:
+        return  # an unreadable folder holds nothing we can explain
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            if Path(entry.path).resolve() not in excluded:
+                yield from _walk_sorted(Path(entry.path), excluded)
+        elif is_image_name(entry.name):
+            yield Path(entry.path)
 
 
 def load_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """``read_image`` without its note: (H, W, 3) uint8."""
+    return read_image(path, max_pixels)[0]
+
+
+def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, str]:
     """Decode the first frame of an image file, upright (EXIF orientation applied), as RGB.
 
     Returns:
-        (H, W, 3) uint8.
+        (H, W, 3) uint8, and a note for the user ('' when there is nothing to say; for an
+        animation, that only its first frame was used).
 
     Raises:
         ImageError: with a one-line reason when the file cannot be used.
@@ -86,10 +111,13 @@ def load_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     try:
         with Image.open(path) as img:  # reads the header only; the size check comes before decoding
             if img.width * img.height > max_pixels:
-                raise ImageError(f"image is {img.width}x{img.height} pixels, over the limit of {max_pixels}")
+                raise ImageError(f"image is {img.width}x{img.height} pixels, over the limit of {max_pixels} "
+                                 "(--max-pixels raises it)")
+            frames = getattr(img, "n_frames", 1)
             img.seek(0)
             img.load()
-            return _to_rgb(ImageOps.exif_transpose(img))
+            note = f"animated image: explained its first frame of {frames}" if frames > 1 else ""
+            return _to_rgb(ImageOps.exif_transpose(img)), note
     except ImageError:
         raise
     except FileNotFoundError:
@@ -99,9 +127,12 @@ def load_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     except UnidentifiedImageError:
         raise ImageError("not a readable image: the file is empty or not an image format") from None
     except Image.DecompressionBombError:
-        raise ImageError(f"image is over the pixel limit of {max_pixels}") from None
+        raise ImageError(f"image is over the pixel limit of {max_pixels} (--max-pixels raises it)") from None
     except Exception as exc:  # decoders raise many types on malformed bytes; one bad file must not end the run
-        raise ImageError(f"cannot decode image: {first_line(exc)}") from None
+        reason = first_line(exc)
+        if "truncated" in reason.lower():
+            reason = "the file is cut short (truncated)"
+        raise ImageError(f"cannot decode image: {reason}") from None
 
 
 def _to_rgb(img: Image.Image) -> np.ndarray:

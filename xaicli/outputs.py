@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -23,13 +24,15 @@ class Row:
     """One line of the predictions table: one image explained by one method.
 
     ``status`` is ``ok``, ``error``, or ``skipped`` (``--skip-existing`` found every output);
-    on ``error`` and ``skipped`` the prediction fields are ``None``.
+    on ``error`` and ``skipped`` the prediction fields are ``None``. ``note`` says what the user
+    should know of an image that was explained (e.g. only an animation's first frame).
     Probabilities are in [0, 1]; ``class_score`` is the explained pre-activation score (logit).
     """
 
     input: str
     status: str
     error: str
+    note: str
     pred_index: int | None
     pred_label: str
     pred_prob: float | None
@@ -92,10 +95,20 @@ class PredictionsWriter:
         self._stream = stream
         self._format = table_format
         self._top_k = top_k
+        self.columns = COLUMNS + top_columns(top_k)
         self._csv = csv.writer(stream, lineterminator="\n")
         if table_format == "csv":
-            self._csv.writerow(COLUMNS + top_columns(top_k))
+            self._csv.writerow(self.columns)
         stream.flush()
+
+    def write_records(self, records: Iterable[dict[str, object]]) -> None:
+        """Write rows read back by ``read_table`` from a table with the same columns, unchanged."""
+        for record in records:
+            if self._format == "csv":
+                self._csv.writerow([record[c] for c in self.columns])
+            else:
+                self._stream.write(json.dumps(record) + "\n")
+        self._stream.flush()
 
     def write(self, rows: Iterable[Row]) -> None:
         for row in rows:
@@ -105,6 +118,33 @@ class PredictionsWriter:
             else:
                 self._stream.write(json.dumps({c: _json_value(v) for c, v in cells.items()}) + "\n")
         self._stream.flush()
+
+
+def open_table(path: Path) -> IO[str]:
+    """Open a predictions table for writing. A file name that is not valid UTF-8 is written
+    with \\xNN-style escapes (``table_text``), so the table itself stays valid UTF-8."""
+    return open(path, "w", newline="", encoding="utf-8", errors="backslashreplace")
+
+
+def table_text(text: str) -> str:
+    """``text`` as it reads back from a table: undecodable bytes of a file name become their
+    backslash escape, so rows can be matched with the paths found on disk."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def read_table(path: Path, table_format: str) -> tuple[tuple[str, ...], list[dict[str, object]]]:
+    """The columns and rows of a table this tool wrote; CSV cells as text, JSONL values as JSON.
+    A last line cut short (a run killed mid-write) is dropped."""
+    with open(path, newline="", encoding="utf-8") as stream:
+        if table_format == "csv":
+            reader = csv.reader(stream)
+            columns = tuple(next(reader, ()))
+            return columns, [dict(zip(columns, cells)) for cells in reader if len(cells) == len(columns)]
+        records = []
+        for line in stream:
+            with contextlib.suppress(json.JSONDecodeError):
+                records.append(json.loads(line))
+        return (tuple(records[0]) if records else ()), records
 
 
 def _json_value(value: object) -> object:

@@ -4,6 +4,7 @@ batch computes, append the predictions table. Yields one result per image; never
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 import time
 from collections import deque
@@ -21,10 +22,10 @@ from .config import AUTO, CUSTOM, RunConfig, check_preset_channels, load_labels,
 from .errors import ImageError, UsageError, first_line
 from .explainers import REGISTRY
 from .explainers.engine import TOP_CLASS, BatchExplanation, Explainer, MethodOptions, rank_request
-from .images import PRESETS, InputImage, Scaling, View, custom_scaling, fit_view, load_image, to_model_input
+from .images import PRESETS, InputImage, Scaling, View, custom_scaling, fit_view, read_image, to_model_input
 from .models import LayerInfo, ModelInfo, build_probe, candidate_layers, model_format, open_model, resolve_layer
-from .outputs import (MANIFEST_NAME, PredictionsWriter, Ranked, Row, file_digest, output_path, write_gray_png,
-                      write_json, write_npy, write_png)
+from .outputs import (COLUMNS, MANIFEST_NAME, PredictionsWriter, Ranked, Row, file_digest, open_table, output_path,
+                      read_table, table_text, top_columns, write_gray_png, write_json, write_npy, write_png)
 from .render import COLORMAPS, heatmap_image, overlay, panel
 
 
@@ -46,19 +47,31 @@ class Prepared:
 
 @dataclass(frozen=True)
 class ImageResult:
-    """The rows one image produced (one per method)."""
+    """The rows one image produced (one per method and target), or the rows an interrupted
+    run had recorded for it (``--resume``)."""
 
     item: InputImage
     rows: tuple[Row, ...]
+    carried: tuple[dict[str, object], ...] = ()
 
     @property
     def ok(self) -> bool:
-        """Explained now, or skipped because its outputs were already there."""
+        """Explained now or by the resumed run, or skipped because its outputs were already there."""
         return all(row.status in ("ok", "skipped") for row in self.rows)
 
     @property
     def skipped(self) -> bool:
-        return all(row.status == "skipped" for row in self.rows)
+        return bool(self.rows) and all(row.status == "skipped" for row in self.rows)
+
+    @property
+    def outcome(self) -> str:
+        """What happened to the image: explained, failed, skipped or resumed."""
+        return "resumed" if self.carried else "skipped" if self.skipped else "explained" if self.ok else "failed"
+
+
+OUTCOMES = ("explained", "failed", "skipped", "resumed")
+# Options that may differ between an interrupted run and its --resume without changing any row.
+RESUME_NEUTRAL = frozenset({"existing", "fail_fast", "workers", "batch_size", "inputs", "model"})
 
 
 def planned_outputs(config: RunConfig, item: InputImage) -> list[Path]:
@@ -67,8 +80,11 @@ def planned_outputs(config: RunConfig, item: InputImage) -> list[Path]:
             for method in config.methods for tag in config.target_tags for kind in config.save]
 
 
-def check_existing(config: RunConfig, items: Sequence[InputImage]) -> None:
-    """Refuse to replace earlier outputs unless asked to (``--overwrite`` / ``--skip-existing``)."""
+def check_existing(config: RunConfig, items: Iterable[InputImage]) -> None:
+    """Refuse to replace earlier outputs unless asked to (``--overwrite``, ``--skip-existing``,
+    ``--resume``); a resumed run must use the options the earlier one used."""
+    if config.existing == "resume":
+        _check_resumable(config)
     if config.existing != "refuse":
         return
     run_files = [p for p in (config.predictions_path, config.out_dir / MANIFEST_NAME) if p is not None]
@@ -78,6 +94,44 @@ def check_existing(config: RunConfig, items: Sequence[InputImage]) -> None:
         more = f" and {len(found) - 1} more outputs" if len(found) > 1 else ""
         raise UsageError(f"{found[0]} exists{more}; pass --overwrite to replace them or --skip-existing "
                          "to keep them and explain only the images without outputs")
+
+
+def _check_resumable(config: RunConfig) -> None:
+    """The earlier run in OUT must have used the same model file and result-changing options."""
+    path = config.out_dir / MANIFEST_NAME
+    try:
+        earlier = json.loads(path.read_text(encoding="utf-8"))
+        earlier_options, earlier_model = earlier["options"], earlier["model"]["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no readable manifest: the table's own columns are checked when it is read
+    current = {field.name: _plain(getattr(config, field.name)) for field in fields(config)}
+    changed = sorted(key for key in current.keys() | earlier_options.keys()
+                     if key not in RESUME_NEUTRAL and current.get(key) != earlier_options.get(key))
+    if earlier_model != file_digest(config.model):
+        changed.insert(0, "the model file")
+    if changed:
+        raise UsageError(f"--resume: the run in {config.out_dir} used other settings ({', '.join(changed)}); "
+                         "resume with the same options, or start again with --overwrite")
+
+
+def _previous_rows(config: RunConfig) -> dict[str, list[dict[str, object]]]:
+    """``--resume``: the earlier table's rows of each image it finished (every row ok or
+    skipped), keyed by input as the table writes it, in table order."""
+    path = config.predictions_path
+    if config.existing != "resume" or path is None or not path.exists():
+        return {}
+    try:
+        columns, records = read_table(path, config.table_format)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--resume: cannot read the earlier table {path}: {exc}") from None
+    expected = COLUMNS + top_columns(config.top_k)
+    if records and columns != expected:
+        raise UsageError(f"--resume: {path} has other columns than this run writes; resume with the same "
+                         "options, or start again with --overwrite")
+    by_input: dict[str, list[dict[str, object]]] = {}
+    for record in records:
+        by_input.setdefault(str(record["input"]), []).append(record)
+    return {key: rows for key, rows in by_input.items() if all(r["status"] in ("ok", "skipped") for r in rows)}
 
 
 def prepare(config: RunConfig) -> Prepared:
@@ -193,44 +247,57 @@ def layer_label(prepared: Prepared, method: str) -> str:
     return prepared.layer.path if REGISTRY[method].needs_layer else "input"
 
 
-def run(prepared: Prepared, items: Sequence[InputImage]) -> Iterator[ImageResult]:
-    """Explain ``items`` in order, writing overlays under the output folder, the predictions
-    table (to its file or standard output) and, at the end, ``run.json``."""
+def run(prepared: Prepared, items: Iterable[InputImage],
+        stop: Callable[[], str | None] = lambda: None) -> Iterator[ImageResult]:
+    """Explain ``items`` in order, writing the files under the output folder, the predictions
+    table (to its file or standard output) and ``run.json`` (at the start, then at the end).
+
+    ``stop`` is asked before each batch; when it returns a reason (e.g. 'SIGINT') the run
+    finishes the batches under way, keeps the rows of a resumed run it did not reach, records
+    the reason in ``run.json`` and ends. ``--fail-fast`` ends it the same way after a failure.
+    """
     config = prepared.config
+    started = time.monotonic()
+    counts = dict.fromkeys(OUTCOMES, 0)
+    carried = _previous_rows(config)
     try:
         config.out_dir.mkdir(parents=True, exist_ok=True)
+        write_json(config.out_dir / MANIFEST_NAME, manifest(prepared, counts, "running", 0.0))
         table = config.predictions_path
-        stream = (contextlib.nullcontext(sys.stdout) if table is None
-                  else open(table, "w", newline="", encoding="utf-8"))
+        stream = contextlib.nullcontext(sys.stdout) if table is None else open_table(table)
     except OSError as exc:
         raise UsageError(f"cannot write to output folder {config.out_dir}: {exc.strerror or exc}") from None
-    started, failed, skipped = time.monotonic(), 0, 0
+    status = "complete"
     with stream as table_stream, ThreadPoolExecutor(config.workers, thread_name_prefix="xai-io") as pool:
         writer = PredictionsWriter(table_stream, config.table_format, config.top_k)
-        decoded = _read_ahead(pool, lambda item: _decode(prepared, item), items, 2 * config.batch_size)
+        decoded = _read_ahead(pool, lambda item: _decode(prepared, item, carried), items, 2 * config.batch_size)
         pending: deque[list[_Pending]] = deque()
 
         def finish_oldest() -> Iterator[ImageResult]:
-            nonlocal failed, skipped
             for result in _finish(prepared, pending.popleft(), writer):
-                failed += not result.ok
-                skipped += result.skipped
+                carried.pop(table_text(str(result.item.path)), None)
+                counts[result.outcome] += 1
                 yield result
 
         for batch in _batches(decoded, config.batch_size):
+            reason = stop() or ("the first failure (--fail-fast)" if config.fail_fast and counts["failed"] else None)
+            if reason:
+                status = f"stopped by {reason}"
+                break
             pending.append(_explain_batch(prepared, batch, pool))
             # The previous batch's PNGs were encoding while this batch computed.
             if len(pending) > 1:
                 yield from finish_oldest()
         while pending:
             yield from finish_oldest()
-    write_json(config.out_dir / MANIFEST_NAME,
-               manifest(prepared, len(items), failed, skipped, time.monotonic() - started))
+        # Rows the resumed run had for images this one did not reach stay in the table.
+        writer.write_records(record for rows in carried.values() for record in rows)
+    write_json(config.out_dir / MANIFEST_NAME, manifest(prepared, counts, status, time.monotonic() - started))
 
 
-def manifest(prepared: Prepared, images: int, failed: int, skipped: int, seconds: float) -> dict:
+def manifest(prepared: Prepared, counts: dict[str, int], status: str, seconds: float) -> dict:
     """What ``OUT/run.json`` records: versions, the model's SHA-256, what was resolved, every
-    option's value, counts and timing."""
+    option's value, how the run ended, counts per outcome and timing."""
     config = prepared.config
     return {
         "tool": {"name": "xaicli", "version": __version__},
@@ -248,7 +315,8 @@ def manifest(prepared: Prepared, images: int, failed: int, skipped: int, seconds
             "target_class": prepared.target_class,
         },
         "options": {field.name: _plain(getattr(config, field.name)) for field in fields(config)},
-        "counts": {"images": images, "explained": images - failed - skipped, "failed": failed, "skipped": skipped},
+        "status": status,
+        "counts": {"images": sum(counts.values()), **counts},
         "seconds": round(seconds, 3),
     }
 
@@ -270,6 +338,8 @@ class _Decoded:
     view: View | None = None  # how model_input was cut from image
     error: str = ""
     skipped: bool = False  # --skip-existing and every output is already there
+    carried: tuple[dict[str, object], ...] = ()  # --resume: the earlier run's rows, outputs all there
+    note: str = ""  # what the user should know about how the image was read
 
 
 @dataclass(frozen=True)
@@ -287,23 +357,27 @@ class _Write:
 class _Pending:
     item: InputImage
     error: str
+    note: str = ""
     skipped: bool = False
+    carried: tuple[dict[str, object], ...] = ()
     explanations: tuple[BatchExplanation, ...] = ()  # one per target tag
     index: int = -1
     writes: tuple[_Write, ...] = ()
 
 
-def _decode(prepared: Prepared, item: InputImage) -> _Decoded:
+def _decode(prepared: Prepared, item: InputImage, carried: dict[str, list[dict[str, object]]]) -> _Decoded:
     info = prepared.info
-    if prepared.config.existing == "skip" and all(p.exists() for p in planned_outputs(prepared.config, item)):
-        return _Decoded(item, None, None, skipped=True)
+    earlier = carried.get(table_text(str(item.path)), ())
+    if earlier or prepared.config.existing == "skip":
+        if all(p.exists() for p in planned_outputs(prepared.config, item)):
+            return _Decoded(item, None, None, skipped=not earlier, carried=tuple(earlier))
     try:
-        image = load_image(item.path, prepared.config.max_pixels)
+        image, note = read_image(item.path, prepared.config.max_pixels)
         resize = prepared.config.resize
         model_input = to_model_input(image, info.input_size, info.channels, prepared.scaling, resize)
     except ImageError as exc:
         return _Decoded(item, None, None, error=str(exc))
-    return _Decoded(item, image, model_input, fit_view(image.shape[:2], info.input_size, resize))
+    return _Decoded(item, image, model_input, fit_view(image.shape[:2], info.input_size, resize), note=note)
 
 
 def _read_ahead(pool: ThreadPoolExecutor, work: Callable, items: Iterable, ahead: int) -> Iterator:
@@ -329,7 +403,7 @@ def _batches(decoded: Iterator[_Decoded], size: int) -> Iterator[list[_Decoded]]
 
 
 def _explain_batch(prepared: Prepared, batch: list[_Decoded], pool: ThreadPoolExecutor) -> list[_Pending]:
-    good = [d for d in batch if not (d.error or d.skipped)]
+    good = [d for d in batch if not (d.error or d.skipped or d.carried)]
     explanations, failure = (), ""
     if good:
         inputs = np.stack([d.model_input for d in good])
@@ -341,6 +415,7 @@ def _explain_batch(prepared: Prepared, batch: list[_Decoded], pool: ThreadPoolEx
     position = {id(d): i for i, d in enumerate(good)}
     return [
         _Pending(d.item, "", skipped=True) if d.skipped
+        else _Pending(d.item, "", carried=d.carried) if d.carried
         else _Pending(d.item, d.error or failure) if d.error or failure
         else _schedule(prepared, d, explanations, position[id(d)], pool)
         for d in batch
@@ -367,7 +442,7 @@ def _schedule(prepared: Prepared, decoded: _Decoded, explanations: tuple[BatchEx
             future = pool.submit(_render, decoded.image, decoded.view, explanation.maps[method][index], prepared,
                                  paths, caption)
             writes.append(_Write(method, tag, explanation, paths[config.save[0]], future))
-    return _Pending(decoded.item, "", explanations=explanations, index=index, writes=tuple(writes))
+    return _Pending(decoded.item, "", decoded.note, explanations=explanations, index=index, writes=tuple(writes))
 
 
 def _caption(prepared: Prepared, explanation: BatchExplanation, index: int) -> str:
@@ -393,9 +468,14 @@ def _render(image: np.ndarray, view: View, heatmap: np.ndarray, prepared: Prepar
 
 
 def _finish(prepared: Prepared, pending: list[_Pending], writer: PredictionsWriter) -> Iterator[ImageResult]:
-    results = [ImageResult(p.item, tuple(_rows(prepared, p))) for p in pending]
-    writer.write(row for result in results for row in result.rows)
-    yield from results
+    for entry in pending:
+        if entry.carried:
+            writer.write_records(entry.carried)
+            yield ImageResult(entry.item, (), entry.carried)
+        else:
+            result = ImageResult(entry.item, tuple(_rows(prepared, entry)))
+            writer.write(result.rows)
+            yield result
 
 
 def _rows(prepared: Prepared, pending: _Pending) -> Iterator[Row]:
@@ -427,6 +507,7 @@ def _ok_row(prepared: Prepared, pending: _Pending, write: _Write) -> Row:
         input=str(pending.item.path),
         status="ok",
         error="",
+        note=pending.note,
         pred_index=predicted,
         pred_label=_label(prepared, predicted),
         pred_prob=float(probabilities[predicted]),
@@ -450,7 +531,7 @@ def _top_classes(prepared: Prepared, explanation: BatchExplanation, index: int) 
 
 def _error_row(prepared: Prepared, item: InputImage, method: str, error: str) -> Row:
     return Row(
-        input=str(item.path), status="error", error=error,
+        input=str(item.path), status="error", error=error, note="",
         pred_index=None, pred_label="", pred_prob=None,
         class_index=None, class_label="", class_prob=None, class_score=None,
         method=method, layer=layer_label(prepared, method), output="",
