@@ -129,3 +129,16 @@ def test_golden_run_numbers_follow_by_hand_from_the_colours():
         second = int(np.argsort(-logits)[1])
         assert (row["top2_index"], row["top2_prob"]) == (str(second), f"{probabilities[second]:.6f}")
 
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 3), (7, 5, 3), (40, 33, 3), (1, 9), (12, 4)])
+def test_png_encoder_round_trips_through_pillow(shape, tmp_path):
+    from xaicli.outputs import encode_png, write_png
+
+    pixels = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
+    decoded = Image.open(io.BytesIO(encode_png(pixels)))
+    assert decoded.mode == ("RGB" if len(shape) == 3 else "L")
+    np.testing.assert_array_equal(np.asarray(decoded), pixels)
+    if len(shape) == 3:
+        write_png(tmp_path / "x.png", pixels)
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "x.png")), pixels)

@@ -47,8 +47,9 @@ def test_overlay_blends_at_the_original_size():
     lut = jet_lut()
     out = overlay(image, heat, alpha=0.25, lut=lut)
     assert out.shape == (7, 9, 3) and out.dtype == np.uint8
-    expected = np.rint(0.75 * 200 + 0.25 * lut[255].astype(float))
+    expected = np.floor(0.75 * 200 + 0.25 * lut[255].astype(float) + 0.5)  # rounded half up
     np.testing.assert_array_equal(out[3, 4], expected)
+    np.testing.assert_array_equal(overlay(image, heat, alpha=1.0, lut=lut)[0, 0], lut[255])
     np.testing.assert_array_equal(overlay(image, heat, alpha=0.0, lut=lut), image)
 
 

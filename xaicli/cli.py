@@ -169,7 +169,8 @@ def run(model: Path, inputs: tuple[Path, ...], config_file: Path | None, quiet: 
     Writes OUT/<relative path>.<method>.png per image and method, OUT/predictions.csv (or
     .jsonl) and OUT/run.json.
     Exit status: 0 all images explained, 1 some images failed (see the status column),
-    2 bad usage or a model that cannot be used.
+    2 bad usage or a model that cannot be used, 130/143 stopped by SIGINT/SIGTERM (after
+    finishing the batches under way; continue with --resume).
     """
     with _errors_reported(debug):
         if config_file is not None:

@@ -51,6 +51,7 @@ class GradientContext:
     classes: np.ndarray  # (B,) int32
     options: MethodOptions
     gradient: Callable[[np.ndarray], np.ndarray]  # (B, H, W, C) -> (B, H, W, C)
+    at_images: np.ndarray  # gradient(images), (B, H, W, C), taken in the prediction pass
 
 
 @dataclass(frozen=True)
@@ -124,26 +125,34 @@ class Explainer:
 
     def _predict_and_cams(self, images: tf.Tensor, requested: tf.Tensor):
         with tf.GradientTape() as tape:
+            if self._gradient_methods:
+                tape.watch(images)
             outputs = self._probe(images, training=False)
             scores, probabilities = class_scores(tf.cast(outputs["logits"], tf.float32), self._info)
             classes = _chosen_classes(scores, requested)
             explained = tf.gather(scores, classes, batch_dims=1)
         activations = self._on_grid(outputs["activations"]) if "activations" in outputs else None
         maps = {}
+        # Images in a batch are independent at inference, so the gradient of the summed scores
+        # is each image's own gradient. One backward pass serves the CAM methods (through the
+        # layer's own tensor: cast or reshaped first, it would be a side branch with no
+        # gradient) and the gradient methods (through the input).
+        sources = {"layer": outputs["activations"]} if self._cam_methods else {}
+        if self._gradient_methods:
+            sources["input"] = images
+        gradients = tape.gradient(explained, sources) if sources else {}
         if self._cam_methods:
-            # Images in a batch are independent at inference, so the gradient of the summed
-            # scores is each image's own gradient. Differentiate the layer's own tensor, then
-            # cast and reshape: either done first would be a side branch with no gradient.
-            gradients = tape.gradient(explained, outputs["activations"])
-            if gradients is None:
+            if gradients["layer"] is None:
                 raise LayerError(f"layer {self._layer_path!r} does not feed the model's output; "
                                  "pick another with --layer")
-            gradients = self._on_grid(gradients)
-            maps = {name: tf.nn.relu(combine(activations, gradients)) for name, combine in self._cam_methods.items()}
+            layer_gradients = self._on_grid(gradients["layer"])
+            maps = {name: tf.nn.relu(combine(activations, layer_gradients))
+                    for name, combine in self._cam_methods.items()}
+        at_images = gradients.get("input", tf.zeros((0,)))
         # Only Score-CAM reads the activations on the host; other runs leave them on the device.
         kept = activations if self._score_methods else tf.zeros((0,))
         attention = [tf.cast(a, tf.float32) for a in outputs.get("attention", [])]
-        return probabilities, scores, classes, maps, kept, attention
+        return probabilities, scores, classes, maps, kept, attention, at_images
 
     def _on_grid(self, tensor: tf.Tensor) -> tf.Tensor:
         """float32 (N, h, w, k); a transformer's tokens (N, T, D) lose their extra (class)
@@ -182,11 +191,12 @@ class Explainer:
         count = len(images)
         batch = _padded(images.astype(np.float32), self.batch_size, 0.0)
         wanted = _padded(np.asarray(requested, np.int32), self.batch_size, TOP_CLASS)
-        probabilities, scores, classes, cam_maps, activations, attention = self._step(
+        probabilities, scores, classes, cam_maps, activations, attention, at_images = self._step(
             tf.constant(batch), tf.constant(wanted))
         raw = {name: m.numpy() for name, m in cam_maps.items()}
         if self._gradient_methods:
-            context = GradientContext(batch, classes.numpy(), self._options, self._gradient_at(classes))
+            context = GradientContext(batch, classes.numpy(), self._options, self._gradient_at(classes),
+                                      at_images.numpy())
             raw.update({name: method(context) for name, method in self._gradient_methods.items()})
         if self._score_methods:
             context = ScoreContext(batch[:count], classes.numpy()[:count], activations.numpy()[:count],

@@ -12,7 +12,7 @@ from .engine import GradientContext, image_seed
 
 def saliency(context: GradientContext) -> np.ndarray:
     """Saliency (Simonyan et al. 2013): ``max_c |d y / d x_c|`` per pixel."""
-    return np.abs(context.gradient(context.images)).max(axis=-1)
+    return np.abs(context.at_images).max(axis=-1)
 
 
 def smoothgrad_noise(image: np.ndarray, samples: int, noise: float, seed: int) -> np.ndarray:
