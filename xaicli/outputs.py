@@ -15,8 +15,9 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Callable, Iterable
 
 import numpy as np
+from isal import isal_zlib
 
-PNG_COMPRESS_LEVEL = 1  # fastest zlib level that still compresses; level 0 would store raw (2.3x larger)
+PNG_COMPRESS_LEVEL = 1  # ISA-L levels are 0..3; 1 is as fast as 0 and 14% smaller on photos
 MANIFEST_NAME = "run.json"
 
 
@@ -207,11 +208,10 @@ def write_png(path: Path, rgb: np.ndarray) -> None:
 def encode_png(pixels: np.ndarray) -> bytes:
     """A PNG file of (H, W) grayscale or (H, W, 3) RGB uint8 pixels.
 
-    Every row uses the PNG "Up" filter (the difference to the row above), then zlib at
-    ``PNG_COMPRESS_LEVEL`` with run-length matching only. On 500x400 photo overlays that takes
-    5 ms, where Pillow takes 14 ms (it tries all five filters on every row, then full LZ77
-    matching), and the files come out about 9% smaller; encoding is the largest cost of a run after
-    the model.
+    Every row uses the PNG "Up" filter (the difference to the row above), then deflate by
+    Intel ISA-L at ``PNG_COMPRESS_LEVEL``. On a 500x400 photo overlay that takes 2 ms where
+    Pillow takes 14 ms (it tries all five filters on every row, then zlib), for a file of the
+    same size; encoding is the largest cost of a run after the model.
     """
     height, width = pixels.shape[:2]
     rows = np.ascontiguousarray(pixels, dtype=np.uint8).reshape(height, -1)
@@ -221,13 +221,8 @@ def encode_png(pixels: np.ndarray) -> bytes:
     np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])  # uint8 arithmetic wraps modulo 256, as PNG wants
     colour_type = 2 if pixels.ndim == 3 else 0
     header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
-    return b"".join([b"\x89PNG\r\n\x1a\n", _chunk(b"IHDR", header),
-                     _chunk(b"IDAT", _deflate(filtered.tobytes())), _chunk(b"IEND", b"")])
-
-
-def _deflate(data: bytes) -> bytes:
-    compressor = zlib.compressobj(PNG_COMPRESS_LEVEL, zlib.DEFLATED, 15, 8, zlib.Z_RLE)
-    return compressor.compress(data) + compressor.flush()
+    image_data = isal_zlib.compress(filtered.tobytes(), PNG_COMPRESS_LEVEL)
+    return b"".join([b"\x89PNG\r\n\x1a\n", _chunk(b"IHDR", header), _chunk(b"IDAT", image_data), _chunk(b"IEND", b"")])
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
