@@ -289,3 +289,21 @@ def test_resume_refuses_other_options(tiny_model, image_folder, tmp_path):
     assert _xai("run", tiny_model, image_folder, "-o", out, "--resume", "-b", 3, "-q").exit_code == 1
     both = _xai("run", tiny_model, image_folder, "-o", out, "--resume", "--overwrite")
     assert both.exit_code == 2 and "contradict" in both.stderr
+
+
+def test_resume_redoes_images_whose_files_are_missing_and_drops_images_no_longer_given(tiny_model, image_folder,
+                                                                                      tmp_path):
+    (image_folder / "broken.jpg").unlink()
+    out = tmp_path / "out"
+    assert _xai("run", tiny_model, image_folder, "-o", out, "-q").exit_code == 0
+    before = (out / "predictions.csv").read_text()
+    (out / "a.png.gradcam.png").unlink()
+    (image_folder / "c.webp").unlink()
+    result = _xai("run", tiny_model, image_folder, "-o", out, "--resume")
+    assert result.exit_code == 0, result.output
+    assert "2 of 2 images explained (1 by the earlier run)" in result.stderr
+    assert (out / "a.png.gradcam.png").exists()
+    kept = [line for line in before.splitlines() if "c.webp" not in line]
+    assert (out / "predictions.csv").read_text().splitlines() == kept
+    assert json.loads((out / "run.json").read_text())["counts"] == {
+        "images": 2, "explained": 1, "failed": 0, "skipped": 0, "resumed": 1}

@@ -181,7 +181,10 @@ def run(model: Path, inputs: tuple[Path, ...], config_file: Path | None, quiet: 
         config = RunConfig(model=model, inputs=inputs, existing=_existing_mode(options),
                            **{**options, "methods": parse_names(str(options["methods"])),
                               "save": parse_names(str(options["save"]))})
-        images = lambda: discover(config.inputs, exclude=[config.out_dir])  # noqa: E731  (streamed, so walked anew)
+        def images() -> Iterator:
+            """The inputs' images, streamed: each call walks the folders anew."""
+            return discover(config.inputs, exclude=[config.out_dir])
+
         total = sum(1 for _ in images())
         if not total:
             raise XaiError(f"no images found in {', '.join(map(str, inputs))} "

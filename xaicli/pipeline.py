@@ -290,8 +290,8 @@ def run(prepared: Prepared, items: Iterable[InputImage],
                 yield from finish_oldest()
         while pending:
             yield from finish_oldest()
-        # Rows the resumed run had for images this one did not reach stay in the table.
-        writer.write_records(record for rows in carried.values() for record in rows)
+        if status != "complete":  # rows the resumed run had for images this one did not reach stay
+            writer.write_records(record for rows in carried.values() for record in rows)
     write_json(config.out_dir / MANIFEST_NAME, manifest(prepared, counts, status, time.monotonic() - started))
 
 
