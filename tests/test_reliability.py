@@ -307,3 +307,14 @@ def test_resume_redoes_images_whose_files_are_missing_and_drops_images_no_longer
     assert (out / "predictions.csv").read_text().splitlines() == kept
     assert json.loads((out / "run.json").read_text())["counts"] == {
         "images": 2, "explained": 1, "failed": 0, "skipped": 0, "resumed": 1}
+
+
+def test_debug_shows_the_traceback_behind_a_one_line_error(tmp_path):
+    model = tmp_path / "model.keras"
+    model.write_text("not a model")
+    (tmp_path / "a.png").write_bytes(b"")
+    plain = _xai("run", model, tmp_path / "a.png", "-o", tmp_path / "out")
+    debug = _xai("run", model, tmp_path / "a.png", "-o", tmp_path / "out", "--debug")
+    assert plain.exit_code == debug.exit_code == 2
+    assert "Traceback" not in plain.stderr and "Traceback (most recent call last)" in debug.stderr
+    assert plain.stderr.strip().splitlines()[-1] == debug.stderr.strip().splitlines()[-1]
