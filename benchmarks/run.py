@@ -119,14 +119,20 @@ def _child(args: argparse.Namespace, name: str, model: Path, images: Path) -> di
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     output = process.stdout.read()
-    _, status, usage = os.wait4(process.pid, 0)
+    status, peak_rss_mb = _wait_with_peak_rss(process)
     if status != 0:
         print(f"  {name}: failed (exit {os.waitstatus_to_exitcode(status)}); skipped", flush=True)
         return {}
     result = json.loads(output.strip().splitlines()[-1])
-    result["peak_rss_mb"] = usage.ru_maxrss / 1024  # Linux reports kilobytes
+    result["peak_rss_mb"] = peak_rss_mb
     print(f"  {name}: {result['images'] / result['seconds']:.1f} images/s", flush=True)
     return result
+
+
+def _wait_with_peak_rss(process: subprocess.Popen) -> tuple[int, float]:
+    """Wait for ``process``; its wait status and its own peak RSS in MB (not its siblings')."""
+    _, status, usage = os.wait4(process.pid, 0)
+    return status, usage.ru_maxrss / 1024  # Linux reports kilobytes
 
 
 def _measure(args: argparse.Namespace) -> dict:
@@ -296,8 +302,7 @@ def _print_scale(args: argparse.Namespace, counts: list[int]) -> None:
         command = [sys.executable, "-m", "xaicli", "run", str(model), str(folder), "-o", str(args.workdir / "out-scale"),
                    "-b", "32", "--overwrite", "-q"]
         process = subprocess.Popen(command)
-        _, _, usage = os.wait4(process.pid, 0)
-        peaks[count] = usage.ru_maxrss / 1024
+        _, peaks[count] = _wait_with_peak_rss(process)
         print(f"scale: {count} images, peak RSS {peaks[count]:.0f} MB", flush=True)
     low, high = min(peaks.values()), max(peaks.values())
     print(f"peak RSS spread across {', '.join(map(str, counts))} images: {100 * (high - low) / low:.1f}%")

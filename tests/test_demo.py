@@ -8,7 +8,7 @@ import pytest
 from xaicli.config import RunConfig
 from xaicli.explainers import REGISTRY
 from xaicli.explainers.engine import TOP_CLASS
-from xaicli.images import load_image, to_model_input
+from xaicli.images import read_image, to_model_input
 from xaicli.pipeline import prepare
 from xaicli.render import upsample
 
@@ -24,7 +24,7 @@ CNN_METHODS = sorted(name for name, spec in REGISTRY.items() if spec.family != "
 def demo_result():
     run = prepare(RunConfig(model=SAMPLES / "demo_model.keras", inputs=(SAMPLES,), out_dir=SAMPLES / "unused",
                             labels=SAMPLES / "labels.txt", methods=tuple(CNN_METHODS)))
-    images = [load_image(SAMPLES / "shapes" / name) for name in NAMES]
+    images = [read_image(SAMPLES / "shapes" / name)[0] for name in NAMES]
     batch = np.stack([to_model_input(i, run.info.input_size, 3, run.scaling) for i in images])
     return images, run.explainer.explain(batch, np.full(len(NAMES), TOP_CLASS))
 

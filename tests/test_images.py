@@ -11,7 +11,7 @@ from hypothesis.extra import numpy as hnp
 from PIL import Image
 
 from xaicli.errors import ImageError, UsageError
-from xaicli.images import PRESETS, View, discover, fit_view, load_image, to_model_input
+from xaicli.images import PRESETS, View, discover, fit_view, read_image, to_model_input
 
 
 def _save(path: Path, array: np.ndarray, **kwargs) -> Path:
@@ -62,52 +62,52 @@ def test_discover_missing_input_is_a_usage_error(tmp_path):
     ("RGBA", np.full((3, 4, 4), 77, np.uint8)),
     ("LA", np.full((3, 4, 2), 77, np.uint8)),
 ])
-def test_load_image_converts_modes_to_rgb(tmp_path, mode, array):
+def test_read_image_converts_modes_to_rgb(tmp_path, mode, array):
     path = _save(tmp_path / f"x_{mode}.png", array)
-    image = load_image(path)
+    image = read_image(path)[0]
     assert image.shape == (3, 4, 3) and image.dtype == np.uint8
     assert np.all(image == 77)
 
 
-def test_load_image_scales_16_bit_grayscale(tmp_path):
+def test_read_image_scales_16_bit_grayscale(tmp_path):
     path = tmp_path / "deep.png"
     Image.fromarray(np.full((2, 3), 65535, np.uint16)).save(path)
-    assert np.all(load_image(path) == 255)
+    assert np.all(read_image(path)[0] == 255)
 
 
-def test_load_image_applies_exif_orientation(tmp_path):
+def test_read_image_applies_exif_orientation(tmp_path):
     array = np.zeros((2, 4, 3), np.uint8)  # 4 wide, 2 high
     image = Image.fromarray(array)
     exif = image.getexif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise when displayed
     path = tmp_path / "rotated.jpg"
     image.save(path, exif=exif)
-    assert load_image(path).shape == (4, 2, 3)
+    assert read_image(path)[0].shape == (4, 2, 3)
 
 
 @pytest.mark.parametrize("content,reason", [
     (b"", "not a readable image"),
     (b"hello, I am text", "not a readable image"),
 ])
-def test_load_image_rejects_non_images_with_a_reason(tmp_path, content, reason):
+def test_read_image_rejects_non_images_with_a_reason(tmp_path, content, reason):
     path = tmp_path / "fake.jpg"
     path.write_bytes(content)
     with pytest.raises(ImageError, match=reason):
-        load_image(path)
+        read_image(path)
 
 
-def test_load_image_rejects_truncated_png(tmp_path):
+def test_read_image_rejects_truncated_png(tmp_path):
     path = _save(tmp_path / "full.png", np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
     cut = tmp_path / "cut.png"
     cut.write_bytes(path.read_bytes()[:400])
     with pytest.raises(ImageError, match="cannot decode"):
-        load_image(cut)
+        read_image(cut)
 
 
-def test_load_image_enforces_pixel_limit(tmp_path):
+def test_read_image_enforces_pixel_limit(tmp_path):
     path = _save(tmp_path / "big.png", np.zeros((10, 10, 3), np.uint8))
     with pytest.raises(ImageError, match="over the limit of 99"):
-        load_image(path, max_pixels=99)
+        read_image(path, max_pixels=99)
 
 
 PIXEL = np.array([[[0, 127.5, 255]]], np.float32)
@@ -134,7 +134,7 @@ def test_to_model_input_resizes_and_converts_channels():
     assert gray.shape == (8, 6, 1) and abs(gray[0, 0, 0] - 76) <= 1
 
 
-def test_load_image_turns_any_decoder_failure_into_an_image_error(tmp_path, monkeypatch):
+def test_read_image_turns_any_decoder_failure_into_an_image_error(tmp_path, monkeypatch):
     # Pillow's decoders and EXIF handling raise assorted types (ZeroDivisionError, struct.error,
     # IndexError) on malformed files; each must become a per-image error, not end the run.
     path = _save(tmp_path / "ok.png", np.zeros((2, 2, 3), np.uint8))
@@ -144,7 +144,7 @@ def test_load_image_turns_any_decoder_failure_into_an_image_error(tmp_path, monk
 
     monkeypatch.setattr("xaicli.images.ImageOps.exif_transpose", broken_exif)
     with pytest.raises(ImageError, match="cannot decode image: division by zero"):
-        load_image(path)
+        read_image(path)
 
 
 def test_relative_paths_never_climb_out_of_the_output_tree(tmp_path, monkeypatch):
@@ -237,7 +237,7 @@ def test_loader_returns_an_rgb_image_or_its_own_error_for_any_bytes(tmp_path, da
     path = tmp_path / "input.img"
     path.write_bytes(data if cut is None else data[:cut])
     try:
-        image = load_image(path, max_pixels=100_000)
+        image, _note = read_image(path, max_pixels=100_000)
     except ImageError as exc:
         assert str(exc) and "\n" not in str(exc)
         return

@@ -93,11 +93,6 @@ def _walk_sorted(folder: Path, excluded: set[Path]) -> Iterator[Path]:
             yield Path(entry.path)
 
 
-def load_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """``read_image`` without its note: (H, W, 3) uint8."""
-    return read_image(path, max_pixels)[0]
-
-
 def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, str]:
     """Decode the first frame of an image file, upright (EXIF orientation applied), as RGB.
 
@@ -220,8 +215,7 @@ def fit_view(image_size: tuple[int, int], size: tuple[int, int], resize: str = "
     if resize == "stretch":
         return View.whole(height, width)
     if resize == "letterbox":
-        inner_width, inner_height = _letterboxed_size(image_size, size)
-        left, top = (target_width - inner_width) // 2, (target_height - inner_height) // 2
+        left, top, inner_width, inner_height = _letterbox_box(image_size, size)
         return View((0.0, 0.0, float(width), float(height)),
                     (left / target_width, top / target_height,
                      (left + inner_width) / target_width, (top + inner_height) / target_height))
@@ -233,10 +227,12 @@ def fit_view(image_size: tuple[int, int], size: tuple[int, int], resize: str = "
     raise ValueError(f"unknown resize mode {resize!r}")
 
 
-def _letterboxed_size(image_size: tuple[int, int], size: tuple[int, int]) -> tuple[int, int]:
-    """(width, height) of the image scaled to fit inside ``size`` with its aspect ratio kept."""
+def _letterbox_box(image_size: tuple[int, int], size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(left, top, width, height) in model-input pixels of the image scaled to fit inside
+    ``size`` with its aspect ratio kept, centred."""
     scale = min(size[0] / image_size[0], size[1] / image_size[1])
-    return max(1, round(image_size[1] * scale)), max(1, round(image_size[0] * scale))
+    width, height = max(1, round(image_size[1] * scale)), max(1, round(image_size[0] * scale))
+    return (size[1] - width) // 2, (size[0] - height) // 2, width, height
 
 
 def to_model_input(
@@ -260,10 +256,9 @@ def to_model_input(
     if channels == 1:
         pil = pil.convert("L")
     if resize == "letterbox":
-        inner = pil.resize(_letterboxed_size(image.shape[:2], size), Image.Resampling.BILINEAR)
-        view = fit_view(image.shape[:2], size, resize)
+        left, top, inner_width, inner_height = _letterbox_box(image.shape[:2], size)
         resized = Image.new(pil.mode, (width, height), 0)
-        resized.paste(inner, (round(view.placed[0] * width), round(view.placed[1] * height)))
+        resized.paste(pil.resize((inner_width, inner_height), Image.Resampling.BILINEAR), (left, top))
     else:
         box = fit_view(image.shape[:2], size, resize).seen
         resized = pil.resize((width, height), Image.Resampling.BILINEAR, box=box)

@@ -60,6 +60,11 @@ class Ranked:
 COLUMNS = tuple(f.name for f in fields(Row) if f.name != "top")
 
 
+def table_columns(top_k: int) -> tuple[str, ...]:
+    """Every column of a table with ``top_k`` ranked classes, in order."""
+    return COLUMNS + top_columns(top_k)
+
+
 def top_columns(top_k: int) -> tuple[str, ...]:
     """The extra columns of ``--top-k K``: top1_index, top1_label, top1_prob, top2_index, ..."""
     return tuple(f"top{rank}_{part}" for rank in range(1, top_k + 1) for part in ("index", "label", "prob"))
@@ -97,7 +102,7 @@ class PredictionsWriter:
         self._stream = stream
         self._format = table_format
         self._top_k = top_k
-        self.columns = COLUMNS + top_columns(top_k)
+        self.columns = table_columns(top_k)
         self._csv = csv.writer(stream, lineterminator="\n")
         if table_format == "csv":
             self._csv.writerow(self.columns)

@@ -11,7 +11,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator
 
 import keras
 import numpy as np
@@ -24,8 +24,8 @@ from .explainers import REGISTRY
 from .explainers.engine import TOP_CLASS, BatchExplanation, Explainer, MethodOptions, rank_request
 from .images import PRESETS, InputImage, Scaling, View, custom_scaling, fit_view, read_image, to_model_input
 from .models import LayerInfo, ModelInfo, build_probe, candidate_layers, model_format, open_model, resolve_layer
-from .outputs import (COLUMNS, MANIFEST_NAME, PredictionsWriter, Ranked, Row, file_digest, open_table, output_path,
-                      read_table, table_text, top_columns, write_gray_png, write_json, write_npy, write_png)
+from .outputs import (MANIFEST_NAME, PredictionsWriter, Ranked, Row, file_digest, open_table, output_path,
+                      read_table, table_columns, table_text, write_gray_png, write_json, write_npy, write_png)
 from .render import COLORMAPS, heatmap_image, overlay, panel
 
 
@@ -43,6 +43,7 @@ class Prepared:
     target_class: int | None
     explainer: Explainer
     lut: np.ndarray
+    model_file: dict[str, str]  # path, SHA-256 and format, read once for run.json
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ def _check_resumable(config: RunConfig) -> None:
         earlier_options, earlier_model = earlier["options"], earlier["model"]["sha256"]
     except (OSError, ValueError, KeyError, TypeError):
         return  # no readable manifest: the table's own columns are checked when it is read
-    current = {field.name: _plain(getattr(config, field.name)) for field in fields(config)}
+    current = _options(config)
     changed = sorted(key for key in current.keys() | earlier_options.keys()
                      if key not in RESUME_NEUTRAL and current.get(key) != earlier_options.get(key))
     if earlier_model != file_digest(config.model):
@@ -124,8 +125,7 @@ def _previous_rows(config: RunConfig) -> dict[str, list[dict[str, object]]]:
         columns, records = read_table(path, config.table_format)
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"--resume: cannot read the earlier table {path}: {exc}") from None
-    expected = COLUMNS + top_columns(config.top_k)
-    if records and columns != expected:
+    if records and columns != table_columns(config.top_k):
         raise UsageError(f"--resume: {path} has other columns than this run writes; resume with the same "
                          "options, or start again with --overwrite")
     by_input: dict[str, list[dict[str, object]]] = {}
@@ -179,6 +179,7 @@ def prepare(config: RunConfig) -> Prepared:
         target_class=resolve_class(config.target_class, labels, info.num_classes),
         explainer=explainer,
         lut=COLORMAPS[config.colormap](),
+        model_file={"path": str(config.model), "sha256": file_digest(config.model), "format": model_format(config.model)},
     )
 
 
@@ -303,7 +304,7 @@ def manifest(prepared: Prepared, counts: dict[str, int], status: str, seconds: f
         "tool": {"name": "xaicli", "version": __version__},
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
-        "model": {"path": str(config.model), "sha256": file_digest(config.model), "format": model_format(config.model)},
+        "model": prepared.model_file,
         "resolved": {
             "layer": prepared.layer.path if prepared.layer else None,
             "attention_layers": list(prepared.info.attention_layers),
@@ -314,11 +315,16 @@ def manifest(prepared: Prepared, counts: dict[str, int], status: str, seconds: f
             "preprocess_reason": prepared.preprocess_reason,
             "target_class": prepared.target_class,
         },
-        "options": {field.name: _plain(getattr(config, field.name)) for field in fields(config)},
+        "options": _options(config),
         "status": status,
         "counts": {"images": sum(counts.values()), **counts},
         "seconds": round(seconds, 3),
     }
+
+
+def _options(config: RunConfig) -> dict[str, object]:
+    """Every option's value, JSON-ready, as run.json records it."""
+    return {field.name: _plain(getattr(config, field.name)) for field in fields(config)}
 
 
 def _plain(value: object) -> object:
@@ -347,8 +353,7 @@ class _Write:
     """The files of one image, method and explained class, being written in the pool."""
 
     method: str
-    tag: str
-    explanation: BatchExplanation  # of the batch, for this tag's classes
+    explanation: BatchExplanation  # of the batch, for this target tag's classes
     path: Path  # the first --save kind, named in the table
     done: Future[None]
 
@@ -360,7 +365,6 @@ class _Pending:
     note: str = ""
     skipped: bool = False
     carried: tuple[dict[str, object], ...] = ()
-    explanations: tuple[BatchExplanation, ...] = ()  # one per target tag
     index: int = -1
     writes: tuple[_Write, ...] = ()
 
@@ -441,8 +445,8 @@ def _schedule(prepared: Prepared, decoded: _Decoded, explanations: tuple[BatchEx
             caption = f"{_caption(prepared, explanation, index)} | {method}"
             future = pool.submit(_render, decoded.image, decoded.view, explanation.maps[method][index], prepared,
                                  paths, caption)
-            writes.append(_Write(method, tag, explanation, paths[config.save[0]], future))
-    return _Pending(decoded.item, "", decoded.note, explanations=explanations, index=index, writes=tuple(writes))
+            writes.append(_Write(method, explanation, paths[config.save[0]], future))
+    return _Pending(decoded.item, "", decoded.note, index=index, writes=tuple(writes))
 
 
 def _caption(prepared: Prepared, explanation: BatchExplanation, index: int) -> str:
