@@ -54,3 +54,29 @@ def test_resolve_class_by_index_or_name_and_range():
         resolve_class("5", labels, 2)
     with pytest.raises(UsageError, match="not a class index or a known label"):
         resolve_class("horse", labels, 2)
+
+
+@pytest.mark.parametrize("parser", ["tomllib", "tomli"])
+def test_config_files_load_under_either_toml_parser(tmp_path, monkeypatch, parser):
+    """tomllib from Python 3.11, tomli before it: the loader and its errors work with both.
+    A private copy of the module is loaded, so the one the other tests use stays as it is."""
+    import importlib.util
+    import sys
+
+    import xaicli.config
+
+    pytest.importorskip(parser)
+    if parser == "tomli":
+        monkeypatch.setitem(sys.modules, "tomllib", None)  # as on Python 3.10: the import fails
+    spec = importlib.util.spec_from_file_location("xaicli._config_under_test", xaicli.config.__file__)
+    copy = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, copy)  # dataclasses look their module up there
+    spec.loader.exec_module(copy)
+    assert copy.tomllib.__name__ == parser
+    good = tmp_path / "good.toml"
+    good.write_text('batch-size = 8\nmethod = ["gradcam", "saliency"]\n')
+    assert copy.read_config_file(good) == {"batch-size": 8, "method": ["gradcam", "saliency"]}
+    bad = tmp_path / "bad.toml"
+    bad.write_text("batch-size = = 8\n")
+    with pytest.raises(UsageError, match="bad.toml is not valid TOML"):
+        copy.read_config_file(bad)

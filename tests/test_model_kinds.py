@@ -123,7 +123,7 @@ def test_output_is_chosen_by_index_or_name(two_heads, spec, expected):
 
 
 def test_unknown_output_lists_the_outputs(two_heads):
-    with pytest.raises(UsageError, match=r"--output 'nope' does not name an output; the model has 0: kind \(3 units, softmax\), 1: tags"):
+    with pytest.raises(UsageError, match=r"--output 'nope' does not name an output; the model has 0: kind \(N, 3\), softmax; 1: tags"):
         open_model(two_heads[0], output="nope")
 
 
@@ -173,11 +173,13 @@ def test_more_than_one_input_is_refused(tmp_path):
 def test_info_text_and_json(two_heads):
     text = _xai("info", two_heads[0], "--output", "tags")
     assert text.exit_code == 0, text.output
-    assert "explained output" in text.stdout and "1: tags (4 units, sigmoid)" in text.stdout
+    assert "explained output" in text.stdout and "1: tags (N, 4), sigmoid, can be explained" in text.stdout
     data = json.loads(_xai("info", two_heads[0], "--json").stdout)
     assert data["format"].startswith("HDF5 (.h5) written by Keras 3")
     assert data["input_shape"] == [8, 8, 3] and data["classes"] == 3 and data["final_activation"] == "softmax"
-    assert data["outputs"][1] == {"index": 1, "layer": "tags", "units": 4, "activation": "sigmoid"}
+    assert data["outputs"][1] == {"index": 1, "layer": "tags", "shape": [None, 4], "activation": "sigmoid",
+                                  "explainable": True}
+    assert data["explained_output"] == "kind" and data["output_choice"] == "the first of 2 (N, classes) outputs; choose another with --output"
     assert data["auto_layer"] == "conv" and "gradcam" in data["methods"] and "saliency" in data["methods"]
 
 
@@ -237,3 +239,81 @@ def test_custom_layers_load_from_a_module_name(tmp_path, monkeypatch):
     keras.Model(inputs, layers.Dense(2)(_small_cnn(my_layers.Shift(name="shift")(inputs)))).save(path)
     _, info = open_model(path, custom_objects="my_layers")
     assert any(layer.type_name == "Shift" for layer in info.layers)
+
+
+def _recipe_models(folder):
+    """The Grad-CAM recipe's model: a nested backbone's feature map as the first output and the
+    softmax classifier as the second; and the same layers with only the classifier output."""
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(11)
+    base_in = keras.Input((12, 12, 3))
+    x = layers.Conv2D(4, 3, activation="relu", name="conv_a")(base_in)
+    backbone = keras.Model(base_in, layers.Conv2D(5, 3, activation="relu", name="conv_b")(x), name="backbone")
+    inputs = keras.Input((12, 12, 3))
+    features = backbone(inputs)
+    predictions = layers.Dense(3, activation="softmax", name="predictions")(layers.GlobalAveragePooling2D()(features))
+    paths = {"both": folder / "recipe.keras", "classifier": folder / "classifier.keras"}
+    keras.Model(inputs, [features, predictions]).save(paths["both"])
+    keras.Model(inputs, predictions).save(paths["classifier"])
+    return paths
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory):
+    return _recipe_models(tmp_path_factory.mktemp("recipe"))
+
+
+def test_feature_map_output_beside_the_classifier_is_ignored(recipe):
+    _, info = open_model(recipe["both"])
+    assert [o.explainable for o in info.outputs] == [False, True]
+    assert info.head_path == "predictions" and info.num_classes == 3
+    assert info.output_reason == "the only (N, classes) output of 2"
+    images = np.random.default_rng(12).uniform(0, 1, size=(3, 12, 12, 3)).astype(np.float32)
+    maps = {}
+    for name, path in recipe.items():
+        run = prepare(RunConfig(model=path, inputs=(path,), out_dir=path.parent / "o", preprocess="none"))
+        assert run.layer.path == "backbone/conv_b"
+        maps[name] = run.explainer.explain(images, np.full(3, TOP_CLASS))
+    np.testing.assert_allclose(maps["both"].maps["gradcam"], maps["classifier"].maps["gradcam"], atol=1e-6)
+    np.testing.assert_allclose(maps["both"].probabilities, maps["classifier"].probabilities, atol=1e-6)
+    assert maps["both"].maps["gradcam"].max() > 0
+
+
+def test_recipe_model_runs_and_says_which_output(recipe, image_folder, tmp_path):
+    result = _xai("run", recipe["both"], image_folder / "a.png", "-o", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert "output predictions (the only (N, classes) output of 2)" in result.stderr
+    manifest = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert manifest["resolved"]["explained_output"] == "predictions"
+    assert manifest["resolved"]["output_choice"] == "the only (N, classes) output of 2"
+    info = _xai("info", recipe["both"])
+    assert "0: backbone/conv_b (N, 8, 8, 5), linear, not a classifier output (N, classes)" in info.stdout
+    assert "1: predictions (N, 3), softmax, can be explained" in info.stdout
+
+
+def test_naming_the_feature_map_output_is_one_line(recipe, image_folder, tmp_path):
+    for spec in ("0", "conv_b"):
+        result = _xai("run", recipe["both"], image_folder / "a.png", "-o", tmp_path / "out", "--output", spec)
+        assert result.exit_code == 2, result.output
+        (line,) = result.stderr.strip().splitlines()
+        assert (f"--output '{spec}' is 0: backbone/conv_b (N, 8, 8, 5), linear, not a classifier output shaped "
+                "(N, classes); outputs that can be explained: 1: predictions (N, 3), softmax") in line
+    assert not (tmp_path / "out").exists()  # a run refused before it began leaves nothing behind
+
+
+def test_segmentation_model_is_one_line(image_folder, tmp_path):
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((8, 8, 3))
+    x = layers.Conv2D(4, 3, padding="same", activation="relu", name="conv")(inputs)
+    keras.Model(inputs, layers.Conv2D(2, 1, activation="softmax", name="mask")(x)).save(tmp_path / "seg.keras")
+    for command in (["run", tmp_path / "seg.keras", image_folder / "a.png", "-o", tmp_path / "out"],
+                    ["info", tmp_path / "seg.keras"], ["layers", tmp_path / "seg.keras"]):
+        result = _xai(*command)
+        assert result.exit_code == 2, result.output
+        (line,) = result.stderr.strip().splitlines()
+        assert ("the model has no classifier output shaped (N, classes) to explain; its outputs: "
+                "0: mask (N, 8, 8, 2), softmax") in line

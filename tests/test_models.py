@@ -172,3 +172,49 @@ def test_custom_mean_std_equals_the_symmetric_preset(variant_models):
 def test_custom_preprocessing_errors(variant_models, options, message):
     with pytest.raises(UsageError, match=message):
         _prepare(variant_models["functional.keras"], **options)
+
+
+def _rewritten(path, destination, edit):
+    """A copy of a .keras file whose metadata and config ``edit(metadata, config)`` changed."""
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(path) as source, zipfile.ZipFile(destination, "w") as target:
+        metadata, config = json.loads(source.read("metadata.json")), json.loads(source.read("config.json"))
+        edit(metadata, config)
+        for entry in source.infolist():
+            parts = {"metadata.json": metadata, "config.json": config}
+            target.writestr(entry, json.dumps(parts[entry.filename]) if entry.filename in parts else source.read(entry))
+    return destination
+
+
+def _conv(config):
+    return next(layer for layer in config["config"]["layers"] if layer["config"]["name"] == "conv_a")
+
+
+@pytest.mark.parametrize("option_value,loads", [(None, True), (3, False)])
+def test_a_file_from_a_newer_keras_loads_when_its_new_options_hold_their_default(variant_models, tmp_path,
+                                                                                  option_value, loads):
+    """Keras adds options over time (3.13 gave initializers input_axes=None) and older Keras, the
+    one Python 3.10 gets, refuses them. Options it does not know are dropped when they are None."""
+    def from_the_future(metadata, config):
+        metadata["keras_version"] = "99.0.0"
+        _conv(config)["config"]["kernel_initializer"]["config"]["future_axes"] = None
+        _conv(config)["config"]["future_option"] = option_value
+
+    original = variant_models["functional.keras"]
+    path = _rewritten(original, tmp_path / "future.keras", from_the_future)
+    if not loads:
+        with pytest.raises(ModelError, match=r"it was written by Keras 99\.0\.0, newer than this Keras .*upgrade Keras"):
+            load_model(path)
+        return
+    model, reference = load_model(path), load_model(original)
+    np.testing.assert_array_equal(model.predict(IMAGES, verbose=0), reference.predict(IMAGES, verbose=0))
+
+
+def test_options_of_a_file_from_this_keras_are_left_alone(variant_models, tmp_path):
+    def unknown_option(_metadata, config):
+        _conv(config)["config"]["future_option"] = None
+
+    with pytest.raises(ModelError, match="cannot load model"):
+        load_model(_rewritten(variant_models["functional.keras"], tmp_path / "odd.keras", unknown_option))

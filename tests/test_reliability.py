@@ -247,6 +247,7 @@ def test_interrupted_run_resumed_gives_the_same_table_and_files(tiny_model, tmp_
     first.send_signal(signal.SIGINT)
     _, stderr = first.communicate(timeout=120)
     assert first.returncode == 130, stderr
+    assert not (parts / ".xai.lock").exists()
     interrupted = _table(parts / "predictions.csv")
     assert 10 <= len(interrupted) < 401
     assert json.loads((parts / "run.json").read_text())["status"] == "stopped by SIGINT"
@@ -273,9 +274,13 @@ def test_sigterm_stops_after_the_batch_with_exit_143(tiny_model, tmp_path):
     out = tmp_path / "out"
     process = _start(tiny_model, images, out)
     _wait_for_rows(out / "predictions.csv", 4, process)
+    second = _xai("run", tiny_model, images, "-o", out, "--resume")  # the same OUT while the first runs
+    assert second.exit_code == 2 and len(second.stderr.strip().splitlines()) == 1
+    assert f"in use by another xai run (process {process.pid} on host" in second.stderr
     process.send_signal(signal.SIGTERM)
     process.communicate(timeout=120)
     assert process.returncode == 143
+    assert not (out / ".xai.lock").exists()
     rows = _table(out / "predictions.csv")
     assert all(Path(r["output"]).exists() for r in rows if r["status"] == "ok")
     assert not list(out.glob(".*.tmp"))  # no temporary file left behind

@@ -23,9 +23,10 @@ import click
 
 from . import __version__
 from .config import AUTO, HEAD_FUSIONS, IG_BASELINES, TARGETS, RunConfig, default_workers, parse_names, parse_numbers, parse_size, read_config_file
-from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, XaiError
+from .errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, XaiError, first_line
 from .explainers import REGISTRY
 from .images import DEFAULT_MAX_PIXELS, PRESET_HELP, RESIZE_MODES, discover, expand_stdin
+from .lock import output_lock
 from .outputs import TABLE_FORMATS
 from .render import COLORMAPS
 
@@ -66,8 +67,9 @@ def _model_options(func: Callable) -> Callable:
     options = [
         click.option("--input-size", metavar="HxW", callback=_parsed(parse_size),
                      help="Image size fed to the model (height x width); needed when the model accepts any size."),
-        click.option("--output", "output", default="0", show_default=True, metavar="INDEX|NAME",
-                     help="Which model output to explain, for models with several (see `xai info`)."),
+        click.option("--output", "output", default=AUTO, show_default=True, metavar="auto|INDEX|NAME",
+                     help="Which model output to explain: auto takes the only (or first) classifier output "
+                          "shaped (N, classes); feature-map outputs beside it are ignored (see `xai info`)."),
         click.option("--unsafe", is_flag=True,
                      help="Allow Lambda layers holding Python code; loading them can run arbitrary code, "
                           "so use only for files you trust."),
@@ -169,48 +171,64 @@ def run(model: Path, inputs: tuple[Path, ...], config_file: Path | None, quiet: 
     Writes OUT/<relative path>.<method>.png per image and method, OUT/predictions.csv (or
     .jsonl) and OUT/run.json.
     Exit status: 0 all images explained, 1 some images failed (see the status column),
-    2 bad usage or a model that cannot be used, 130/143 stopped by SIGINT/SIGTERM (after
-    finishing the batches under way; continue with --resume).
+    2 bad usage, a model that cannot be used, or OUT in use by another run, 130/143 stopped
+    by SIGINT/SIGTERM (after finishing the batches under way; continue with --resume),
+    70 an internal error (a bug: run with --debug and report it).
     """
+    say = (lambda _m: None) if quiet else (lambda m: click.echo(f"xai: {m}", err=True))
     with _errors_reported(debug):
-        if config_file is not None:
-            options = _with_config_file(click.get_current_context(), options, config_file)
-        if options["out_dir"] is None:
-            raise XaiError("no output folder: give -o/--out, or out = \"...\" in the --config file")
-        inputs = tuple(expand_stdin(inputs, sys.stdin if Path("-") in inputs else ()))
-        config = RunConfig(model=model, inputs=inputs, existing=_existing_mode(options),
-                           **{**options, "methods": parse_names(str(options["methods"])),
-                              "save": parse_names(str(options["save"]))})
-        def images() -> Iterator:
-            """The inputs' images, streamed: each call walks the folders anew."""
-            return discover(config.inputs, exclude=[config.out_dir])
-
-        total = sum(1 for _ in images())
-        if not total:
-            raise XaiError(f"no images found in {', '.join(map(str, inputs))} "
-                           "(looked for .jpg .jpeg .png .bmp .gif .tif .tiff .webp)")
-        pipeline = _engine(debug).pipeline
-        pipeline.check_existing(config, images())
-        prepared = pipeline.prepare(config)
-        say = (lambda _m: None) if quiet else (lambda m: click.echo(f"xai: {m}", err=True))
-        layer = prepared.layer
-        target = (f"layer {layer.path} ({layer.type_name}, {'auto' if config.layer == AUTO else 'chosen'})"
-                  if layer else "input gradients")
-        say(f"{total} images; {target}; preprocess {prepared.preprocess} ({prepared.preprocess_reason})")
-        _pillow_pixel_limit(config.max_pixels)
-        if config.predictions == "-":
-            _escape_undecodable(sys.stdout)
-        started = time.monotonic()
-        with _StopSignals(say) as stop:
-            progress = _explain_with_progress(pipeline.run(prepared, images(), stop), total, quiet)
-        elapsed = time.monotonic() - started
-        say(_summary(progress, total, elapsed, config))
+        config = _run_config(model, inputs, config_file, options)
+        with output_lock(config.out_dir, say), _StopSignals(say) as stop:
+            progress = _explain_all(config, stop, say, quiet, debug)
     if stop.reason:
-        say(f"stopped by {stop.reason} after {progress.done} of {total} images; run again with --resume to finish")
+        say(f"stopped by {stop.reason} after {progress.done} of {progress.total} images; "
+            "run again with --resume to finish")
         sys.exit(128 + signal.Signals[stop.reason].value)
-    if config.fail_fast and progress.first_failure and progress.done < total:
+    if config.fail_fast and progress.first_failure and progress.done < progress.total:
         say(f"stopped at the first failure (--fail-fast): {progress.first_failure}")
     sys.exit(EXIT_SOME_FAILED if progress.counts["failed"] else EXIT_OK)
+
+
+def _run_config(model: Path, inputs: tuple[Path, ...], config_file: Path | None,
+                options: dict[str, object]) -> RunConfig:
+    """The run's settings from the command line, the config file and the defaults, checked."""
+    if config_file is not None:
+        options = _with_config_file(click.get_current_context(), options, config_file)
+    if options["out_dir"] is None:
+        raise XaiError("no output folder: give -o/--out, or out = \"...\" in the --config file")
+    inputs = tuple(expand_stdin(inputs, sys.stdin if Path("-") in inputs else ()))
+    return RunConfig(model=model, inputs=inputs, existing=_existing_mode(options),
+                     **{**options, "methods": parse_names(str(options["methods"])),
+                        "save": parse_names(str(options["save"]))})
+
+
+def _explain_all(config: RunConfig, stop: _StopSignals, say: Callable[[str], None], quiet: bool,
+                 debug: bool) -> _Progress:
+    """Find the images, settle the run's choices, and explain every image under a progress bar."""
+    def images() -> Iterator:
+        """The inputs' images, streamed: each call walks the folders anew."""
+        return discover(config.inputs, exclude=[config.out_dir])
+
+    total = sum(1 for _ in images())
+    if not total:
+        raise XaiError(f"no images found in {', '.join(map(str, config.inputs))} "
+                       "(looked for .jpg .jpeg .png .bmp .gif .tif .tiff .webp)")
+    pipeline = _engine(debug).pipeline
+    pipeline.check_existing(config, images())
+    prepared = pipeline.prepare(config)
+    layer = prepared.layer
+    target = (f"layer {layer.path} ({layer.type_name}, {'auto' if config.layer == AUTO else 'chosen'})"
+              if layer else "input gradients")
+    explained = (f"; output {prepared.info.head_path} ({prepared.info.output_reason})"
+                 if len(prepared.info.outputs) > 1 else "")
+    say(f"{total} images; {target}{explained}; preprocess {prepared.preprocess} ({prepared.preprocess_reason})")
+    _pillow_pixel_limit(config.max_pixels)
+    if config.predictions == "-":
+        _escape_undecodable(sys.stdout)
+    started = time.monotonic()
+    progress = _explain_with_progress(pipeline.run(prepared, images(), stop), total, quiet)
+    say(_summary(progress, time.monotonic() - started, config))
+    return progress
 
 
 def _existing_mode(options: dict[str, object]) -> str:
@@ -222,8 +240,8 @@ def _existing_mode(options: dict[str, object]) -> str:
     return chosen[0] if chosen else "refuse"
 
 
-def _summary(progress: _Progress, total: int, elapsed: float, config: RunConfig) -> str:
-    counts = progress.counts
+def _summary(progress: _Progress, elapsed: float, config: RunConfig) -> str:
+    counts, total = progress.counts, progress.total
     explained = counts["explained"] + counts["resumed"]
     resumed = f" ({counts['resumed']} by the earlier run)" if counts["resumed"] else ""
     kept = f", {counts['skipped']} skipped (outputs already there)" if counts["skipped"] else ""
@@ -305,6 +323,7 @@ class _Progress:
     """What the run has done so far, as the command reports it."""
 
     counts: dict[str, int]
+    total: int
     done: int = 0
     first_failure: str = ""
 
@@ -315,7 +334,7 @@ def _explain_with_progress(results: Iterator, total: int, quiet: bool) -> _Progr
 
     from .pipeline import OUTCOMES
 
-    progress = _Progress(dict.fromkeys(OUTCOMES, 0))
+    progress = _Progress(dict.fromkeys(OUTCOMES, 0), total)
     with tqdm(total=total, unit="img", file=sys.stderr, disable=quiet, dynamic_ncols=True) as bar:
         for result in results:
             progress.counts[result.outcome] += 1
@@ -379,8 +398,10 @@ def info(model: Path, layer_regex: str, as_json: bool, debug: bool, **model_opti
 def _as_text(value: object) -> str:
     if isinstance(value, list):
         return "; ".join(_as_text(v) for v in value) if value and isinstance(value[0], dict) else ", ".join(map(str, value))
-    if isinstance(value, dict):
-        return f"{value['index']}: {value['layer']} ({value['units']} units, {value['activation']})"
+    if isinstance(value, dict):  # a model output
+        dims = ", ".join("N" if d is None else str(d) for d in value["shape"])
+        use = "can be explained" if value["explainable"] else "not a classifier output (N, classes)"
+        return f"{value['index']}: {value['layer']} ({dims}), {value['activation']}, {use}"
     return str(value)
 
 
@@ -395,7 +416,8 @@ def methods() -> None:
 
 @contextlib.contextmanager
 def _errors_reported(debug: bool) -> Iterator[None]:
-    """Turn a project error into one line on stderr and exit status 2."""
+    """Turn a project error into one line on stderr and exit status 2. Anything else is a bug:
+    one line too (exit 70), and the traceback only with --debug."""
     try:
         with warnings.catch_warnings():
             if not debug:
@@ -410,6 +432,14 @@ def _errors_reported(debug: bool) -> Iterator[None]:
         click.echo("xai: stopped at once; images of the batches under way have no rows (--resume redoes them)",
                    err=True)
         sys.exit(EXIT_INTERRUPTED)
+    except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+        raise
+    except Exception as exc:  # noqa: BLE001 (the last line of defence: a bug, never a traceback)
+        if debug:
+            raise
+        click.echo(f"xai: internal error: {type(exc).__name__}: {first_line(exc)} (a bug in xai, or a model it "
+                   "does not understand yet; run again with --debug for the traceback and report it)", err=True)
+        sys.exit(EXIT_INTERNAL)
 
 
 class _Engine:

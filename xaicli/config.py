@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 import os
 import re
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UsageError
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, published as tomli
+    import tomli as tomllib
 from .explainers import REGISTRY
 from .images import COLOUR_ONLY_PRESETS, DEFAULT_MAX_PIXELS, PRESETS, RESIZE_MODES
 from .outputs import SAVE_KINDS, TABLE_FORMATS
@@ -57,7 +61,7 @@ class RunConfig:
     mean: tuple[float, ...] | None = None  # --preprocess custom, on the 0..1 scale
     std: tuple[float, ...] | None = None
     input_size: tuple[int, int] | None = None
-    output: str = "0"  # index or name of the model output to explain
+    output: str = AUTO  # 'auto', or the index or name of the model output to explain
     unsafe: bool = False  # allow Lambda layers holding Python code
     custom_objects: str | None = None  # a .py file or module defining custom layers
     labels: Path | None = None

@@ -17,10 +17,12 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.util
+import inspect
 import json
 import re
 import shutil
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -43,6 +45,7 @@ CONVOLUTIONS = (
 )
 PREPROCESSING_LAYERS = (keras.layers.Rescaling, keras.layers.Normalization)
 SQUASHING = ("softmax", "sigmoid")
+AUTO_OUTPUT = "auto"  # --output auto: the only, or first, classifier output
 
 
 class _Keras2DepthwiseConv2D(keras.layers.DepthwiseConv2D):
@@ -83,12 +86,28 @@ class LayerInfo:
 
 @dataclass(frozen=True)
 class OutputInfo:
-    """One model output: the innermost layer that produces it, its width and activation."""
+    """One model output: the innermost layer that produces it, its shape and activation."""
 
     index: int
     head_path: str
-    units: int
+    shape: tuple[int | None, ...]  # batch dimension first, as Keras reports it (None)
     final_activation: str
+
+    @property
+    def explainable(self) -> bool:
+        """Only a classifier's (N, classes) output has a class score to explain; feature maps and
+        per-pixel (segmentation) outputs do not."""
+        return len(self.shape) == 2 and self.shape[1] is not None
+
+    @property
+    def units(self) -> int:
+        """Width of the output: its classes (or logits) when it is explainable."""
+        return int(self.shape[-1] or 0)
+
+    def describe(self) -> str:
+        """'1: head (N, 3), softmax' as the error messages and ``xai info`` list outputs."""
+        dims = ", ".join("N" if i == 0 else str(d) for i, d in enumerate(self.shape))
+        return f"{self.index}: {self.head_path} ({dims}), {self.final_activation}"
 
 
 @dataclass(frozen=True)
@@ -103,6 +122,7 @@ class ModelInfo:
     units: int  # width of the output (logits)
     preprocessing: tuple[str, ...]  # paths of Rescaling/Normalization layers inside
     outputs: tuple[OutputInfo, ...] = ()  # every output; head_path/units/activation are the chosen one's
+    output_reason: str = ""  # why that output is the one explained
     attention_layers: tuple[str, ...] = ()  # paths of MultiHeadAttention layers, in execution order
     token_grid: tuple[int, int] | None = None  # (rows, columns) of patch tokens, for transformers
     extra_tokens: int = 0  # tokens before the patch tokens (1 = a class token)
@@ -131,9 +151,11 @@ def load_model(path: Path, unsafe: bool = False, custom_objects: dict[str, Any] 
         return _load_savedmodel_folder(path, unsafe, custom_objects)
     if path.suffix.lower() not in MODEL_SUFFIXES:
         raise ModelError(f"{path}: unsupported model format; give a .keras or .h5 file")
+    _check_container(path)
     objects = {**KERAS2_COMPATIBLE, **(custom_objects or {})}
     try:
-        with _keras2_nodes_renumbered(path) as readable:
+        readable_copy = _newer_keras_options_dropped if path.suffix.lower() == ".keras" else _keras2_nodes_renumbered
+        with readable_copy(path) as readable:
             model = keras.models.load_model(readable, compile=False, safe_mode=not unsafe, custom_objects=objects)
     except Exception as exc:  # Keras raises many types for a bad file; all mean the same here
         raise ModelError(_load_failure(path, exc)) from exc
@@ -143,6 +165,18 @@ def load_model(path: Path, unsafe: bool = False, custom_objects: dict[str, Any] 
             "save it as a Functional or Sequential model to explain it"
         )
     return model
+
+
+def _check_container(path: Path) -> None:
+    """A .keras file is a zip archive and an .h5 file HDF5; anything else would reach the user
+    as Keras's own message, which says "File not found" for an empty .keras file."""
+    import h5py
+
+    if path.suffix.lower() == ".keras" and not zipfile.is_zipfile(path):
+        raise ModelError(f"cannot load model {path}: not a .keras file (those are zip archives); "
+                         "it is empty, truncated or of another format")
+    if path.suffix.lower() != ".keras" and not h5py.is_hdf5(path):
+        raise ModelError(f"cannot load model {path}: not an HDF5 file; it is empty, truncated or of another format")
 
 
 @contextlib.contextmanager
@@ -166,6 +200,81 @@ def _keras2_nodes_renumbered(path: Path) -> Iterator[Path]:
         with h5py.File(copy, "r+") as handle:
             handle.attrs["model_config"] = json.dumps(config)
         yield copy
+
+
+@contextlib.contextmanager
+def _newer_keras_options_dropped(path: Path) -> Iterator[Path]:
+    """The .keras file to load: ``path`` itself, or, when a newer Keras wrote it, a temporary
+    copy without the options that this Keras does not know and that hold their default (None).
+
+    Keras adds constructor options over time and writes every one into the file (Keras 3.13 gave
+    initializers ``input_axes``); the Keras that Python 3.10 gets (3.12) then refuses the whole
+    file. An option left at None asks for the old behaviour, so dropping it changes nothing.
+    """
+    config = None
+    if _written_by_newer_keras(path):
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))
+    if config is None or not _drop_unknown_none_options(config):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="xai-newer-keras-") as scratch:
+        copy = Path(scratch) / path.name
+        with zipfile.ZipFile(path) as source, zipfile.ZipFile(copy, "w") as target:
+            for entry in source.infolist():
+                data = json.dumps(config).encode() if entry.filename == "config.json" else source.read(entry)
+                target.writestr(entry, data)
+        yield copy
+
+
+def _written_by_newer_keras(path: Path) -> str | None:
+    """The version of Keras that wrote a .keras file when it is newer than this one, else None."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            written_by = str(json.loads(archive.read("metadata.json")).get("keras_version", "0"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+    return written_by if _version(written_by) > _version(keras.__version__) else None
+
+
+def _version(text: str) -> tuple[int, ...]:
+    """'3.15.1' -> (3, 15, 1); suffixes such as '.dev0' count as 0."""
+    return tuple(int(part) if part.isdigit() else 0 for part in text.split(".")[:3])
+
+
+def _drop_unknown_none_options(node: Any) -> bool:
+    """Remove, in place and at every depth, the None-valued options of serialized Keras objects
+    that the installed class does not accept. Returns whether anything was removed."""
+    changed = False
+    if isinstance(node, list):
+        for item in node:
+            changed |= _drop_unknown_none_options(item)
+    elif isinstance(node, dict):
+        accepted = _accepted_options(node)
+        options = node.get("config")
+        if accepted is not None and isinstance(options, dict):
+            for key in [k for k, v in options.items() if v is None and k not in accepted]:
+                del options[key]
+                changed = True
+        for value in node.values():
+            changed |= _drop_unknown_none_options(value)
+    return changed
+
+
+def _accepted_options(node: dict) -> set[str] | None:
+    """The constructor options of the installed class a serialized Keras object names (every
+    ``__init__`` up its class hierarchy), or None when it is not a Keras class found here."""
+    module, name = node.get("module"), node.get("class_name")
+    if not (isinstance(module, str) and module.startswith("keras") and isinstance(name, str)):
+        return None
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return None
+    if not isinstance(cls, type):
+        return None
+    return {parameter for klass in cls.__mro__ if "__init__" in vars(klass)
+            for parameter in inspect.signature(klass.__init__).parameters}
 
 
 def _h5_keras_attributes(path: Path) -> tuple[str, str | None] | None:
@@ -317,6 +426,10 @@ def _load_failure(path: Path, exc: BaseException) -> str:
     if missing:
         return (f"{path} uses the custom class or function '{missing[1]}'; pass --custom-objects "
                 "FILE.py (or a module name) that defines it")
+    newer = _written_by_newer_keras(path) if path.suffix.lower() == ".keras" else None
+    if newer:
+        return (f"cannot load model {path}: it was written by Keras {newer}, newer than this Keras "
+                f"{keras.__version__}; upgrade Keras (pip install -U keras) ({first_line(exc)})")
     return f"cannot load model {path}: {first_line(exc)}"
 
 
@@ -347,7 +460,7 @@ def load_custom_objects(source: str) -> dict[str, Any]:
             if not name.startswith("_") and callable(value) and getattr(value, "__module__", None) == module.__name__}
 
 
-def open_model(path: Path, *, input_size: tuple[int, int] | None = None, output: str = "0",
+def open_model(path: Path, *, input_size: tuple[int, int] | None = None, output: str = AUTO_OUTPUT,
                unsafe: bool = False, custom_objects: str | None = None) -> tuple[keras.Model, ModelInfo]:
     """Load and inspect in one step, as every command does."""
     objects = load_custom_objects(custom_objects) if custom_objects else None
@@ -367,13 +480,14 @@ def model_format(path: Path) -> str:
     return f"HDF5 (.h5) written by Keras {attributes[0]}" if attributes else "HDF5 (.h5)"
 
 
-def inspect_model(model: keras.Model, input_size: tuple[int, int] | None = None, output: str = "0") -> ModelInfo:
+def inspect_model(model: keras.Model, input_size: tuple[int, int] | None = None,
+                  output: str = AUTO_OUTPUT) -> ModelInfo:
     """Trace the model once, symbolically, and describe its input, layers and outputs.
 
     Args:
         input_size: (height, width) for models whose input size is not fixed.
-        output: which output to explain: an index, or the name or path of the layer that
-            produces it (``xai info`` lists them).
+        output: which output to explain: 'auto' (the only, or first, (N, classes) output), an
+            index, or the name or path of the layer that produces it (``xai info`` lists them).
     """
     size, channels = _input_geometry(model, input_size)
     traced = _trace(model, size, channels, _Plan(record=lambda _path: True))
@@ -383,10 +497,10 @@ def inspect_model(model: keras.Model, input_size: tuple[int, int] | None = None,
         for path, layer in traced.layers.items()
     )
     outputs = tuple(
-        OutputInfo(i, head, int(tensor.shape[-1]), final_activation(traced.layers[head]))
+        OutputInfo(i, head, tuple(tensor.shape), final_activation(traced.layers[head]))
         for i, (head, tensor) in enumerate(zip(traced.heads, traced.outputs))
     )
-    chosen = _choose_output(outputs, output)
+    chosen, output_reason = choose_output(outputs, output)
     attention = tuple(p for p, l in traced.layers.items() if isinstance(l, keras.layers.MultiHeadAttention))
     grid, extra = _token_layout(layers, attention, size)
     return ModelInfo(
@@ -398,6 +512,7 @@ def inspect_model(model: keras.Model, input_size: tuple[int, int] | None = None,
         units=chosen.units,
         preprocessing=tuple(p for p, l in traced.layers.items() if isinstance(l, PREPROCESSING_LAYERS)),
         outputs=outputs,
+        output_reason=output_reason,
         attention_layers=attention,
         token_grid=grid,
         extra_tokens=extra,
@@ -426,14 +541,36 @@ def _token_layout(layers: tuple[LayerInfo, ...], attention: tuple[str, ...],
     return (grid, extra) if 0 <= extra <= 8 else (None, 0)
 
 
-def _choose_output(outputs: tuple[OutputInfo, ...], spec: str) -> OutputInfo:
+def choose_output(outputs: tuple[OutputInfo, ...], spec: str) -> tuple[OutputInfo, str]:
+    """The output to explain and why: 'auto' takes the only (N, classes) output, or the first of
+    several; an index or a head layer's name or path takes that output, which must be one."""
+    explainable = [o for o in outputs if o.explainable]
+    listing = "; ".join(o.describe() for o in outputs)
+    if spec == AUTO_OUTPUT:
+        if not explainable:
+            raise ModelError(f"the model has no classifier output shaped (N, classes) to explain; its outputs: "
+                             f"{listing}. xai explains image classifiers: save the model with its classification head")
+        chosen = explainable[0]
+        if len(outputs) == 1:
+            return chosen, "the model's only output"
+        if len(explainable) == 1:
+            return chosen, f"the only (N, classes) output of {len(outputs)}"
+        return chosen, f"the first of {len(explainable)} (N, classes) outputs; choose another with --output"
+    chosen = _named_output(outputs, spec)
+    if chosen is None:
+        raise UsageError(f"--output {spec!r} does not name an output; the model has {listing}")
+    if not chosen.explainable:
+        choices = ", ".join(o.describe() for o in explainable) or "(none)"
+        raise UsageError(f"--output {spec!r} is {chosen.describe()}, not a classifier output shaped (N, classes); "
+                         f"outputs that can be explained: {choices}")
+    return chosen, "as requested"
+
+
+def _named_output(outputs: tuple[OutputInfo, ...], spec: str) -> OutputInfo | None:
+    """The output an index ('1', '-1') or a head layer's path or name refers to, if any."""
     if re.fullmatch(r"-?\d+", spec.strip()) and -len(outputs) <= int(spec) < len(outputs):
         return outputs[int(spec)]
-    for candidate in outputs:
-        if spec in (candidate.head_path, candidate.head_path.rsplit("/", 1)[-1]):
-            return candidate
-    listing = ", ".join(f"{o.index}: {o.head_path} ({o.units} units, {o.final_activation})" for o in outputs)
-    raise UsageError(f"--output {spec!r} does not name an output; the model has {listing}")
+    return next((o for o in outputs if spec in (o.head_path, o.head_path.rsplit("/", 1)[-1])), None)
 
 
 def final_activation(layer: keras.layers.Layer) -> str:
