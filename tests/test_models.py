@@ -1,4 +1,4 @@
-"""models.py: every model shape loads, the probe explains the pre-activation logit, layers resolve."""
+"""models/: every model shape loads, the probe explains the pre-activation logit, layers resolve."""
 
 from pathlib import Path
 

@@ -1,0 +1,232 @@
+"""What a loaded model is: its input, layers (nested ones by path), outputs and which one is
+explained, preprocessing layers, attention layers and token grid, as plain data (``ModelInfo``)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from ..errors import ModelError, UsageError
+from .load import load_custom_objects, load_model
+from .probe import _Plan, _trace, final_activation
+
+
+CONVOLUTIONS = (
+    keras.layers.Conv2D,
+    keras.layers.Conv2DTranspose,
+    keras.layers.DepthwiseConv2D,
+    keras.layers.SeparableConv2D,
+)
+
+
+PREPROCESSING_LAYERS = (keras.layers.Rescaling, keras.layers.Normalization)
+
+
+AUTO_OUTPUT = "auto"  # --output auto: the only, or first, classifier output
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One layer of the model tree. ``path`` joins nested model names with '/'."""
+
+    path: str
+    type_name: str
+    output_shape: tuple[int | None, ...] | None  # None when the layer has several outputs
+    is_convolution: bool
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+    @property
+    def is_feature_map(self) -> bool:
+        """A 4-D (N, H, W, C) output with more than one spatial position."""
+        shape = self.output_shape
+        if shape is None or len(shape) != 4:
+            return False
+        height, width = (d if d is not None else 2 for d in shape[1:3])
+        return height * width > 1
+
+
+@dataclass(frozen=True)
+class OutputInfo:
+    """One model output: the innermost layer that produces it, its shape and activation."""
+
+    index: int
+    head_path: str
+    shape: tuple[int | None, ...]  # batch dimension first, as Keras reports it (None)
+    final_activation: str
+
+    @property
+    def explainable(self) -> bool:
+        """Only a classifier's (N, classes) output has a class score to explain; feature maps and
+        per-pixel (segmentation) outputs do not."""
+        return len(self.shape) == 2 and self.shape[1] is not None
+
+    @property
+    def units(self) -> int:
+        """Width of the output: its classes (or logits) when it is explainable."""
+        return int(self.shape[-1] or 0)
+
+    def describe(self) -> str:
+        """'1: head (N, 3), softmax' as the error messages and ``xai info`` list outputs."""
+        dims = ", ".join("N" if i == 0 else str(d) for i, d in enumerate(self.shape))
+        return f"{self.index}: {self.head_path} ({dims}), {self.final_activation}"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the rest of the tool needs to know about a loaded model."""
+
+    input_size: tuple[int, int]  # (height, width) fed to the model
+    channels: int
+    layers: tuple[LayerInfo, ...]  # in execution order, inner layers before their model
+    head_path: str  # the layer that produces the explained output
+    final_activation: str  # 'softmax', 'sigmoid' or 'linear'
+    units: int  # width of the output (logits)
+    preprocessing: tuple[str, ...]  # paths of Rescaling/Normalization layers inside
+    outputs: tuple[OutputInfo, ...] = ()  # every output; head_path/units/activation are the chosen one's
+    output_reason: str = ""  # why that output is the one explained
+    attention_layers: tuple[str, ...] = ()  # paths of MultiHeadAttention layers, in execution order
+    token_grid: tuple[int, int] | None = None  # (rows, columns) of patch tokens, for transformers
+    extra_tokens: int = 0  # tokens before the patch tokens (1 = a class token)
+
+    @property
+    def num_classes(self) -> int:
+        """Classes a user can ask for; a one-unit sigmoid has two (0 = negative, 1 = positive)."""
+        return 2 if self.is_binary_sigmoid else self.units
+
+    @property
+    def is_binary_sigmoid(self) -> bool:
+        return self.final_activation == "sigmoid" and self.units == 1
+
+
+def open_model(path: Path, *, input_size: tuple[int, int] | None = None, output: str = AUTO_OUTPUT,
+               unsafe: bool = False, custom_objects: str | None = None) -> tuple[keras.Model, ModelInfo]:
+    """Load and inspect in one step, as every command does."""
+    objects = load_custom_objects(custom_objects) if custom_objects else None
+    model = load_model(path, unsafe=unsafe, custom_objects=objects)
+    return model, inspect_model(model, input_size, output)
+
+
+def inspect_model(model: keras.Model, input_size: tuple[int, int] | None = None,
+                  output: str = AUTO_OUTPUT) -> ModelInfo:
+    """Trace the model once, symbolically, and describe its input, layers and outputs.
+
+    Args:
+        input_size: (height, width) for models whose input size is not fixed.
+        output: which output to explain: 'auto' (the only, or first, (N, classes) output), an
+            index, or the name or path of the layer that produces it (``xai info`` lists them).
+    """
+    size, channels = _input_geometry(model, input_size)
+    traced = _trace(model, size, channels, _Plan(record=lambda _path: True))
+    layers = tuple(
+        LayerInfo(path, type(layer).__name__, _shape(traced.records.get(path)),
+                  isinstance(layer, CONVOLUTIONS))
+        for path, layer in traced.layers.items()
+    )
+    outputs = tuple(
+        OutputInfo(i, head, tuple(tensor.shape), final_activation(traced.layers[head]))
+        for i, (head, tensor) in enumerate(zip(traced.heads, traced.outputs))
+    )
+    chosen, output_reason = choose_output(outputs, output)
+    attention = tuple(p for p, l in traced.layers.items() if isinstance(l, keras.layers.MultiHeadAttention))
+    grid, extra = _token_layout(layers, attention, size)
+    return ModelInfo(
+        input_size=size,
+        channels=channels,
+        layers=layers,
+        head_path=chosen.head_path,
+        final_activation=chosen.final_activation,
+        units=chosen.units,
+        preprocessing=tuple(p for p, l in traced.layers.items() if isinstance(l, PREPROCESSING_LAYERS)),
+        outputs=outputs,
+        output_reason=output_reason,
+        attention_layers=attention,
+        token_grid=grid,
+        extra_tokens=extra,
+    )
+
+
+def _token_layout(layers: tuple[LayerInfo, ...], attention: tuple[str, ...],
+                  size: tuple[int, int]) -> tuple[tuple[int, int] | None, int]:
+    """The patch grid and the number of leading extra tokens (class/distillation) of a
+    transformer: the grid is the last 4-D feature map before the first attention layer (the
+    patch embedding), else the input's aspect ratio; extra tokens are what the sequence has
+    beyond the grid."""
+    if not attention:
+        return None, 0
+    first = next(i for i, l in enumerate(layers) if l.path == attention[0])
+    tokens = layers[first].output_shape[1] if layers[first].output_shape else None
+    if tokens is None:
+        return None, 0
+    maps = [l for l in layers[:first] if l.is_feature_map]
+    if maps:
+        grid = (int(maps[-1].output_shape[1]), int(maps[-1].output_shape[2]))
+    else:
+        rows = round((tokens * size[0] / size[1]) ** 0.5)
+        grid = (rows, tokens // max(rows, 1))
+    extra = tokens - grid[0] * grid[1]
+    return (grid, extra) if 0 <= extra <= 8 else (None, 0)
+
+
+def choose_output(outputs: tuple[OutputInfo, ...], spec: str) -> tuple[OutputInfo, str]:
+    """The output to explain and why: 'auto' takes the only (N, classes) output, or the first of
+    several; an index or a head layer's name or path takes that output, which must be one."""
+    explainable = [o for o in outputs if o.explainable]
+    listing = "; ".join(o.describe() for o in outputs)
+    if spec == AUTO_OUTPUT:
+        if not explainable:
+            raise ModelError(f"the model has no classifier output shaped (N, classes) to explain; its outputs: "
+                             f"{listing}. xai explains image classifiers: save the model with its classification head")
+        chosen = explainable[0]
+        if len(outputs) == 1:
+            return chosen, "the model's only output"
+        if len(explainable) == 1:
+            return chosen, f"the only (N, classes) output of {len(outputs)}"
+        return chosen, f"the first of {len(explainable)} (N, classes) outputs; choose another with --output"
+    chosen = _named_output(outputs, spec)
+    if chosen is None:
+        raise UsageError(f"--output {spec!r} does not name an output; the model has {listing}")
+    if not chosen.explainable:
+        choices = ", ".join(o.describe() for o in explainable) or "(none)"
+        raise UsageError(f"--output {spec!r} is {chosen.describe()}, not a classifier output shaped (N, classes); "
+                         f"outputs that can be explained: {choices}")
+    return chosen, "as requested"
+
+
+def _named_output(outputs: tuple[OutputInfo, ...], spec: str) -> OutputInfo | None:
+    """The output an index ('1', '-1') or a head layer's path or name refers to, if any."""
+    if re.fullmatch(r"-?\d+", spec.strip()) and -len(outputs) <= int(spec) < len(outputs):
+        return outputs[int(spec)]
+    return next((o for o in outputs if spec in (o.head_path, o.head_path.rsplit("/", 1)[-1])), None)
+
+
+def _input_geometry(model: keras.Model, input_size: tuple[int, int] | None) -> tuple[tuple[int, int], int]:
+    inputs = model.inputs
+    if len(inputs) != 1:
+        raise ModelError(f"the model has {len(inputs)} inputs; only single-image models are supported")
+    shape = tuple(inputs[0].shape)
+    if len(shape) != 4:
+        raise ModelError(f"the model input has shape {shape}; expected an image batch (N, H, W, C)")
+    channels = shape[3]
+    if channels not in (1, 3):
+        raise ModelError(f"the model expects {channels} channels; only 1 (grayscale) or 3 (RGB) are supported")
+    if input_size is not None:
+        return input_size, channels
+    if shape[1] is None or shape[2] is None:
+        raise UsageError(
+            f"the model accepts any image size (input shape {shape}); "
+            "give the size it was trained on with --input-size HxW"
+        )
+    return (int(shape[1]), int(shape[2])), int(channels)
+
+
+def _shape(tensor: Any) -> tuple[int | None, ...] | None:
+    if tensor is None or isinstance(tensor, (list, tuple, dict)):
+        return None
+    return tuple(tensor.shape)

@@ -1,0 +1,89 @@
+"""Which layer to explain: the candidates a user can choose from, and the one ``--layer auto`` picks."""
+
+from __future__ import annotations
+
+import re
+
+from ..errors import LayerError, UsageError
+from ..explainers import REGISTRY
+from .inspect import LayerInfo, ModelInfo
+
+
+def candidate_layers(info: ModelInfo, name_regex: str) -> list[LayerInfo]:
+    """Layers a CAM method can explain, in execution order: feature maps whose name matches
+    ``name_regex`` (case-insensitive) or whose type is a convolution, and in a transformer the
+    patch-token layers after its first attention layer."""
+    pattern = compile_layer_regex(name_regex)
+    return [
+        layer for layer in info.layers
+        if (layer.is_feature_map and (layer.is_convolution or pattern.search(layer.name))) or is_token_layer(layer, info)
+    ]
+
+
+def is_token_layer(layer: LayerInfo, info: ModelInfo) -> bool:
+    """A (N, T, D) output of a transformer after its first attention layer whose T tokens are
+    the patch grid plus the extra tokens; CAM methods see it reshaped to the grid."""
+    if not info.token_grid or layer.output_shape is None or len(layer.output_shape) != 3:
+        return False
+    rows, columns = info.token_grid
+    paths = [l.path for l in info.layers]
+    return (layer.output_shape[1] == rows * columns + info.extra_tokens
+            and paths.index(layer.path) > paths.index(info.attention_layers[0]))
+
+
+def compile_layer_regex(name_regex: str) -> re.Pattern[str]:
+    try:
+        return re.compile(name_regex, re.IGNORECASE)
+    except re.error as exc:
+        raise UsageError(f"--layer-regex {name_regex!r} is not a valid regular expression: {exc}")
+
+
+def resolve_layer(info: ModelInfo, spec: str, name_regex: str) -> LayerInfo:
+    """Pick the target layer: 'auto' (last candidate), an index among candidates ('-1'),
+    a path ('base/conv5'), or a unique layer name."""
+    candidates = candidate_layers(info, name_regex)
+    if spec == "auto":
+        if not candidates:
+            raise LayerError(
+                f"no convolutional layer found (a 4-D feature map whose name matches "
+                f"/{name_regex}/ or whose type is a convolution); feature-map layers: "
+                f"{_list([l.path for l in info.layers if l.is_feature_map])}; choose one with --layer, "
+                f"or use a method that needs no layer: {', '.join(_layerless_methods())}"
+            )
+        return candidates[-1]
+    if re.fullmatch(r"-?\d+", spec):
+        index = int(spec)
+        if not -len(candidates) <= index < len(candidates):
+            raise LayerError(
+                f"--layer {spec}: there are {len(candidates)} candidate layers "
+                f"({_list([l.path for l in candidates])}); use an index from "
+                f"{-len(candidates)} to {len(candidates) - 1}"
+            )
+        return candidates[index]
+    matches = [l for l in info.layers if l.path == spec] or [l for l in info.layers if l.name == spec]
+    if not matches:
+        raise LayerError(
+            f"layer {spec!r} not found; candidates: {_list([l.path for l in candidates])} "
+            "(see `xai layers MODEL`)"
+        )
+    if len(matches) > 1:
+        raise LayerError(f"layer name {spec!r} is ambiguous: {_list([l.path for l in matches])}; give the path")
+    layer = matches[0]
+    if not (layer.is_feature_map or is_token_layer(layer, info)):
+        raise LayerError(
+            f"layer {layer.path!r} outputs {layer.output_shape}, not a 4-D feature map "
+            f"(N, H, W, C) with H*W > 1; candidates: {_list([l.path for l in candidates])}"
+        )
+    return layer
+
+
+def _layerless_methods() -> list[str]:
+    """Methods that work on the input, not a layer, from the one registry."""
+    return [name for name, spec in REGISTRY.items() if spec.family == "gradient"]
+
+
+def _list(items: list[str], most: int = 8) -> str:
+    if not items:
+        return "(none)"
+    shown = ", ".join(items[-most:])
+    return shown if len(items) <= most else f"... {shown} ({len(items)} in all)"

@@ -1,0 +1,378 @@
+"""Read model files: Keras 3 ``.keras``, ``.h5`` from Keras 2 or 3, SavedModel folders, custom
+objects and safe mode. Files that Keras 3 cannot read as they are (Keras 2 nested models, options
+of a newer Keras) are read from a corrected temporary copy; the user's file is never changed."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import inspect
+import json
+import re
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras.src.models.functional import Functional
+
+from ..errors import ModelError, UsageError, first_line
+
+
+MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
+
+
+class _Keras2DepthwiseConv2D(keras.layers.DepthwiseConv2D):
+    """DepthwiseConv2D that accepts the ``groups`` argument Keras 2 wrote into its configs
+    (always 1 there) and Keras 3 rejects; without it, legacy MobileNet/EfficientNet .h5 files
+    do not load at all."""
+
+    def __init__(self, *args: Any, groups: int = 1, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+
+
+# Built-in classes replaced while loading, so files written by Keras 2 load in Keras 3.
+
+
+# Built-in classes replaced while loading, so files written by Keras 2 load in Keras 3.
+KERAS2_COMPATIBLE: dict[str, Any] = {"DepthwiseConv2D": _Keras2DepthwiseConv2D}
+
+
+def load_model(path: Path, unsafe: bool = False, custom_objects: dict[str, Any] | None = None) -> keras.Model:
+    """Load a ``.keras`` or ``.h5`` file (Keras 2 or 3) without compiling.
+
+    Args:
+        unsafe: allow ``Lambda`` layers that hold Python code (Keras safe mode off); only for
+            files you trust, because loading them can run arbitrary code.
+        custom_objects: name -> class or function for custom layers (see ``load_custom_objects``).
+    """
+    if not path.exists():
+        raise ModelError(f"model file not found: {path}")
+    if path.is_dir():
+        return _load_savedmodel_folder(path, unsafe, custom_objects)
+    if path.suffix.lower() not in MODEL_SUFFIXES:
+        raise ModelError(f"{path}: unsupported model format; give a .keras or .h5 file")
+    _check_container(path)
+    objects = {**KERAS2_COMPATIBLE, **(custom_objects or {})}
+    try:
+        readable_copy = _newer_keras_options_dropped if path.suffix.lower() == ".keras" else _keras2_nodes_renumbered
+        with readable_copy(path) as readable:
+            model = keras.models.load_model(readable, compile=False, safe_mode=not unsafe, custom_objects=objects)
+    except Exception as exc:  # Keras raises many types for a bad file; all mean the same here
+        raise ModelError(_load_failure(path, exc)) from exc
+    if not isinstance(model, (keras.Sequential, Functional)):
+        raise ModelError(
+            f"{path} holds a subclassed model ({type(model).__name__}); "
+            "save it as a Functional or Sequential model to explain it"
+        )
+    return model
+
+
+def _check_container(path: Path) -> None:
+    """A .keras file is a zip archive and an .h5 file HDF5; anything else would reach the user
+    as Keras's own message, which says "File not found" for an empty .keras file."""
+    import h5py
+
+    if path.suffix.lower() == ".keras" and not zipfile.is_zipfile(path):
+        raise ModelError(f"cannot load model {path}: not a .keras file (those are zip archives); "
+                         "it is empty, truncated or of another format")
+    if path.suffix.lower() != ".keras" and not h5py.is_hdf5(path):
+        raise ModelError(f"cannot load model {path}: not an HDF5 file; it is empty, truncated or of another format")
+
+
+@contextlib.contextmanager
+def _keras2_nodes_renumbered(path: Path) -> Iterator[Path]:
+    """The file to load: ``path`` itself, or a temporary copy whose config Keras 3 can read.
+
+    Keras 2 gave every Functional or Sequential model a node of its own creation, so a model
+    nested in another is called at node 1; Keras 3 rebuilds nested models without that node and
+    fails to connect the graph ("disconnected nodes"). The copy refers to those calls one node
+    lower, at every level of nesting.
+    """
+    config = _keras2_config(path)
+    if config is None or not _renumber_nested_calls(config["config"]):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="xai-keras2-") as scratch:
+        copy = Path(scratch) / path.name
+        shutil.copyfile(path, copy)
+        import h5py
+
+        with h5py.File(copy, "r+") as handle:
+            handle.attrs["model_config"] = json.dumps(config)
+        yield copy
+
+
+@contextlib.contextmanager
+def _newer_keras_options_dropped(path: Path) -> Iterator[Path]:
+    """The .keras file to load: ``path`` itself, or, when a newer Keras wrote it, a temporary
+    copy without the options that this Keras does not know and that hold their default (None).
+
+    Keras adds constructor options over time and writes every one into the file (Keras 3.13 gave
+    initializers ``input_axes``); the Keras that Python 3.10 gets (3.12) then refuses the whole
+    file. An option left at None asks for the old behaviour, so dropping it changes nothing.
+    """
+    config = None
+    if _written_by_newer_keras(path):
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))
+    if config is None or not _drop_unknown_none_options(config):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="xai-newer-keras-") as scratch:
+        copy = Path(scratch) / path.name
+        with zipfile.ZipFile(path) as source, zipfile.ZipFile(copy, "w") as target:
+            for entry in source.infolist():
+                data = json.dumps(config).encode() if entry.filename == "config.json" else source.read(entry)
+                target.writestr(entry, data)
+        yield copy
+
+
+def _written_by_newer_keras(path: Path) -> str | None:
+    """The version of Keras that wrote a .keras file when it is newer than this one, else None."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            written_by = str(json.loads(archive.read("metadata.json")).get("keras_version", "0"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+    return written_by if _version(written_by) > _version(keras.__version__) else None
+
+
+def _version(text: str) -> tuple[int, ...]:
+    """'3.15.1' -> (3, 15, 1); suffixes such as '.dev0' count as 0."""
+    return tuple(int(part) if part.isdigit() else 0 for part in text.split(".")[:3])
+
+
+def _drop_unknown_none_options(node: Any) -> bool:
+    """Remove, in place and at every depth, the None-valued options of serialized Keras objects
+    that the installed class does not accept. Returns whether anything was removed."""
+    changed = False
+    if isinstance(node, list):
+        for item in node:
+            changed |= _drop_unknown_none_options(item)
+    elif isinstance(node, dict):
+        accepted = _accepted_options(node)
+        options = node.get("config")
+        if accepted is not None and isinstance(options, dict):
+            for key in [k for k, v in options.items() if v is None and k not in accepted]:
+                del options[key]
+                changed = True
+        for value in node.values():
+            changed |= _drop_unknown_none_options(value)
+    return changed
+
+
+def _accepted_options(node: dict) -> set[str] | None:
+    """The constructor options of the installed class a serialized Keras object names (every
+    ``__init__`` up its class hierarchy), or None when it is not a Keras class found here."""
+    module, name = node.get("module"), node.get("class_name")
+    if not (isinstance(module, str) and module.startswith("keras") and isinstance(name, str)):
+        return None
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return None
+    if not isinstance(cls, type):
+        return None
+    return {parameter for klass in cls.__mro__ if "__init__" in vars(klass)
+            for parameter in inspect.signature(klass.__init__).parameters}
+
+
+def _h5_keras_attributes(path: Path) -> tuple[str, str | None] | None:
+    """(Keras version that wrote it, model config JSON) of an HDF5 model file; None when the
+    file is not HDF5. h5py returns these attributes as bytes or str depending on the writer."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as handle:
+            version, config = handle.attrs.get("keras_version", "unknown"), handle.attrs.get("model_config")
+    except OSError:
+        return None
+    text = lambda value: value.decode() if isinstance(value, bytes) else value  # noqa: E731
+    return str(text(version)), text(config)
+
+
+def _keras2_config(path: Path) -> dict | None:
+    """The model config of an .h5 file written by Keras 2, or None for anything else."""
+    attributes = _h5_keras_attributes(path) if path.suffix.lower() in (".h5", ".hdf5") else None
+    if attributes is None or not attributes[0].startswith("2.") or attributes[1] is None:
+        return None  # not HDF5 (Keras reports it), or not Keras 2
+    return json.loads(attributes[1])
+
+
+NESTED_MODEL_CLASSES = ("Functional", "Model", "Sequential")
+
+
+def _renumber_nested_calls(model_config: dict) -> bool:
+    """Lower by one every node index that refers to a call of a nested model, recursively.
+    Returns whether anything changed."""
+    layers = model_config.get("layers", [])
+    nested = {layer["config"]["name"] for layer in layers if layer.get("class_name") in NESTED_MODEL_CLASSES}
+    changed = False
+    for layer in layers:
+        if layer.get("class_name") in NESTED_MODEL_CLASSES:
+            changed |= _renumber_nested_calls(layer["config"])
+        for node in layer.get("inbound_nodes", []):
+            for reference in node:
+                if reference[0] in nested and reference[1] > 0:
+                    reference[1] -= 1
+                    changed = True
+    return changed
+
+
+def _load_savedmodel_folder(folder: Path, unsafe: bool, custom_objects: dict[str, Any] | None) -> keras.Model:
+    """A SavedModel folder. One written by Keras 2 (``model.save(dir)``, TF <= 2.15) keeps its
+    layers in ``keras_metadata.pb``; Keras 3 cannot read it, so Keras 2 (``tf_keras``) loads it
+    and writes it to a temporary Keras 2 ``.h5``, which loads here with every layer reachable.
+    Any other SavedModel is wrapped around its serving function."""
+    if not (folder / "saved_model.pb").exists():
+        raise ModelError(f"{folder} is a folder but not a SavedModel (no saved_model.pb); give a .keras or .h5 file")
+    if not (folder / "keras_metadata.pb").exists():
+        return _load_exported_savedmodel(folder)
+    try:
+        import tf_keras
+    except ImportError:
+        raise ModelError(
+            f"{folder} is a SavedModel written by Keras 2; loading it needs Keras 2: pip install 'xaicli[legacy]'"
+        ) from None
+    try:
+        legacy = tf_keras.models.load_model(folder, compile=False, custom_objects=custom_objects)
+        with tempfile.TemporaryDirectory(prefix="xai-savedmodel-") as scratch:
+            converted = Path(scratch) / f"{folder.name}.h5"
+            legacy.save(converted, save_format="h5")
+            return load_model(converted, unsafe=unsafe, custom_objects=custom_objects)
+    except ModelError:
+        raise
+    except Exception as exc:  # tf_keras raises many types for a folder it cannot read
+        raise ModelError(f"cannot load SavedModel {folder} with Keras 2: {first_line(exc)}") from exc
+
+
+SERVING_ENDPOINTS = ("serve", "serving_default")
+
+
+class _ServedModel(keras.layers.TFSMLayer):
+    """A SavedModel's serving function as one layer (Keras 3 ``model.export()`` or plain TF).
+
+    Its layers cannot be reached, so only input-gradient methods apply. The output's squashing
+    is found from served values and exposed as ``activation``, so the rest of the tool treats
+    this layer like a Dense head; ``logits_from`` recovers scores from served probabilities.
+    """
+
+    def __init__(self, folder: Path, endpoint: str, activation: str, **kwargs: Any):
+        super().__init__(str(folder), call_endpoint=endpoint, **kwargs)
+        self.activation = getattr(keras.activations, activation)
+
+    def logits_from(self, served: Any) -> Any:
+        """Softmax: centred log-probabilities ``log p - mean log p``, equal to the logits minus
+        their mean. Sigmoid: ``log p - log(1 - p)``, the logit itself. Linear: unchanged."""
+        name = self.activation.__name__
+        if name == "linear":
+            return served
+        tiny = 1e-30  # keeps log finite where float32 probabilities underflow to 0
+        if name == "softmax":
+            logs = keras.ops.log(keras.ops.maximum(served, tiny))
+            return logs - keras.ops.mean(logs, axis=-1, keepdims=True)
+        return keras.ops.log(keras.ops.maximum(served, tiny)) - keras.ops.log(keras.ops.maximum(1.0 - served, tiny))
+
+
+def _load_exported_savedmodel(folder: Path) -> keras.Model:
+    """Wrap a SavedModel without Keras metadata as a one-layer model over its serving function."""
+    try:
+        reloaded = tf.saved_model.load(str(folder))
+    except Exception as exc:  # TensorFlow raises many types for an unreadable folder
+        raise ModelError(f"cannot load SavedModel {folder}: {first_line(exc)}") from exc
+    endpoint = next((e for e in SERVING_ENDPOINTS if hasattr(reloaded, e) or e in reloaded.signatures), None)
+    if endpoint is None:
+        raise ModelError(f"SavedModel {folder} has no serving endpoint ({' or '.join(SERVING_ENDPOINTS)})")
+    function = getattr(reloaded, endpoint, None) or reloaded.signatures[endpoint]
+    concrete = function if hasattr(function, "structured_input_signature") else function.concrete_functions[0]
+    args, kwargs = concrete.structured_input_signature
+    specs = [*tf.nest.flatten(args), *tf.nest.flatten(kwargs)]
+    if len(specs) != 1 or specs[0].shape.rank != 4:
+        raise ModelError(f"SavedModel {folder} does not take one image batch (N, H, W, C); its inputs: {specs}")
+    inputs = keras.Input(batch_shape=tuple(specs[0].shape), dtype="float32")
+    activation = _served_activation(function, specs[0])
+    served = _ServedModel(folder, endpoint, activation, name="savedmodel")(inputs)
+    if isinstance(served, dict):
+        if len(served) != 1:
+            raise ModelError(f"SavedModel {folder} serves {len(served)} outputs; only one is supported")
+        served = next(iter(served.values()))
+    return keras.Model(inputs, served, name=folder.name)
+
+
+def _served_activation(function: Any, spec: tf.TensorSpec) -> str:
+    """'softmax' when served rows are probabilities that sum to 1, 'sigmoid' when every value is
+    in [0, 1] otherwise, else 'linear'; judged on random and constant images."""
+    height, width, channels = (d or 32 for d in spec.shape[1:])
+    probes = [np.random.default_rng(0).uniform(0, 255, (4, height, width, channels)), np.zeros((1, height, width, channels))]
+    outputs = []
+    for probe in probes:
+        served = function(tf.constant(probe, tf.float32))
+        outputs.append(np.asarray(next(iter(served.values())) if isinstance(served, dict) else served))
+    values = np.concatenate([o.reshape(len(o), -1) for o in outputs])
+    if values.min() < 0 or values.max() > 1:
+        return "linear"
+    if values.shape[1] > 1 and np.allclose(values.sum(axis=1), 1.0, atol=1e-4):
+        return "softmax"
+    return "sigmoid"
+
+
+def _load_failure(path: Path, exc: BaseException) -> str:
+    """One line that says why loading failed and what to do."""
+    chain = " ".join(str(e) for e in _exception_chain(exc))
+    if "Lambda" in chain and "safe_mode" in chain:
+        return (f"{path} has a Lambda layer holding Python code, which safe loading refuses because "
+                "it can run arbitrary code; if you trust this file, pass --unsafe")
+    missing = re.search(r"Could not locate (?:class|function) '([^']+)'", chain) or re.search(r"Unknown layer: '([^']+)'", chain)
+    if missing:
+        return (f"{path} uses the custom class or function '{missing[1]}'; pass --custom-objects "
+                "FILE.py (or a module name) that defines it")
+    newer = _written_by_newer_keras(path) if path.suffix.lower() == ".keras" else None
+    if newer:
+        return (f"cannot load model {path}: it was written by Keras {newer}, newer than this Keras "
+                f"{keras.__version__}; upgrade Keras (pip install -U keras) ({first_line(exc)})")
+    return f"cannot load model {path}: {first_line(exc)}"
+
+
+def _exception_chain(exc: BaseException | None) -> list[BaseException]:
+    chain: list[BaseException] = []
+    while exc is not None and exc not in chain:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return chain
+
+
+def load_custom_objects(source: str) -> dict[str, Any]:
+    """Import a Python file or module that defines custom layers; returns its public classes and
+    functions by name. Classes decorated with ``@keras.saving.register_keras_serializable()``
+    register themselves on import; undecorated ones are matched by class name."""
+    try:
+        if source.endswith(".py") or Path(source).is_file():
+            spec = importlib.util.spec_from_file_location(f"xai_custom_{Path(source).stem}", source)
+            if spec is None or spec.loader is None:
+                raise ImportError(f"not a Python file: {source}")
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(source)
+    except Exception as exc:  # the user's own code: any error it raises is theirs to see
+        raise UsageError(f"--custom-objects {source}: cannot import it: {first_line(exc)}") from exc
+    return {name: value for name, value in vars(module).items()
+            if not name.startswith("_") and callable(value) and getattr(value, "__module__", None) == module.__name__}
+
+
+def model_format(path: Path) -> str:
+    """A short description of the file format, with the Keras version that wrote an .h5 file."""
+    if path.is_dir() and (path / "keras_metadata.pb").exists():
+        return "SavedModel folder written by Keras 2 (converted through tf_keras)"
+    if path.is_dir():
+        return "SavedModel folder without Keras layers (serving function only: input-gradient methods)"
+    if path.suffix.lower() == ".keras":
+        return "Keras 3 (.keras)"
+    attributes = _h5_keras_attributes(path)
+    return f"HDF5 (.h5) written by Keras {attributes[0]}" if attributes else "HDF5 (.h5)"
