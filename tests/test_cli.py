@@ -226,7 +226,8 @@ def test_run_manifest_records_versions_model_hash_choices_options_and_counts(tin
     assert manifest["model"] == {"path": str(tiny_model), "format": "Keras 3 (.keras)",
                                  "sha256": hashlib.sha256(tiny_model.read_bytes()).hexdigest()}
     assert manifest["resolved"] == {
-        "layer": "conv_b", "attention_layers": [], "explained_output": "head",
+        "layer": "conv_b", "layer_reason": "auto: the last convolution: every path to the output passes here",
+        "attention_layers": [], "explained_output": "head",
         "output_choice": "the model's only output", "final_activation": "softmax",
         "classes": 3, "preprocess": "none", "preprocess_reason": "the model rescales inside: rescale",
         "target_class": None}

@@ -62,7 +62,7 @@ def _gradcam(path):
 
 
 def test_keras2_files_say_so_and_pick_the_same_layer(legacy_files):
-    from xaicli.models import model_format
+    from xaicli.models.load import model_format
 
     assert model_format(legacy_files / "keras2_functional.h5").startswith("HDF5 (.h5) written by Keras 2.")
     run, _ = _gradcam(legacy_files / "keras2_functional.h5")

@@ -56,7 +56,7 @@ def test_stale_lock_of_a_dead_process_is_taken_over_and_said(tmp_path):
     said = []
     with output_lock(out, said.append) as path:
         assert json.loads(path.read_text())["pid"] == os.getpid()
-    assert len(said) == 1 and f"took over the lock of an earlier run" in said[0] and f"process {pid} on" in said[0]
+    assert len(said) == 1 and "took over the lock of an earlier run" in said[0] and f"process {pid} on" in said[0]
     assert not (out / LOCK_NAME).exists()
 
 

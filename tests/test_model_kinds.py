@@ -11,7 +11,7 @@ from xaicli.cli import main
 from xaicli.config import RunConfig
 from xaicli.errors import ModelError, UsageError
 from xaicli.explainers.engine import TOP_CLASS
-from xaicli.models import open_model
+from xaicli.models.inspect import open_model
 from xaicli.pipeline import prepare
 
 

@@ -8,7 +8,9 @@ import pytest
 from xaicli.config import RunConfig
 from xaicli.errors import LayerError, ModelError, UsageError
 from xaicli.explainers.engine import TOP_CLASS
-from xaicli.models import candidate_layers, inspect_model, load_model, resolve_layer
+from xaicli.models.inspect import inspect_model
+from xaicli.models.layers import candidate_layers, resolve_layer
+from xaicli.models.load import load_model
 from xaicli.images import to_model_input
 from xaicli.pipeline import prepare
 

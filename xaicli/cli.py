@@ -217,7 +217,7 @@ def _explain_all(config: RunConfig, stop: _StopSignals, say: Callable[[str], Non
     pipeline.check_existing(config, images())
     prepared = pipeline.prepare(config)
     layer = prepared.layer
-    target = (f"layer {layer.path} ({layer.type_name}, {'auto' if config.layer == AUTO else 'chosen'})"
+    target = (f"layer {layer.path} ({layer.type_name}; {prepared.layer_reason})"
               if layer else "input gradients")
     explained = (f"; output {prepared.info.head_path} ({prepared.info.output_reason})"
                  if len(prepared.info.outputs) > 1 else "")
@@ -358,20 +358,22 @@ def _model_command(func: Callable) -> Callable:
 def layers(model: Path, layer_regex: str, show_all: bool, debug: bool, **model_options: object) -> None:
     """List MODEL's candidate target layers; '*' marks the one `--layer auto` picks."""
     with _errors_reported(debug):
-        models = _engine(debug).models
-        _, info = models.open_model(model, **model_options)
-        candidates = models.candidate_layers(info, layer_regex)
-        picked = candidates[-1].path if candidates else None
+        engine = _engine(debug)
+        _, info = engine.inspect.open_model(model, **model_options)
+        candidates = engine.layers.candidate_layers(info, layer_regex)
+        picked, why = engine.layers.auto_layer(info, layer_regex) if candidates else (None, "")
         index = {layer.path: i for i, layer in enumerate(candidates)}
         shown = info.layers if show_all else candidates
         width = max([len(l.path) for l in shown] + [4])
         click.echo(f"  {'idx':>4}  {'path':<{width}}  {'type':<22}  output shape")
         for layer in shown:
-            mark = "*" if layer.path == picked else " "
+            mark = "*" if picked is not None and layer.path == picked.path else " "
             idx = str(index[layer.path]) if layer.path in index else ""
             shape = "(multiple)" if layer.output_shape is None else str(layer.output_shape)
             click.echo(f"{mark} {idx:>4}  {layer.path:<{width}}  {layer.type_name:<22}  {shape}")
-        if not candidates:
+        if picked is not None:
+            click.echo(f"* --layer auto: {picked.path}, {why}")
+        else:
             click.echo(f"no candidate layers (4-D feature maps whose type is a convolution or whose name "
                        f"matches /{layer_regex}/); try --all and pass one with --layer", err=True)
     sys.exit(EXIT_OK)
@@ -384,7 +386,7 @@ def info(model: Path, layer_regex: str, as_json: bool, debug: bool, **model_opti
     `--layer auto` picks, and the methods that apply."""
     with _errors_reported(debug):
         engine = _engine(debug)
-        _, details = engine.models.open_model(model, **model_options)
+        _, details = engine.inspect.open_model(model, **model_options)
         summary = engine.pipeline.describe(model, details, layer_regex)
         if as_json:
             click.echo(json.dumps(summary, indent=2))
@@ -446,9 +448,11 @@ class _Engine:
     """The TensorFlow-backed modules, imported on first use."""
 
     def __init__(self) -> None:
-        from . import models, pipeline
+        from . import pipeline
+        from .models import inspect, layers
 
-        self.models = models
+        self.inspect = inspect
+        self.layers = layers
         self.pipeline = pipeline
 
 

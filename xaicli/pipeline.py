@@ -23,7 +23,10 @@ from .errors import ImageError, UsageError, first_line
 from .explainers import REGISTRY
 from .explainers.engine import TOP_CLASS, BatchExplanation, Explainer, MethodOptions, rank_request
 from .images import PRESETS, InputImage, Scaling, View, custom_scaling, fit_view, read_image, to_model_input
-from .models import LayerInfo, ModelInfo, build_probe, candidate_layers, model_format, open_model, resolve_layer
+from .models.inspect import LayerInfo, ModelInfo, open_model
+from .models.layers import auto_layer, candidate_layers, resolve_layer
+from .models.load import model_format
+from .models.probe import build_probe
 from .outputs import (MANIFEST_NAME, PredictionsWriter, Ranked, Row, file_digest, open_table, output_path,
                       read_table, table_columns, table_text, write_gray_png, write_json, write_npy, write_png)
 from .render import COLORMAPS, heatmap_image, overlay, panel
@@ -36,6 +39,7 @@ class Prepared:
     config: RunConfig
     info: ModelInfo
     layer: LayerInfo | None  # None when no method needs a layer
+    layer_reason: str  # why that layer ('auto: end of the last conv block ...' or 'as requested')
     preprocess: str
     preprocess_reason: str
     scaling: Scaling  # the preset or custom scaling applied to 0..255 pixels
@@ -138,7 +142,7 @@ def prepare(config: RunConfig) -> Prepared:
     """Load and inspect the model and settle every choice before any image is read."""
     model, info = open_model(config.model, input_size=config.input_size, output=config.output,
                              unsafe=config.unsafe, custom_objects=config.custom_objects)
-    layer = resolve_layer(info, config.layer, config.layer_regex) if config.needs_layer else None
+    layer, layer_reason = _choose_layer(config, info) if config.needs_layer else (None, "")
     preprocess, reason = choose_preprocessing(config.preprocess, info)
     check_preset_channels(config, preprocess, info.channels)
     scaling = custom_scaling(config.mean, config.std) if preprocess == CUSTOM else PRESETS[preprocess]
@@ -172,6 +176,7 @@ def prepare(config: RunConfig) -> Prepared:
         config=config,
         info=info,
         layer=layer,
+        layer_reason=layer_reason,
         preprocess=preprocess,
         preprocess_reason=reason,
         scaling=scaling,
@@ -181,6 +186,14 @@ def prepare(config: RunConfig) -> Prepared:
         lut=COLORMAPS[config.colormap](),
         model_file={"path": str(config.model), "sha256": file_digest(config.model), "format": model_format(config.model)},
     )
+
+
+def _choose_layer(config: RunConfig, info: ModelInfo) -> tuple[LayerInfo, str]:
+    """The target layer and why: ``--layer auto``'s structural choice, or the one asked for."""
+    if config.layer == AUTO:
+        layer, reason = auto_layer(info, config.layer_regex)
+        return layer, f"auto: {reason}"
+    return resolve_layer(info, config.layer, config.layer_regex), "as requested"
 
 
 def choose_preprocessing(requested: str, info: ModelInfo) -> tuple[str, str]:
@@ -207,6 +220,7 @@ def check_attention(info: ModelInfo) -> None:
 def describe(path: Path, info: ModelInfo, layer_regex: str) -> dict:
     """What ``xai info`` reports, as plain JSON-ready values."""
     candidates = candidate_layers(info, layer_regex)
+    auto, auto_reason = auto_layer(info, layer_regex) if candidates else (None, "")
     preset, reason = choose_preprocessing(AUTO, info)
     usable = [name for name, spec in REGISTRY.items()
               if (candidates or not spec.needs_layer) and (spec.family != "attention" or info.token_grid)]
@@ -222,7 +236,8 @@ def describe(path: Path, info: ModelInfo, layer_regex: str) -> dict:
         "classes": info.num_classes,
         "preprocessing_layers": list(info.preprocessing),
         "auto_preprocess": f"{preset} ({reason})",
-        "auto_layer": candidates[-1].path if candidates else None,
+        "auto_layer": auto.path if auto else None,
+        "auto_layer_reason": auto_reason,
         "candidate_layers": len(candidates),
         "attention_layers": list(info.attention_layers),
         "token_grid": list(info.token_grid) if info.token_grid else None,
@@ -308,6 +323,7 @@ def manifest(prepared: Prepared, counts: dict[str, int], status: str, seconds: f
         "model": prepared.model_file,
         "resolved": {
             "layer": prepared.layer.path if prepared.layer else None,
+            "layer_reason": prepared.layer_reason,
             "attention_layers": list(prepared.info.attention_layers),
             "explained_output": prepared.info.head_path,
             "output_choice": prepared.info.output_reason,

@@ -16,7 +16,8 @@ import numpy as np
 import tensorflow as tf
 
 from ..errors import LayerError
-from ..models import ModelInfo, class_scores
+from ..models.inspect import ModelInfo
+from ..models.probe import class_scores
 from ..render import normalize_maps
 
 def rank_request(rank: int) -> int:

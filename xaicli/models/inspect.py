@@ -12,7 +12,8 @@ import keras
 
 from ..errors import ModelError, UsageError
 from .load import load_custom_objects, load_model
-from .probe import _Plan, _trace, final_activation
+from .graph import ancestors, on_every_path
+from .probe import INPUT, _Plan, _trace, final_activation
 
 
 CONVOLUTIONS = (
@@ -94,6 +95,8 @@ class ModelInfo:
     attention_layers: tuple[str, ...] = ()  # paths of MultiHeadAttention layers, in execution order
     token_grid: tuple[int, int] | None = None  # (rows, columns) of patch tokens, for transformers
     extra_tokens: int = 0  # tokens before the patch tokens (1 = a class token)
+    feeds_output: frozenset[str] = frozenset()  # paths of the layers the explained output depends on
+    on_every_path: frozenset[str] = frozenset()  # paths every path from the input to that output passes
 
     @property
     def num_classes(self) -> int:
@@ -149,6 +152,8 @@ def inspect_model(model: keras.Model, input_size: tuple[int, int] | None = None,
         attention_layers=attention,
         token_grid=grid,
         extra_tokens=extra,
+        feeds_output=frozenset(ancestors(traced.inputs_of, chosen.head_path)),
+        on_every_path=frozenset(on_every_path(traced.layers, traced.inputs_of, INPUT, chosen.head_path)),
     )
 
 

@@ -11,13 +11,59 @@ from .inspect import LayerInfo, ModelInfo
 
 def candidate_layers(info: ModelInfo, name_regex: str) -> list[LayerInfo]:
     """Layers a CAM method can explain, in execution order: feature maps whose name matches
-    ``name_regex`` (case-insensitive) or whose type is a convolution, and in a transformer the
-    patch-token layers after its first attention layer."""
+    ``name_regex`` (case-insensitive) or whose type is a convolution, in a transformer the
+    patch-token layers after its first attention layer, and the end of the last conv block."""
     pattern = compile_layer_regex(name_regex)
+    block_end = _end_of_last_conv_block(info)
     return [
         layer for layer in info.layers
-        if (layer.is_feature_map and (layer.is_convolution or pattern.search(layer.name))) or is_token_layer(layer, info)
+        if (layer.is_feature_map and (layer.is_convolution or pattern.search(layer.name)))
+        or is_token_layer(layer, info) or (block_end is not None and layer.path == block_end[0].path)
     ]
+
+
+def auto_layer(info: ModelInfo, name_regex: str) -> tuple[LayerInfo, str]:
+    """The layer ``--layer auto`` explains, and why.
+
+    In a CNN, the end of the last convolutional block: the last layer, at or after the last
+    convolution with a spatial map larger than 1x1, whose output has that convolution's spatial
+    size and through which every path from the input to the explained output passes. So never
+    one branch of a multi-branch module (Inception, NASNet) nor a residual branch (ResNet), and
+    after the block's normalization and activation (MobileNetV2's ``out_relu``). In a
+    transformer, the last patch-token layer. Otherwise the last candidate layer.
+    """
+    if not info.token_grid:
+        block_end = _end_of_last_conv_block(info)
+        if block_end is not None:
+            return block_end
+    candidates = candidate_layers(info, name_regex)
+    if not candidates:
+        raise LayerError(
+            f"no convolutional layer found (a 4-D feature map whose name matches "
+            f"/{name_regex}/ or whose type is a convolution); feature-map layers: "
+            f"{_list([l.path for l in info.layers if l.is_feature_map])}; choose one with --layer, "
+            f"or use a method that needs no layer: {', '.join(_layerless_methods())}"
+        )
+    if info.token_grid and is_token_layer(candidates[-1], info):
+        return candidates[-1], "the last patch-token layer of the transformer"
+    return candidates[-1], f"the last layer that is a convolution or matches /{name_regex}/"
+
+
+def _end_of_last_conv_block(info: ModelInfo) -> tuple[LayerInfo, str] | None:
+    """The structural pick of ``auto_layer`` with its reason, or None (no convolution feeds the
+    explained output, or no layer after it lies on every path to that output)."""
+    convolutions = [l for l in info.layers if l.is_convolution and l.is_feature_map and l.path in info.feeds_output]
+    if not convolutions:
+        return None
+    last = convolutions[-1]
+    start = info.layers.index(last)
+    ends = [l for l in info.layers[start:]
+            if l.path in info.on_every_path and l.is_feature_map and l.output_shape[1:3] == last.output_shape[1:3]]
+    if not ends:
+        return None
+    if ends[-1] is last:
+        return last, "the last convolution: every path to the output passes here"
+    return ends[-1], f"end of the last conv block (after {last.path}): every path to the output passes here"
 
 
 def is_token_layer(layer: LayerInfo, info: ModelInfo) -> bool:
@@ -39,18 +85,11 @@ def compile_layer_regex(name_regex: str) -> re.Pattern[str]:
 
 
 def resolve_layer(info: ModelInfo, spec: str, name_regex: str) -> LayerInfo:
-    """Pick the target layer: 'auto' (last candidate), an index among candidates ('-1'),
+    """Pick the target layer: 'auto' (see ``auto_layer``), an index among candidates ('-1'),
     a path ('base/conv5'), or a unique layer name."""
-    candidates = candidate_layers(info, name_regex)
     if spec == "auto":
-        if not candidates:
-            raise LayerError(
-                f"no convolutional layer found (a 4-D feature map whose name matches "
-                f"/{name_regex}/ or whose type is a convolution); feature-map layers: "
-                f"{_list([l.path for l in info.layers if l.is_feature_map])}; choose one with --layer, "
-                f"or use a method that needs no layer: {', '.join(_layerless_methods())}"
-            )
-        return candidates[-1]
+        return auto_layer(info, name_regex)[0]
+    candidates = candidate_layers(info, name_regex)
     if re.fullmatch(r"-?\d+", spec):
         index = int(spec)
         if not -len(candidates) <= index < len(candidates):

@@ -86,6 +86,7 @@ class _Level:
     records: dict[str, Any] = field(default_factory=dict)
     layers: dict[str, keras.layers.Layer] = field(default_factory=dict)
     producer: dict[int, str] = field(default_factory=dict)  # id(tensor) -> innermost layer path
+    inputs_of: dict[str, tuple[str, ...]] = field(default_factory=dict)  # layer path -> its inputs' producers
     logits: Any = None
 
 
@@ -95,16 +96,20 @@ class _Traced:
     outputs: list[Any]
     heads: list[str]  # per output, the path of the innermost layer that produced it
     records: dict[str, Any]
-    layers: dict[str, keras.layers.Layer]
+    layers: dict[str, keras.layers.Layer]  # in execution order, inner layers before their model
+    inputs_of: dict[str, tuple[str, ...]]  # the graph: each layer call's inputs by producer (or INPUT)
     logits: Any
+
+
+INPUT = "<input>"  # the producer of the model's input in ``_Traced.inputs_of``
 
 
 def _trace(model: keras.Model, size: tuple[int, int], channels: int, plan: _Plan) -> _Traced:
     inputs = keras.Input(batch_shape=(None, *size, channels), dtype="float32")
-    level = _Level()
+    level = _Level(producer={id(inputs): INPUT})
     outputs = _thread(model, inputs, "", plan, level)
     heads = [level.producer[id(o)] for o in outputs]
-    return _Traced(inputs, outputs, heads, level.records, level.layers, level.logits)
+    return _Traced(inputs, outputs, heads, level.records, level.layers, level.inputs_of, level.logits)
 
 
 def _thread(model: keras.Model, x: Any, prefix: str, plan: _Plan, level: _Level) -> list[Any]:
@@ -114,7 +119,7 @@ def _thread(model: keras.Model, x: Any, prefix: str, plan: _Plan, level: _Level)
             x = _call(layer, x, prefix=prefix, plan=plan, level=level)
         return [x]
     fresh = keras.Input(batch_shape=tuple(x.shape), dtype=x.dtype)
-    inner = _Level()
+    inner = _Level(producer={id(fresh): level.producer[id(x)]} if id(x) in level.producer else {})
     # Models saved by Keras 2 reload with their input as a one-element list; match its structure.
     structured = [fresh] if isinstance(model.input, (list, tuple)) else fresh
     clone = keras.models.clone_model(
@@ -131,6 +136,7 @@ def _thread(model: keras.Model, x: Any, prefix: str, plan: _Plan, level: _Level)
     if inner.logits is not None:
         level.logits = tapped[-1]
     level.layers.update(inner.layers)
+    level.inputs_of.update(inner.inputs_of)
     for inner_out, outer_out in zip(clone.outputs, outputs):
         level.producer[id(outer_out)] = inner.producer[id(inner_out)]
     return list(outputs)
@@ -142,8 +148,10 @@ def _call(layer: keras.layers.Layer, *args: Any, prefix: str, plan: _Plan, level
         outputs = _thread(layer, args[0], path + "/", plan, level)
         out = outputs[0] if len(outputs) == 1 else outputs
     elif plan.attention and isinstance(layer, keras.layers.MultiHeadAttention):
+        level.inputs_of[path] = _producers(args, kwargs, level)
         out = _attend(layer, args, kwargs, path, level)
     else:
+        level.inputs_of[path] = _producers(args, kwargs, level)
         out = layer(*args, **kwargs)
         for tensor in keras.tree.flatten(out):
             level.producer[id(tensor)] = path
@@ -153,6 +161,12 @@ def _call(layer: keras.layers.Layer, *args: Any, prefix: str, plan: _Plan, level
     if plan.record(path):
         level.records[path] = out
     return out
+
+
+def _producers(args: tuple, kwargs: dict, level: _Level) -> tuple[str, ...]:
+    """The layers (or INPUT) whose outputs a call takes, each once, in argument order."""
+    found = (level.producer.get(id(value)) for value in keras.tree.flatten((args, kwargs)))
+    return tuple(dict.fromkeys(path for path in found if path is not None))
 
 
 ATTENTION_SCORES = ":attention"  # suffix of the record holding a layer's attention scores
