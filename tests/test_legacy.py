@@ -112,3 +112,40 @@ def test_keras2_nested_backbone_explains_like_the_flat_keras3_model(legacy_files
     assert run.layer.path == "base/conv_a"
     np.testing.assert_allclose(result.probabilities, reference.probabilities, atol=1e-6)
     np.testing.assert_allclose(result.maps["gradcam"], reference.maps["gradcam"], atol=1e-5)
+
+
+def _keras2_sequential_over_a_backbone():
+    """The transfer-learning recipe of countless tutorials, in Keras 2: a Sequential whose first
+    layer is the backbone model (keras-team/keras#20084: Keras 3 cannot read it)."""
+    layers = k2.layers
+    base_in = k2.Input((16, 16, 3))
+    x = layers.Conv2D(4, 3, activation="relu", name="conv_a")(layers.Rescaling(1 / 255.0, name="rescale")(base_in))
+    base = k2.Model(base_in, layers.DepthwiseConv2D(3, name="dw_conv")(x), name="base")
+    return k2.Sequential([base, layers.GlobalAveragePooling2D(name="gap"),
+                          layers.Dense(3, activation="softmax", name="head")])
+
+
+def test_keras2_sequential_over_a_backbone_explains_like_the_keras3_model(legacy_files, tmp_path):
+    model = _keras2_sequential_over_a_backbone()
+    model.set_weights(k2.models.load_model(legacy_files / "keras2_functional.h5", compile=False).get_weights())
+    model.save(tmp_path / "recipe.h5")
+    run = prepare(RunConfig(model=tmp_path / "recipe.h5", inputs=(tmp_path,), out_dir=tmp_path / "out"))
+    assert run.layer.path == "base/dw_conv" and run.preprocess == "none"
+    result = run.explainer.explain(IMAGES, np.full(len(IMAGES), TOP_CLASS))
+    reference_run = prepare(RunConfig(model=legacy_files / "keras3.keras", inputs=(tmp_path,), out_dir=tmp_path / "o"))
+    reference = reference_run.explainer.explain(IMAGES, np.full(len(IMAGES), TOP_CLASS))
+    np.testing.assert_allclose(result.probabilities, reference.probabilities, atol=1e-6)
+    np.testing.assert_allclose(result.maps["gradcam"], reference.maps["gradcam"], atol=1e-5)
+
+
+def test_keras2_sequential_over_a_backbone_without_tf_keras_names_the_extra(legacy_files, tmp_path, monkeypatch):
+    import sys
+
+    from xaicli.errors import ModelError
+    from xaicli.models.load import load_model
+
+    _keras2_sequential_over_a_backbone().save(tmp_path / "recipe.h5")
+    monkeypatch.setitem(sys.modules, "tf_keras", None)
+    with pytest.raises(ModelError, match=r"recipe.h5 is a Keras 2 Sequential model holding a nested model; loading "
+                                         r"it needs Keras 2: pip install 'xaicli\[legacy\]'"):
+        load_model(tmp_path / "recipe.h5")

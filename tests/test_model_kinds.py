@@ -317,3 +317,25 @@ def test_segmentation_model_is_one_line(image_folder, tmp_path):
         (line,) = result.stderr.strip().splitlines()
         assert ("the model has no classifier output shaped (N, classes) to explain; its outputs: "
                 "0: mask (N, 8, 8, 2), softmax") in line
+
+
+def test_unknown_custom_layer_names_the_module_the_file_records(tmp_path, monkeypatch):
+    import importlib
+    import sys
+
+    import keras
+    from keras import layers
+
+    (tmp_path / "shading_layers.py").write_text(textwrap.dedent(CUSTOM_LAYER.format(decorator="")).replace(
+        "Brighten", "Shade"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("shading_layers")
+    inputs = keras.Input((8, 8, 3))
+    path = tmp_path / "shaded.keras"
+    keras.Model(inputs, layers.Dense(2)(_small_cnn(module.Shade(name="shade")(inputs)))).save(path)
+    monkeypatch.delitem(sys.modules, "shading_layers")
+    with pytest.raises(ModelError, match="uses the custom class 'Shade' from module shading_layers: pass "
+                                         "--custom-objects shading_layers"):
+        open_model(path)
+    _, info = open_model(path, custom_objects="shading_layers")
+    assert "shade" in [layer.path for layer in info.layers]

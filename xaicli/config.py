@@ -206,13 +206,14 @@ def resolve_class(spec: str | None, labels: tuple[str, ...], num_classes: int) -
     return index
 
 
-def check_preset_channels(config: RunConfig, preset: str, channels: int) -> None:
+def check_preset_channels(preset: str, channels: int, mean: tuple[float, ...] | None,
+                          std: tuple[float, ...] | None) -> None:
     """torch/caffe presets carry per-RGB-channel constants; custom ones have one value or one
     per channel."""
     if preset in COLOUR_ONLY_PRESETS and channels != 3:
         raise UsageError(f"--preprocess {preset} needs an RGB model; this model takes {channels} channel(s)")
-    for name, values in (("--mean", config.mean), ("--std", config.std)):
-        if preset == CUSTOM and len(values) not in (1, channels):
+    for name, values in (("--mean", mean), ("--std", std)):
+        if preset == CUSTOM and len(values or ()) not in (1, channels):
             raise UsageError(f"{name} has {len(values)} values; the model takes {channels} channel(s): give 1 or {channels}")
 
 

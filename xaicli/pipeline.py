@@ -23,9 +23,11 @@ from .errors import ImageError, UsageError, first_line
 from .explainers import REGISTRY
 from .explainers.engine import TOP_CLASS, BatchExplanation, Explainer, MethodOptions, rank_request
 from .images import PRESETS, InputImage, Scaling, View, custom_scaling, fit_view, read_image, to_model_input
-from .models.inspect import LayerInfo, ModelInfo, open_model
+from .models.info import LayerInfo, ModelInfo
+from .models.inspect import open_model
 from .models.layers import auto_layer, candidate_layers, resolve_layer
 from .models.load import model_format
+from .models.preprocessing import choose_preprocessing
 from .models.probe import build_probe
 from .outputs import (MANIFEST_NAME, PredictionsWriter, Ranked, Row, file_digest, open_table, output_path,
                       read_table, table_columns, table_text, write_gray_png, write_json, write_npy, write_png)
@@ -143,9 +145,10 @@ def prepare(config: RunConfig) -> Prepared:
     model, info = open_model(config.model, input_size=config.input_size, output=config.output,
                              unsafe=config.unsafe, custom_objects=config.custom_objects)
     layer, layer_reason = _choose_layer(config, info) if config.needs_layer else (None, "")
-    preprocess, reason = choose_preprocessing(config.preprocess, info)
-    check_preset_channels(config, preprocess, info.channels)
-    scaling = custom_scaling(config.mean, config.std) if preprocess == CUSTOM else PRESETS[preprocess]
+    preprocessing = choose_preprocessing(config.preprocess, info, config.mean, config.std)
+    check_preset_channels(preprocessing.preset, info.channels, preprocessing.mean, preprocessing.std)
+    scaling = (custom_scaling(preprocessing.mean, preprocessing.std) if preprocessing.preset == CUSTOM
+               else PRESETS[preprocessing.preset])
     labels = load_labels(config.labels) if config.labels else ()
     if labels and len(labels) != info.num_classes:
         raise UsageError(
@@ -177,8 +180,8 @@ def prepare(config: RunConfig) -> Prepared:
         info=info,
         layer=layer,
         layer_reason=layer_reason,
-        preprocess=preprocess,
-        preprocess_reason=reason,
+        preprocess=preprocessing.preset,
+        preprocess_reason=preprocessing.reason,
         scaling=scaling,
         labels=labels,
         target_class=resolve_class(config.target_class, labels, info.num_classes),
@@ -196,16 +199,6 @@ def _choose_layer(config: RunConfig, info: ModelInfo) -> tuple[LayerInfo, str]:
     return resolve_layer(info, config.layer, config.layer_regex), "as requested"
 
 
-def choose_preprocessing(requested: str, info: ModelInfo) -> tuple[str, str]:
-    """The preset to use and why. 'auto' feeds raw 0..255 pixels to a model that rescales
-    inside, and 0..1 otherwise (the most common training recipe)."""
-    if requested != AUTO:
-        return requested, "as requested"
-    if info.preprocessing:
-        return "none", f"the model rescales inside: {info.preprocessing[0]}"
-    return "unit", "no Rescaling/Normalization layer in the model, assuming pixels/255"
-
-
 def check_attention(info: ModelInfo) -> None:
     """Attention methods need MultiHeadAttention layers and a patch grid the tokens map onto."""
     if not info.attention_layers:
@@ -221,7 +214,7 @@ def describe(path: Path, info: ModelInfo, layer_regex: str) -> dict:
     """What ``xai info`` reports, as plain JSON-ready values."""
     candidates = candidate_layers(info, layer_regex)
     auto, auto_reason = auto_layer(info, layer_regex) if candidates else (None, "")
-    preset, reason = choose_preprocessing(AUTO, info)
+    preprocessing = choose_preprocessing(AUTO, info)
     usable = [name for name, spec in REGISTRY.items()
               if (candidates or not spec.needs_layer) and (spec.family != "attention" or info.token_grid)]
     return {
@@ -235,7 +228,7 @@ def describe(path: Path, info: ModelInfo, layer_regex: str) -> dict:
         "final_activation": info.final_activation,
         "classes": info.num_classes,
         "preprocessing_layers": list(info.preprocessing),
-        "auto_preprocess": f"{preset} ({reason})",
+        "auto_preprocess": f"{preprocessing.preset} ({preprocessing.reason})",
         "auto_layer": auto.path if auto else None,
         "auto_layer_reason": auto_reason,
         "candidate_layers": len(candidates),

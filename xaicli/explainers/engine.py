@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from ..errors import LayerError
-from ..models.inspect import ModelInfo
+from ..models.info import ModelInfo
 from ..models.probe import class_scores
 from ..render import normalize_maps
 

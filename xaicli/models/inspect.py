@@ -4,15 +4,16 @@ explained, preprocessing layers, attention layers and token grid, as plain data 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 
 from ..errors import ModelError, UsageError
 from .load import load_custom_objects, load_model
 from .graph import ancestors, on_every_path
+from .info import LayerInfo, ModelInfo, OutputInfo
 from .probe import INPUT, _Plan, _trace, final_activation
 
 
@@ -28,84 +29,6 @@ PREPROCESSING_LAYERS = (keras.layers.Rescaling, keras.layers.Normalization)
 
 
 AUTO_OUTPUT = "auto"  # --output auto: the only, or first, classifier output
-
-
-@dataclass(frozen=True)
-class LayerInfo:
-    """One layer of the model tree. ``path`` joins nested model names with '/'."""
-
-    path: str
-    type_name: str
-    output_shape: tuple[int | None, ...] | None  # None when the layer has several outputs
-    is_convolution: bool
-
-    @property
-    def name(self) -> str:
-        return self.path.rsplit("/", 1)[-1]
-
-    @property
-    def is_feature_map(self) -> bool:
-        """A 4-D (N, H, W, C) output with more than one spatial position."""
-        shape = self.output_shape
-        if shape is None or len(shape) != 4:
-            return False
-        height, width = (d if d is not None else 2 for d in shape[1:3])
-        return height * width > 1
-
-
-@dataclass(frozen=True)
-class OutputInfo:
-    """One model output: the innermost layer that produces it, its shape and activation."""
-
-    index: int
-    head_path: str
-    shape: tuple[int | None, ...]  # batch dimension first, as Keras reports it (None)
-    final_activation: str
-
-    @property
-    def explainable(self) -> bool:
-        """Only a classifier's (N, classes) output has a class score to explain; feature maps and
-        per-pixel (segmentation) outputs do not."""
-        return len(self.shape) == 2 and self.shape[1] is not None
-
-    @property
-    def units(self) -> int:
-        """Width of the output: its classes (or logits) when it is explainable."""
-        return int(self.shape[-1] or 0)
-
-    def describe(self) -> str:
-        """'1: head (N, 3), softmax' as the error messages and ``xai info`` list outputs."""
-        dims = ", ".join("N" if i == 0 else str(d) for i, d in enumerate(self.shape))
-        return f"{self.index}: {self.head_path} ({dims}), {self.final_activation}"
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What the rest of the tool needs to know about a loaded model."""
-
-    input_size: tuple[int, int]  # (height, width) fed to the model
-    channels: int
-    layers: tuple[LayerInfo, ...]  # in execution order, inner layers before their model
-    head_path: str  # the layer that produces the explained output
-    final_activation: str  # 'softmax', 'sigmoid' or 'linear'
-    units: int  # width of the output (logits)
-    preprocessing: tuple[str, ...]  # paths of Rescaling/Normalization layers inside
-    outputs: tuple[OutputInfo, ...] = ()  # every output; head_path/units/activation are the chosen one's
-    output_reason: str = ""  # why that output is the one explained
-    attention_layers: tuple[str, ...] = ()  # paths of MultiHeadAttention layers, in execution order
-    token_grid: tuple[int, int] | None = None  # (rows, columns) of patch tokens, for transformers
-    extra_tokens: int = 0  # tokens before the patch tokens (1 = a class token)
-    feeds_output: frozenset[str] = frozenset()  # paths of the layers the explained output depends on
-    on_every_path: frozenset[str] = frozenset()  # paths every path from the input to that output passes
-
-    @property
-    def num_classes(self) -> int:
-        """Classes a user can ask for; a one-unit sigmoid has two (0 = negative, 1 = positive)."""
-        return 2 if self.is_binary_sigmoid else self.units
-
-    @property
-    def is_binary_sigmoid(self) -> bool:
-        return self.final_activation == "sigmoid" and self.units == 1
 
 
 def open_model(path: Path, *, input_size: tuple[int, int] | None = None, output: str = AUTO_OUTPUT,
@@ -141,6 +64,7 @@ def inspect_model(model: keras.Model, input_size: tuple[int, int] | None = None,
     grid, extra = _token_layout(layers, attention, size)
     return ModelInfo(
         input_size=size,
+        model_name=model.name,
         channels=channels,
         layers=layers,
         head_path=chosen.head_path,
@@ -152,9 +76,28 @@ def inspect_model(model: keras.Model, input_size: tuple[int, int] | None = None,
         attention_layers=attention,
         token_grid=grid,
         extra_tokens=extra,
+        image_converter=_image_converter(model, channels),
         feeds_output=frozenset(ancestors(traced.inputs_of, chosen.head_path)),
         on_every_path=frozenset(on_every_path(traced.layers, traced.inputs_of, INPUT, chosen.head_path)),
     )
+
+
+def _image_converter(model: keras.Model, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """(scale, offset) per channel of a keras-hub classifier's own image converter, saved with it
+    as its preprocessor; None for other models. The converter maps 0..255 pixels to
+    ``pixels * scale + offset``; None in either means 1 or 0."""
+    converter = getattr(getattr(model, "preprocessor", None), "image_converter", None)
+    if converter is None or not hasattr(converter, "scale"):
+        return None
+
+    def per_channel(value: Any, default: float) -> tuple[float, ...]:
+        values = [default] if value is None else list(np.ravel(np.asarray(value, dtype=np.float64)))
+        return tuple(float(v) for v in (values * channels if len(values) == 1 else values))
+
+    scale, offset = per_channel(converter.scale, 1.0), per_channel(getattr(converter, "offset", None), 0.0)
+    if len(scale) != channels or len(offset) != channels or min(scale) <= 0:
+        return None
+    return scale, offset
 
 
 def _token_layout(layers: tuple[LayerInfo, ...], attention: tuple[str, ...],

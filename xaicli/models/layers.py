@@ -6,7 +6,7 @@ import re
 
 from ..errors import LayerError, UsageError
 from ..explainers import REGISTRY
-from .inspect import LayerInfo, ModelInfo
+from .info import LayerInfo, ModelInfo
 
 
 def candidate_layers(info: ModelInfo, name_regex: str) -> list[LayerInfo]:

@@ -58,6 +58,9 @@ def load_model(path: Path, unsafe: bool = False, custom_objects: dict[str, Any] 
     if path.suffix.lower() not in MODEL_SUFFIXES:
         raise ModelError(f"{path}: unsupported model format; give a .keras or .h5 file")
     _check_container(path)
+    if _is_keras2_nested_sequential(path):
+        _refuse_lambda_unless_unsafe(path, unsafe)
+        return _load_through_keras2(path, "a Keras 2 Sequential model holding a nested model", unsafe, custom_objects)
     objects = {**KERAS2_COMPATIBLE, **(custom_objects or {})}
     try:
         readable_copy = _newer_keras_options_dropped if path.suffix.lower() == ".keras" else _keras2_nodes_renumbered
@@ -71,6 +74,21 @@ def load_model(path: Path, unsafe: bool = False, custom_objects: dict[str, Any] 
             "save it as a Functional or Sequential model to explain it"
         )
     return model
+
+
+def _is_keras2_nested_sequential(path: Path) -> bool:
+    """A Keras 2 .h5 whose model is a Sequential with a model among its layers (the transfer
+    learning recipe ``Sequential([base_model, GlobalAveragePooling2D(), Dense(...)])``)."""
+    config = _keras2_config(path)
+    return bool(config and config.get("class_name") == "Sequential" and any(
+        layer.get("class_name") in NESTED_MODEL_CLASSES for layer in config["config"].get("layers", [])))
+
+
+def _refuse_lambda_unless_unsafe(path: Path, unsafe: bool) -> None:
+    """Keras 2 reads a Lambda layer's Python code without asking; safe mode is ours to keep."""
+    attributes = _h5_keras_attributes(path)
+    if not unsafe and attributes and attributes[1] and '"class_name": "Lambda"' in attributes[1]:
+        raise ModelError(_lambda_refused(path))
 
 
 def _check_container(path: Path) -> None:
@@ -148,23 +166,30 @@ def _version(text: str) -> tuple[int, ...]:
     return tuple(int(part) if part.isdigit() else 0 for part in text.split(".")[:3])
 
 
-def _drop_unknown_none_options(node: Any) -> bool:
+def _drop_unknown_none_options(config: Any) -> bool:
     """Remove, in place and at every depth, the None-valued options of serialized Keras objects
     that the installed class does not accept. Returns whether anything was removed."""
     changed = False
-    if isinstance(node, list):
-        for item in node:
-            changed |= _drop_unknown_none_options(item)
-    elif isinstance(node, dict):
+    for node in _serialized_objects(config):
         accepted = _accepted_options(node)
         options = node.get("config")
         if accepted is not None and isinstance(options, dict):
             for key in [k for k, v in options.items() if v is None and k not in accepted]:
                 del options[key]
                 changed = True
-        for value in node.values():
-            changed |= _drop_unknown_none_options(value)
     return changed
+
+
+def _serialized_objects(node: Any) -> Iterator[dict]:
+    """Every serialized object (a dict with a ``class_name``) in a model config, at any depth."""
+    if isinstance(node, list):
+        for item in node:
+            yield from _serialized_objects(item)
+    elif isinstance(node, dict):
+        if "class_name" in node:
+            yield node
+        for value in node.values():
+            yield from _serialized_objects(value)
 
 
 def _accepted_options(node: dict) -> set[str] | None:
@@ -234,22 +259,39 @@ def _load_savedmodel_folder(folder: Path, unsafe: bool, custom_objects: dict[str
         raise ModelError(f"{folder} is a folder but not a SavedModel (no saved_model.pb); give a .keras or .h5 file")
     if not (folder / "keras_metadata.pb").exists():
         return _load_exported_savedmodel(folder)
+    return _load_through_keras2(folder, "a SavedModel written by Keras 2", unsafe, custom_objects)
+
+
+def _load_through_keras2(source: Path, what: str, unsafe: bool, custom_objects: dict[str, Any] | None) -> keras.Model:
+    """Load ``source`` with Keras 2 (``tf_keras``) and read it back here from a temporary Keras 2
+    ``.h5`` of the same weights. A Sequential model holding a nested model is rebuilt as a
+    Functional one first: Keras 3 cannot read that Sequential (keras-team/keras#20084), while it
+    reads the Functional form with every layer of the nested model reachable."""
     try:
         import tf_keras
     except ImportError:
-        raise ModelError(
-            f"{folder} is a SavedModel written by Keras 2; loading it needs Keras 2: pip install 'xaicli[legacy]'"
-        ) from None
+        raise ModelError(f"{source} is {what}; loading it needs Keras 2: pip install 'xaicli[legacy]'") from None
     try:
-        legacy = tf_keras.models.load_model(folder, compile=False, custom_objects=custom_objects)
-        with tempfile.TemporaryDirectory(prefix="xai-savedmodel-") as scratch:
-            converted = Path(scratch) / f"{folder.name}.h5"
+        legacy = tf_keras.models.load_model(source, compile=False, custom_objects=custom_objects)
+        if isinstance(legacy, tf_keras.Sequential) and any(isinstance(l, tf_keras.Model) for l in legacy.layers):
+            legacy = _as_functional(tf_keras, legacy)
+        with tempfile.TemporaryDirectory(prefix="xai-keras2-") as scratch:
+            converted = Path(scratch) / f"{source.stem}.h5"
             legacy.save(converted, save_format="h5")
             return load_model(converted, unsafe=unsafe, custom_objects=custom_objects)
     except ModelError:
         raise
-    except Exception as exc:  # tf_keras raises many types for a folder it cannot read
-        raise ModelError(f"cannot load SavedModel {folder} with Keras 2: {first_line(exc)}") from exc
+    except Exception as exc:  # tf_keras raises many types for a file it cannot read
+        raise ModelError(f"cannot load {source} ({what}) with Keras 2: {first_line(exc)}") from exc
+
+
+def _as_functional(tf_keras: Any, sequential: Any) -> Any:
+    """The same layers (weights shared) called in order on a new input, as a Functional model."""
+    inputs = tf_keras.Input(batch_shape=sequential.input_shape, dtype=sequential.input.dtype)
+    x = inputs
+    for layer in sequential.layers:
+        x = layer(x)
+    return tf_keras.Model(inputs, x, name=sequential.name)
 
 
 SERVING_ENDPOINTS = ("serve", "serving_default")
@@ -326,10 +368,13 @@ def _load_failure(path: Path, exc: BaseException) -> str:
     """One line that says why loading failed and what to do."""
     chain = " ".join(str(e) for e in _exception_chain(exc))
     if "Lambda" in chain and "safe_mode" in chain:
-        return (f"{path} has a Lambda layer holding Python code, which safe loading refuses because "
-                "it can run arbitrary code; if you trust this file, pass --unsafe")
+        return _lambda_refused(path)
     missing = re.search(r"Could not locate (?:class|function) '([^']+)'", chain) or re.search(r"Unknown layer: '([^']+)'", chain)
     if missing:
+        module = _recorded_module(path, missing[1])
+        if module:
+            return (f"{path} uses the custom class '{missing[1]}' from module {module}: pass --custom-objects "
+                    f"{module} (it must be installed), or a FILE.py that defines it")
         return (f"{path} uses the custom class or function '{missing[1]}'; pass --custom-objects "
                 "FILE.py (or a module name) that defines it")
     newer = _written_by_newer_keras(path) if path.suffix.lower() == ".keras" else None
@@ -337,6 +382,35 @@ def _load_failure(path: Path, exc: BaseException) -> str:
         return (f"cannot load model {path}: it was written by Keras {newer}, newer than this Keras "
                 f"{keras.__version__}; upgrade Keras (pip install -U keras) ({first_line(exc)})")
     return f"cannot load model {path}: {first_line(exc)}"
+
+
+def _recorded_module(path: Path, name: str) -> str | None:
+    """The module a model file records for a custom class (Keras 3 files, and Keras 2 files from
+    TensorFlow 2.13 on, write it beside the class name), if any."""
+    short = name.split(">")[-1]
+    for node in _serialized_objects(_model_config(path)):
+        module = node.get("module")
+        if (node.get("class_name") == short and isinstance(module, str)
+                and not module.startswith(("keras", "builtins", "__main__"))):
+            return module
+    return None
+
+
+def _model_config(path: Path) -> Any:
+    """A model file's config as JSON data (None when it cannot be read)."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                return json.loads(archive.read("config.json"))
+        attributes = _h5_keras_attributes(path)
+        return json.loads(attributes[1]) if attributes and attributes[1] else None
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def _lambda_refused(path: Path) -> str:
+    return (f"{path} has a Lambda layer holding Python code, which safe loading refuses because "
+            "it can run arbitrary code; if you trust this file, pass --unsafe")
 
 
 def _exception_chain(exc: BaseException | None) -> list[BaseException]:

@@ -23,7 +23,7 @@ import tensorflow as tf
 from keras.src.models.functional import Functional
 
 if TYPE_CHECKING:
-    from .inspect import ModelInfo
+    from .info import ModelInfo
 
 
 SQUASHING = ("softmax", "sigmoid")

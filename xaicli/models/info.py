@@ -1,0 +1,86 @@
+"""What the tool knows about a model, as plain data: its layers, outputs and the explained one.
+Made by ``inspect``; read by every decision (layer, preprocessing, output) without TensorFlow."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One layer of the model tree. ``path`` joins nested model names with '/'."""
+
+    path: str
+    type_name: str
+    output_shape: tuple[int | None, ...] | None  # None when the layer has several outputs
+    is_convolution: bool
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+    @property
+    def is_feature_map(self) -> bool:
+        """A 4-D (N, H, W, C) output with more than one spatial position."""
+        shape = self.output_shape
+        if shape is None or len(shape) != 4:
+            return False
+        height, width = (d if d is not None else 2 for d in shape[1:3])
+        return height * width > 1
+
+
+@dataclass(frozen=True)
+class OutputInfo:
+    """One model output: the innermost layer that produces it, its shape and activation."""
+
+    index: int
+    head_path: str
+    shape: tuple[int | None, ...]  # batch dimension first, as Keras reports it (None)
+    final_activation: str
+
+    @property
+    def explainable(self) -> bool:
+        """Only a classifier's (N, classes) output has a class score to explain; feature maps and
+        per-pixel (segmentation) outputs do not."""
+        return len(self.shape) == 2 and self.shape[1] is not None
+
+    @property
+    def units(self) -> int:
+        """Width of the output: its classes (or logits) when it is explainable."""
+        return int(self.shape[-1] or 0)
+
+    def describe(self) -> str:
+        """'1: head (N, 3), softmax' as the error messages and ``xai info`` list outputs."""
+        dims = ", ".join("N" if i == 0 else str(d) for i, d in enumerate(self.shape))
+        return f"{self.index}: {self.head_path} ({dims}), {self.final_activation}"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the rest of the tool needs to know about a loaded model."""
+
+    input_size: tuple[int, int]  # (height, width) fed to the model
+    model_name: str  # the outer model's own name (keras.applications models keep theirs, e.g. resnet50)
+    channels: int
+    layers: tuple[LayerInfo, ...]  # in execution order, inner layers before their model
+    head_path: str  # the layer that produces the explained output
+    final_activation: str  # 'softmax', 'sigmoid' or 'linear'
+    units: int  # width of the output (logits)
+    preprocessing: tuple[str, ...]  # paths of Rescaling/Normalization layers inside
+    outputs: tuple[OutputInfo, ...] = ()  # every output; head_path/units/activation are the chosen one's
+    output_reason: str = ""  # why that output is the one explained
+    attention_layers: tuple[str, ...] = ()  # paths of MultiHeadAttention layers, in execution order
+    token_grid: tuple[int, int] | None = None  # (rows, columns) of patch tokens, for transformers
+    extra_tokens: int = 0  # tokens before the patch tokens (1 = a class token)
+    image_converter: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # keras-hub (scale, offset)
+    feeds_output: frozenset[str] = frozenset()  # paths of the layers the explained output depends on
+    on_every_path: frozenset[str] = frozenset()  # paths every path from the input to that output passes
+
+    @property
+    def num_classes(self) -> int:
+        """Classes a user can ask for; a one-unit sigmoid has two (0 = negative, 1 = positive)."""
+        return 2 if self.is_binary_sigmoid else self.units
+
+    @property
+    def is_binary_sigmoid(self) -> bool:
+        return self.final_activation == "sigmoid" and self.units == 1
