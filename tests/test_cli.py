@@ -366,3 +366,15 @@ def test_crop_overlay_covers_the_original_and_leaves_unseen_sides_untouched(tiny
     np.testing.assert_array_equal(overlay[:, :5], source[:, :5])
     np.testing.assert_array_equal(overlay[:, 35:], source[:, 35:])
     assert (overlay[:, 5:35] != source[:, 5:35]).any()
+
+
+def test_the_predicted_class_is_the_top_score_even_where_probabilities_tie():
+    """Nearly tied logits can round to equal float32 probabilities; the row's predicted class is
+    then the one the top-class explanation explains, not the first of the tie."""
+    from xaicli.explainers.engine import BatchExplanation
+    from xaicli.pipeline import _predicted
+
+    explanation = BatchExplanation(probabilities=np.full((1, 4), 0.25, np.float32),
+                                   scores=np.array([[0.0, 0.0, 1e-7, 0.0]], np.float32),
+                                   classes=np.array([2]), maps={})
+    assert _predicted(explanation, 0) == 2

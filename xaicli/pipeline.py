@@ -463,7 +463,7 @@ def _schedule(prepared: Prepared, decoded: _Decoded, explanations: tuple[BatchEx
 def _caption(prepared: Prepared, explanation: BatchExplanation, index: int) -> str:
     """'label 0.93' for the predicted class, and the explained class when it differs."""
     probabilities = explanation.probabilities[index]
-    predicted, explained = int(np.argmax(probabilities)), int(explanation.classes[index])
+    predicted, explained = _predicted(explanation, index), int(explanation.classes[index])
     name = lambda i: _label(prepared, i) or f"class {i}"  # noqa: E731
     text = f"{name(predicted)} {probabilities[predicted]:.2f}"
     return text if explained == predicted else f"{text}; explaining {name(explained)}"
@@ -516,7 +516,7 @@ def _rows(prepared: Prepared, pending: _Pending) -> Iterator[Row]:
 def _ok_row(prepared: Prepared, pending: _Pending, write: _Write) -> Row:
     explanation, i, method = write.explanation, pending.index, write.method
     probabilities = explanation.probabilities[i]
-    predicted = int(np.argmax(probabilities))
+    predicted = _predicted(explanation, i)
     explained = int(explanation.classes[i])
     return Row(
         input=str(pending.item.path),
@@ -535,6 +535,12 @@ def _ok_row(prepared: Prepared, pending: _Pending, write: _Write) -> Row:
         output=str(write.path),
         top=_top_classes(prepared, explanation, i),
     )
+
+
+def _predicted(explanation: BatchExplanation, index: int) -> int:
+    """The top class by score, as the explained top class is chosen: probabilities of nearly tied
+    classes can round to the same float32 value where their scores still differ."""
+    return int(np.argmax(explanation.scores[index]))
 
 
 def _top_classes(prepared: Prepared, explanation: BatchExplanation, index: int) -> tuple[Ranked, ...]:
