@@ -203,11 +203,10 @@ def check_attention(info: ModelInfo) -> None:
     """Attention methods need MultiHeadAttention layers and a patch grid the tokens map onto."""
     if not info.attention_layers:
         fitting = ", ".join(name for name, spec in REGISTRY.items() if spec.family != "attention")
-        raise UsageError(f"--method attention needs a Vision Transformer (keras.layers.MultiHeadAttention "
-                         f"blocks); this model has none; methods that fit it: {fitting}")
+        raise UsageError(f"--method attention needs a Vision Transformer (attention layers: Keras's "
+                         f"MultiHeadAttention at any depth, or vit_keras's); this model has none; methods that fit it: {fitting}")
     if info.token_grid is None:
-        raise UsageError("the model's attention tokens do not map onto a patch grid of its input; "
-                         "--method attention cannot place them on the image")
+        raise UsageError(f"--method attention cannot place this model's attention on the image: {info.attention_note}")
 
 
 def describe(path: Path, info: ModelInfo, layer_regex: str) -> dict:

@@ -11,13 +11,12 @@ import zlib
 from dataclasses import dataclass
 from typing import Callable
 
-import keras
 import numpy as np
 import tensorflow as tf
 
 from ..errors import LayerError
 from ..models.info import ModelInfo
-from ..models.probe import class_scores
+from ..models.probe import Probe, class_scores
 from ..render import normalize_maps
 
 def rank_request(rank: int) -> int:
@@ -97,7 +96,7 @@ class BatchExplanation:
 class Explainer:
     """Runs the requested methods on batches of at most ``batch_size`` images."""
 
-    def __init__(self, probe: keras.Model, info: ModelInfo, layer_path: str | None,
+    def __init__(self, probe: Probe, info: ModelInfo, layer_path: str | None,
                  methods: dict[str, dict[str, Callable]], batch_size: int, options: MethodOptions):
         """``methods``: family ('cam', 'score', 'gradient', 'attention') -> name -> implementation."""
         self._probe = probe
@@ -116,7 +115,7 @@ class Explainer:
         self._input_gradient = tf.function(self._score_gradient, input_signature=[images, classes])
         self._masked = None
         if self._score_methods:
-            layer_shape = probe.output["activations"].shape
+            layer_shape = probe.activation_shape
             grid = info.token_grid if len(layer_shape) == 3 else layer_shape[1:3]
             self._masked = tf.function(self._score_masked, input_signature=[
                 tf.TensorSpec((height, width, info.channels), tf.float32),
@@ -172,13 +171,13 @@ class Explainer:
         low = tf.reduce_min(masks, axis=(1, 2, 3), keepdims=True)
         span = tf.reduce_max(masks, axis=(1, 2, 3), keepdims=True) - low
         masks = tf.where(span > 0, (masks - low) / tf.where(span > 0, span, 1.0), 0.0)
-        scores, _ = class_scores(tf.cast(self._probe(image[None] * masks, training=False)["logits"], tf.float32), self._info)
+        scores, _ = class_scores(tf.cast(self._probe.logits(image[None] * masks), tf.float32), self._info)
         return scores[:, target]
 
     def _score_gradient(self, images: tf.Tensor, classes: tf.Tensor) -> tf.Tensor:
         with tf.GradientTape() as tape:
             tape.watch(images)
-            scores, _ = class_scores(tf.cast(self._probe(images, training=False)["logits"], tf.float32), self._info)
+            scores, _ = class_scores(tf.cast(self._probe.logits(images), tf.float32), self._info)
             explained = tf.gather(scores, classes, batch_dims=1)
         return tape.gradient(explained, images)
 

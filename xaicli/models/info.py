@@ -69,9 +69,10 @@ class ModelInfo:
     preprocessing: tuple[str, ...]  # paths of Rescaling/Normalization layers inside
     outputs: tuple[OutputInfo, ...] = ()  # every output; head_path/units/activation are the chosen one's
     output_reason: str = ""  # why that output is the one explained
-    attention_layers: tuple[str, ...] = ()  # paths of MultiHeadAttention layers, in execution order
+    attention_layers: tuple[str, ...] = ()  # paths of attention layers at any depth, in call order
     token_grid: tuple[int, int] | None = None  # (rows, columns) of patch tokens, for transformers
     extra_tokens: int = 0  # tokens before the patch tokens (1 = a class token)
+    attention_note: str = ""  # why attention cannot be placed on the image, when it cannot
     image_converter: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # keras-hub (scale, offset)
     feeds_output: frozenset[str] = frozenset()  # paths of the layers the explained output depends on
     on_every_path: frozenset[str] = frozenset()  # paths every path from the input to that output passes

@@ -10,7 +10,8 @@ from typing import Any
 import keras
 import numpy as np
 
-from ..errors import ModelError, UsageError
+from ..errors import ModelError, UsageError, first_line
+from .capture import Captured, capturing, inner_layers, is_attention
 from .load import load_custom_objects, load_model
 from .graph import ancestors, on_every_path
 from .info import LayerInfo, ModelInfo, OutputInfo
@@ -50,18 +51,22 @@ def inspect_model(model: keras.Model, input_size: tuple[int, int] | None = None,
     """
     size, channels = _input_geometry(model, input_size)
     traced = _trace(model, size, channels, _Plan(record=lambda _path: True))
-    layers = tuple(
+    graph_layers = tuple(
         LayerInfo(path, type(layer).__name__, _shape(traced.records.get(path)),
                   isinstance(layer, CONVOLUTIONS))
         for path, layer in traced.layers.items()
     )
+    inner = inner_layers(traced.layers)
+    watched = {path: layer for path, layer in {**traced.layers, **inner}.items() if is_attention(layer)}
+    seen = _run_once(model, size, channels, inner, watched) if inner or watched else Captured()
+    layers = _with_inner_layers(graph_layers, inner, seen)
     outputs = tuple(
         OutputInfo(i, head, tuple(tensor.shape), final_activation(traced.layers[head]))
         for i, (head, tensor) in enumerate(zip(traced.heads, traced.outputs))
     )
     chosen, output_reason = choose_output(outputs, output)
-    attention = tuple(p for p, l in traced.layers.items() if isinstance(l, keras.layers.MultiHeadAttention))
-    grid, extra = _token_layout(layers, attention, size)
+    attention = tuple(dict.fromkeys(path for path, _ in seen.attention))
+    grid, extra, attention_note = _token_layout(layers, attention, [tuple(w.shape) for _, w in seen.attention], size)
     return ModelInfo(
         input_size=size,
         model_name=model.name,
@@ -76,6 +81,7 @@ def inspect_model(model: keras.Model, input_size: tuple[int, int] | None = None,
         attention_layers=attention,
         token_grid=grid,
         extra_tokens=extra,
+        attention_note=attention_note,
         image_converter=_image_converter(model, channels),
         feeds_output=frozenset(ancestors(traced.inputs_of, chosen.head_path)),
         on_every_path=frozenset(on_every_path(traced.layers, traced.inputs_of, INPUT, chosen.head_path)),
@@ -100,26 +106,77 @@ def _image_converter(model: keras.Model, channels: int) -> tuple[tuple[float, ..
     return scale, offset
 
 
+def _run_once(model: keras.Model, size: tuple[int, int], channels: int, inner: dict[str, keras.layers.Layer],
+              attention: dict[str, keras.layers.Layer]) -> Captured:
+    """Call the model once on a blank image, recording what the inner layers return and the
+    attention weights, in call order: their shapes, and the order in which blocks run."""
+    try:
+        with capturing(inner, attention) as seen:
+            model(np.zeros((1, *size, channels), np.float32), training=False)
+    except Exception as exc:  # the user's layers: any error they raise is theirs to see
+        raise ModelError(f"the model fails on a blank {size[0]}x{size[1]} image: {first_line(exc)}") from exc
+    return seen
+
+
+def _with_inner_layers(graph_layers: tuple[LayerInfo, ...], inner: dict[str, keras.layers.Layer],
+                       seen: Captured) -> tuple[LayerInfo, ...]:
+    """The graph's layers with the inner layers that ran placed before the layer holding them,
+    in the order they ran (as nested models' layers come before the model)."""
+    called = [path for path in dict.fromkeys(seen.order) if path in inner]
+    placed: set[str] = set()
+    layers: list[LayerInfo] = []
+    for layer in graph_layers:
+        for path in called:
+            if path.startswith(layer.path + "/") and path not in placed:
+                placed.add(path)
+                layers.append(LayerInfo(path, type(inner[path]).__name__, _batchless(seen.outputs[path]),
+                                        isinstance(inner[path], CONVOLUTIONS)))
+        layers.append(layer)
+    return tuple(layers)
+
+
+def _batchless(tensor: Any) -> tuple[int | None, ...] | None:
+    """The shape of an eagerly computed output, with the batch dimension as Keras reports it."""
+    shape = _shape(tensor)
+    return None if shape is None else (None, *(int(d) for d in shape[1:]))
+
+
 def _token_layout(layers: tuple[LayerInfo, ...], attention: tuple[str, ...],
-                  size: tuple[int, int]) -> tuple[tuple[int, int] | None, int]:
-    """The patch grid and the number of leading extra tokens (class/distillation) of a
-    transformer: the grid is the last 4-D feature map before the first attention layer (the
-    patch embedding), else the input's aspect ratio; extra tokens are what the sequence has
-    beyond the grid."""
+                  weight_shapes: list[tuple[int, ...]], size: tuple[int, int]) -> tuple[tuple[int, int] | None, int, str]:
+    """The patch grid, the number of leading extra tokens (class, distillation, register) and,
+    when the attention cannot be placed on the image, why.
+
+    Every attention layer must weigh the same T tokens against each other ((N, heads, T, T)):
+    windowed or hierarchical attention (Swin) does not. The grid is the last 4-D feature map
+    before the first attention layer (the patch embedding) when the tokens fit it, else the
+    square-patch grid of the input that leaves the fewest extra tokens."""
     if not attention:
-        return None, 0
+        return None, 0, ""
+    tokens = weight_shapes[0][-1]
+    if any(len(shape) != 4 or shape[-2:] != (tokens, tokens) for shape in weight_shapes):
+        return None, 0, ("its attention layers do not all weigh the same tokens against each other "
+                         f"(weights shaped {', '.join(str(s[1:]) for s in dict.fromkeys(weight_shapes))}), as in "
+                         "windowed or hierarchical attention (Swin); rollout needs a plain Vision Transformer")
     first = next(i for i, l in enumerate(layers) if l.path == attention[0])
-    tokens = layers[first].output_shape[1] if layers[first].output_shape else None
-    if tokens is None:
-        return None, 0
     maps = [l for l in layers[:first] if l.is_feature_map]
-    if maps:
-        grid = (int(maps[-1].output_shape[1]), int(maps[-1].output_shape[2]))
-    else:
-        rows = round((tokens * size[0] / size[1]) ** 0.5)
-        grid = (rows, tokens // max(rows, 1))
-    extra = tokens - grid[0] * grid[1]
-    return (grid, extra) if 0 <= extra <= 8 else (None, 0)
+    embedded = (int(maps[-1].output_shape[1]), int(maps[-1].output_shape[2])) if maps else None
+    for grid in (embedded, _patch_grid(tokens, size)):
+        if grid and 0 <= tokens - grid[0] * grid[1] <= MAX_EXTRA_TOKENS:
+            return grid, tokens - grid[0] * grid[1], ""
+    return None, 0, f"its {tokens} tokens do not map onto a patch grid of the {size[0]}x{size[1]} input"
+
+
+MAX_EXTRA_TOKENS = 16  # class, distillation and register tokens (DINOv2 with registers has 5)
+
+
+def _patch_grid(tokens: int, size: tuple[int, int]) -> tuple[int, int] | None:
+    """(rows, columns) of square patches that tile the input with the fewest tokens left over."""
+    height, width = size
+    for extra in range(MAX_EXTRA_TOKENS + 1):
+        for patch in range(1, min(height, width) + 1):
+            if height % patch == 0 and width % patch == 0 and (height // patch) * (width // patch) == tokens - extra:
+                return height // patch, width // patch
+    return None
 
 
 def choose_output(outputs: tuple[OutputInfo, ...], spec: str) -> tuple[OutputInfo, str]:

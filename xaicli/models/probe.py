@@ -22,6 +22,8 @@ import keras
 import tensorflow as tf
 from keras.src.models.functional import Functional
 
+from .capture import capturing, inner_layers
+
 if TYPE_CHECKING:
     from .info import ModelInfo
 
@@ -37,20 +39,48 @@ def final_activation(layer: keras.layers.Layer) -> str:
     return name if name in SQUASHING else "linear"
 
 
-def build_probe(model: keras.Model, info: ModelInfo, layer_path: str | None,
-                attention: bool = False) -> keras.Model:
-    """A model mapping a (N, H, W, C) float32 batch to ``{"logits": (N, units)}``, plus
-    ``"activations"`` of ``layer_path`` when given ((N, h, w, k), or (N, T, D) for a token
-    layer), plus ``"attention"``: one (N, heads, T, T) score tensor per attention layer when
-    ``attention`` is set."""
-    plan = _Plan(record=lambda path: path == layer_path, logits_of=info.head_path, attention=attention)
+class Probe:
+    """Maps a (N, H, W, C) float32 batch to ``{"logits": (N, units)}``, plus ``"activations"`` of
+    the target layer when there is one ((N, h, w, k), or (N, T, D) for a token layer), plus
+    ``"attention"``: the (N, heads, T, T) weights of every attention layer, in call order, when
+    asked for. Graph layers come from the re-threaded Functional model; layers inside
+    subclassed layers, and attention weights, are captured while it runs (see ``capture``)."""
+
+    def __init__(self, model: keras.Model, inner_target: dict[str, keras.layers.Layer],
+                 attention: dict[str, keras.layers.Layer], activation_shape: tuple[int | None, ...] | None):
+        self._model = model
+        self._inner_target = inner_target
+        self._attention = attention
+        self.activation_shape = activation_shape
+
+    def __call__(self, images: Any, training: bool = False) -> dict[str, Any]:
+        with capturing(self._inner_target, self._attention) as seen:
+            outputs = dict(self._model(images, training=training))
+        for path in self._inner_target:
+            outputs["activations"] = seen.outputs[path]
+        if self._attention:
+            outputs["attention"] = [weights for _, weights in seen.attention]
+        return outputs
+
+    def logits(self, images: Any) -> Any:
+        """Only the logits: no capture, for steps that need nothing else."""
+        return self._model(images, training=False)["logits"]
+
+
+def build_probe(model: keras.Model, info: ModelInfo, layer_path: str | None, attention: bool = False) -> Probe:
+    """The probe for ``layer_path`` (a graph layer or one inside a subclassed layer, or None) and,
+    when ``attention`` is set, the weights of ``info.attention_layers``."""
+    plan = _Plan(record=lambda path: path == layer_path, logits_of=info.head_path)
     traced = _trace(model, info.input_size, info.channels, plan)
     outputs: dict[str, Any] = {"logits": traced.logits}
-    if layer_path is not None:
+    inner = inner_layers(traced.layers)
+    if layer_path is not None and layer_path in traced.records:
         outputs["activations"] = traced.records[layer_path]
-    if attention:
-        outputs["attention"] = [traced.records[p + ATTENTION_SCORES] for p in info.attention_layers]
-    return keras.Model(traced.inputs, outputs)
+    inner_target = {layer_path: inner[layer_path]} if layer_path in inner else {}
+    every_layer = {**traced.layers, **inner}
+    watched = {path: every_layer[path] for path in info.attention_layers} if attention else {}
+    shape = next((l.output_shape for l in info.layers if l.path == layer_path), None)
+    return Probe(keras.Model(traced.inputs, outputs), inner_target, watched, shape)
 
 
 def class_scores(logits: tf.Tensor, info: ModelInfo) -> tuple[tf.Tensor, tf.Tensor]:
@@ -76,7 +106,6 @@ def class_scores(logits: tf.Tensor, info: ModelInfo) -> tuple[tf.Tensor, tf.Tens
 class _Plan:
     record: Callable[[str], bool]  # which layer outputs to keep, by path
     logits_of: str | None = None  # path of the layer whose pre-activation output is wanted
-    attention: bool = False  # also keep every MultiHeadAttention layer's scores
 
 
 @dataclass
@@ -147,9 +176,6 @@ def _call(layer: keras.layers.Layer, *args: Any, prefix: str, plan: _Plan, level
     if isinstance(layer, (keras.Sequential, Functional)):
         outputs = _thread(layer, args[0], path + "/", plan, level)
         out = outputs[0] if len(outputs) == 1 else outputs
-    elif plan.attention and isinstance(layer, keras.layers.MultiHeadAttention):
-        level.inputs_of[path] = _producers(args, kwargs, level)
-        out = _attend(layer, args, kwargs, path, level)
     else:
         level.inputs_of[path] = _producers(args, kwargs, level)
         out = layer(*args, **kwargs)
@@ -167,36 +193,6 @@ def _producers(args: tuple, kwargs: dict, level: _Level) -> tuple[str, ...]:
     """The layers (or INPUT) whose outputs a call takes, each once, in argument order."""
     found = (level.producer.get(id(value)) for value in keras.tree.flatten((args, kwargs)))
     return tuple(dict.fromkeys(path for path in found if path is not None))
-
-
-ATTENTION_SCORES = ":attention"  # suffix of the record holding a layer's attention scores
-
-
-class _WithScores(keras.layers.Layer):
-    """Calls a MultiHeadAttention layer (same weights) asking for its scores too. Asking the
-    layer itself symbolically gives a scores tensor that a Functional model reports as "not
-    connected to inputs" (Keras 3.15); as the outputs of this layer's own node, both connect."""
-
-    def __init__(self, attention: keras.layers.MultiHeadAttention, **kwargs: Any):
-        super().__init__(name=f"{attention.name}_with_scores", **kwargs)
-        self.attention = attention
-
-    def call(self, *args: Any, **kwargs: Any) -> Any:
-        return self.attention(*args, **kwargs, return_attention_scores=True)
-
-    def compute_output_spec(self, *args: Any, **kwargs: Any) -> Any:
-        return self.attention.compute_output_spec(*args, **kwargs, return_attention_scores=True)
-
-
-def _attend(layer: keras.layers.MultiHeadAttention, args: tuple, kwargs: dict, path: str, level: _Level) -> Any:
-    """Call the layer asking for its scores too; record them, pass on only what the model used."""
-    wanted_scores = kwargs.pop("return_attention_scores", False)
-    output, scores = _WithScores(layer)(*args, **kwargs)
-    level.records[path + ATTENTION_SCORES] = scores
-    out = (output, scores) if wanted_scores else output
-    for tensor in keras.tree.flatten(out):
-        level.producer[id(tensor)] = path
-    return out
 
 
 def _pre_activation(layer: keras.layers.Layer, args: tuple, kwargs: dict, out: Any) -> Any:
