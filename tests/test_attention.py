@@ -21,9 +21,10 @@ def _run(path, method="attention", **options):
     return run, run.explainer.explain(IMAGES, np.full(len(IMAGES), TOP_CLASS))
 
 
-def eager_forward(model, images, class_token=True, blocks=2):
+def eager_forward(model, images, class_token=True, blocks=2, tensors=False):
     """The tiny ViT run layer by layer in eager mode, asking each attention layer for its
-    scores directly: an independent capture. Returns (scores per block, final tokens, logits)."""
+    scores directly: an independent capture. Returns (scores per block, final tokens); the
+    scores as tensors on the current tape with ``tensors``, else as numpy arrays."""
     import tensorflow as tf
 
     layer = model.get_layer
@@ -34,7 +35,7 @@ def eager_forward(model, images, class_token=True, blocks=2):
     for block in range(blocks):
         h = layer(f"norm_a{block}")(x)
         attended, block_scores = layer(f"mha_{block}")(h, h, return_attention_scores=True)
-        scores.append(block_scores.numpy())
+        scores.append(block_scores if tensors else block_scores.numpy())
         x = x + attended
         x = x + layer(f"mlp_{block}")(layer(f"norm_b{block}")(x))
     return scores, layer("final_norm")(x)
@@ -68,6 +69,46 @@ def test_rollout_matches_numpy_from_independently_captured_scores(tmp_path, clas
     scores, _ = eager_forward(model, IMAGES, class_token)
     expected = numpy_rollout(scores, (3, 4), class_token, fusion, discard)
     np.testing.assert_allclose(result.maps["attention"], expected, atol=1e-5)
+
+
+def numpy_gradient_rollout(scores, gradients, grid, class_token):
+    """Chefer et al. 2021 for self-attention: R = I; per block R += mean_h ReLU(dA * A) @ R."""
+    maps = []
+    for image in range(len(scores[0])):
+        rollout = np.eye(scores[0].shape[-1])
+        for block_scores, block_gradients in zip(scores, gradients):
+            relevance = np.maximum(block_gradients[image] * block_scores[image], 0).mean(axis=0)
+            rollout = rollout + relevance @ rollout
+        row = (rollout[0, 1:] if class_token else rollout.mean(axis=0)).reshape(grid)
+        maps.append((row - row.min()) / (row.max() - row.min()))
+    return np.stack(maps)
+
+
+@pytest.mark.parametrize("class_token", [True, False])
+def test_gradient_rollout_matches_numpy_with_independently_taken_gradients(tmp_path, class_token):
+    import tensorflow as tf
+
+    model = build_vit(class_token=class_token, seed=5)
+    model.save(tmp_path / "vit.keras")
+    run, result = _run(tmp_path / "vit.keras", "grad-rollout")
+    head = model.get_layer("head")
+    with tf.GradientTape() as tape:
+        scores, tokens = eager_forward(model, IMAGES, class_token, tensors=True)
+        pooled = tokens[:, 0] if class_token else tf.reduce_mean(tokens, axis=1)
+        logits = tf.matmul(pooled, head.kernel) + head.bias
+        chosen = tf.gather(logits, tf.argmax(logits, axis=1), batch_dims=1)
+    gradients = [g.numpy().astype(np.float64) for g in tape.gradient(chosen, scores)]
+    expected = numpy_gradient_rollout([s.numpy().astype(np.float64) for s in scores], gradients, (3, 4), class_token)
+    np.testing.assert_allclose(result.maps["grad-rollout"], expected, atol=1e-4)
+
+
+def test_gradient_rollout_depends_on_the_class_and_plain_rollout_does_not(tmp_path):
+    build_vit(seed=6).save(tmp_path / "vit.keras")
+    run = prepare(RunConfig(model=tmp_path / "vit.keras", inputs=(tmp_path,), out_dir=tmp_path / "out",
+                            methods=("attention", "grad-rollout"), preprocess="none"))
+    by_class = [run.explainer.explain(IMAGES, np.full(len(IMAGES), c)).maps for c in (0, 1)]
+    np.testing.assert_array_equal(by_class[0]["attention"], by_class[1]["attention"])
+    assert not np.allclose(by_class[0]["grad-rollout"], by_class[1]["grad-rollout"], atol=1e-3)
 
 
 def _rigged_vit(tmp_path):

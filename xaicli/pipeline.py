@@ -158,15 +158,17 @@ def prepare(config: RunConfig) -> Prepared:
     if config.top_k > info.num_classes:
         raise UsageError(f"--top-k {config.top_k} is more than the model's {info.num_classes} classes")
     methods = {name: REGISTRY[name] for name in config.methods}
-    wants_attention = any(m.family == "attention" for m in methods.values())
+    attention_methods = [name for name, spec in methods.items() if spec.family == "attention"]
+    wants_attention = bool(attention_methods)
     if wants_attention:
-        check_attention(info)
+        check_attention(info, attention_methods)
     layer_path = layer.path if layer else None
     by_family: dict[str, dict[str, Callable]] = {}
     for name, spec in methods.items():
         by_family.setdefault(spec.family, {})[name] = spec.load()
     explainer = Explainer(
         build_probe(model, info, layer_path, attention=wants_attention), info, layer_path, by_family,
+        attention_gradients=any(spec.attention_gradients for spec in methods.values()),
         batch_size=config.batch_size,
         options=MethodOptions(
             smoothgrad_samples=config.smoothgrad_samples, smoothgrad_noise=config.smoothgrad_noise,
@@ -199,14 +201,15 @@ def _choose_layer(config: RunConfig, info: ModelInfo) -> tuple[LayerInfo, str]:
     return resolve_layer(info, config.layer, config.layer_regex), "as requested"
 
 
-def check_attention(info: ModelInfo) -> None:
-    """Attention methods need MultiHeadAttention layers and a patch grid the tokens map onto."""
+def check_attention(info: ModelInfo, requested: list[str]) -> None:
+    """Attention methods need attention layers and a patch grid the tokens map onto."""
+    asked = f"--method {','.join(requested)}"
     if not info.attention_layers:
         fitting = ", ".join(name for name, spec in REGISTRY.items() if spec.family != "attention")
-        raise UsageError(f"--method attention needs a Vision Transformer (attention layers: Keras's "
+        raise UsageError(f"{asked} needs a Vision Transformer (attention layers: Keras's "
                          f"MultiHeadAttention at any depth, or vit_keras's); this model has none; methods that fit it: {fitting}")
     if info.token_grid is None:
-        raise UsageError(f"--method attention cannot place this model's attention on the image: {info.attention_note}")
+        raise UsageError(f"{asked} cannot place this model's attention on the image: {info.attention_note}")
 
 
 def describe(path: Path, info: ModelInfo, layer_regex: str) -> dict:

@@ -25,6 +25,7 @@ class MethodSpec:
     summary: str
     paper: str
     implementation: str  # "module:function", imported lazily
+    attention_gradients: bool = False  # needs d score / d attention weights (one more backward pass)
 
     @property
     def needs_layer(self) -> bool:
@@ -95,6 +96,15 @@ REGISTRY: dict[str, MethodSpec] = {
             summary="attention rollout through a Vision Transformer's blocks (--head-fusion, --discard-ratio)",
             paper="Abnar & Zuidema 2020, Quantifying Attention Flow in Transformers, ACL, arXiv:2005.00928",
             implementation="xaicli.explainers.attention:attention_rollout",
+        ),
+        MethodSpec(
+            name="grad-rollout",
+            family="attention",
+            summary="gradient-weighted rollout: per block mean_heads ReLU(dA * A), R <- R + that R from R = I; "
+                    "class-specific",
+            paper="Chefer, Gur & Wolf 2021, Generic Attention-model Explainability, ICCV, arXiv:2103.15679",
+            implementation="xaicli.explainers.attention:gradient_rollout",
+            attention_gradients=True,
         ),
         MethodSpec(
             name="saliency",

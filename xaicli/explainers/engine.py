@@ -73,6 +73,7 @@ class AttentionContext:
     and where the patch tokens are in the sequence."""
 
     attention: list[np.ndarray]  # per layer (B, heads, T, T)
+    gradients: list[np.ndarray]  # per layer d score / d attention, (B, heads, T, T); [] when not asked for
     grid: tuple[int, int]  # patch rows, columns
     extra_tokens: int  # leading non-patch tokens (1 = class token)
     options: MethodOptions
@@ -97,8 +98,10 @@ class Explainer:
     """Runs the requested methods on batches of at most ``batch_size`` images."""
 
     def __init__(self, probe: Probe, info: ModelInfo, layer_path: str | None,
-                 methods: dict[str, dict[str, Callable]], batch_size: int, options: MethodOptions):
-        """``methods``: family ('cam', 'score', 'gradient', 'attention') -> name -> implementation."""
+                 methods: dict[str, dict[str, Callable]], batch_size: int, options: MethodOptions,
+                 attention_gradients: bool = False):
+        """``methods``: family ('cam', 'score', 'gradient', 'attention') -> name -> implementation;
+        ``attention_gradients``: an attention method needs d score / d attention weights."""
         self._probe = probe
         self._info = info
         self._layer_path = layer_path
@@ -106,6 +109,7 @@ class Explainer:
         self._gradient_methods = methods.get("gradient", {})
         self._score_methods = methods.get("score", {})
         self._attention_methods = methods.get("attention", {})
+        self._attention_gradients = attention_gradients
         self._options = options
         self.batch_size = batch_size
         height, width = info.input_size
@@ -140,6 +144,8 @@ class Explainer:
         sources = {"layer": outputs["activations"]} if self._cam_methods else {}
         if self._gradient_methods:
             sources["input"] = images
+        if self._attention_gradients:
+            sources["attention"] = outputs["attention"]
         gradients = tape.gradient(explained, sources) if sources else {}
         if self._cam_methods:
             if gradients["layer"] is None:
@@ -152,7 +158,8 @@ class Explainer:
         # Only Score-CAM reads the activations on the host; other runs leave them on the device.
         kept = activations if self._score_methods else tf.zeros((0,))
         attention = [tf.cast(a, tf.float32) for a in outputs.get("attention", [])]
-        return probabilities, scores, classes, maps, kept, attention, at_images
+        attention_gradients = [tf.cast(g, tf.float32) for g in gradients.get("attention", [])]
+        return probabilities, scores, classes, maps, kept, attention, attention_gradients, at_images
 
     def _on_grid(self, tensor: tf.Tensor) -> tf.Tensor:
         """float32 (N, h, w, k); a transformer's tokens (N, T, D) lose their extra (class)
@@ -191,8 +198,8 @@ class Explainer:
         count = len(images)
         batch = _padded(images.astype(np.float32), self.batch_size, 0.0)
         wanted = _padded(np.asarray(requested, np.int32), self.batch_size, TOP_CLASS)
-        probabilities, scores, classes, cam_maps, activations, attention, at_images = self._step(
-            tf.constant(batch), tf.constant(wanted))
+        (probabilities, scores, classes, cam_maps, activations, attention, attention_gradients,
+         at_images) = self._step(tf.constant(batch), tf.constant(wanted))
         raw = {name: m.numpy() for name, m in cam_maps.items()}
         if self._gradient_methods:
             context = GradientContext(batch, classes.numpy(), self._options, self._gradient_at(classes),
@@ -203,7 +210,8 @@ class Explainer:
                                    self._options, self._masked_scores)
             raw.update({name: method(context) for name, method in self._score_methods.items()})
         if self._attention_methods:
-            context = AttentionContext([a.numpy()[:count] for a in attention], self._info.token_grid,
+            context = AttentionContext([a.numpy()[:count] for a in attention],
+                                       [g.numpy()[:count] for g in attention_gradients], self._info.token_grid,
                                        self._info.extra_tokens, self._options)
             raw.update({name: method(context) for name, method in self._attention_methods.items()})
         return BatchExplanation(
