@@ -41,7 +41,7 @@ def eager_forward(model, images, class_token=True, blocks=2, tensors=False):
     return scores, layer("final_norm")(x)
 
 
-def numpy_rollout(scores, grid, class_token, fusion="mean", discard=0.0):
+def numpy_rollout(scores, grid, class_token, fusion="mean", discard=0.0, extra=1):
     fuse = {"mean": np.mean, "max": np.max, "min": np.min}[fusion]
     maps = []
     for image in range(len(scores[0])):
@@ -53,7 +53,7 @@ def numpy_rollout(scores, grid, class_token, fusion="mean", discard=0.0):
                 a = np.where(a < np.sort(a.ravel())[int(discard * (a.size - 1))], 0.0, a)
             a = a + np.eye(tokens)
             rollout = (a / a.sum(axis=1, keepdims=True)) @ rollout
-        row = rollout[0, 1:] if class_token else rollout.mean(axis=0)
+        row = rollout[0, extra:] if class_token else rollout.mean(axis=0)
         row = row.reshape(grid)
         maps.append((row - row.min()) / (row.max() - row.min()))
     return np.stack(maps)
@@ -71,7 +71,7 @@ def test_rollout_matches_numpy_from_independently_captured_scores(tmp_path, clas
     np.testing.assert_allclose(result.maps["attention"], expected, atol=1e-5)
 
 
-def numpy_gradient_rollout(scores, gradients, grid, class_token):
+def numpy_gradient_rollout(scores, gradients, grid, class_token, extra=1):
     """Chefer et al. 2021 for self-attention: R = I; per block R += mean_h ReLU(dA * A) @ R."""
     maps = []
     for image in range(len(scores[0])):
@@ -79,7 +79,7 @@ def numpy_gradient_rollout(scores, gradients, grid, class_token):
         for block_scores, block_gradients in zip(scores, gradients):
             relevance = np.maximum(block_gradients[image] * block_scores[image], 0).mean(axis=0)
             rollout = rollout + relevance @ rollout
-        row = (rollout[0, 1:] if class_token else rollout.mean(axis=0)).reshape(grid)
+        row = (rollout[0, extra:] if class_token else rollout.mean(axis=0)).reshape(grid)
         maps.append((row - row.min()) / (row.max() - row.min()))
     return np.stack(maps)
 
