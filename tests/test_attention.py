@@ -149,8 +149,8 @@ def test_gradcam_on_a_token_layer_uses_the_patch_grid(tmp_path):
 
     model = build_vit(seed=4)
     model.save(tmp_path / "vit.keras")
-    run, result = _run(tmp_path / "vit.keras", "gradcam", layer="auto")
-    assert run.layer.path == "final_norm"
+    assert _run(tmp_path / "vit.keras", "gradcam")[0].layer.path == "norm_a1"  # auto: the last block's input
+    run, result = _run(tmp_path / "vit.keras", "gradcam", layer="final_norm")
     images = tf.constant(IMAGES)
     with tf.GradientTape() as tape:
         _, tokens = eager_forward(model, IMAGES)
@@ -183,5 +183,5 @@ def test_vit_run_writes_rows_for_attention_and_token_cams(tmp_path, image_folder
     assert result.exit_code == 0, result.output
     with open(out / "predictions.csv", newline="") as stream:
         rows = list(csv.DictReader(stream))
-    assert [(r["method"], r["layer"]) for r in rows] == [("attention", "mha_0..mha_1"), ("gradcam", "final_norm")]
+    assert [(r["method"], r["layer"]) for r in rows] == [("attention", "mha_0..mha_1"), ("gradcam", "norm_a1")]
     assert (out / "a.png.attention.png").exists()

@@ -80,7 +80,8 @@ def test_keras_hub_vit_attention_at_depth_grid_and_layers(hub_vit):
     backbone = hub_vit[0].backbone.name
     assert info.attention_layers == tuple(f"{backbone}/vit_encoder/transformer_block_{i}/mha" for i in (1, 2))
     assert (info.token_grid, info.extra_tokens) == ((4, 6), 1)
-    assert run.layer.path == backbone  # the encoder's tokens after its final norm, not the patch embedding
+    # the last block's input, where the patch tokens still reach the class token; not the patch embedding
+    assert run.layer.path == f"{backbone}/vit_encoder/transformer_block_2/ln_1"
     weights, gradients = _vit_by_hand(hub_vit[0])
     np.testing.assert_allclose(result.maps["attention"], numpy_rollout(weights, (4, 6), True), atol=1e-5)
     np.testing.assert_allclose(result.maps["grad-rollout"],
@@ -172,7 +173,7 @@ def test_vit_keras_models_roll_out_like_numpy(vit_keras_models, shape, suffix):
     assert run.info.attention_layers == tuple(f"{prefix}Transformer_encoderblock_{i}/MultiHeadDotProductAttention_1"
                                               for i in (0, 1))
     assert (run.info.token_grid, run.info.extra_tokens) == ((4, 6), 1)
-    assert run.layer.path == f"{prefix}Transformer_encoder_norm"  # not the patch embedding convolution
+    assert run.layer.path == f"{prefix}Transformer_encoderblock_1/LayerNorm_0"  # not the patch embedding
     inner_head = model.get_layer("head")
 
     def head(token):

@@ -31,13 +31,13 @@ def is_attention(layer: keras.layers.Layer) -> bool:
 def inner_layers(graph_layers: dict[str, keras.layers.Layer]) -> dict[str, keras.layers.Layer]:
     """The sublayers of the graph's layers that are not graph nodes themselves, at any depth,
     by path (``backbone/vit_encoder/transformer_block_1/mha``). Nested Functional and
-    Sequential models are graph nodes already (their layers are re-threaded), and Keras's own
-    layers are not opened: their sublayers (MultiHeadAttention's query, key and value
-    projections) are how they compute, not blocks of the network."""
+    Sequential models are graph nodes already (their layers are re-threaded), and neither
+    Keras's own layers nor attention layers are opened: their sublayers (the query, key and
+    value projections) are how they compute, not blocks of the network."""
     found: dict[str, keras.layers.Layer] = {}
 
     def walk(layer: keras.layers.Layer, prefix: str) -> None:
-        if type(layer).__module__.startswith("keras."):
+        if type(layer).__module__.startswith("keras.") or is_attention(layer):
             return
         for sub in layer._flatten_layers(include_self=False, recursive=False):
             path = f"{prefix}/{sub.name}"

@@ -44,9 +44,23 @@ def auto_layer(info: ModelInfo, name_regex: str) -> tuple[LayerInfo, str]:
             f"{_list([l.path for l in info.layers if l.is_feature_map])}; choose one with --layer, "
             f"or use a method that needs no layer: {', '.join(_layerless_methods())}"
         )
-    if info.token_grid and is_token_layer(candidates[-1], info):
-        return candidates[-1], "the last patch-token layer of the transformer"
+    if info.token_grid:
+        return _last_block_input(info)
     return candidates[-1], f"the last layer that is a convolution or matches /{name_regex}/"
+
+
+def _last_block_input(info: ModelInfo) -> tuple[LayerInfo, str]:
+    """In a transformer, the last token layer before its last attention layer (the last block's
+    normalized input). After that attention, a classifier that reads the class token gets
+    nothing more from the patch tokens, so their gradient there is zero and a CAM map blank."""
+    position = {layer.path: i for i, layer in enumerate(info.layers)}
+    last_attention = position[info.attention_layers[-1]]
+    tokens = [l for l in info.layers if is_token_layer(l, info)]
+    before = [l for l in tokens if position[l.path] < last_attention]
+    if before:
+        return before[-1], (f"the input of the last attention layer ({info.attention_layers[-1]}): after it the "
+                            "patch tokens no longer reach a class-token classifier")
+    return tokens[-1], "the last patch-token layer of the transformer"
 
 
 def _end_of_last_conv_block(info: ModelInfo) -> tuple[LayerInfo, str] | None:
@@ -67,14 +81,12 @@ def _end_of_last_conv_block(info: ModelInfo) -> tuple[LayerInfo, str] | None:
 
 
 def is_token_layer(layer: LayerInfo, info: ModelInfo) -> bool:
-    """A (N, T, D) output of a transformer after its first attention layer whose T tokens are
-    the patch grid plus the extra tokens; CAM methods see it reshaped to the grid."""
+    """A (N, T, D) output of a transformer whose T tokens are the patch grid plus the extra
+    tokens; CAM methods see it reshaped to the grid."""
     if not info.token_grid or layer.output_shape is None or len(layer.output_shape) != 3:
         return False
     rows, columns = info.token_grid
-    paths = [l.path for l in info.layers]
-    return (layer.output_shape[1] == rows * columns + info.extra_tokens
-            and paths.index(layer.path) > paths.index(info.attention_layers[0]))
+    return layer.output_shape[1] == rows * columns + info.extra_tokens
 
 
 def compile_layer_regex(name_regex: str) -> re.Pattern[str]:
