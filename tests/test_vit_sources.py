@@ -145,12 +145,14 @@ def vit_keras_models(tmp_path_factory):
 def _vit_keras_by_hand(vit_model, head):
     """vit_keras's blocks called one by one; each returns its attention weights beside its
     output. ``head`` maps the class token to logits. (weights, d top logit / d weights)."""
+    import keras
     import tensorflow as tf
 
     layer = vit_model.get_layer
+    reshape = next(l for l in vit_model.layers if isinstance(l, keras.layers.Reshape))  # named by a counter
     with tf.GradientTape() as tape:
         x = layer("embedding")(tf.constant(IMAGES))
-        x = layer("Transformer_posembed_input")(layer("class_token")(layer("reshape")(x)))
+        x = layer("Transformer_posembed_input")(layer("class_token")(reshape(x)))
         weights = []
         for block in (0, 1):
             x, block_weights = layer(f"Transformer_encoderblock_{block}")(x)
@@ -202,3 +204,22 @@ def test_vit_keras_needs_its_module_and_unsafe_and_says_so(vit_keras_models):
         result = subprocess.run([sys.executable, "-m", "xaicli", "info", path, *options], capture_output=True, text=True)
         assert result.returncode == (2 if message else 0), result.stderr
         assert message in result.stderr and len(result.stderr.strip().splitlines()) == (1 if message else 0)
+
+
+def test_keras_hub_dinov2_backbone_under_a_head_with_register_tokens(tmp_path):
+    """DINOv2 takes its image as {"images": ...} and has a class token and register tokens."""
+    import keras
+
+    keras.utils.set_random_seed(13)
+    backbone = keras_hub.models.DINOV2Backbone(patch_size=PATCH, num_layers=2, hidden_dim=8, num_heads=2,
+                                               intermediate_dim=16, num_register_tokens=4, image_shape=(32, 32, 3),
+                                               position_embedding_shape=(64, 64, 3))
+    inputs = keras.Input((32, 32, 3))
+    pooled = keras.layers.GlobalAveragePooling1D()(backbone(inputs))
+    keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(pooled)).save(tmp_path / "dino.keras")
+    run = prepare(RunConfig(model=tmp_path / "dino.keras", inputs=(tmp_path,), out_dir=tmp_path / "out",
+                            methods=("attention", "grad-rollout", "gradcam"), preprocess="none"))
+    assert (run.info.token_grid, run.info.extra_tokens) == ((4, 4), 5)
+    assert len(run.info.attention_layers) == 2 and run.layer.path.endswith("layers_1/norm1")
+    maps = run.explainer.explain(IMAGES[:, :32, :32], np.full(3, TOP_CLASS)).maps
+    assert all(m.shape == (3, 4, 4) and np.isfinite(m).all() for m in maps.values())

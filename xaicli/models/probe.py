@@ -22,6 +22,7 @@ import keras
 import tensorflow as tf
 from keras.src.models.functional import Functional
 
+from ..errors import ModelError
 from .capture import capturing, inner_layers
 
 if TYPE_CHECKING:
@@ -147,10 +148,15 @@ def _thread(model: keras.Model, x: Any, prefix: str, plan: _Plan, level: _Level)
         for layer in model.layers:
             x = _call(layer, x, prefix=prefix, plan=plan, level=level)
         return [x]
-    fresh = keras.Input(batch_shape=tuple(x.shape), dtype=x.dtype)
+    # A nested model's one input may be a one-element list (Keras 2 files) or dict (keras-hub's
+    # {"images": ...}); the fresh input takes its place in the same structure, named by its key.
+    if len(keras.tree.flatten(model.input)) != 1:
+        raise ModelError(f"the nested model {model.name} takes {len(keras.tree.flatten(model.input))} inputs; "
+                         "only single-image models are supported")
+    key = next(iter(model.input)) if isinstance(model.input, dict) else None
+    fresh = keras.Input(batch_shape=tuple(x.shape), dtype=x.dtype, name=key)
     inner = _Level(producer={id(fresh): level.producer[id(x)]} if id(x) in level.producer else {})
-    # Models saved by Keras 2 reload with their input as a one-element list; match its structure.
-    structured = [fresh] if isinstance(model.input, (list, tuple)) else fresh
+    structured = keras.tree.map_structure(lambda _: fresh, model.input)
     clone = keras.models.clone_model(
         model, input_tensors=structured, clone_function=lambda layer: layer,
         call_function=partial(_call, prefix=prefix, plan=plan, level=inner),
