@@ -185,3 +185,24 @@ def test_vit_run_writes_rows_for_attention_and_token_cams(tmp_path, image_folder
         rows = list(csv.DictReader(stream))
     assert [(r["method"], r["layer"]) for r in rows] == [("attention", "mha_0..mha_1"), ("gradcam", "norm_a1")]
     assert (out / "a.png.attention.png").exists()
+
+
+def test_attention_over_changing_token_sets_is_refused_in_one_line(tmp_path):
+    """Hierarchical attention (Swin merges patches between stages): the blocks weigh different
+    token sets, so a rollout through them would be wrong. CAM methods still run."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((16, 16, 3))
+    x = layers.Reshape((16, 8))(layers.Conv2D(8, 4, strides=4, name="patch_embed")(inputs))
+    x = x + layers.MultiHeadAttention(2, 4, name="stage1")(x, x)
+    x = layers.Reshape((4, 32))(x)  # patch merging: 16 tokens become 4
+    x = x + layers.MultiHeadAttention(2, 4, name="stage2")(x, x)
+    keras.Model(inputs, layers.Dense(2)(layers.GlobalAveragePooling1D()(x))).save(tmp_path / "hier.keras")
+    with pytest.raises(UsageError, match=r"--method attention,grad-rollout cannot place this model's attention on "
+                                         r"the image: its attention layers do not all weigh the same tokens.*Swin"):
+        prepare(RunConfig(model=tmp_path / "hier.keras", inputs=(tmp_path,), out_dir=tmp_path / "o",
+                          methods=("attention", "grad-rollout")))
+    run = prepare(RunConfig(model=tmp_path / "hier.keras", inputs=(tmp_path,), out_dir=tmp_path / "o",
+                            methods=("gradcam",)))
+    assert run.layer.path == "patch_embed"
