@@ -20,30 +20,30 @@ HEIGHT, WIDTH, PATCH = 32, 48, 8  # a 4 x 6 grid: rows and columns must not be s
 IMAGES = np.random.default_rng(8).normal(size=(3, HEIGHT, WIDTH, 3)).astype(np.float32)
 
 
-@pytest.fixture(scope="module")
-def hub_vit(tmp_path_factory):
+def _saved_classifier(folder, backbone_class, classifier_class, seed, **dims):
+    """A keras-hub classifier on a tiny backbone (2 blocks, 2 heads, 8 dims), saved and reloaded
+    by the tests from its file."""
     import keras
 
-    keras.utils.set_random_seed(9)
-    backbone = keras_hub.models.ViTBackbone(image_shape=(HEIGHT, WIDTH, 3), patch_size=PATCH, num_layers=2,
-                                            num_heads=2, hidden_dim=8, mlp_dim=16)
-    classifier = keras_hub.models.ViTImageClassifier(backbone=backbone, num_classes=3)
-    path = tmp_path_factory.mktemp("hub_vit") / "vit.keras"
+    keras.utils.set_random_seed(seed)
+    backbone = backbone_class(image_shape=(HEIGHT, WIDTH, 3), patch_size=PATCH, num_layers=2, num_heads=2,
+                              hidden_dim=8, **dims)
+    classifier = classifier_class(backbone=backbone, num_classes=3)
+    path = folder / "classifier.keras"
     classifier.save(path)
     return classifier, path
+
+
+@pytest.fixture(scope="module")
+def hub_vit(tmp_path_factory):
+    return _saved_classifier(tmp_path_factory.mktemp("hub_vit"), keras_hub.models.ViTBackbone,
+                             keras_hub.models.ViTImageClassifier, 9, mlp_dim=16)
 
 
 @pytest.fixture(scope="module")
 def hub_deit(tmp_path_factory):
-    import keras
-
-    keras.utils.set_random_seed(10)
-    backbone = keras_hub.models.DeiTBackbone(image_shape=(HEIGHT, WIDTH, 3), patch_size=PATCH, num_layers=2,
-                                             num_heads=2, hidden_dim=8, intermediate_dim=16)
-    classifier = keras_hub.models.DeiTImageClassifier(backbone=backbone, num_classes=3)
-    path = tmp_path_factory.mktemp("hub_deit") / "deit.keras"
-    classifier.save(path)
-    return classifier, path
+    return _saved_classifier(tmp_path_factory.mktemp("hub_deit"), keras_hub.models.DeiTBackbone,
+                             keras_hub.models.DeiTImageClassifier, 10, intermediate_dim=16)
 
 
 def _explain(path, methods, **options):

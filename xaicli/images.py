@@ -167,9 +167,9 @@ PRESETS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 PRESET_HELP = {
     "none": "pixels 0..255 as they are (the model rescales inside)",
     "unit": "pixels / 255, range 0..1",
-    "symmetric": "pixels / 127.5 - 1, range -1..1 (MobileNet, Inception, EfficientNetV2 style)",
+    "symmetric": "pixels / 127.5 - 1, range -1..1 (MobileNet, Inception, Xception, ResNetV2 style)",
     "torch": "0..1 then ImageNet mean/std per RGB channel",
-    "caffe": "RGB to BGR, then ImageNet mean subtracted (ResNet50, VGG style)",
+    "caffe": "RGB to BGR, then ImageNet mean subtracted (ResNet, VGG style)",
 }
 PRESET_HELP["custom"] = "(pixels / 255 - --mean) / --std per channel, torchvision style"
 COLOUR_ONLY_PRESETS = frozenset({"torch", "caffe"})
