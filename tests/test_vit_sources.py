@@ -97,15 +97,23 @@ def test_keras_hub_vit_inner_block_by_path(hub_vit):
 def test_keras_hub_deit_has_two_extra_tokens(hub_deit):
     import tensorflow as tf
 
-    run, result = _explain(hub_deit[1], ("attention",))
+    classifier, path = hub_deit
+    run, result = _explain(path, ("attention", "grad-rollout"))
     assert (run.info.token_grid, run.info.extra_tokens) == ((4, 6), 2)
-    backbone = hub_deit[0].backbone
-    embedded = backbone.get_layer("deit_patching_and_embedding")(tf.constant(IMAGES))
-    x, weights = embedded, []
-    for block in backbone.get_layer("deit_encoder").encoder_layers:
-        x, block_weights = block(x, return_attention_scores=True)
-        weights.append(block_weights.numpy().astype(np.float64))
+    backbone = classifier.backbone
+    encoder = backbone.get_layer("deit_encoder")
+    with tf.GradientTape() as tape:
+        x, weights = backbone.get_layer("deit_patching_and_embedding")(tf.constant(IMAGES)), []
+        for block in encoder.encoder_layers:  # DeiT's blocks return their attention weights when asked
+            x, block_weights = block(x, return_attention_scores=True)
+            weights.append(block_weights)
+        logits = classifier.output_dense(encoder.layer_norm(x)[:, 0])
+        top = tf.gather(logits, tf.argmax(logits, axis=1), batch_dims=1)
+    gradients = [g.numpy().astype(np.float64) for g in tape.gradient(top, weights)]
+    weights = [w.numpy().astype(np.float64) for w in weights]
     np.testing.assert_allclose(result.maps["attention"], numpy_rollout(weights, (4, 6), True, extra=2), atol=1e-5)
+    np.testing.assert_allclose(result.maps["grad-rollout"],
+                               numpy_gradient_rollout(weights, gradients, (4, 6), True, extra=2), atol=1e-4)
 
 
 def test_attention_maps_do_not_depend_on_the_batch(hub_vit):
