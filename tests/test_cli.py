@@ -378,3 +378,25 @@ def test_the_predicted_class_is_the_top_score_even_where_probabilities_tie():
                                    scores=np.array([[0.0, 0.0, 1e-7, 0.0]], np.float32),
                                    classes=np.array([2]), maps={})
     assert _predicted(explanation, 0) == 2
+
+
+def test_image_format_and_max_size_name_size_and_record_the_outputs(tiny_model, image_folder, tmp_path):
+    import json
+
+    from PIL import Image
+
+    out = tmp_path / "out"
+    result = _xai("run", tiny_model, image_folder, "-o", out, "--image-format", "jpeg", "--max-size", 24,
+                  "--save", "overlay,heatmap,panel,raw", "-q")
+    assert result.exit_code == 1, result.output  # the folder's broken image
+    overlay = Image.open(out / "sub" / "b.JPG.gradcam.jpg")  # 20 x 50 -> long side 24, aspect kept
+    assert overlay.format == "JPEG" and overlay.size == (10, 24)
+    assert Image.open(out / "sub" / "b.JPG.gradcam.heatmap.jpg").size == (10, 24)
+    assert Image.open(out / "a.png.gradcam.panel.jpg").size[0] == 3 * 24
+    assert Image.open(out / "c.webp.gradcam.jpg").size == (16, 16)  # smaller than the cap: as it is
+    assert (out / "a.png.gradcam.npy").exists()
+    options = json.loads((out / "run.json").read_text())["options"]
+    assert (options["image_format"], options["max_size"]) == ("jpeg", 24)
+    again = _xai("run", tiny_model, image_folder, "-o", out, "--resume", "--image-format", "webp", "--max-size", 24,
+                 "--save", "overlay,heatmap,panel,raw")
+    assert again.exit_code == 2 and "used other settings (image_format)" in again.stderr

@@ -207,6 +207,28 @@ def test_a_map_drawn_back_with_its_view_peaks_where_the_object_is(resize, shape)
     assert abs(peak[0] - row) <= 3 and abs(peak[1] - column) <= 3
 
 
+@pytest.mark.parametrize("resize", ["stretch", "letterbox", "crop"])
+@pytest.mark.parametrize("shape", [(600, 900), (900, 600), (500, 500)])
+def test_at_a_capped_output_size_the_map_still_peaks_where_the_object_is(resize, shape):
+    """The same round trip, drawn at --max-size 100: aspect kept, the view scaled with the image."""
+    from xaicli.images import output_size, shown_at
+    from xaicli.render import upsample
+
+    image = np.zeros((*shape, 3), np.uint8)
+    row, column = shape[0] // 2 + 80, shape[1] // 2 - 80
+    image[row - 30:row + 30, column - 30:column + 30] = 255
+    detector = to_model_input(image, (24, 24), 1, PRESETS["unit"], resize)[..., 0]
+    size = output_size(shape, 100)
+    assert max(size) == 100 and abs(size[0] / size[1] - shape[0] / shape[1]) < 0.02
+    shown, view = shown_at(image, fit_view(shape, (24, 24), resize), size)
+    assert shown.shape == (*size, 3)
+    back = upsample(detector, size, view)
+    peak = np.unravel_index(np.nanargmax(back), size)
+    scale = size[0] / shape[0]
+    assert abs(peak[0] - row * scale) <= 4 and abs(peak[1] - column * scale) <= 4
+    assert output_size(shape, 2000) == shape  # never enlarged
+
+
 def _encoded(array: np.ndarray, mode: str, image_format: str) -> bytes | None:
     buffer = io.BytesIO()
     try:

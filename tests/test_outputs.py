@@ -58,6 +58,10 @@ def test_output_path_keeps_the_source_suffix_method_and_tag_inside_out(tmp_path)
     assert output_path(tmp_path, relative, "gradcam") == tmp_path / "sub" / "a.jpg.gradcam.png"
     assert output_path(tmp_path, relative, "gradcam++", "panel", "top2") == tmp_path / "sub" / "a.jpg.gradcam++.top2.panel.png"
     assert output_path(tmp_path, relative, "saliency", "raw") == tmp_path / "sub" / "a.jpg.saliency.npy"
+    assert output_path(tmp_path, relative, "gradcam", image_format="jpeg") == tmp_path / "sub" / "a.jpg.gradcam.jpg"
+    assert output_path(tmp_path, relative, "gradcam", "heatmap", image_format="webp") == (
+        tmp_path / "sub" / "a.jpg.gradcam.heatmap.webp")
+    assert output_path(tmp_path, relative, "gradcam", "raw", image_format="webp").suffix == ".npy"
 
 
 @pytest.fixture(scope="module")
@@ -133,12 +137,31 @@ def test_golden_run_numbers_follow_by_hand_from_the_colours():
 
 @pytest.mark.parametrize("shape", [(1, 1, 3), (7, 5, 3), (40, 33, 3), (1, 9), (12, 4)])
 def test_png_encoder_round_trips_through_pillow(shape, tmp_path):
-    from xaicli.outputs import encode_png, write_png
+    from xaicli.outputs import encode_png, write_image
 
     pixels = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
     decoded = Image.open(io.BytesIO(encode_png(pixels)))
     assert decoded.mode == ("RGB" if len(shape) == 3 else "L")
     np.testing.assert_array_equal(np.asarray(decoded), pixels)
     if len(shape) == 3:
-        write_png(tmp_path / "x.png", pixels)
+        write_image(tmp_path / "x.png", pixels)
         np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "x.png")), pixels)
+
+
+@pytest.mark.parametrize("image_format,mean_difference", [("jpeg", 4.0), ("webp", 5.0)])
+def test_lossy_formats_decode_to_the_same_size_and_close_to_the_png(image_format, mean_difference):
+    from xaicli.outputs import encode_image
+    from xaicli.render import jet_lut, overlay
+
+    from .conftest import REPO
+
+    photo = np.asarray(Image.open(REPO / "sample_images" / "photos" / "chelsea_cat.jpg").convert("RGB"))[:90, :70]
+    heatmap = np.random.default_rng(2).uniform(0, 1, (7, 7)).astype(np.float32)
+    pixels = overlay(photo, heatmap, 0.4, jet_lut())
+    lossless = np.asarray(Image.open(io.BytesIO(encode_image(pixels, "png"))))
+    np.testing.assert_array_equal(lossless, pixels)
+    decoded = Image.open(io.BytesIO(encode_image(pixels, image_format)))
+    assert decoded.format == {"jpeg": "JPEG", "webp": "WEBP"}[image_format] and decoded.size == (70, 90)
+    assert np.abs(np.asarray(decoded.convert("RGB"), float) - pixels).mean() < mean_difference
+    gray = Image.open(io.BytesIO(encode_image(pixels[..., 0], image_format)))
+    assert gray.size == (70, 90)

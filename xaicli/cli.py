@@ -27,7 +27,7 @@ from .errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, 
 from .explainers import REGISTRY
 from .images import DEFAULT_MAX_PIXELS, PRESET_HELP, RESIZE_MODES, discover, expand_stdin
 from .lock import output_lock
-from .outputs import TABLE_FORMATS
+from .outputs import IMAGE_FORMATS, TABLE_FORMATS
 from .render import COLORMAPS
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -143,6 +143,12 @@ def _layer_regex_option(func: Callable) -> Callable:
 @click.option("--save", default="overlay", show_default=True, metavar="KINDS",
               help="Files per image and method, comma-separated: overlay (.png), heatmap (.heatmap.png, "
                    "grayscale), raw (.npy, float map), panel (.panel.png: image | heatmap | overlay, captioned).")
+@click.option("--image-format", type=click.Choice(list(IMAGE_FORMATS)), default="png", show_default=True,
+              help="Overlay, heatmap and panel files: png (lossless), jpeg (quality 90, about 7x smaller) or "
+                   "webp (lossy, about 30x smaller).")
+@click.option("--max-size", type=int, default=None, metavar="N",
+              help="Draw image outputs with their long side at most N pixels (aspect kept); default the "
+                   "original size. The model still sees the full image.")
 @click.option("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, show_default=True,
               help="Refuse images larger than this many pixels (decompression-bomb guard).")
 @click.option("--workers", type=int, default=default_workers, show_default="CPU count, 2..8",

@@ -16,7 +16,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, published as tomli
     import tomli as tomllib
 from .explainers import REGISTRY
 from .images import COLOUR_ONLY_PRESETS, DEFAULT_MAX_PIXELS, PRESETS, RESIZE_MODES
-from .outputs import SAVE_KINDS, TABLE_FORMATS
+from .outputs import IMAGE_FORMATS, SAVE_KINDS, TABLE_FORMATS
 from .render import COLORMAPS
 
 AUTO = "auto"
@@ -75,6 +75,8 @@ class RunConfig:
     head_fusion: str = "mean"
     discard_ratio: float = 0.0
     save: tuple[str, ...] = ("overlay",)  # which files to write per image and method
+    image_format: str = "png"  # overlays, heatmaps and panels: png, jpeg or webp
+    max_size: int | None = None  # long side of image outputs at most this; None = the original size
     existing: str = "refuse"  # outputs already there: refuse, overwrite, skip those images, or resume the run
     fail_fast: bool = False  # stop after the batch of the first image that fails
     table_format: str = "csv"  # predictions table: csv or jsonl
@@ -115,6 +117,10 @@ class RunConfig:
         unknown_kinds = [kind for kind in self.save if kind not in SAVE_KINDS]
         if unknown_kinds or not self.save:
             raise UsageError(f"--save {','.join(self.save) or '(empty)'}: choose from {', '.join(SAVE_KINDS)}")
+        if self.image_format not in IMAGE_FORMATS:
+            raise UsageError(f"unknown --image-format {self.image_format!r}; choose from {', '.join(IMAGE_FORMATS)}")
+        if self.max_size is not None and self.max_size < 16:
+            raise UsageError(f"--max-size must be at least 16 pixels, got {self.max_size}")
         if self.existing not in EXISTING:
             raise UsageError(f"unknown handling of existing outputs {self.existing!r}")
         if self.table_format not in TABLE_FORMATS:

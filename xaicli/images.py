@@ -207,6 +207,29 @@ class View:
         return View((0.0, 0.0, float(width), float(height)))
 
 
+def output_size(image_size: tuple[int, int], max_size: int | None) -> tuple[int, int]:
+    """(height, width) at which an image's outputs are drawn: its own size, or with its long
+    side brought down to ``max_size`` and its aspect ratio kept."""
+    height, width = image_size
+    if max_size is None or max(height, width) <= max_size:
+        return image_size
+    scale = max_size / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def shown_at(image: np.ndarray, view: View, size: tuple[int, int]) -> tuple[np.ndarray, View]:
+    """The image and its view at the output ``size`` (height, width): the same geometry, the
+    seen part's corners scaled with the image. Unchanged when the size is the image's own."""
+    height, width = image.shape[:2]
+    if (height, width) == size:
+        return image, view
+    # BOX reduction by whole factors first, then bilinear: fast and without aliasing.
+    resized = Image.fromarray(image).resize((size[1], size[0]), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    x_scale, y_scale = size[1] / width, size[0] / height
+    left, top, right, bottom = view.seen
+    return np.asarray(resized), View((left * x_scale, top * y_scale, right * x_scale, bottom * y_scale), view.placed)
+
+
 def fit_view(image_size: tuple[int, int], size: tuple[int, int], resize: str = "stretch") -> View:
     """The geometry of fitting an image of ``image_size`` (height, width) into the model's
     ``size`` (height, width) with one of ``RESIZE_MODES``."""

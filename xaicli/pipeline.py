@@ -22,7 +22,8 @@ from .config import AUTO, CUSTOM, RunConfig, check_preset_channels, load_labels,
 from .errors import ImageError, UsageError, first_line
 from .explainers import REGISTRY
 from .explainers.engine import TOP_CLASS, BatchExplanation, Explainer, MethodOptions, rank_request
-from .images import PRESETS, InputImage, Scaling, View, custom_scaling, fit_view, read_image, to_model_input
+from .images import (PRESETS, InputImage, Scaling, View, custom_scaling, fit_view, output_size, read_image, shown_at,
+                     to_model_input)
 from .models.info import LayerInfo, ModelInfo
 from .models.inspect import open_model
 from .models.layers import auto_layer, candidate_layers, resolve_layer
@@ -30,7 +31,7 @@ from .models.load import model_format
 from .models.preprocessing import choose_preprocessing
 from .models.probe import build_probe
 from .outputs import (MANIFEST_NAME, PredictionsWriter, Ranked, Row, file_digest, open_table, output_path,
-                      read_table, table_columns, table_text, write_gray_png, write_json, write_npy, write_png)
+                      read_table, table_columns, table_text, write_image, write_json, write_npy)
 from .render import COLORMAPS, heatmap_image, overlay, panel
 
 
@@ -83,7 +84,7 @@ RESUME_NEUTRAL = frozenset({"existing", "fail_fast", "workers", "batch_size", "i
 
 def planned_outputs(config: RunConfig, item: InputImage) -> list[Path]:
     """Every file the run writes for ``item``, in ``--method``, target rank, then ``--save`` order."""
-    return [output_path(config.out_dir, item.relative, method, kind, tag)
+    return [output_path(config.out_dir, item.relative, method, kind, tag, config.image_format)
             for method in config.methods for tag in config.target_tags for kind in config.save]
 
 
@@ -394,7 +395,10 @@ def _decode(prepared: Prepared, item: InputImage, carried: dict[str, list[dict[s
         model_input = to_model_input(image, info.input_size, info.channels, prepared.scaling, resize)
     except ImageError as exc:
         return _Decoded(item, None, None, error=str(exc))
-    return _Decoded(item, image, model_input, fit_view(image.shape[:2], info.input_size, resize), note=note)
+    # Only the output-sized copy is kept: the model saw the original at its full size.
+    shown, view = shown_at(image, fit_view(image.shape[:2], info.input_size, resize),
+                           output_size(image.shape[:2], prepared.config.max_size))
+    return _Decoded(item, shown, model_input, view, note=note)
 
 
 def _read_ahead(pool: ThreadPoolExecutor, work: Callable, items: Iterable, ahead: int) -> Iterator:
@@ -454,7 +458,8 @@ def _schedule(prepared: Prepared, decoded: _Decoded, explanations: tuple[BatchEx
     writes = []
     for method in config.methods:  # rows and files in the order the user asked for
         for tag, explanation in zip(config.target_tags, explanations):
-            paths = {kind: output_path(config.out_dir, decoded.item.relative, method, kind, tag) for kind in config.save}
+            paths = {kind: output_path(config.out_dir, decoded.item.relative, method, kind, tag, config.image_format)
+                     for kind in config.save}
             caption = f"{_caption(prepared, explanation, index)} | {method}"
             future = pool.submit(_render, decoded.image, decoded.view, explanation.maps[method][index], prepared,
                                  paths, caption)
@@ -475,10 +480,12 @@ def _render(image: np.ndarray, view: View, heatmap: np.ndarray, prepared: Prepar
             caption: str) -> None:
     config = prepared.config
     writers = {
-        "overlay": lambda path: write_png(path, overlay(image, heatmap, config.alpha, prepared.lut, view)),
-        "heatmap": lambda path: write_gray_png(path, heatmap_image(heatmap, image.shape[:2], view)),
+        "overlay": lambda path: write_image(path, overlay(image, heatmap, config.alpha, prepared.lut, view),
+                                            config.image_format),
+        "heatmap": lambda path: write_image(path, heatmap_image(heatmap, image.shape[:2], view), config.image_format),
         "raw": lambda path: write_npy(path, heatmap),
-        "panel": lambda path: write_png(path, panel(image, heatmap, config.alpha, prepared.lut, caption, view)),
+        "panel": lambda path: write_image(path, panel(image, heatmap, config.alpha, prepared.lut, caption, view),
+                                          config.image_format),
     }
     for kind, path in paths.items():
         writers[kind](path)
@@ -502,7 +509,8 @@ def _rows(prepared: Prepared, pending: _Pending) -> Iterator[Row]:
             for tag in config.target_tags:
                 row = _error_row(prepared, pending.item, method, pending.error)
                 if pending.skipped:
-                    path = output_path(config.out_dir, pending.item.relative, method, config.save[0], tag)
+                    path = output_path(config.out_dir, pending.item.relative, method, config.save[0], tag,
+                                       config.image_format)
                     row = replace(row, status="skipped", output=str(path))
                 yield row
         return
