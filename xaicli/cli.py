@@ -149,6 +149,9 @@ def _layer_regex_option(func: Callable) -> Callable:
 @click.option("--max-size", type=int, default=None, metavar="N",
               help="Draw image outputs with their long side at most N pixels (aspect kept); default the "
                    "original size. The model still sees the full image.")
+@click.option("--memory-budget", type=int, default=512, show_default=True, metavar="MB",
+              help="MiB of decoded originals and of decoding/rendering work in flight (besides the model); "
+                   "originals that do not fit are read again to draw them.")
 @click.option("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, show_default=True,
               help="Refuse images larger than this many pixels (decompression-bomb guard).")
 @click.option("--workers", type=int, default=default_workers, show_default="CPU count, 2..8",

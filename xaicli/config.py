@@ -77,6 +77,7 @@ class RunConfig:
     save: tuple[str, ...] = ("overlay",)  # which files to write per image and method
     image_format: str = "png"  # overlays, heatmaps and panels: png, jpeg or webp
     max_size: int | None = None  # long side of image outputs at most this; None = the original size
+    memory_budget: int = 512  # MiB of decoded originals and decode/render work in flight
     existing: str = "refuse"  # outputs already there: refuse, overwrite, skip those images, or resume the run
     fail_fast: bool = False  # stop after the batch of the first image that fails
     table_format: str = "csv"  # predictions table: csv or jsonl
@@ -121,6 +122,8 @@ class RunConfig:
             raise UsageError(f"unknown --image-format {self.image_format!r}; choose from {', '.join(IMAGE_FORMATS)}")
         if self.max_size is not None and self.max_size < 16:
             raise UsageError(f"--max-size must be at least 16 pixels, got {self.max_size}")
+        if self.memory_budget < 16:
+            raise UsageError(f"--memory-budget must be at least 16 (MiB), got {self.memory_budget}")
         if self.existing not in EXISTING:
             raise UsageError(f"unknown handling of existing outputs {self.existing!r}")
         if self.table_format not in TABLE_FORMATS:

@@ -93,6 +93,16 @@ def _walk_sorted(folder: Path, excluded: set[Path]) -> Iterator[Path]:
             yield Path(entry.path)
 
 
+def image_pixels(path: Path) -> int:
+    """Width x height from the file's header, without decoding; 0 when it cannot be read
+    (``read_image`` then says why)."""
+    try:
+        with Image.open(path) as img:
+            return img.width * img.height
+    except Exception:  # noqa: BLE001 (any unreadable file: read_image reports it)
+        return 0
+
+
 def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, str]:
     """Decode the first frame of an image file, upright (EXIF orientation applied), as RGB.
 

@@ -22,8 +22,9 @@ from .config import AUTO, CUSTOM, RunConfig, check_preset_channels, load_labels,
 from .errors import ImageError, UsageError, first_line
 from .explainers import REGISTRY
 from .explainers.engine import TOP_CLASS, BatchExplanation, Explainer, MethodOptions, rank_request
-from .images import (PRESETS, InputImage, Scaling, View, custom_scaling, fit_view, output_size, read_image, shown_at,
-                     to_model_input)
+from .budget import DECODE_BYTES_PER_PIXEL, RENDER_BYTES_PER_PIXEL, MemoryBudget
+from .images import (PRESETS, InputImage, Scaling, View, custom_scaling, fit_view, image_pixels, output_size,
+                     read_image, shown_at, to_model_input)
 from .models.info import LayerInfo, ModelInfo
 from .models.inspect import open_model
 from .models.layers import auto_layer, candidate_layers, resolve_layer
@@ -79,7 +80,7 @@ class ImageResult:
 
 OUTCOMES = ("explained", "failed", "skipped", "resumed")
 # Options that may differ between an interrupted run and its --resume without changing any row.
-RESUME_NEUTRAL = frozenset({"existing", "fail_fast", "workers", "batch_size", "inputs", "model"})
+RESUME_NEUTRAL = frozenset({"existing", "fail_fast", "workers", "batch_size", "inputs", "model", "memory_budget"})
 
 
 def planned_outputs(config: RunConfig, item: InputImage) -> list[Path]:
@@ -260,16 +261,19 @@ def layer_label(prepared: Prepared, method: str) -> str:
     return prepared.layer.path if REGISTRY[method].needs_layer else "input"
 
 
-def run(prepared: Prepared, items: Iterable[InputImage],
-        stop: Callable[[], str | None] = lambda: None) -> Iterator[ImageResult]:
+def run(prepared: Prepared, items: Iterable[InputImage], stop: Callable[[], str | None] = lambda: None,
+        budget: MemoryBudget | None = None) -> Iterator[ImageResult]:
     """Explain ``items`` in order, writing the files under the output folder, the predictions
     table (to its file or standard output) and ``run.json`` (at the start, then at the end).
 
     ``stop`` is asked before each batch; when it returns a reason (e.g. 'SIGINT') the run
     finishes the batches under way, keeps the rows of a resumed run it did not reach, records
     the reason in ``run.json`` and ends. ``--fail-fast`` ends it the same way after a failure.
+    Decoded originals and the work under way are bounded by ``budget`` (by default one of
+    ``--memory-budget``), whose accounting the caller can read afterwards.
     """
     config = prepared.config
+    budget = budget or MemoryBudget(config.memory_budget * 2**20)
     started = time.monotonic()
     counts = dict.fromkeys(OUTCOMES, 0)
     carried = _previous_rows(config)
@@ -281,9 +285,14 @@ def run(prepared: Prepared, items: Iterable[InputImage],
     except OSError as exc:
         raise UsageError(f"cannot write to output folder {config.out_dir}: {exc.strerror or exc}") from None
     status = "complete"
-    with stream as table_stream, ThreadPoolExecutor(config.workers, thread_name_prefix="xai-io") as pool:
+    # Decoding and rendering have pools of their own: a decode waiting for memory must never
+    # queue ahead of the render that would free it.
+    with (stream as table_stream, ThreadPoolExecutor(config.workers, thread_name_prefix="xai-read") as readers,
+          ThreadPoolExecutor(config.workers, thread_name_prefix="xai-write") as writers):
+        workers = _Workers(writers, budget)
         writer = PredictionsWriter(table_stream, config.table_format, config.top_k)
-        decoded = _read_ahead(pool, lambda item: _decode(prepared, item, carried), items, 2 * config.batch_size)
+        decoded = _read_ahead(readers, lambda item: _decode(prepared, item, carried, budget), items,
+                              2 * config.batch_size)
         pending: deque[list[_Pending]] = deque()
 
         def finish_oldest() -> Iterator[ImageResult]:
@@ -297,7 +306,7 @@ def run(prepared: Prepared, items: Iterable[InputImage],
             if reason:
                 status = f"stopped by {reason}"
                 break
-            pending.append(_explain_batch(prepared, batch, pool))
+            pending.append(_explain_batch(prepared, batch, workers))
             # The previous batch's PNGs were encoding while this batch computed.
             if len(pending) > 1:
                 yield from finish_oldest()
@@ -351,11 +360,22 @@ def _plain(value: object) -> object:
 
 
 @dataclass(frozen=True)
+class _Workers:
+    """Where rendering happens, and the memory it shares with decoding."""
+
+    pool: ThreadPoolExecutor
+    budget: MemoryBudget
+
+
+@dataclass(frozen=True)
 class _Decoded:
     item: InputImage
-    image: np.ndarray | None  # (H, W, 3) uint8 original
+    image: np.ndarray | None  # (h, w, 3) uint8 original at the output size; None when not kept (read again)
     model_input: np.ndarray | None  # (h, w, c) float32
-    view: View | None = None  # how model_input was cut from image
+    view: View | None = None  # how model_input was cut from image, at the output size
+    kept: int = 0  # bytes of ``image`` the memory budget accounts
+    shown_size: tuple[int, int] = (0, 0)  # (height, width) the outputs are drawn at
+    pixels: int = 0  # of the original, as its header says
     error: str = ""
     skipped: bool = False  # --skip-existing and every output is already there
     carried: tuple[dict[str, object], ...] = ()  # --resume: the earlier run's rows, outputs all there
@@ -369,7 +389,8 @@ class _Write:
     method: str
     explanation: BatchExplanation  # of the batch, for this target tag's classes
     path: Path  # the first --save kind, named in the table
-    done: Future[None]
+    done: Future[list[Exception | None]]  # the image's render: one outcome per write
+    index: int  # this write's place in that list
 
 
 @dataclass(frozen=True)
@@ -383,22 +404,33 @@ class _Pending:
     writes: tuple[_Write, ...] = ()
 
 
-def _decode(prepared: Prepared, item: InputImage, carried: dict[str, list[dict[str, object]]]) -> _Decoded:
+def _decode(prepared: Prepared, item: InputImage, carried: dict[str, list[dict[str, object]]],
+            budget: MemoryBudget) -> _Decoded:
     info = prepared.info
     earlier = carried.get(table_text(str(item.path)), ())
     if earlier or prepared.config.existing == "skip":
         if all(p.exists() for p in planned_outputs(prepared.config, item)):
             return _Decoded(item, None, None, skipped=not earlier, carried=tuple(earlier))
-    try:
-        image, note = read_image(item.path, prepared.config.max_pixels)
-        resize = prepared.config.resize
-        model_input = to_model_input(image, info.input_size, info.channels, prepared.scaling, resize)
-    except ImageError as exc:
-        return _Decoded(item, None, None, error=str(exc))
-    # Only the output-sized copy is kept: the model saw the original at its full size.
-    shown, view = shown_at(image, fit_view(image.shape[:2], info.input_size, resize),
-                           output_size(image.shape[:2], prepared.config.max_size))
-    return _Decoded(item, shown, model_input, view, note=note)
+    pixels = image_pixels(item.path)
+    with budget.working(pixels * DECODE_BYTES_PER_PIXEL):
+        try:
+            image, note = read_image(item.path, prepared.config.max_pixels)
+            model_input = to_model_input(image, info.input_size, info.channels, prepared.scaling,
+                                         prepared.config.resize)
+        except ImageError as exc:
+            return _Decoded(item, None, None, error=str(exc))
+        shown, view = _shown(prepared, image)
+    # The original is kept for rendering only while it fits the budget; otherwise it is read again.
+    kept = shown.nbytes if budget.try_keep(shown.nbytes) else 0
+    return _Decoded(item, shown if kept else None, model_input, view, note=note, kept=kept,
+                    shown_size=shown.shape[:2], pixels=pixels)
+
+
+def _shown(prepared: Prepared, image: np.ndarray) -> tuple[np.ndarray, View]:
+    """The original at its output size (``--max-size``) and the view of it the model had: the
+    model saw the original at its full size."""
+    view = fit_view(image.shape[:2], prepared.info.input_size, prepared.config.resize)
+    return shown_at(image, view, output_size(image.shape[:2], prepared.config.max_size))
 
 
 def _read_ahead(pool: ThreadPoolExecutor, work: Callable, items: Iterable, ahead: int) -> Iterator:
@@ -423,7 +455,7 @@ def _batches(decoded: Iterator[_Decoded], size: int) -> Iterator[list[_Decoded]]
         yield batch
 
 
-def _explain_batch(prepared: Prepared, batch: list[_Decoded], pool: ThreadPoolExecutor) -> list[_Pending]:
+def _explain_batch(prepared: Prepared, batch: list[_Decoded], workers: _Workers) -> list[_Pending]:
     good = [d for d in batch if not (d.error or d.skipped or d.carried)]
     explanations, failure = (), ""
     if good:
@@ -438,7 +470,7 @@ def _explain_batch(prepared: Prepared, batch: list[_Decoded], pool: ThreadPoolEx
         _Pending(d.item, "", skipped=True) if d.skipped
         else _Pending(d.item, "", carried=d.carried) if d.carried
         else _Pending(d.item, d.error or failure) if d.error or failure
-        else _schedule(prepared, d, explanations, position[id(d)], pool)
+        else _schedule(prepared, d, explanations, position[id(d)], workers)
         for d in batch
     ]
 
@@ -451,20 +483,50 @@ def _requests(prepared: Prepared, count: int) -> list[np.ndarray]:
 
 
 def _schedule(prepared: Prepared, decoded: _Decoded, explanations: tuple[BatchExplanation, ...], index: int,
-              pool: ThreadPoolExecutor) -> _Pending:
+              workers: _Workers) -> _Pending:
     if not np.all(np.isfinite(explanations[0].scores[index])):
         return _Pending(decoded.item, "the model produced non-finite scores (NaN or inf) for this image")
     config = prepared.config
-    writes = []
+    jobs, writes = [], []
     for method in config.methods:  # rows and files in the order the user asked for
         for tag, explanation in zip(config.target_tags, explanations):
             paths = {kind: output_path(config.out_dir, decoded.item.relative, method, kind, tag, config.image_format)
                      for kind in config.save}
-            caption = f"{_caption(prepared, explanation, index)} | {method}"
-            future = pool.submit(_render, decoded.image, decoded.view, explanation.maps[method][index], prepared,
-                                 paths, caption)
-            writes.append(_Write(method, explanation, paths[config.save[0]], future))
-    return _Pending(decoded.item, "", decoded.note, index=index, writes=tuple(writes))
+            jobs.append((explanation.maps[method][index], paths, f"{_caption(prepared, explanation, index)} | {method}"))
+            writes.append((method, explanation, paths[config.save[0]]))
+    done = workers.pool.submit(_render_image, prepared, decoded, jobs, workers.budget)
+    return _Pending(decoded.item, "", decoded.note, index=index,
+                    writes=tuple(_Write(*write, done, position) for position, write in enumerate(writes)))
+
+
+def _render_image(prepared: Prepared, decoded: _Decoded, jobs: list[tuple[np.ndarray, dict[str, Path], str]],
+                  budget: MemoryBudget) -> list[Exception | None]:
+    """Draw and write every file of one image, within the memory budget; the original is read
+    again when it was not kept. Returns, per job, None or the error that kept it from being
+    written (a file system error, or the image no longer readable)."""
+    height, width = decoded.shown_size
+    estimate = height * width * RENDER_BYTES_PER_PIXEL * (3 if "panel" in prepared.config.save else 1)
+    if decoded.image is None:
+        estimate += decoded.pixels * DECODE_BYTES_PER_PIXEL
+    try:
+        with budget.working(estimate):
+            image, view = decoded.image, decoded.view
+            if image is None:
+                image, view = _shown(prepared, read_image(decoded.item.path, prepared.config.max_pixels)[0])
+            return [_written(prepared, image, view, *job) for job in jobs]
+    except ImageError as exc:  # changed or removed since it was read
+        return [exc] * len(jobs)
+    finally:
+        budget.release(decoded.kept)
+
+
+def _written(prepared: Prepared, image: np.ndarray, view: View, heatmap: np.ndarray, paths: dict[str, Path],
+             caption: str) -> OSError | None:
+    try:
+        _render(image, view, heatmap, prepared, paths, caption)
+    except OSError as exc:
+        return exc
+    return None
 
 
 def _caption(prepared: Prepared, explanation: BatchExplanation, index: int) -> str:
@@ -515,10 +577,11 @@ def _rows(prepared: Prepared, pending: _Pending) -> Iterator[Row]:
                 yield row
         return
     for write in pending.writes:
-        try:
-            write.done.result()
-        except OSError as exc:
-            yield _error_row(prepared, pending.item, write.method, f"cannot write {write.path}: {exc.strerror or exc}")
+        error = write.done.result()[write.index]
+        if isinstance(error, OSError):
+            yield _error_row(prepared, pending.item, write.method, f"cannot write {write.path}: {error.strerror or error}")
+        elif error is not None:
+            yield _error_row(prepared, pending.item, write.method, f"cannot read the image again to draw it: {error}")
         else:
             yield _ok_row(prepared, pending, write)
 

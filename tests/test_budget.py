@@ -1,0 +1,47 @@
+"""budget.py without TensorFlow: kept originals take at most half, work waits its turn but never
+deadlocks, and the peak is what was accounted."""
+
+import threading
+import time
+
+from xaicli.budget import MemoryBudget
+
+
+def test_originals_are_kept_within_half_the_budget():
+    budget = MemoryBudget(100)
+    assert budget.try_keep(30) and budget.try_keep(20)
+    assert not budget.try_keep(1) and budget.dropped == 1  # 51 > 50
+    budget.release(20)
+    assert budget.try_keep(20) and budget.kept == 50 and budget.peak == 50
+
+
+def test_work_waits_until_it_fits_and_is_done_alone_when_larger_than_everything():
+    budget = MemoryBudget(100)
+    order = []
+    first_inside, release_first = threading.Event(), threading.Event()
+
+    def first():
+        with budget.working(80):
+            order.append("first in")
+            first_inside.set()
+            release_first.wait(5)
+        order.append("first out")
+
+    def second():
+        first_inside.wait(5)
+        with budget.working(40):  # 80 + 40 > 100: waits for the first
+            order.append("second in")
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    first_inside.wait(5)
+    time.sleep(0.05)
+    assert order == ["first in"]
+    release_first.set()
+    for thread in threads:
+        thread.join(5)
+    assert order == ["first in", "first out", "second in"] and budget.peak == 80
+    with budget.working(500):  # larger than the budget, and nothing else under way: admitted
+        assert budget.work == 500
+    assert budget.work == 0 and budget.peak == 500
