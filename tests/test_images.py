@@ -139,7 +139,7 @@ def test_read_image_turns_any_decoder_failure_into_an_image_error(tmp_path, monk
     # IndexError) on malformed files; each must become a per-image error, not end the run.
     path = _save(tmp_path / "ok.png", np.zeros((2, 2, 3), np.uint8))
 
-    def broken_exif(_image):
+    def broken_exif(_image, **_options):
         raise ZeroDivisionError("division by zero")
 
     monkeypatch.setattr("xaicli.images.ImageOps.exif_transpose", broken_exif)

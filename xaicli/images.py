@@ -122,7 +122,8 @@ def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.nda
             img.seek(0)
             img.load()
             note = f"animated image: explained its first frame of {frames}" if frames > 1 else ""
-            return _to_rgb(ImageOps.exif_transpose(img)), note
+            ImageOps.exif_transpose(img, in_place=True)  # no copy of a large photo when it is upright
+            return _to_rgb(img), note
     except ImageError:
         raise
     except FileNotFoundError:
@@ -145,7 +146,10 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
         return np.repeat(_high_depth_to_8bit(np.asarray(img))[:, :, None], 3, axis=2)
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         img = img.convert("RGBA")
-    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    # A view of one copy of the pixels (asarray would take a second one for a 24-MP photo).
+    return np.frombuffer(img.tobytes(), np.uint8).reshape(img.height, img.width, 3)
 
 
 def _high_depth_to_8bit(values: np.ndarray) -> np.ndarray:
