@@ -82,7 +82,10 @@ def upsample(heatmap: np.ndarray, size: tuple[int, int], view: View | None = Non
         (max(1, right - left), max(1, bottom - top)), Image.Resampling.BILINEAR,
         box=(x0 * map_width, y0 * map_height, x1 * map_width, y1 * map_height),
     )
-    values = np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
+    resized_size = (resized.height, resized.width)
+    unclipped = np.frombuffer(resized.tobytes(), np.float32).reshape(resized_size)
+    del resized  # a float copy of a 24-MP map is 96 MB: hold at most two at a time
+    values = np.clip(unclipped, 0.0, 1.0)
     if values.shape == (height, width):
         return values
     placed = np.full((height, width), np.nan, np.float32)
@@ -91,6 +94,7 @@ def upsample(heatmap: np.ndarray, size: tuple[int, int], view: View | None = Non
 
 
 UNSEEN_GRAY = 128  # colour of pixels the model never saw, in a colorized heatmap
+STRIP_ROWS = 256  # rows coloured and blended at a time
 
 
 def colorize(heatmap: np.ndarray, lut: np.ndarray) -> np.ndarray:
@@ -105,7 +109,9 @@ def _coloured(heatmap: np.ndarray, lut: np.ndarray) -> Image.Image:
     unseen = np.isnan(heatmap)
     has_unseen = bool(unseen.any())
     values = np.where(unseen, 0.0, heatmap) if has_unseen else heatmap
-    index = np.rint(np.clip(values, 0.0, 1.0) * (LUT_SIZE - 1)).astype(np.uint8)
+    scaled = np.clip(values, 0.0, 1.0)
+    scaled *= LUT_SIZE - 1
+    index = np.rint(scaled, out=scaled).astype(np.uint8)
     picture = Image.fromarray(index, mode="L")
     picture.putpalette(np.ascontiguousarray(lut, dtype=np.uint8).tobytes())
     picture = picture.convert("RGB")
@@ -131,7 +137,13 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float, lut: np.ndarra
         image unchanged where the model never saw it.
     """
     values = upsample(heatmap, image.shape[:2], view)
-    return _blended(image, values, _coloured(values, lut), alpha)
+    blended = np.empty_like(image)
+    # Colour and blend a strip of rows at a time: every step is per pixel, so the result is the
+    # same, while the temporary images stay a strip's size (a 24-MP photo's would be ~0.4 GB).
+    for top in range(0, image.shape[0], STRIP_ROWS):
+        rows = slice(top, top + STRIP_ROWS)
+        blended[rows] = _blended(image[rows], values[rows], _coloured(values[rows], lut), alpha)
+    return blended
 
 
 def _blended(image: np.ndarray, values: np.ndarray, colour: Image.Image, alpha: float) -> np.ndarray:
