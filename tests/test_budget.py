@@ -45,3 +45,12 @@ def test_work_waits_until_it_fits_and_is_done_alone_when_larger_than_everything(
     with budget.working(500):  # larger than the budget, and nothing else under way: admitted
         assert budget.work == 500
     assert budget.work == 0 and budget.peak == 500
+
+
+def test_large_blocks_go_back_to_the_system_on_glibc():
+    import platform
+
+    from xaicli.budget import return_large_blocks_to_the_system
+
+    applied = return_large_blocks_to_the_system()
+    assert applied == (platform.libc_ver()[0] == "glibc")

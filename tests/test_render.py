@@ -124,3 +124,18 @@ def test_panel_shows_unseen_parts_in_gray():
     picture = panel(image, np.ones((2, 2), np.float32), 0.4, jet_lut(), "x", View((10, 0, 30, 20)))
     assert (picture[:20, 40:50] == UNSEEN_GRAY).all()  # heatmap pane, left of the crop
     np.testing.assert_array_equal(picture[:20, 80:90], image[:, :10])  # overlay pane, unseen
+
+
+@pytest.mark.parametrize("resize", ["stretch", "letterbox", "crop"])
+@pytest.mark.parametrize("size", [(700, 333), (257, 900), (1, 5), (256, 40)])
+def test_upsampled_strips_put_together_equal_the_whole(resize, size):
+    """Overlays and heatmaps are drawn a strip of rows at a time; the strips must be the rows of
+    the whole map, NaN (unseen) included."""
+    from xaicli.images import fit_view
+    from xaicli.render import STRIP_ROWS, upsample
+
+    heatmap = np.random.default_rng(size[0]).uniform(0, 1, (7, 9)).astype(np.float32)
+    view = fit_view(size, (28, 36), resize)
+    whole = upsample(heatmap, size, view)
+    strips = [upsample(heatmap, size, view, slice(top, top + STRIP_ROWS)) for top in range(0, size[0], STRIP_ROWS)]
+    np.testing.assert_allclose(np.concatenate(strips), whole, atol=1e-6)  # NaN where whole is NaN

@@ -26,6 +26,7 @@ from .config import AUTO, HEAD_FUSIONS, IG_BASELINES, TARGETS, RunConfig, defaul
 from .errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, XaiError, first_line
 from .explainers import REGISTRY
 from .images import DEFAULT_MAX_PIXELS, PRESET_HELP, RESIZE_MODES, discover, expand_stdin
+from .budget import return_large_blocks_to_the_system
 from .lock import output_lock
 from .outputs import IMAGE_FORMATS, TABLE_FORMATS
 from .render import COLORMAPS
@@ -149,7 +150,7 @@ def _layer_regex_option(func: Callable) -> Callable:
 @click.option("--max-size", type=int, default=None, metavar="N",
               help="Draw image outputs with their long side at most N pixels (aspect kept); default the "
                    "original size. The model still sees the full image.")
-@click.option("--memory-budget", type=int, default=512, show_default=True, metavar="MB",
+@click.option("--memory-budget", type=int, default=256, show_default=True, metavar="MB",
               help="MiB of decoded originals and of decoding/rendering work in flight (besides the model); "
                    "originals that do not fit are read again to draw them.")
 @click.option("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, show_default=True,
@@ -232,6 +233,7 @@ def _explain_all(config: RunConfig, stop: _StopSignals, say: Callable[[str], Non
                  if len(prepared.info.outputs) > 1 else "")
     say(f"{total} images; {target}{explained}; preprocess {prepared.preprocess} ({prepared.preprocess_reason})")
     _pillow_pixel_limit(config.max_pixels)
+    return_large_blocks_to_the_system()
     if config.predictions == "-":
         _escape_undecodable(sys.stdout)
     started = time.monotonic()

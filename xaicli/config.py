@@ -77,7 +77,7 @@ class RunConfig:
     save: tuple[str, ...] = ("overlay",)  # which files to write per image and method
     image_format: str = "png"  # overlays, heatmaps and panels: png, jpeg or webp
     max_size: int | None = None  # long side of image outputs at most this; None = the original size
-    memory_budget: int = 512  # MiB of decoded originals and decode/render work in flight
+    memory_budget: int = 256  # MiB of decoded originals and decode/render work in flight
     existing: str = "refuse"  # outputs already there: refuse, overwrite, skip those images, or resume the run
     fail_fast: bool = False  # stop after the batch of the first image that fails
     table_format: str = "csv"  # predictions table: csv or jsonl

@@ -22,7 +22,7 @@ from .config import AUTO, CUSTOM, RunConfig, check_preset_channels, load_labels,
 from .errors import ImageError, UsageError, first_line
 from .explainers import REGISTRY
 from .explainers.engine import TOP_CLASS, BatchExplanation, Explainer, MethodOptions, rank_request
-from .budget import DECODE_BYTES_PER_PIXEL, RENDER_BYTES_PER_PIXEL, MemoryBudget
+from .budget import DECODE_BYTES_PER_PIXEL, MemoryBudget, render_estimate
 from .images import (PRESETS, InputImage, Scaling, View, custom_scaling, fit_view, image_pixels, output_size,
                      read_image, shown_at, to_model_input)
 from .models.info import LayerInfo, ModelInfo
@@ -505,9 +505,8 @@ def _render_image(prepared: Prepared, decoded: _Decoded, jobs: list[tuple[np.nda
     again when it was not kept. Returns, per job, None or the error that kept it from being
     written (a file system error, or the image no longer readable)."""
     height, width = decoded.shown_size
-    estimate = height * width * RENDER_BYTES_PER_PIXEL * (3 if "panel" in prepared.config.save else 1)
-    if decoded.image is None:
-        estimate += decoded.pixels * DECODE_BYTES_PER_PIXEL
+    estimate = render_estimate(height * width, "panel" in prepared.config.save,
+                               decoded.pixels if decoded.image is None else 0)
     try:
         with budget.working(estimate):
             image, view = decoded.image, decoded.view

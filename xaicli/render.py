@@ -59,7 +59,8 @@ def normalize_maps(raw: np.ndarray) -> np.ndarray:
     return np.where(flat, 0.0, scaled).astype(np.float32)
 
 
-def upsample(heatmap: np.ndarray, size: tuple[int, int], view: View | None = None) -> np.ndarray:
+def upsample(heatmap: np.ndarray, size: tuple[int, int], view: View | None = None,
+             rows: slice | None = None) -> np.ndarray:
     """Put one map back onto its original image: resize it as values (bilinear, pixel-centre
     aligned) from the part of the model input that holds the image to the part of the image
     the model saw.
@@ -68,29 +69,41 @@ def upsample(heatmap: np.ndarray, size: tuple[int, int], view: View | None = Non
         heatmap: (h, w) float in [0, 1], covering the whole model input.
         size: (height, width) of the original image.
         view: how the model input was cut from the image (``images.fit_view``); None = stretched.
+        rows: only these rows of the result (``slice(start, stop)``), computed as part of the
+            whole: Pillow places each output row by its own centre, so a strip is the same rows.
 
     Returns:
-        (height, width) float32 in [0, 1], NaN where the model never saw the image (outside a
-        centre crop).
+        (rows, width) float32 in [0, 1], NaN where the model never saw the image (outside a
+        centre crop); rows = height unless ``rows`` is given.
     """
     height, width = size
+    first, last = (0, height) if rows is None else (rows.start, min(rows.stop, height))
     view = view or View.whole(height, width)
     map_height, map_width = heatmap.shape
     x0, y0, x1, y1 = view.placed
     left, top, right, bottom = (int(round(v)) for v in view.seen)
+    seen_height, seen_width = max(1, bottom - top), max(1, right - left)
+    start, stop = max(first, top), min(last, top + seen_height)  # rows of the strip the model saw
+    placed = None
+    if start < stop:
+        span = (y1 - y0) * map_height / seen_height  # map rows per image row
+        box = (x0 * map_width, y0 * map_height + (start - top) * span,
+               x1 * map_width, y0 * map_height + (stop - top) * span)
+        values = _resized(heatmap, (max(1, stop - start), seen_width), box)
+        if (start, stop, left, right) == (first, last, 0, width) and values.shape == (last - first, width):
+            return values
+        placed = np.full((last - first, width), np.nan, np.float32)
+        placed[start - first:stop - first, left:right] = values[:stop - start, :right - left]
+    return placed if placed is not None else np.full((last - first, width), np.nan, np.float32)
+
+
+def _resized(heatmap: np.ndarray, size: tuple[int, int], box: tuple[float, float, float, float]) -> np.ndarray:
+    """The ``box`` of the map resized bilinearly to ``size`` (rows, columns), clipped to [0, 1]."""
     resized = Image.fromarray(np.asarray(heatmap, dtype=np.float32), mode="F").resize(
-        (max(1, right - left), max(1, bottom - top)), Image.Resampling.BILINEAR,
-        box=(x0 * map_width, y0 * map_height, x1 * map_width, y1 * map_height),
-    )
-    resized_size = (resized.height, resized.width)
-    unclipped = np.frombuffer(resized.tobytes(), np.float32).reshape(resized_size)
+        (size[1], size[0]), Image.Resampling.BILINEAR, box=box)
+    unclipped = np.frombuffer(resized.tobytes(), np.float32).reshape(size)
     del resized  # a float copy of a 24-MP map is 96 MB: hold at most two at a time
-    values = np.clip(unclipped, 0.0, 1.0)
-    if values.shape == (height, width):
-        return values
-    placed = np.full((height, width), np.nan, np.float32)
-    placed[top:bottom, left:right] = values[:bottom - top, :right - left]
-    return placed
+    return np.clip(unclipped, 0.0, 1.0)
 
 
 UNSEEN_GRAY = 128  # colour of pixels the model never saw, in a colorized heatmap
@@ -136,14 +149,17 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float, lut: np.ndarra
         (H, W, 3) uint8 RGB: ``(1 - alpha) * image + alpha * colour``, rounded half up; the
         image unchanged where the model never saw it.
     """
-    values = upsample(heatmap, image.shape[:2], view)
     blended = np.empty_like(image)
-    # Colour and blend a strip of rows at a time: every step is per pixel, so the result is the
-    # same, while the temporary images stay a strip's size (a 24-MP photo's would be ~0.4 GB).
-    for top in range(0, image.shape[0], STRIP_ROWS):
-        rows = slice(top, top + STRIP_ROWS)
-        blended[rows] = _blended(image[rows], values[rows], _coloured(values[rows], lut), alpha)
+    # A strip of rows at a time, upsampled, coloured and blended: the result is the same, while
+    # the temporary images stay a strip's size (a 24-MP photo's would take ~0.4 GB).
+    for rows in _strips(image.shape[0]):
+        values = upsample(heatmap, image.shape[:2], view, rows)
+        blended[rows] = _blended(image[rows], values, _coloured(values, lut), alpha)
     return blended
+
+
+def _strips(height: int) -> list[slice]:
+    return [slice(top, min(top + STRIP_ROWS, height)) for top in range(0, height, STRIP_ROWS)]
 
 
 def _blended(image: np.ndarray, values: np.ndarray, colour: Image.Image, alpha: float) -> np.ndarray:
@@ -158,7 +174,10 @@ def _blended(image: np.ndarray, values: np.ndarray, colour: Image.Image, alpha: 
 def heatmap_image(heatmap: np.ndarray, size: tuple[int, int], view: View | None = None) -> np.ndarray:
     """The map put back onto an image of ``size`` (height, width) as (H, W) uint8 grayscale,
     0..255; 0 where the model never saw the image."""
-    return np.rint(np.nan_to_num(upsample(heatmap, size, view)) * 255.0).astype(np.uint8)
+    gray = np.empty(size, np.uint8)
+    for rows in _strips(size[0]):
+        gray[rows] = np.rint(np.nan_to_num(upsample(heatmap, size, view, rows)) * 255.0).astype(np.uint8)
+    return gray
 
 
 def panel(image: np.ndarray, heatmap: np.ndarray, alpha: float, lut: np.ndarray, caption: str,
