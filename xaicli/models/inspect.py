@@ -12,11 +12,10 @@ import numpy as np
 
 from ..errors import ModelError, UsageError, first_line
 from .capture import Captured, capturing, inner_layers, is_attention
-from .load import load_custom_objects, load_model
 from .graph import ancestors, on_every_path
 from .info import LayerInfo, ModelInfo, OutputInfo
+from .load import load_custom_objects, load_model
 from .probe import INPUT, _Plan, _trace, final_activation
-
 
 CONVOLUTIONS = (
     keras.layers.Conv2D,
@@ -24,11 +23,7 @@ CONVOLUTIONS = (
     keras.layers.DepthwiseConv2D,
     keras.layers.SeparableConv2D,
 )
-
-
 PREPROCESSING_LAYERS = (keras.layers.Rescaling, keras.layers.Normalization)
-
-
 AUTO_OUTPUT = "auto"  # --output auto: the only, or first, classifier output
 
 
