@@ -75,6 +75,24 @@ def test_read_image_scales_16_bit_grayscale(tmp_path):
     assert np.all(read_image(path)[0] == 255)
 
 
+def test_decode_bytes_counts_what_decoding_holds_from_the_header_alone(tmp_path):
+    """The memory budget admits a decode by this estimate: Pillow's 4 bytes a pixel for colour,
+    twice that for a photo EXIF says to turn, plus the RGB picture for other modes."""
+    from xaicli.images import decode_bytes
+
+    Image.new("RGB", (10, 20)).save(tmp_path / "upright.jpg")
+    turned = Image.new("RGB", (10, 20))
+    exif = turned.getexif()
+    exif[0x0112] = 6
+    turned.save(tmp_path / "turned.jpg", exif=exif)
+    Image.new("L", (10, 20)).save(tmp_path / "gray.png")
+    Image.new("I;16", (10, 20)).save(tmp_path / "deep.png")
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    assert [decode_bytes(tmp_path / name) // 200 for name in ("upright.jpg", "turned.jpg", "gray.png", "deep.png")] \
+        == [4, 8, 5, 18]
+    assert decode_bytes(tmp_path / "broken.png") == 0
+
+
 def test_read_image_applies_exif_orientation(tmp_path):
     array = np.zeros((2, 4, 3), np.uint8)  # 4 wide, 2 high
     image = Image.fromarray(array)
@@ -220,8 +238,8 @@ def test_at_a_capped_output_size_the_map_still_peaks_where_the_object_is(resize,
     detector = to_model_input(image, (24, 24), 1, PRESETS["unit"], resize)[..., 0]
     size = output_size(shape, 100)
     assert max(size) == 100 and abs(size[0] / size[1] - shape[0] / shape[1]) < 0.02
-    shown, view = shown_at(image, fit_view(shape, (24, 24), resize), size)
-    assert shown.shape == (*size, 3)
+    shown, view = shown_at(Image.fromarray(image), fit_view(shape, (24, 24), resize), size)
+    assert shown.size == (size[1], size[0])
     back = upsample(detector, size, view)
     peak = np.unravel_index(np.nanargmax(back), size)
     scale = size[0] / shape[0]

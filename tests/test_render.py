@@ -132,10 +132,11 @@ def test_upsampled_strips_put_together_equal_the_whole(resize, size):
     """Overlays and heatmaps are drawn a strip of rows at a time; the strips must be the rows of
     the whole map, NaN (unseen) included."""
     from xaicli.images import fit_view
-    from xaicli.render import STRIP_ROWS, upsample
+    from xaicli.render import upsample
 
     heatmap = np.random.default_rng(size[0]).uniform(0, 1, (7, 9)).astype(np.float32)
     view = fit_view(size, (28, 36), resize)
     whole = upsample(heatmap, size, view)
-    strips = [upsample(heatmap, size, view, slice(top, top + STRIP_ROWS)) for top in range(0, size[0], STRIP_ROWS)]
+    rows = 64
+    strips = [upsample(heatmap, size, view, slice(top, top + rows)) for top in range(0, size[0], rows)]
     np.testing.assert_allclose(np.concatenate(strips), whole, atol=1e-6)  # NaN where whole is NaN

@@ -17,23 +17,27 @@ import contextlib
 import ctypes
 import ctypes.util
 import threading
-from typing import Iterator
+from typing import Iterator, Sequence
 
-# Measured on a 24-MP JPEG: decoding peaks at ~230 MB (Pillow keeps RGB in 4 bytes a pixel, plus
-# our 3-byte copy and the decoder's buffers); an overlay drawn by strips needs its own 3 bytes a
-# pixel, the PNG's filtered rows 3 more and the deflated file ~1.
-DECODE_BYTES_PER_PIXEL = 10
-RENDER_BYTES_PER_PIXEL = 8
+from .render import strip_rows
+
+# Measured on a 24-MP photo: a strip being upsampled, coloured, blended and deflated holds ~40
+# bytes a strip pixel (a panel's strip is three images wide); JPEG and WebP encode a whole picture,
+# which Pillow holds in 4 bytes a pixel, plus ~1 of encoder buffers and the file.
+STRIP_BYTES_PER_PIXEL = 40
+WHOLE_PICTURE_BYTES_PER_PIXEL = 5
 
 
-def render_estimate(output_pixels: int, panel: bool, original_pixels: int = 0) -> int:
-    """Bytes to draw one image's files: a panel is three images wide. Reading the original again
-    (``original_pixels`` > 0) comes first and is done before drawing starts, so the two add only
-    through the 3-byte original that drawing keeps."""
-    drawing = output_pixels * RENDER_BYTES_PER_PIXEL * (3 if panel else 1)
-    if not original_pixels:
-        return drawing
-    return max(original_pixels * DECODE_BYTES_PER_PIXEL, drawing + original_pixels * 3)
+def render_estimate(size: tuple[int, int], kinds: Sequence[str], image_format: str, reread_bytes: int = 0) -> int:
+    """Bytes to draw one image's files of ``kinds`` (overlay, heatmap, raw, panel) at ``size``
+    (height, width), one file at a time. ``reread_bytes``: what reading the original again
+    holds (``images.decode_bytes``), when it was not kept."""
+    height, width = size
+    panes = 3 if "panel" in kinds else 1
+    drawing = min(height, strip_rows(width)) * width * panes * STRIP_BYTES_PER_PIXEL
+    if image_format != "png":
+        drawing += height * width * panes * WHOLE_PICTURE_BYTES_PER_PIXEL
+    return drawing + reread_bytes
 
 
 class MemoryBudget:

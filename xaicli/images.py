@@ -93,37 +93,57 @@ def _walk_sorted(folder: Path, excluded: set[Path]) -> Iterator[Path]:
             yield Path(entry.path)
 
 
-def image_pixels(path: Path) -> int:
-    """Width x height from the file's header, without decoding; 0 when it cannot be read
-    (``read_image`` then says why)."""
+# Bytes a pixel Pillow holds while decoding, by the file's mode: it keeps RGB in 4 bytes.
+_DECODED_BYTES = {"1": 1, "L": 1, "P": 1, "LA": 4, "PA": 4, "I;16": 2, "I;16B": 2, "I;16L": 2}
+_HIGH_DEPTH_MODES = frozenset({"I;16", "I;16B", "I;16L", "I", "F"})
+PICTURE_BYTES_PER_PIXEL = 4  # an RGB picture as Pillow holds it
+EXIF_ORIENTATION = 0x0112
+
+
+def decode_bytes(path: Path) -> int:
+    """Bytes that decoding ``path`` to an upright RGB picture holds at its peak, from the file's
+    header without decoding: the decoded pixels, a turned copy when EXIF says the photo lies on
+    its side, the RGB conversion, and the float working copy of 16-bit and float grayscale.
+    0 when the header cannot be read (``open_image`` then says why)."""
     try:
         with Image.open(path) as img:
-            return img.width * img.height
-    except Exception:  # noqa: BLE001 (any unreadable file: read_image reports it)
+            pixels, mode = img.width * img.height, img.mode
+            turned = img.getexif().get(EXIF_ORIENTATION, 1) not in (1, None)
+    except Exception:  # noqa: BLE001 (any unreadable file: open_image reports it)
         return 0
+    decoded = _DECODED_BYTES.get(mode, 4)
+    per_pixel = decoded * (2 if turned else 1)
+    if mode != "RGB":
+        per_pixel += PICTURE_BYTES_PER_PIXEL + (12 if mode in _HIGH_DEPTH_MODES else 0)
+    return pixels * per_pixel
 
 
-def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, str]:
-    """Decode the first frame of an image file, upright (EXIF orientation applied), as RGB.
+def open_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image.Image, str]:
+    """Decode the first frame of an image file, upright (EXIF orientation applied), as an RGB
+    Pillow picture: the pipeline keeps originals in this form (4 bytes a pixel), without a
+    numpy copy of the whole image.
 
     Returns:
-        (H, W, 3) uint8, and a note for the user ('' when there is nothing to say; for an
-        animation, that only its first frame was used).
+        The (W x H) RGB picture, and a note for the user ('' when there is nothing to say; for
+        an animation, that only its first frame was used).
 
     Raises:
         ImageError: with a one-line reason when the file cannot be used.
     """
     try:
-        with Image.open(path) as img:  # reads the header only; the size check comes before decoding
+        # Our own file object: closing it leaves the decoded picture usable (closing a picture
+        # Pillow opened by name would destroy its pixels).
+        with open(path, "rb") as stream:
+            img = Image.open(stream)  # reads the header only; the size check comes before decoding
             if img.width * img.height > max_pixels:
                 raise ImageError(f"image is {img.width}x{img.height} pixels, over the limit of {max_pixels} "
                                  "(--max-pixels raises it)")
             frames = getattr(img, "n_frames", 1)
             img.seek(0)
             img.load()
-            note = f"animated image: explained its first frame of {frames}" if frames > 1 else ""
             ImageOps.exif_transpose(img, in_place=True)  # no copy of a large photo when it is upright
-            return _to_rgb(img), note
+        note = f"animated image: explained its first frame of {frames}" if frames > 1 else ""
+        return _rgb_picture(img), note
     except ImageError:
         raise
     except FileNotFoundError:
@@ -141,15 +161,18 @@ def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.nda
         raise ImageError(f"cannot decode image: {reason}") from None
 
 
-def _to_rgb(img: Image.Image) -> np.ndarray:
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        return np.repeat(_high_depth_to_8bit(np.asarray(img))[:, :, None], 3, axis=2)
+def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, str]:
+    """``open_image`` as a numpy array: (H, W, 3) uint8 RGB, and the note."""
+    picture, note = open_image(path, max_pixels)
+    return np.asarray(picture), note
+
+
+def _rgb_picture(img: Image.Image) -> Image.Image:
+    if img.mode in _HIGH_DEPTH_MODES:
+        return Image.fromarray(_high_depth_to_8bit(np.asarray(img))).convert("RGB")
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         img = img.convert("RGBA")
-    if img.mode != "RGB":
-        img = img.convert("RGB")
-    # A view of one copy of the pixels (asarray would take a second one for a 24-MP photo).
-    return np.frombuffer(img.tobytes(), np.uint8).reshape(img.height, img.width, 3)
+    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 def _high_depth_to_8bit(values: np.ndarray) -> np.ndarray:
@@ -231,17 +254,17 @@ def output_size(image_size: tuple[int, int], max_size: int | None) -> tuple[int,
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
-def shown_at(image: np.ndarray, view: View, size: tuple[int, int]) -> tuple[np.ndarray, View]:
-    """The image and its view at the output ``size`` (height, width): the same geometry, the
-    seen part's corners scaled with the image. Unchanged when the size is the image's own."""
-    height, width = image.shape[:2]
+def shown_at(picture: Image.Image, view: View, size: tuple[int, int]) -> tuple[Image.Image, View]:
+    """The picture and its view at the output ``size`` (height, width): the same geometry, the
+    seen part's corners scaled with the picture. Unchanged when the size is the picture's own."""
+    width, height = picture.size
     if (height, width) == size:
-        return image, view
+        return picture, view
     # BOX reduction by whole factors first, then bilinear: fast and without aliasing.
-    resized = Image.fromarray(image).resize((size[1], size[0]), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    resized = picture.resize((size[1], size[0]), Image.Resampling.BILINEAR, reducing_gap=3.0)
     x_scale, y_scale = size[1] / width, size[0] / height
     left, top, right, bottom = view.seen
-    return np.asarray(resized), View((left * x_scale, top * y_scale, right * x_scale, bottom * y_scale), view.placed)
+    return resized, View((left * x_scale, top * y_scale, right * x_scale, bottom * y_scale), view.placed)
 
 
 def fit_view(image_size: tuple[int, int], size: tuple[int, int], resize: str = "stretch") -> View:
@@ -273,12 +296,12 @@ def _letterbox_box(image_size: tuple[int, int], size: tuple[int, int]) -> tuple[
 
 
 def to_model_input(
-    image: np.ndarray, size: tuple[int, int], channels: int, scaling: Scaling, resize: str = "stretch"
+    image: np.ndarray | Image.Image, size: tuple[int, int], channels: int, scaling: Scaling, resize: str = "stretch"
 ) -> np.ndarray:
     """Resize (bilinear, as ``resize`` of ``RESIZE_MODES`` says) and preprocess one image.
 
     Args:
-        image: (H, W, 3) uint8 RGB.
+        image: (H, W, 3) uint8 RGB, or the RGB picture ``open_image`` gives.
         size: model (height, width).
         channels: 1 (converted to luma) or 3.
         scaling: a value of ``PRESETS`` or ``custom_scaling(...)``, applied to 0..255 pixels
@@ -289,15 +312,16 @@ def to_model_input(
         (height, width, channels) float32.
     """
     height, width = size
-    pil = Image.fromarray(image)
+    pil = image if isinstance(image, Image.Image) else Image.fromarray(image)
+    image_size = (pil.height, pil.width)
     if channels == 1:
         pil = pil.convert("L")
     if resize == "letterbox":
-        left, top, inner_width, inner_height = _letterbox_box(image.shape[:2], size)
+        left, top, inner_width, inner_height = _letterbox_box(image_size, size)
         resized = Image.new(pil.mode, (width, height), 0)
         resized.paste(pil.resize((inner_width, inner_height), Image.Resampling.BILINEAR), (left, top))
     else:
-        box = fit_view(image.shape[:2], size, resize).seen
+        box = fit_view(image_size, size, resize).seen
         resized = pil.resize((width, height), Image.Resampling.BILINEAR, box=box)
     pixels = np.asarray(resized, dtype=np.float32)
     if channels == 1:

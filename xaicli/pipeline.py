@@ -16,15 +16,16 @@ from typing import Callable, Iterable, Iterator
 import keras
 import numpy as np
 import tensorflow as tf
+from PIL import Image
 
 from . import __version__
 from .config import AUTO, CUSTOM, RunConfig, check_preset_channels, load_labels, resolve_class
 from .errors import ImageError, UsageError, first_line
 from .explainers import REGISTRY
 from .explainers.engine import TOP_CLASS, BatchExplanation, Explainer, MethodOptions, rank_request
-from .budget import DECODE_BYTES_PER_PIXEL, MemoryBudget, render_estimate
-from .images import (PRESETS, InputImage, Scaling, View, custom_scaling, fit_view, image_pixels, output_size,
-                     read_image, shown_at, to_model_input)
+from .budget import MemoryBudget, render_estimate
+from .images import (PICTURE_BYTES_PER_PIXEL, PRESETS, InputImage, Scaling, View, custom_scaling, decode_bytes,
+                     fit_view, open_image, output_size, shown_at, to_model_input)
 from .models.info import LayerInfo, ModelInfo
 from .models.inspect import open_model
 from .models.layers import auto_layer, candidate_layers, resolve_layer
@@ -33,7 +34,7 @@ from .models.preprocessing import choose_preprocessing
 from .models.probe import build_probe
 from .outputs import (MANIFEST_NAME, PredictionsWriter, Ranked, Row, file_digest, open_table, output_path,
                       read_table, table_columns, table_text, write_image, write_json, write_npy)
-from .render import COLORMAPS, heatmap_image, overlay, panel
+from .render import COLORMAPS, draw_heatmap, draw_overlay, draw_panel
 
 
 @dataclass(frozen=True)
@@ -370,12 +371,12 @@ class _Workers:
 @dataclass(frozen=True)
 class _Decoded:
     item: InputImage
-    image: np.ndarray | None  # (h, w, 3) uint8 original at the output size; None when not kept (read again)
+    image: Image.Image | None  # the RGB original at the output size; None when not kept (read again)
     model_input: np.ndarray | None  # (h, w, c) float32
     view: View | None = None  # how model_input was cut from image, at the output size
     kept: int = 0  # bytes of ``image`` the memory budget accounts
     shown_size: tuple[int, int] = (0, 0)  # (height, width) the outputs are drawn at
-    pixels: int = 0  # of the original, as its header says
+    decode_bytes: int = 0  # what reading the original again holds at its peak
     error: str = ""
     skipped: bool = False  # --skip-existing and every output is already there
     carried: tuple[dict[str, object], ...] = ()  # --resume: the earlier run's rows, outputs all there
@@ -411,26 +412,29 @@ def _decode(prepared: Prepared, item: InputImage, carried: dict[str, list[dict[s
     if earlier or prepared.config.existing == "skip":
         if all(p.exists() for p in planned_outputs(prepared.config, item)):
             return _Decoded(item, None, None, skipped=not earlier, carried=tuple(earlier))
-    pixels = image_pixels(item.path)
-    with budget.working(pixels * DECODE_BYTES_PER_PIXEL):
+    decoding = decode_bytes(item.path)
+    with budget.working(decoding):
         try:
-            image, note = read_image(item.path, prepared.config.max_pixels)
-            model_input = to_model_input(image, info.input_size, info.channels, prepared.scaling,
+            picture, note = open_image(item.path, prepared.config.max_pixels)
+            model_input = to_model_input(picture, info.input_size, info.channels, prepared.scaling,
                                          prepared.config.resize)
         except ImageError as exc:
             return _Decoded(item, None, None, error=str(exc))
-        shown, view = _shown(prepared, image)
+        shown, view = _shown(prepared, picture)
+        del picture  # the full-size original, when the outputs are drawn smaller
     # The original is kept for rendering only while it fits the budget; otherwise it is read again.
-    kept = shown.nbytes if budget.try_keep(shown.nbytes) else 0
+    size = shown.width * shown.height * PICTURE_BYTES_PER_PIXEL
+    kept = size if budget.try_keep(size) else 0
     return _Decoded(item, shown if kept else None, model_input, view, note=note, kept=kept,
-                    shown_size=shown.shape[:2], pixels=pixels)
+                    shown_size=(shown.height, shown.width), decode_bytes=decoding)
 
 
-def _shown(prepared: Prepared, image: np.ndarray) -> tuple[np.ndarray, View]:
+def _shown(prepared: Prepared, picture: Image.Image) -> tuple[Image.Image, View]:
     """The original at its output size (``--max-size``) and the view of it the model had: the
     model saw the original at its full size."""
-    view = fit_view(image.shape[:2], prepared.info.input_size, prepared.config.resize)
-    return shown_at(image, view, output_size(image.shape[:2], prepared.config.max_size))
+    size = (picture.height, picture.width)
+    view = fit_view(size, prepared.info.input_size, prepared.config.resize)
+    return shown_at(picture, view, output_size(size, prepared.config.max_size))
 
 
 def _read_ahead(pool: ThreadPoolExecutor, work: Callable, items: Iterable, ahead: int) -> Iterator:
@@ -505,13 +509,13 @@ def _render_image(prepared: Prepared, decoded: _Decoded, jobs: list[tuple[np.nda
     again when it was not kept. Returns, per job, None or the error that kept it from being
     written (a file system error, or the image no longer readable)."""
     height, width = decoded.shown_size
-    estimate = render_estimate(height * width, "panel" in prepared.config.save,
-                               decoded.pixels if decoded.image is None else 0)
+    estimate = render_estimate((height, width), prepared.config.save, prepared.config.image_format,
+                               decoded.decode_bytes if decoded.image is None else 0)
     try:
         with budget.working(estimate):
             image, view = decoded.image, decoded.view
             if image is None:
-                image, view = _shown(prepared, read_image(decoded.item.path, prepared.config.max_pixels)[0])
+                image, view = _shown(prepared, open_image(decoded.item.path, prepared.config.max_pixels)[0])
             return [_written(prepared, image, view, *job) for job in jobs]
     except ImageError as exc:  # changed or removed since it was read
         return [exc] * len(jobs)
@@ -519,7 +523,7 @@ def _render_image(prepared: Prepared, decoded: _Decoded, jobs: list[tuple[np.nda
         budget.release(decoded.kept)
 
 
-def _written(prepared: Prepared, image: np.ndarray, view: View, heatmap: np.ndarray, paths: dict[str, Path],
+def _written(prepared: Prepared, image: Image.Image, view: View, heatmap: np.ndarray, paths: dict[str, Path],
              caption: str) -> OSError | None:
     try:
         _render(image, view, heatmap, prepared, paths, caption)
@@ -537,15 +541,16 @@ def _caption(prepared: Prepared, explanation: BatchExplanation, index: int) -> s
     return text if explained == predicted else f"{text}; explaining {name(explained)}"
 
 
-def _render(image: np.ndarray, view: View, heatmap: np.ndarray, prepared: Prepared, paths: dict[str, Path],
+def _render(image: Image.Image, view: View, heatmap: np.ndarray, prepared: Prepared, paths: dict[str, Path],
             caption: str) -> None:
     config = prepared.config
     writers = {
-        "overlay": lambda path: write_image(path, overlay(image, heatmap, config.alpha, prepared.lut, view),
+        "overlay": lambda path: write_image(path, draw_overlay(image, heatmap, config.alpha, prepared.lut, view),
                                             config.image_format),
-        "heatmap": lambda path: write_image(path, heatmap_image(heatmap, image.shape[:2], view), config.image_format),
+        "heatmap": lambda path: write_image(path, draw_heatmap(heatmap, (image.height, image.width), view),
+                                            config.image_format),
         "raw": lambda path: write_npy(path, heatmap),
-        "panel": lambda path: write_image(path, panel(image, heatmap, config.alpha, prepared.lut, caption, view),
+        "panel": lambda path: write_image(path, draw_panel(image, heatmap, config.alpha, prepared.lut, caption, view),
                                           config.image_format),
     }
     for kind, path in paths.items():

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Union
+
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
@@ -107,7 +110,7 @@ def _resized(heatmap: np.ndarray, size: tuple[int, int], box: tuple[float, float
 
 
 UNSEEN_GRAY = 128  # colour of pixels the model never saw, in a colorized heatmap
-STRIP_ROWS = 256  # rows coloured and blended at a time
+STRIP_PIXELS = 1 << 18  # pixels upsampled, coloured and blended at a time (whole rows, at least one)
 
 
 def colorize(heatmap: np.ndarray, lut: np.ndarray) -> np.ndarray:
@@ -135,67 +138,139 @@ def _coloured(heatmap: np.ndarray, lut: np.ndarray) -> Image.Image:
     return picture
 
 
-def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float, lut: np.ndarray, view: View | None = None) -> np.ndarray:
-    """Blend a coloured heatmap over an image at the image's own size.
+@dataclass(frozen=True)
+class Drawing:
+    """A picture produced a strip of rows at a time, so a 24-MP output never exists whole in
+    memory unless its file format needs it: ``strips`` yields (rows, width[, 3]) uint8 arrays,
+    top to bottom, ``height`` rows in all; iterate it once."""
+
+    height: int
+    width: int
+    channels: int  # 1 (grayscale) or 3 (RGB)
+    strips: Iterable[np.ndarray]
+
+    def pixels(self) -> np.ndarray:
+        """The whole picture: (height, width) or (height, width, 3) uint8."""
+        return np.concatenate(list(self.strips))
+
+
+Original = Union[np.ndarray, Image.Image]  # (H, W, 3) uint8, or an RGB picture (images.open_image)
+
+
+def draw_overlay(image: Original, heatmap: np.ndarray, alpha: float, lut: np.ndarray,
+                 view: View | None = None) -> Drawing:
+    """A coloured heatmap blended over an image at the image's own size.
 
     Args:
-        image: (H, W, 3) uint8 RGB original.
-        heatmap: (h, w) float in [0, 1], any size; upsampled to (H, W).
+        image: the RGB original.
+        heatmap: (h, w) float in [0, 1], any size; upsampled to the image's size.
         alpha: weight of the heatmap colour, in [0, 1]; 0 shows only the image.
         lut: (256, 3) uint8 colormap.
         view: how the model input was cut from the image; None = stretched.
 
     Returns:
-        (H, W, 3) uint8 RGB: ``(1 - alpha) * image + alpha * colour``, rounded half up; the
-        image unchanged where the model never saw it.
+        (H, W, 3) strips: ``(1 - alpha) * image + alpha * colour``, rounded half up; the image
+        unchanged where the model never saw it.
     """
-    blended = np.empty_like(image)
-    # A strip of rows at a time, upsampled, coloured and blended: the result is the same, while
-    # the temporary images stay a strip's size (a 24-MP photo's would take ~0.4 GB).
-    for rows in _strips(image.shape[0]):
-        values = upsample(heatmap, image.shape[:2], view, rows)
-        blended[rows] = _blended(image[rows], values, _coloured(values, lut), alpha)
-    return blended
+    picture = _picture(image)
+    size = (picture.height, picture.width)
+
+    def strips() -> Iterator[np.ndarray]:
+        for rows in _strips(*size):
+            values = upsample(heatmap, size, view, rows)
+            yield _blended(_cropped(picture, rows), values, _coloured(values, lut), alpha)
+
+    return Drawing(size[0], size[1], 3, strips())
 
 
-def _strips(height: int) -> list[slice]:
-    return [slice(top, min(top + STRIP_ROWS, height)) for top in range(0, height, STRIP_ROWS)]
+def overlay(image: Original, heatmap: np.ndarray, alpha: float, lut: np.ndarray, view: View | None = None) -> np.ndarray:
+    """``draw_overlay`` as one (H, W, 3) uint8 array."""
+    return draw_overlay(image, heatmap, alpha, lut, view).pixels()
 
 
-def _blended(image: np.ndarray, values: np.ndarray, colour: Image.Image, alpha: float) -> np.ndarray:
-    """``image`` and the colours of its upsampled map ``values`` blended; unseen parts kept as they are."""
+def _picture(image: Original) -> Image.Image:
+    return image if isinstance(image, Image.Image) else Image.fromarray(np.ascontiguousarray(image, np.uint8))
+
+
+def _cropped(picture: Image.Image, rows: slice) -> Image.Image:
+    return picture.crop((0, rows.start, picture.width, rows.stop))
+
+
+def strip_rows(width: int) -> int:
+    """Rows in a strip of an image ``width`` pixels wide: an ordinary photo is one strip."""
+    return max(1, STRIP_PIXELS // width)
+
+
+def _strips(height: int, width: int) -> list[slice]:
+    rows = strip_rows(width)
+    return [slice(top, min(top + rows, height)) for top in range(0, height, rows)]
+
+
+def _blended(original: Image.Image, values: np.ndarray, colour: Image.Image, alpha: float) -> np.ndarray:
+    """``original`` and the colours of its upsampled map ``values`` blended, as (rows, W, 3)
+    uint8; unseen parts kept as they are."""
     # Pillow blends in C in one pass, ~8x faster than the same formula as numpy array operations.
-    blended = np.array(Image.blend(Image.fromarray(image), colour, alpha))
+    blended = np.array(Image.blend(original, colour, alpha))
     unseen = np.isnan(values)
-    blended[unseen] = image[unseen]
+    if unseen.any():
+        blended[unseen] = np.asarray(original)[unseen]
     return blended
+
+
+def draw_heatmap(heatmap: np.ndarray, size: tuple[int, int], view: View | None = None) -> Drawing:
+    """The map put back onto an image of ``size`` (height, width) as (H, W) uint8 grayscale
+    strips, 0..255; 0 where the model never saw the image."""
+    def strips() -> Iterator[np.ndarray]:
+        for rows in _strips(*size):
+            yield np.rint(np.nan_to_num(upsample(heatmap, size, view, rows)) * 255.0).astype(np.uint8)
+
+    return Drawing(size[0], size[1], 1, strips())
 
 
 def heatmap_image(heatmap: np.ndarray, size: tuple[int, int], view: View | None = None) -> np.ndarray:
-    """The map put back onto an image of ``size`` (height, width) as (H, W) uint8 grayscale,
-    0..255; 0 where the model never saw the image."""
-    gray = np.empty(size, np.uint8)
-    for rows in _strips(size[0]):
-        gray[rows] = np.rint(np.nan_to_num(upsample(heatmap, size, view, rows)) * 255.0).astype(np.uint8)
-    return gray
+    """``draw_heatmap`` as one (H, W) uint8 array."""
+    return draw_heatmap(heatmap, size, view).pixels()
 
 
-def panel(image: np.ndarray, heatmap: np.ndarray, alpha: float, lut: np.ndarray, caption: str,
-          view: View | None = None) -> np.ndarray:
+def draw_panel(image: Original, heatmap: np.ndarray, alpha: float, lut: np.ndarray, caption: str,
+               view: View | None = None) -> Drawing:
     """Original | coloured heatmap | overlay, side by side at the image's size, over a caption bar.
     Parts of the image the model never saw are mid gray in the heatmap pane.
 
     Returns:
-        (H + bar, 3 W, 3) uint8, where bar = max(16, H // 10) rows of white with ``caption`` in black.
+        (H + bar, 3 W, 3) strips, where bar = max(16, H // 10) rows of white with ``caption`` in black.
     """
-    height, width = image.shape[:2]
-    values = upsample(heatmap, (height, width), view)
-    colour = _coloured(values, lut)  # upsampled and coloured once for both panes
+    picture = _picture(image)
+    width, height = picture.size
     bar = max(16, height // 10)
-    canvas = np.full((height + bar, 3 * width, 3), 255, np.uint8)
-    canvas[:height, :width] = image
-    canvas[:height, width:2 * width] = np.asarray(colour)
-    canvas[:height, 2 * width:] = _blended(image, values, colour, alpha)
-    picture = Image.fromarray(canvas)
-    ImageDraw.Draw(picture).text((4, height + (bar - 11) // 2), caption, fill=(0, 0, 0), font=ImageFont.load_default())
-    return np.asarray(picture)
+
+    def strips() -> Iterator[np.ndarray]:
+        for rows in _strips(height, width):
+            values = upsample(heatmap, (height, width), view, rows)
+            colour = _coloured(values, lut)  # upsampled and coloured once for both panes
+            original = _cropped(picture, rows)
+            yield np.concatenate([np.asarray(original), np.asarray(colour), _blended(original, values, colour, alpha)],
+                                 axis=1)
+        yield from _caption_bar(caption, 3 * width, bar)
+
+    return Drawing(height + bar, 3 * width, 3, strips())
+
+
+def _caption_bar(caption: str, width: int, height: int) -> Iterator[np.ndarray]:
+    """Strips of a white bar ``width`` x ``height`` with ``caption`` in black at its left; only
+    the caption's own box is drawn as a picture."""
+    font = ImageFont.load_default()
+    text_width = min(width, int(ImageDraw.Draw(Image.new("L", (1, 1))).textlength(caption, font=font)) + 8)
+    label = Image.new("RGB", (text_width, height), (255, 255, 255))
+    ImageDraw.Draw(label).text((4, (height - 11) // 2), caption, fill=(0, 0, 0), font=font)
+    label_pixels = np.asarray(label)
+    for rows in _strips(height, width):
+        strip = np.full((rows.stop - rows.start, width, 3), 255, np.uint8)
+        strip[:, :text_width] = label_pixels[rows]
+        yield strip
+
+
+def panel(image: Original, heatmap: np.ndarray, alpha: float, lut: np.ndarray, caption: str,
+          view: View | None = None) -> np.ndarray:
+    """``draw_panel`` as one (H + bar, 3 W, 3) uint8 array."""
+    return draw_panel(image, heatmap, alpha, lut, caption, view).pixels()
