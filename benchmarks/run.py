@@ -1,13 +1,19 @@
-"""Throughput and memory of `xai run`, as ratios against plain inference measured in the same run.
+"""Throughput and memory of `xai run`, as ratios against plain inference measured in the same run,
+and as fractions of the bound its own measured parts set.
 
     python benchmarks/run.py                      # MobileNetV2, 160 generated JPEGs, batch 16
-    python benchmarks/run.py --recipe --tf-keras-vis --scale 1000,10000
+    python benchmarks/run.py --recipe --tf-keras-vis --scale 1000,10000 --large 40
 
 Every configuration runs in a fresh child process (so each peak RSS is its own) on the same
 generated images and the same saved model; each images/s is the best of three passes. Model
 loading, TensorFlow's import and the one-time tracing of compiled steps are excluded from
 images/s for every configuration alike; the whole command's wall time, start-up included, is
 printed under the table.
+
+The bound: the model step and the per-image work around it (decode, resize, draw, encode) share
+the machine's cores. Each part is measured alone with its wall and CPU time per image; end to
+end can go no faster than the step alone, nor than all the CPU time spread over every core:
+    seconds per image >= max(step wall, (step CPU + image CPU) / cores)
 """
 
 from __future__ import annotations
@@ -25,7 +31,11 @@ from PIL import Image, ImageDraw, ImageFilter
 
 HERE = Path(__file__).resolve().parent
 REPEATS = 3  # each timing is the best of this many passes: the machine is shared, noise only slows
-MEASURES = ("inference", "gradcam-step", "saliency-step", "xai-gradcam", "xai-saliency", "recipe", "tf-keras-vis")
+METHODS = ("gradcam", "saliency")
+FORMATS = ("png", "jpeg")
+MEASURES = ("inference", *(f"{m}-step" for m in METHODS), *(f"images-{f}" for f in FORMATS),
+            *(f"xai-{m}-{f}" for m in METHODS for f in FORMATS), "recipe", "tf-keras-vis")
+LARGE_SIZE = (4000, 6000)  # a 24-MP phone photo, height x width
 
 
 def main() -> None:
@@ -37,16 +47,20 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     images = _make_images(work / f"images-{args.images}", args.images, (400, 500))
     model = _make_model(work / f"{args.model}-{args.size}.keras", args.model, args.size)
-    print(f"machine: {os.cpu_count()} CPUs; model {args.model} {args.size}x{args.size}, batch {args.batch_size}, "
+    print(f"machine: {_cores()} CPUs; model {args.model} {args.size}x{args.size}, batch {args.batch_size}, "
           f"{args.images} JPEGs of 500x400", flush=True)
-    wanted = ["inference", "gradcam-step", "saliency-step", "xai-gradcam", "xai-saliency"]
+    wanted = ["inference", *(f"{m}-step" for m in METHODS), *(f"images-{f}" for f in FORMATS),
+              *(f"xai-{m}-{f}" for m in METHODS for f in FORMATS)]
     wanted += ["recipe"] * args.recipe + ["tf-keras-vis"] * args.tf_keras_vis
     results = {name: _child(args, name, model, images) for name in wanted}
     cli = _cli_wall_time(args, model, images)
     _print_table(results, cli)
+    _print_bounds(results, results)
     _print_start_up()
     if args.scale:
         _print_scale(args, [int(n) for n in args.scale.split(",")])
+    if args.large:
+        _print_large(args, model, images, results["inference"])
 
 
 def _arguments() -> argparse.Namespace:
@@ -62,12 +76,21 @@ def _arguments() -> argparse.Namespace:
                         help="also time tf-keras-vis Grad-CAM (pip install tf-keras-vis in this environment)")
     parser.add_argument("--scale", metavar="N,N",
                         help="also run `xai run` on N tiny images for each N and compare peak RSS, e.g. 1000,10000")
+    parser.add_argument("--large", type=int, metavar="N", default=0,
+                        help="also explain N generated JPEGs of 6000x4000 at xai's default batch size: images/s "
+                             "and peak RSS with PNG, JPEG and --max-size 1024 outputs, e.g. 40")
     parser.add_argument("--workdir", type=Path, default=Path("bench-work"),
                         help="where generated images, the model and outputs go (reused between runs)")
     parser.add_argument("--measure", choices=MEASURES, help=argparse.SUPPRESS)  # one child's job
     parser.add_argument("--model-path", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--image-dir", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--max-size", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--repeats", type=int, default=REPEATS, help=argparse.SUPPRESS)
     return parser.parse_args()
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _make_images(folder: Path, count: int, size: tuple[int, int]) -> Path:
@@ -113,19 +136,23 @@ def _make_model(path: Path, kind: str, size: int) -> Path:
     return path
 
 
-def _child(args: argparse.Namespace, name: str, model: Path, images: Path) -> dict:
+def _child(args: argparse.Namespace, name: str, model: Path, images: Path, batch_size: int | None = None,
+           max_size: int | None = None, repeats: int = REPEATS, label: str = "") -> dict:
     command = [sys.executable, str(Path(__file__).resolve()), "--measure", name, "--model-path", str(model),
-               "--image-dir", str(images), "--batch-size", str(args.batch_size), "--workdir", str(args.workdir)]
+               "--image-dir", str(images), "--batch-size", str(batch_size or args.batch_size), "--size", str(args.size),
+               "--workdir", str(args.workdir), "--repeats", str(repeats)]
+    command += ["--max-size", str(max_size)] if max_size else []
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     output = process.stdout.read()
     status, peak_rss_mb = _wait_with_peak_rss(process)
     if status != 0:
-        print(f"  {name}: failed (exit {os.waitstatus_to_exitcode(status)}); skipped", flush=True)
+        print(f"  {label or name}: failed (exit {os.waitstatus_to_exitcode(status)}); skipped", flush=True)
         return {}
     result = json.loads(output.strip().splitlines()[-1])
     result["peak_rss_mb"] = peak_rss_mb
-    print(f"  {name}: {result['images'] / result['seconds']:.1f} images/s", flush=True)
+    print(f"  {label or name}: {result['images'] / result['seconds']:.2f} images/s, peak RSS {peak_rss_mb:.0f} MB",
+          flush=True)
     return result
 
 
@@ -138,8 +165,15 @@ def _wait_with_peak_rss(process: subprocess.Popen) -> tuple[int, float]:
 def _measure(args: argparse.Namespace) -> dict:
     """One configuration, in this (child) process: returns images and seconds."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if args.measure.startswith(("xai-", "images-")):
+        from xaicli.budget import return_large_blocks_to_the_system
+
+        return_large_blocks_to_the_system()  # as `xai run` does
     if args.measure.startswith("xai-"):
-        return _measure_xai(args, args.measure.removeprefix("xai-"))
+        method, image_format = args.measure.removeprefix("xai-").split("-")
+        return _measure_xai(args, method, image_format)
+    if args.measure.startswith("images-"):
+        return _measure_images(args, args.measure.removeprefix("images-"))
     import keras
 
     model = keras.models.load_model(args.model_path, compile=False)
@@ -163,13 +197,24 @@ def _preprocessed_batches(args: argparse.Namespace, model) -> list[np.ndarray]:
 def _timed_batches(step, batches: list[np.ndarray]) -> dict:
     step(batches[0])  # trace and warm up, outside the timing
 
-    def once() -> float:
-        started = time.perf_counter()
+    def every_batch() -> int:
         for batch in batches:
             step(batch)
-        return time.perf_counter() - started
+        return sum(len(batch) for batch in batches)
 
-    return {"images": sum(len(b) for b in batches), "seconds": min(once() for _ in range(REPEATS))}
+    return _best_pass(every_batch, REPEATS)
+
+
+def _best_pass(work, repeats: int) -> dict:
+    """``work`` (returning how many images it did) timed ``repeats`` times: the fastest pass's
+    images, wall seconds and CPU seconds of the whole process (every thread)."""
+    passes = []
+    for _ in range(repeats):
+        started, cpu_started = time.perf_counter(), time.process_time()
+        images = work()
+        passes.append({"images": images, "seconds": time.perf_counter() - started,
+                       "cpu_seconds": time.process_time() - cpu_started})
+    return min(passes, key=lambda p: p["seconds"])
 
 
 def _time_inference(model, batches: list[np.ndarray]) -> dict:
@@ -228,31 +273,52 @@ def _time_tf_keras_vis(model, batches: list[np.ndarray]) -> dict:
     return _timed_batches(step, batches)
 
 
-def _measure_xai(args: argparse.Namespace, method: str) -> dict:
+def _measure_images(args: argparse.Namespace, image_format: str) -> dict:
+    """The per-image work around the model step, on one thread, as ``xai run`` does it: decode,
+    model input, overlay drawn at the output size (``--max-size``) with a fixed map, encoded and
+    written. No model: this is the image side of the bound."""
+    from xaicli.images import PRESETS, fit_view, open_image, output_size, shown_at, to_model_input
+    from xaicli.outputs import write_image
+    from xaicli.render import draw_overlay, jet_lut
+
+    heatmap = np.random.default_rng(0).uniform(0, 1, (7, 7)).astype(np.float32)
+    lut, size = jet_lut(), (args.size, args.size)
+    out = args.workdir / f"out-images-{image_format}"
+    out.mkdir(parents=True, exist_ok=True)
+    paths = sorted(args.image_dir.glob("*.jpg"))
+
+    def every_image() -> int:
+        for path in paths:
+            picture, _ = open_image(path)
+            to_model_input(picture, size, 3, PRESETS["symmetric"])
+            original = (picture.height, picture.width)
+            shown, view = shown_at(picture, fit_view(original, size), output_size(original, args.max_size))
+            write_image(out / f"{path.name}.{image_format}", draw_overlay(shown, heatmap, 0.4, lut, view), image_format)
+        return len(paths)
+
+    return _best_pass(every_image, args.repeats)
+
+
+def _measure_xai(args: argparse.Namespace, method: str, image_format: str) -> dict:
     """``xai run`` end to end in this process: discovery, decoding, resizing, explaining,
-    colouring and blending at full size, PNG writing and the CSV. A warm-up run on one batch
-    traces the compiled steps first, as the other configurations' warm-up does."""
+    colouring and blending at full size (or ``--max-size``), writing the files and the CSV. A
+    warm-up run on one image traces the compiled step first (batches have a fixed shape), as
+    the other configurations' warm-up does."""
     import shutil
 
     from xaicli.config import RunConfig
     from xaicli.images import discover
     from xaicli.pipeline import prepare, run
 
-    out = args.workdir / f"out-{method}"
+    out = args.workdir / f"out-{method}-{image_format}"
     shutil.rmtree(out, ignore_errors=True)
     config = RunConfig(model=args.model_path, inputs=(args.image_dir,), out_dir=out, methods=(method,),
-                       batch_size=args.batch_size, preprocess="symmetric", existing="overwrite")
+                       batch_size=args.batch_size, preprocess="symmetric", existing="overwrite",
+                       image_format=image_format, max_size=args.max_size)
     prepared = prepare(config)
-    warm = list(discover([args.image_dir]))[:args.batch_size]
-    for _ in run(prepared, warm):
+    for _ in run(prepared, list(discover([args.image_dir]))[:1]):
         pass
-    def once() -> tuple[float, int]:
-        started = time.perf_counter()
-        count = sum(1 for _ in run(prepared, discover([args.image_dir])))
-        return time.perf_counter() - started, count
-
-    seconds, count = min(once() for _ in range(REPEATS))
-    return {"images": count, "seconds": seconds}
+    return _best_pass(lambda: sum(1 for _ in run(prepared, discover([args.image_dir]))), args.repeats)
 
 
 def _cli_wall_time(args: argparse.Namespace, model: Path, images: Path) -> float:
@@ -265,24 +331,101 @@ def _cli_wall_time(args: argparse.Namespace, model: Path, images: Path) -> float
     return time.perf_counter() - started
 
 
+def _rate(result: dict) -> float:
+    return result["images"] / result["seconds"]
+
+
 def _print_table(results: dict[str, dict], cli_seconds: float) -> None:
     base = results.get("inference")
     if not base:
         print("plain inference failed; no ratios")
         return
-    base_rate = base["images"] / base["seconds"]
     print(f"\n| configuration | images/s | × inference | peak RSS (MB) |\n| --- | ---: | ---: | ---: |")
     for name, result in results.items():
-        if result:
-            rate = result["images"] / result["seconds"]
-            print(f"| {name} | {rate:.1f} | {rate / base_rate:.2f} | {result['peak_rss_mb']:.0f} |")
-    gradcam = results.get("xai-gradcam")
+        if result and not name.startswith("images-"):
+            print(f"| {name} | {_rate(result):.1f} | {_rate(result) / _rate(base):.2f} | {result['peak_rss_mb']:.0f} |")
+    gradcam = results.get("xai-gradcam-png")
     for other in ("recipe", "tf-keras-vis"):
         if gradcam and results.get(other):
-            speedup = (gradcam["images"] / gradcam["seconds"]) / (results[other]["images"] / results[other]["seconds"])
-            print(f"xai-gradcam is {speedup:.1f}x {other}")
-    images = base["images"]
-    print(f"whole `xai run` command (start-up, model load, tracing, {images} images): {cli_seconds:.1f} s")
+            print(f"xai-gradcam-png is {_rate(gradcam) / _rate(results[other]):.1f}x {other}")
+    print(f"whole `xai run` command (start-up, model load, tracing, {base['images']} images): {cli_seconds:.1f} s")
+
+
+def bound(step: dict, images: dict, cores: int) -> float:
+    """Images/s no pipeline can pass: the step alone, or every part's CPU time over ``cores``."""
+    per_image = max(step["seconds"] / step["images"],
+                    (step["cpu_seconds"] / step["images"] + images["cpu_seconds"] / images["images"]) / cores)
+    return 1.0 / per_image
+
+
+def _print_bounds(ends: dict[str, dict], parts: dict[str, dict], max_size: int | None = None) -> None:
+    """End to end against the bound from its parts: ``ends`` holds xai-METHOD-FORMAT results,
+    ``parts`` the METHOD-step and images-FORMAT ones (at ``max_size``)."""
+    print("\n| end to end | images/s | bound from the parts | × bound |\n| --- | ---: | ---: | ---: |")
+    for method in METHODS:
+        for image_format in FORMATS:
+            end, step, images = ends.get(f"xai-{method}-{image_format}"), parts.get(f"{method}-step"), \
+                parts.get(f"images-{image_format}")
+            if end and step and images:
+                limit = bound(step, images, _cores())
+                print(f"| {method}, {image_format.upper()} outputs{_capped(max_size)} | {_rate(end):.2f} | {limit:.2f} "
+                      f"| {_rate(end) / limit:.2f} |")
+    for name in ("inference", *(f"{m}-step" for m in METHODS), *(f"images-{f}" for f in FORMATS)):
+        if parts.get(name):
+            part = parts[name]
+            print(f"  {name}: {1000 * part['seconds'] / part['images']:.1f} ms wall, "
+                  f"{1000 * part['cpu_seconds'] / part['images']:.1f} ms CPU per image")
+
+
+def _capped(max_size: int | None) -> str:
+    return f", --max-size {max_size}" if max_size else ""
+
+
+def _print_large(args: argparse.Namespace, model: Path, small: Path, inference: dict) -> None:
+    """24-MP photos at xai's default batch size: images/s against inference and the bound, and
+    peak RSS, which must not grow with the number of images or the batch size."""
+    from dataclasses import fields
+
+    from xaicli.config import RunConfig
+
+    batch = next(f.default for f in fields(RunConfig) if f.name == "batch_size")
+    folder = _make_images(args.workdir / f"large-{args.large}", args.large, LARGE_SIZE)
+    few = _first_images(folder, args.workdir / f"large-{args.large}-first-{args.large // 4}", args.large // 4)
+    print(f"\n{args.large} JPEGs of {LARGE_SIZE[1]}x{LARGE_SIZE[0]}, batch {batch}:", flush=True)
+    step = _child(args, "gradcam-step", model, small, batch_size=batch)
+    ends: dict[int | None, dict[str, dict]] = {}
+    for max_size in (None, 1024):
+        parts = {"gradcam-step": step}
+        for image_format in FORMATS:
+            parts[f"images-{image_format}"] = _child(args, f"images-{image_format}", model, folder, max_size=max_size,
+                                                     repeats=1, label=f"images-{image_format}{_capped(max_size)}")
+            ends.setdefault(max_size, {})[f"xai-gradcam-{image_format}"] = _child(
+                args, f"xai-gradcam-{image_format}", model, folder, batch, max_size, repeats=1,
+                label=f"xai-gradcam-{image_format}{_capped(max_size)}")
+        _print_bounds(ends[max_size], parts, max_size)
+    memory = {
+        f"{args.large} photos, PNG": ends[None]["xai-gradcam-png"],
+        f"{args.large} photos, JPEG": ends[None]["xai-gradcam-jpeg"],
+        f"{args.large} photos, PNG, --max-size 1024": ends[1024]["xai-gradcam-png"],
+        f"{args.large // 4} photos, PNG": _child(args, "xai-gradcam-png", model, few, batch, repeats=1, label="first quarter"),
+        f"{args.large} photos, PNG, batch 8": _child(args, "xai-gradcam-png", model, folder, 8, repeats=1, label="batch 8"),
+        f"{args.images} photos of 500x400, PNG": _child(args, "xai-gradcam-png", model, small, batch, repeats=1,
+                                                       label="500x400"),
+    }
+    print("\n| Grad-CAM run | images/s | × inference | peak RSS (MB) |\n| --- | ---: | ---: | ---: |")
+    for name, result in memory.items():
+        if result:
+            print(f"| {name} | {_rate(result):.2f} | {_rate(result) / _rate(inference):.3f} | {result['peak_rss_mb']:.0f} |")
+
+
+def _first_images(folder: Path, into: Path, count: int) -> Path:
+    """A folder of links to the first ``count`` images of ``folder``."""
+    into.mkdir(parents=True, exist_ok=True)
+    for path in sorted(folder.glob("*.jpg"))[:count]:
+        link = into / path.name
+        if not link.exists():
+            link.symlink_to(path.resolve())
+    return into
 
 
 def _print_start_up() -> None:
