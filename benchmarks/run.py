@@ -86,6 +86,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--image-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--max-size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--repeats", type=int, default=REPEATS, help=argparse.SUPPRESS)
+    parser.add_argument("--memory-budget", type=int, help=argparse.SUPPRESS)
     return parser.parse_args()
 
 
@@ -137,11 +138,12 @@ def _make_model(path: Path, kind: str, size: int) -> Path:
 
 
 def _child(args: argparse.Namespace, name: str, model: Path, images: Path, batch_size: int | None = None,
-           max_size: int | None = None, repeats: int = REPEATS, label: str = "") -> dict:
+           max_size: int | None = None, repeats: int = REPEATS, label: str = "", memory_budget: int | None = None) -> dict:
     command = [sys.executable, str(Path(__file__).resolve()), "--measure", name, "--model-path", str(model),
                "--image-dir", str(images), "--batch-size", str(batch_size or args.batch_size), "--size", str(args.size),
                "--workdir", str(args.workdir), "--repeats", str(repeats)]
     command += ["--max-size", str(max_size)] if max_size else []
+    command += ["--memory-budget", str(memory_budget)] if memory_budget else []
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     output = process.stdout.read()
@@ -314,7 +316,8 @@ def _measure_xai(args: argparse.Namespace, method: str, image_format: str) -> di
     shutil.rmtree(out, ignore_errors=True)
     config = RunConfig(model=args.model_path, inputs=(args.image_dir,), out_dir=out, methods=(method,),
                        batch_size=args.batch_size, preprocess="symmetric", existing="overwrite",
-                       image_format=image_format, max_size=args.max_size)
+                       image_format=image_format, max_size=args.max_size,
+                       **({"memory_budget": args.memory_budget} if args.memory_budget else {}))
     prepared = prepare(config)
     for _ in run(prepared, list(discover([args.image_dir]))[:1]):
         pass
@@ -340,7 +343,7 @@ def _print_table(results: dict[str, dict], cli_seconds: float) -> None:
     if not base:
         print("plain inference failed; no ratios")
         return
-    print(f"\n| configuration | images/s | × inference | peak RSS (MB) |\n| --- | ---: | ---: | ---: |")
+    print("\n| configuration | images/s | × inference | peak RSS (MB) |\n| --- | ---: | ---: | ---: |")
     for name, result in results.items():
         if result and not name.startswith("images-"):
             print(f"| {name} | {_rate(result):.1f} | {_rate(result) / _rate(base):.2f} | {result['peak_rss_mb']:.0f} |")
@@ -407,10 +410,13 @@ def _print_large(args: argparse.Namespace, model: Path, small: Path, inference: 
         f"{args.large} photos, PNG": ends[None]["xai-gradcam-png"],
         f"{args.large} photos, JPEG": ends[None]["xai-gradcam-jpeg"],
         f"{args.large} photos, PNG, --max-size 1024": ends[1024]["xai-gradcam-png"],
+        f"{args.large} photos, PNG, --memory-budget 1024": _child(args, "xai-gradcam-png", model, folder, batch, repeats=1,
+                                                                  label="--memory-budget 1024", memory_budget=1024),
         f"{args.large // 4} photos, PNG": _child(args, "xai-gradcam-png", model, few, batch, repeats=1, label="first quarter"),
-        f"{args.large} photos, PNG, batch 8": _child(args, "xai-gradcam-png", model, folder, 8, repeats=1, label="batch 8"),
-        f"{args.images} photos of 500x400, PNG": _child(args, "xai-gradcam-png", model, small, batch, repeats=1,
-                                                       label="500x400"),
+        **{f"{args.large} photos, PNG, batch {size}": _child(args, "xai-gradcam-png", model, folder, size, repeats=1,
+                                                           label=f"batch {size}") for size in (batch // 2, 2 * batch)},
+        **{f"{args.images} photos of 500x400, PNG, batch {size}": _child(
+            args, "xai-gradcam-png", model, small, size, repeats=1, label=f"500x400, batch {size}") for size in (batch, 2 * batch)},
     }
     print("\n| Grad-CAM run | images/s | × inference | peak RSS (MB) |\n| --- | ---: | ---: | ---: |")
     for name, result in memory.items():

@@ -54,3 +54,16 @@ def test_large_blocks_go_back_to_the_system_on_glibc():
 
     applied = return_large_blocks_to_the_system()
     assert applied == (platform.libc_ver()[0] == "glibc")
+
+
+def test_render_estimates_count_strips_for_png_and_the_whole_picture_for_lossy_formats():
+    from xaicli.budget import STRIP_BYTES_PER_PIXEL, render_estimate
+    from xaicli.render import strip_rows
+
+    photo = (4000, 6000)
+    strip = strip_rows(6000) * 6000 * STRIP_BYTES_PER_PIXEL
+    assert render_estimate(photo, ["overlay"], "png") == strip < 16 << 20  # a strip, not the photo
+    assert render_estimate(photo, ["overlay"], "jpeg") == strip + 24_000_000 * 5
+    assert render_estimate(photo, ["overlay", "panel"], "webp") == 3 * (strip + 24_000_000 * 10)
+    assert render_estimate(photo, ["overlay"], "png", reread_bytes=96_000_000) == strip + 96_000_000
+    assert render_estimate((3, 5), ["heatmap"], "png") == 15 * STRIP_BYTES_PER_PIXEL  # a small image is one strip

@@ -171,7 +171,7 @@ def test_drawn_outputs_are_their_strips_put_together():
     """A 24-MP output is drawn a strip of rows at a time; at a width that makes many strips,
     the overlay, heatmap and panel equal the same pictures drawn from a numpy original."""
     from xaicli.images import fit_view
-    from xaicli.render import draw_overlay, draw_panel, heatmap_image, jet_lut, overlay, panel, strip_rows
+    from xaicli.render import draw_overlay, heatmap_image, jet_lut, overlay, panel, strip_rows
 
     width = 4000  # strips of a few rows
     image = np.random.default_rng(3).integers(0, 256, (3 * strip_rows(width) + 5, width, 3), dtype=np.uint8)

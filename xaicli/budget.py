@@ -22,10 +22,11 @@ from typing import Iterator, Sequence
 from .render import strip_rows
 
 # Measured on a 24-MP photo: a strip being upsampled, coloured, blended and deflated holds ~40
-# bytes a strip pixel (a panel's strip is three images wide); JPEG and WebP encode a whole picture,
-# which Pillow holds in 4 bytes a pixel, plus ~1 of encoder buffers and the file.
+# bytes a strip pixel (a panel's strip is three images wide). JPEG and WebP encode a whole picture,
+# which Pillow holds in 4 bytes a pixel, plus the encoder's own buffers: ~1 byte more for JPEG,
+# ~6 for WebP (it converts to 32-bit ARGB and keeps its analysis).
 STRIP_BYTES_PER_PIXEL = 40
-WHOLE_PICTURE_BYTES_PER_PIXEL = 5
+WHOLE_PICTURE_BYTES_PER_PIXEL = {"jpeg": 5, "webp": 10}
 
 
 def render_estimate(size: tuple[int, int], kinds: Sequence[str], image_format: str, reread_bytes: int = 0) -> int:
@@ -35,8 +36,7 @@ def render_estimate(size: tuple[int, int], kinds: Sequence[str], image_format: s
     height, width = size
     panes = 3 if "panel" in kinds else 1
     drawing = min(height, strip_rows(width)) * width * panes * STRIP_BYTES_PER_PIXEL
-    if image_format != "png":
-        drawing += height * width * panes * WHOLE_PICTURE_BYTES_PER_PIXEL
+    drawing += height * width * panes * WHOLE_PICTURE_BYTES_PER_PIXEL.get(image_format, 0)  # PNG: by strips
     return drawing + reread_bytes
 
 

@@ -124,7 +124,7 @@ def _layer_regex_option(func: Callable) -> Callable:
               help="Which classes get a heatmap: " + "; ".join(f"{k}: {v}" for k, v in TARGETS.items()) + ".")
 @click.option("--labels", type=click.Path(dir_okay=False, path_type=Path),
               help="Class names: a text file with one per line, or a JSON list or index->name object.")
-@click.option("-b", "--batch-size", type=int, default=32, show_default=True,
+@click.option("-b", "--batch-size", type=int, default=16, show_default=True,
               help="Images per forward/backward pass.")
 @click.option("--preprocess", type=click.Choice([AUTO, *PRESET_HELP]), default=AUTO, show_default=True,
               help="Pixel scaling: auto (0..255 if the model has a Rescaling/Normalization layer, "

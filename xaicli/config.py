@@ -53,7 +53,7 @@ class RunConfig:
     target_class: str | None = None  # index or label name; None = each image's top class
     target: str = "predicted"  # or "topk": explain each of the top_k classes
     top_k: int = 0  # extra table columns for the K best classes
-    batch_size: int = 32
+    batch_size: int = 16
     alpha: float = 0.4
     colormap: str = "jet"
     preprocess: str = AUTO
