@@ -1,6 +1,7 @@
 """The `xai` command end to end: outputs, CSV, exit codes, one-line errors, start-up cost."""
 
 import csv
+import json
 import re
 import subprocess
 import sys
@@ -400,3 +401,22 @@ def test_image_format_and_max_size_name_size_and_record_the_outputs(tiny_model, 
     again = _xai("run", tiny_model, image_folder, "-o", out, "--resume", "--image-format", "webp", "--max-size", 24,
                  "--save", "overlay,heatmap,panel,raw")
     assert again.exit_code == 2 and "used other settings (image_format)" in again.stderr
+
+
+def test_a_16_bit_scan_is_windowed_as_asked_and_the_table_and_run_json_say_so(tiny_model, tmp_path):
+    from PIL import Image
+
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    Image.fromarray(np.linspace(100, 3000, 64 * 48).reshape(48, 64).astype(np.uint16)).save(scans / "mri.png")
+    Image.fromarray(np.full((48, 64, 3), 90, np.uint8)).save(scans / "photo.png")
+    out = tmp_path / "out"
+    result = _xai("run", tiny_model, scans, "-o", out, "--intensity", "window:1000,800", "-q")
+    assert result.exit_code == 0, result.output
+    notes = {Path(row["input"]).name: row["note"] for row in _rows(out)}
+    assert notes == {"mri.png": "intensity: window 1000,800", "photo.png": ""}
+    assert json.loads((out / "run.json").read_text())["options"]["intensity"] == "window:1000,800"
+    overlay = np.asarray(Image.open(out / "mri.png.gradcam.png").convert("L"), np.float64)
+    assert overlay.shape == (48, 64)
+    bad = _xai("run", tiny_model, scans, "-o", tmp_path / "other", "--intensity", "window:1000")
+    assert bad.exit_code == 2 and "--intensity" in bad.output

@@ -50,3 +50,30 @@ def test_peak_lands_in_the_object_box(demo_result, method):
         left, top, right, bottom = BOXES[name]["box"]
         hits += left <= col <= right and top <= row <= bottom
     assert hits / len(NAMES) >= MINIMUM_SHARE[REGISTRY[method].family], f"{method}: {hits}/{len(NAMES)}"
+
+
+def test_16_bit_versions_of_the_demo_images_give_the_same_maps_under_minmax(tmp_path):
+    """A 16-bit grayscale scan reaches the model as its 8-bit twin would: the same pixels under
+    minmax, so the same maps (and the same hits of the object boxes)."""
+    from PIL import Image
+
+    from xaicli.intensity import Intensity
+
+    run = prepare(RunConfig(model=SAMPLES / "demo_model.keras", inputs=(SAMPLES,), out_dir=tmp_path / "unused"))
+    batches = {}
+    for depth in (8, 16):
+        images = []
+        for name in NAMES:
+            gray = np.asarray(Image.open(SAMPLES / "shapes" / name).convert("L"), np.float64)
+            stretched = np.rint((gray - gray.min()) / (gray.max() - gray.min()) * 255)  # 0..255 exactly
+            path = tmp_path / f"{depth}-{name}.png"
+            pixels = stretched.astype(np.uint8) if depth == 8 else (stretched * 257).astype(np.uint16)
+            Image.fromarray(pixels).save(path)
+            image, note = read_image(path, intensity=Intensity("minmax"))
+            assert (note != "") == (depth == 16)
+            images.append(image)
+        batches[depth] = np.stack([to_model_input(i, run.info.input_size, 3, run.scaling) for i in images])
+    np.testing.assert_array_equal(batches[16], batches[8])
+    maps = {depth: run.explainer.explain(batch, np.full(len(NAMES), TOP_CLASS)).maps["gradcam"]
+            for depth, batch in batches.items()}
+    np.testing.assert_array_equal(maps[16], maps[8])

@@ -69,10 +69,13 @@ def test_read_image_converts_modes_to_rgb(tmp_path, mode, array):
     assert np.all(image == 77)
 
 
-def test_read_image_scales_16_bit_grayscale(tmp_path):
+def test_read_image_scales_16_bit_grayscale_by_its_range_when_asked(tmp_path):
+    from xaicli.intensity import Intensity
+
     path = tmp_path / "deep.png"
     Image.fromarray(np.full((2, 3), 65535, np.uint16)).save(path)
-    assert np.all(read_image(path)[0] == 255)
+    assert np.all(read_image(path, intensity=Intensity("range"))[0] == 255)
+    assert np.all(read_image(path)[0] == 0)  # auto stretches the image's own range: a flat one has no contrast
 
 
 def test_decode_bytes_counts_what_decoding_holds_from_the_header_alone(tmp_path):

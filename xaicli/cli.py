@@ -26,6 +26,7 @@ from .config import AUTO, HEAD_FUSIONS, IG_BASELINES, TARGETS, RunConfig, defaul
 from .errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, XaiError, first_line
 from .explainers import REGISTRY
 from .images import DEFAULT_MAX_PIXELS, PRESET_HELP, RESIZE_MODES, discover, expand_stdin
+from .intensity import KINDS
 from .budget import return_large_blocks_to_the_system
 from .lock import output_lock
 from .outputs import IMAGE_FORMATS, TABLE_FORMATS
@@ -147,6 +148,9 @@ def _layer_regex_option(func: Callable) -> Callable:
 @click.option("--image-format", type=click.Choice(list(IMAGE_FORMATS)), default="png", show_default=True,
               help="Overlay, heatmap and panel files: png (lossless), jpeg (quality 90, about 7x smaller) or "
                    "webp (lossy, about 30x smaller).")
+@click.option("--intensity", default="auto", show_default=True, metavar="CHOICE",
+              help="How images deeper than 8 bits (16-bit PNG/TIFF, float TIFF) are brought to 0..255; 8-bit images "
+                   "are never changed. " + "; ".join(f"{k}: {v}" for k, v in KINDS.items()) + ".")
 @click.option("--max-size", type=int, default=None, metavar="N",
               help="Draw image outputs with their long side at most N pixels (aspect kept); default the "
                    "original size. The model still sees the full image.")

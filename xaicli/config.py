@@ -16,6 +16,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, published as tomli
     import tomli as tomllib
 from .explainers import REGISTRY
 from .images import COLOUR_ONLY_PRESETS, DEFAULT_MAX_PIXELS, PRESETS, RESIZE_MODES
+from .intensity import parse_intensity
 from .outputs import IMAGE_FORMATS, SAVE_KINDS, TABLE_FORMATS
 from .render import COLORMAPS
 
@@ -66,6 +67,7 @@ class RunConfig:
     custom_objects: str | None = None  # a .py file or module defining custom layers
     labels: Path | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
+    intensity: str = "auto"  # how images deeper than 8 bits reach 0..255 (intensity.KINDS)
     workers: int = 2
     smoothgrad_samples: int = 25
     smoothgrad_noise: float = 0.15
@@ -105,6 +107,7 @@ class RunConfig:
             raise UsageError(f"--std values must be positive, got {','.join(map(str, self.std))}")
         if self.workers < 1:
             raise UsageError(f"--workers must be at least 1, got {self.workers}")
+        parse_intensity(self.intensity)  # a one-line error for a bad choice, before the model loads
         if self.max_pixels < 1:
             raise UsageError(f"--max-pixels must be at least 1, got {self.max_pixels}")
         if self.smoothgrad_samples < 1:

@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError, UsageError, first_line
+from .intensity import Intensity, to_8bit
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold
@@ -118,14 +119,17 @@ def decode_bytes(path: Path) -> int:
     return pixels * per_pixel
 
 
-def open_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image.Image, str]:
+def open_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS,
+               intensity: Intensity = Intensity("auto")) -> tuple[Image.Image, str]:
     """Decode the first frame of an image file, upright (EXIF orientation applied), as an RGB
     Pillow picture: the pipeline keeps originals in this form (4 bytes a pixel), without a
-    numpy copy of the whole image.
+    numpy copy of the whole image. Images deeper than 8 bits (16-bit or float grayscale) are
+    brought to 0..255 as ``intensity`` says.
 
     Returns:
-        The (W x H) RGB picture, and a note for the user ('' when there is nothing to say; for
-        an animation, that only its first frame was used).
+        The (W x H) RGB picture, and a note for the user ('' when there is nothing to say; e.g.
+        that only an animation's first frame was used, or how a 16-bit image's intensities
+        were mapped).
 
     Raises:
         ImageError: with a one-line reason when the file cannot be used.
@@ -142,8 +146,9 @@ def open_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image.
             img.seek(0)
             img.load()
             ImageOps.exif_transpose(img, in_place=True)  # no copy of a large photo when it is upright
-        note = f"animated image: explained its first frame of {frames}" if frames > 1 else ""
-        return _rgb_picture(img), note
+        picture, mapped = _rgb_picture(img, intensity)
+        animated = f"animated image: explained its first frame of {frames}" if frames > 1 else ""
+        return picture, "; ".join(note for note in (animated, mapped) if note)
     except ImageError:
         raise
     except FileNotFoundError:
@@ -161,27 +166,21 @@ def open_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image.
         raise ImageError(f"cannot decode image: {reason}") from None
 
 
-def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, str]:
+def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS,
+               intensity: Intensity = Intensity("auto")) -> tuple[np.ndarray, str]:
     """``open_image`` as a numpy array: (H, W, 3) uint8 RGB, and the note."""
-    picture, note = open_image(path, max_pixels)
+    picture, note = open_image(path, max_pixels, intensity)
     return np.asarray(picture), note
 
 
-def _rgb_picture(img: Image.Image) -> Image.Image:
+def _rgb_picture(img: Image.Image, intensity: Intensity) -> tuple[Image.Image, str]:
+    """The picture in RGB, and how a deep image's intensities were mapped ('' otherwise)."""
     if img.mode in _HIGH_DEPTH_MODES:
-        return Image.fromarray(_high_depth_to_8bit(np.asarray(img))).convert("RGB")
+        gray, note = to_8bit(np.asarray(img), intensity)
+        return Image.fromarray(gray).convert("RGB"), note
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         img = img.convert("RGBA")
-    return img if img.mode == "RGB" else img.convert("RGB")
-
-
-def _high_depth_to_8bit(values: np.ndarray) -> np.ndarray:
-    """16-bit and float grayscale to 0..255: integers by the 16-bit range, floats by [0, 1]."""
-    if np.issubdtype(values.dtype, np.floating):
-        finite = np.nan_to_num(values.astype(np.float64))
-        scale = 255.0 if finite.max(initial=0.0) <= 1.0 else 1.0
-        return np.clip(np.rint(finite * scale), 0, 255).astype(np.uint8)
-    return np.clip(np.rint(values.astype(np.float64) / 257.0), 0, 255).astype(np.uint8)
+    return (img if img.mode == "RGB" else img.convert("RGB")), ""
 
 
 def _scale(offset: Sequence[float], divisor: Sequence[float]) -> Callable[[np.ndarray], np.ndarray]:

@@ -26,6 +26,7 @@ from .explainers.engine import TOP_CLASS, BatchExplanation, Explainer, MethodOpt
 from .budget import MemoryBudget, render_estimate
 from .images import (PICTURE_BYTES_PER_PIXEL, PRESETS, InputImage, Scaling, View, custom_scaling, decode_bytes,
                      fit_view, open_image, output_size, shown_at, to_model_input)
+from .intensity import Intensity, parse_intensity
 from .models.info import LayerInfo, ModelInfo
 from .models.inspect import open_model
 from .models.layers import auto_layer, candidate_layers, resolve_layer
@@ -52,6 +53,7 @@ class Prepared:
     target_class: int | None
     explainer: Explainer
     lut: np.ndarray
+    intensity: Intensity  # --intensity, parsed
     model_file: dict[str, str]  # path, SHA-256 and format, read once for run.json
 
 
@@ -192,6 +194,7 @@ def prepare(config: RunConfig) -> Prepared:
         target_class=resolve_class(config.target_class, labels, info.num_classes),
         explainer=explainer,
         lut=COLORMAPS[config.colormap](),
+        intensity=parse_intensity(config.intensity),
         model_file={"path": str(config.model), "sha256": file_digest(config.model), "format": model_format(config.model)},
     )
 
@@ -415,7 +418,7 @@ def _decode(prepared: Prepared, item: InputImage, carried: dict[str, list[dict[s
     decoding = decode_bytes(item.path)
     with budget.working(decoding):
         try:
-            picture, note = open_image(item.path, prepared.config.max_pixels)
+            picture, note = open_image(item.path, prepared.config.max_pixels, prepared.intensity)
             model_input = to_model_input(picture, info.input_size, info.channels, prepared.scaling,
                                          prepared.config.resize)
         except ImageError as exc:
@@ -515,7 +518,8 @@ def _render_image(prepared: Prepared, decoded: _Decoded, jobs: list[tuple[np.nda
         with budget.working(estimate):
             image, view = decoded.image, decoded.view
             if image is None:
-                image, view = _shown(prepared, open_image(decoded.item.path, prepared.config.max_pixels)[0])
+                image, view = _shown(prepared, open_image(decoded.item.path, prepared.config.max_pixels,
+                                                          prepared.intensity)[0])
             return [_written(prepared, image, view, *job) for job in jobs]
     except ImageError as exc:  # changed or removed since it was read
         return [exc] * len(jobs)
