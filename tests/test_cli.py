@@ -420,3 +420,25 @@ def test_a_16_bit_scan_is_windowed_as_asked_and_the_table_and_run_json_say_so(ti
     assert overlay.shape == (48, 64)
     bad = _xai("run", tiny_model, scans, "-o", tmp_path / "other", "--intensity", "window:1000")
     assert bad.exit_code == 2 and "--intensity" in bad.output
+
+
+def test_dicom_runs_and_no_patient_data_reaches_any_output(tiny_model, tmp_path):
+    pytest.importorskip("pydicom")
+    from .test_dicom import write_dicom
+
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    stored = (np.arange(48 * 64).reshape(48, 64) % 2000).astype(np.uint16)
+    write_dicom(scans / "ct.dcm", stored, RescaleSlope=1, RescaleIntercept=-1024, WindowCenter=40, WindowWidth=400)
+    out = tmp_path / "out"
+    result = _xai("run", tiny_model, scans, "-o", out, "--save", "overlay,heatmap,raw,panel", "--labels",
+                  _labels(tmp_path), "-q")
+    assert result.exit_code == 0, result.output
+    (row,) = _rows(out)
+    assert row["status"] == "ok" and row["note"] == "intensity: window 40,400"
+    written = [path for path in out.rglob("*") if path.is_file()]
+    assert {path.name for path in written} >= {"ct.dcm.gradcam.png", "ct.dcm.gradcam.panel.png", "predictions.csv"}
+    for path in written:
+        content = path.read_bytes()
+        for secret in (b"Doe^Jane", b"PID-7731", b"19610412"):  # long enough never to occur by chance
+            assert secret not in content, f"{secret!r} in {path.name}"

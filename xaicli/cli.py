@@ -25,7 +25,7 @@ from . import __version__
 from .config import AUTO, HEAD_FUSIONS, IG_BASELINES, TARGETS, RunConfig, default_workers, parse_names, parse_numbers, parse_size, read_config_file
 from .errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, XaiError, first_line
 from .explainers import REGISTRY
-from .images import DEFAULT_MAX_PIXELS, PRESET_HELP, RESIZE_MODES, discover, expand_stdin
+from .images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, PRESET_HELP, RESIZE_MODES, discover, expand_stdin
 from .intensity import KINDS
 from .budget import return_large_blocks_to_the_system
 from .lock import output_lock
@@ -226,7 +226,7 @@ def _explain_all(config: RunConfig, stop: _StopSignals, say: Callable[[str], Non
     total = sum(1 for _ in images())
     if not total:
         raise XaiError(f"no images found in {', '.join(map(str, config.inputs))} "
-                       "(looked for .jpg .jpeg .png .bmp .gif .tif .tiff .webp)")
+                       f"(looked for {' '.join(sorted(IMAGE_SUFFIXES))})")
     pipeline = _engine(debug).pipeline
     pipeline.check_existing(config, images())
     prepared = pipeline.prepare(config)

@@ -12,9 +12,11 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError, UsageError, first_line
+from .dicom import dicom_pixel_count, read_dicom
 from .intensity import Intensity, to_8bit
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", *DICOM_SUFFIXES})
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold
 
 
@@ -106,6 +108,8 @@ def decode_bytes(path: Path) -> int:
     header without decoding: the decoded pixels, a turned copy when EXIF says the photo lies on
     its side, the RGB conversion, and the float working copy of 16-bit and float grayscale.
     0 when the header cannot be read (``open_image`` then says why)."""
+    if _is_dicom(path):  # float modality values, the 8-bit map, the RGB picture
+        return dicom_pixel_count(path) * (8 + 4 + 1 + PICTURE_BYTES_PER_PIXEL)
     try:
         with Image.open(path) as img:
             pixels, mode = img.width * img.height, img.mode
@@ -134,6 +138,8 @@ def open_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS,
     Raises:
         ImageError: with a one-line reason when the file cannot be used.
     """
+    if _is_dicom(path):
+        return _dicom_picture(path, max_pixels, intensity)
     try:
         # Our own file object: closing it leaves the decoded picture usable (closing a picture
         # Pillow opened by name would destroy its pixels).
@@ -164,6 +170,31 @@ def open_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS,
         if "truncated" in reason.lower():
             reason = "the file is cut short (truncated)"
         raise ImageError(f"cannot decode image: {reason}") from None
+
+
+def _is_dicom(path: Path) -> bool:
+    return path.suffix.lower() in DICOM_SUFFIXES
+
+
+def _dicom_picture(path: Path, max_pixels: int, intensity: Intensity) -> tuple[Image.Image, str]:
+    """The first frame of a DICOM file as an RGB picture: grayscale through ``intensity`` (the
+    file's own window for ``auto``), MONOCHROME1 inverted, colour as it is."""
+    pixels = read_dicom(path)
+    count, height, width = pixels.frames.shape[:3]
+    if height * width > max_pixels:
+        raise ImageError(f"image is {width}x{height} pixels, over the limit of {max_pixels} (--max-pixels raises it)")
+    notes = [f"multi-frame DICOM: explained its first frame of {count}"] if count > 1 else []
+    frame = pixels.frames[0]
+    if pixels.colour:
+        return Image.fromarray(frame), "; ".join(notes)
+    if pixels.shallow and pixels.window is None:
+        gray, mapped = to_8bit(frame, Intensity("range"))  # 8-bit values, shown as they are
+    else:
+        gray, mapped = to_8bit(frame, intensity, pixels.window)
+    if pixels.inverted:
+        gray = 255 - gray
+        mapped = f"{mapped}, inverted (MONOCHROME1)" if mapped else "inverted (MONOCHROME1)"
+    return Image.fromarray(gray).convert("RGB"), "; ".join(notes + [mapped] if mapped else notes)
 
 
 def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS,

@@ -1,0 +1,129 @@
+"""DICOM files as pictures for the explainer, read with pydicom (the ``medical`` extra).
+
+Only pixel data and the tags that say how to show it are read (rescale, window, photometric
+interpretation, frames); nothing about the patient ever leaves this module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ImageError, first_line
+
+MEDICAL_EXTRA = "pip install 'xaicli[medical]'"
+CODEC_PACKAGES = "pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg pylibjpeg-rle"
+COLOUR_INTERPRETATIONS = frozenset({"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420"})
+
+
+@dataclass(frozen=True)
+class DicomPixels:
+    """The pixels of one DICOM file, ready for intensity mapping.
+
+    ``frames``: (F, H, W) float64 modality values (Rescale Slope/Intercept applied: Hounsfield
+    units for CT) for grayscale, or (F, H, W, 3) uint8 RGB (YBR converted) for colour.
+    ``window``: the first WindowCenter/WindowWidth, in modality units, when the file has one.
+    ``inverted``: MONOCHROME1, where the lowest value is shown white.
+    ``shallow``: 8-bit grayscale with no rescaling, which is shown as it is unless it carries a window.
+    """
+
+    frames: np.ndarray
+    window: tuple[float, float] | None
+    inverted: bool
+    shallow: bool = False
+
+    @property
+    def colour(self) -> bool:
+        return self.frames.ndim == 4
+
+
+def read_dicom(path: Path) -> DicomPixels:
+    """Read a DICOM file's pixels; a one-line ``ImageError`` says what to do when it cannot."""
+    pydicom = _pydicom()
+    try:
+        dataset = pydicom.dcmread(path)
+    except pydicom.errors.InvalidDicomError:
+        raise ImageError("not a DICOM file (no DICOM header found)") from None
+    except FileNotFoundError:
+        raise ImageError("file not found (a broken link or removed during the run)") from None
+    except PermissionError:
+        raise ImageError("permission denied: the file is not readable") from None
+    except Exception as exc:  # pydicom raises assorted types on cut or malformed headers
+        raise ImageError(f"cannot read the DICOM file: {first_line(exc)}") from None
+    if not any(tag in dataset for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        raise ImageError("the DICOM file holds no image (no pixel data: a report, a structured document or a series header)")
+    pixels = _decoded(dataset)
+    frame_count = int(dataset.get("NumberOfFrames", 1) or 1)
+    interpretation = str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    if interpretation in COLOUR_INTERPRETATIONS or int(dataset.get("SamplesPerPixel", 1)) == 3:
+        frames = pixels.reshape(frame_count, *pixels.shape[-3:])
+        return DicomPixels(_colour_8bit(frames, int(dataset.get("BitsStored", 8))), None, False)
+    from pydicom.pixels import apply_rescale
+
+    values = np.asarray(apply_rescale(pixels, dataset), dtype=np.float64)
+    rescaled = float(dataset.get("RescaleSlope", 1) or 1) != 1 or float(dataset.get("RescaleIntercept", 0) or 0) != 0
+    shallow = int(dataset.get("BitsStored", 16)) <= 8 and not rescaled and np.issubdtype(pixels.dtype, np.integer)
+    return DicomPixels(values.reshape(frame_count, *values.shape[-2:]), _first_window(dataset),
+                       interpretation == "MONOCHROME1", shallow)
+
+
+def dicom_pixel_count(path: Path) -> int:
+    """Rows x Columns x frames from the header alone (0 when it cannot be read)."""
+    try:
+        dataset = _pydicom().dcmread(path, stop_before_pixels=True)
+        return int(dataset.Rows) * int(dataset.Columns) * int(dataset.get("NumberOfFrames", 1) or 1)
+    except Exception:  # noqa: BLE001 (read_dicom reports why)
+        return 0
+
+
+def _pydicom():
+    try:
+        import pydicom
+        import pydicom.errors
+    except ImportError:
+        raise ImageError(f"reading DICOM files needs pydicom: {MEDICAL_EXTRA}") from None
+    return pydicom
+
+
+def _decoded(dataset) -> np.ndarray:
+    """The pixel array, YBR converted to RGB; missing codecs and cut data become one line."""
+    meta = getattr(dataset, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    try:
+        return dataset.pixel_array
+    except (NotImplementedError, RuntimeError) as exc:
+        message = first_line(exc)
+        if syntax is not None and syntax.is_compressed and ("plugin" in message or "handler" in message.lower()
+                                                            or "decod" in message.lower()):
+            raise ImageError(f"cannot decode this DICOM's compression ({syntax.name}): {CODEC_PACKAGES}") from None
+        raise ImageError(f"cannot decode the DICOM pixel data: {message}") from None
+    except Exception as exc:  # truncated or inconsistent pixel data
+        raise ImageError(f"cannot decode the DICOM pixel data: {first_line(exc)}") from None
+
+
+def _first_window(dataset) -> tuple[float, float] | None:
+    """The first WindowCenter/WindowWidth pair (each may hold several values), if usable."""
+    center, width = dataset.get("WindowCenter"), dataset.get("WindowWidth")
+    if center is None or width is None:
+        return None
+    try:
+        center_value, width_value = _first_number(center), _first_number(width)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return (center_value, width_value) if np.isfinite(center_value) and width_value >= 1 else None
+
+
+def _first_number(value) -> float:
+    from pydicom.multival import MultiValue
+
+    return float(value[0] if isinstance(value, (MultiValue, list, tuple)) else value)
+
+
+def _colour_8bit(frames: np.ndarray, bits_stored: int) -> np.ndarray:
+    """Colour frames as 8-bit RGB: deeper samples by their stored bit range."""
+    if frames.dtype == np.uint8:
+        return frames
+    top = float(2 ** max(1, bits_stored) - 1)
+    return np.clip(np.rint(frames.astype(np.float64) / top * 255.0), 0, 255).astype(np.uint8)
