@@ -46,10 +46,8 @@ def read_dicom(path: Path) -> DicomPixels:
         dataset = pydicom.dcmread(path)
     except pydicom.errors.InvalidDicomError:
         raise ImageError("not a DICOM file (no DICOM header found)") from None
-    except FileNotFoundError:
-        raise ImageError("file not found (a broken link or removed during the run)") from None
-    except PermissionError:
-        raise ImageError("permission denied: the file is not readable") from None
+    except (FileNotFoundError, PermissionError) as exc:
+        raise ImageError.unreadable(exc) from None
     except Exception as exc:  # pydicom raises assorted types on cut or malformed headers
         raise ImageError(f"cannot read the DICOM file: {first_line(exc)}") from None
     if not any(tag in dataset for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):

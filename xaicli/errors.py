@@ -33,6 +33,13 @@ class LayerError(ModelError):
 class ImageError(XaiError):
     """One input image cannot be used; becomes an error row, never stops the run."""
 
+    @staticmethod
+    def unreadable(exc: OSError) -> "ImageError":
+        """The row's reason for a file that vanished or may not be read (any reader's)."""
+        if isinstance(exc, FileNotFoundError):
+            return ImageError("file not found (a broken link or removed during the run)")
+        return ImageError("permission denied: the file is not readable")
+
 
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message, or its type name when it has none."""

@@ -145,22 +145,18 @@ def open_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS,
         # Pillow opened by name would destroy its pixels).
         with open(path, "rb") as stream:
             img = Image.open(stream)  # reads the header only; the size check comes before decoding
-            if img.width * img.height > max_pixels:
-                raise ImageError(f"image is {img.width}x{img.height} pixels, over the limit of {max_pixels} "
-                                 "(--max-pixels raises it)")
+            _check_pixel_limit(img.width, img.height, max_pixels)
             frames = getattr(img, "n_frames", 1)
             img.seek(0)
             img.load()
             ImageOps.exif_transpose(img, in_place=True)  # no copy of a large photo when it is upright
         picture, mapped = _rgb_picture(img, intensity)
         animated = f"animated image: explained its first frame of {frames}" if frames > 1 else ""
-        return picture, "; ".join(note for note in (animated, mapped) if note)
+        return picture, _joined(animated, mapped)
     except ImageError:
         raise
-    except FileNotFoundError:
-        raise ImageError("file not found (a broken link or removed during the run)") from None
-    except PermissionError:
-        raise ImageError("permission denied: the file is not readable") from None
+    except (FileNotFoundError, PermissionError) as exc:
+        raise ImageError.unreadable(exc) from None
     except UnidentifiedImageError:
         raise ImageError("not a readable image: the file is empty or not an image format") from None
     except Image.DecompressionBombError:
@@ -181,12 +177,11 @@ def _dicom_picture(path: Path, max_pixels: int, intensity: Intensity) -> tuple[I
     file's own window for ``auto``), MONOCHROME1 inverted, colour as it is."""
     pixels = read_dicom(path)
     count, height, width = pixels.frames.shape[:3]
-    if height * width > max_pixels:
-        raise ImageError(f"image is {width}x{height} pixels, over the limit of {max_pixels} (--max-pixels raises it)")
-    notes = [f"multi-frame DICOM: explained its first frame of {count}"] if count > 1 else []
+    _check_pixel_limit(width, height, max_pixels)
+    several = f"multi-frame DICOM: explained its first frame of {count}" if count > 1 else ""
     frame = pixels.frames[0]
     if pixels.colour:
-        return Image.fromarray(frame), "; ".join(notes)
+        return Image.fromarray(frame), several
     if pixels.shallow and pixels.window is None:
         gray, mapped = to_8bit(frame, Intensity("range"))  # 8-bit values, shown as they are
     else:
@@ -194,7 +189,17 @@ def _dicom_picture(path: Path, max_pixels: int, intensity: Intensity) -> tuple[I
     if pixels.inverted:
         gray = 255 - gray
         mapped = f"{mapped}, inverted (MONOCHROME1)" if mapped else "inverted (MONOCHROME1)"
-    return Image.fromarray(gray).convert("RGB"), "; ".join(notes + [mapped] if mapped else notes)
+    return Image.fromarray(gray).convert("RGB"), _joined(several, mapped)
+
+
+def _check_pixel_limit(width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise ImageError(f"image is {width}x{height} pixels, over the limit of {max_pixels} (--max-pixels raises it)")
+
+
+def _joined(*notes: str) -> str:
+    """The notes that say something, as the table's one ``note``."""
+    return "; ".join(note for note in notes if note)
 
 
 def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS,

@@ -32,9 +32,6 @@ class Intensity:
     low: float = 0.0
     high: float = 0.0
 
-    def __str__(self) -> str:
-        return self.kind if self.kind in ("auto", "range", "minmax") else f"{self.kind}:{self.low:g},{self.high:g}"
-
 
 def parse_intensity(text: str) -> Intensity:
     """``auto``, ``range``, ``minmax``, ``percentile:LO,HI`` (0 <= LO < HI <= 100) or

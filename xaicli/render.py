@@ -87,17 +87,18 @@ def upsample(heatmap: np.ndarray, size: tuple[int, int], view: View | None = Non
     left, top, right, bottom = (int(round(v)) for v in view.seen)
     seen_height, seen_width = max(1, bottom - top), max(1, right - left)
     start, stop = max(first, top), min(last, top + seen_height)  # rows of the strip the model saw
-    placed = None
-    if start < stop:
-        span = (y1 - y0) * map_height / seen_height  # map rows per image row
-        box = (x0 * map_width, y0 * map_height + (start - top) * span,
-               x1 * map_width, y0 * map_height + (stop - top) * span)
-        values = _resized(heatmap, (max(1, stop - start), seen_width), box)
-        if (start, stop, left, right) == (first, last, 0, width) and values.shape == (last - first, width):
-            return values
-        placed = np.full((last - first, width), np.nan, np.float32)
-        placed[start - first:stop - first, left:right] = values[:stop - start, :right - left]
-    return placed if placed is not None else np.full((last - first, width), np.nan, np.float32)
+    shape = (last - first, width)
+    if start >= stop:
+        return np.full(shape, np.nan, np.float32)
+    span = (y1 - y0) * map_height / seen_height  # map rows per image row
+    box = (x0 * map_width, y0 * map_height + (start - top) * span,
+           x1 * map_width, y0 * map_height + (stop - top) * span)
+    values = _resized(heatmap, (max(1, stop - start), seen_width), box)
+    if (start, stop, left, right) == (first, last, 0, width) and values.shape == shape:
+        return values
+    placed = np.full(shape, np.nan, np.float32)
+    placed[start - first:stop - first, left:right] = values[:stop - start, :right - left]
+    return placed
 
 
 def _resized(heatmap: np.ndarray, size: tuple[int, int], box: tuple[float, float, float, float]) -> np.ndarray:
