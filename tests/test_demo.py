@@ -77,3 +77,50 @@ def test_16_bit_versions_of_the_demo_images_give_the_same_maps_under_minmax(tmp_
     maps = {depth: run.explainer.explain(batch, np.full(len(NAMES), TOP_CLASS)).maps["gradcam"]
             for depth, batch in batches.items()}
     np.testing.assert_array_equal(maps[16], maps[8])
+
+
+ORIENTATIONS = [((0, 1, 2), (False, False, False)),  # RAS as stored
+                ((2, 0, 1), (False, True, False)),  # superior, left, anterior
+                ((1, 2, 0), (True, False, True))]  # posterior, superior, left
+
+
+def test_the_peak_lands_in_the_object_box_on_volumes_stored_in_any_orientation(tmp_path):
+    """The demo shapes as axial slices of NIfTI volumes stored in other voxel orders: turned to
+    RAS and cut as viewers show them, each slice is the picture it was made from, so Grad-CAM
+    points at the recorded boxes as on the grayscale pictures themselves."""
+    from PIL import Image
+
+    from xaicli.cli import main
+    from click.testing import CliRunner
+
+    nibabel = pytest.importorskip("nibabel")
+    by_size: dict[tuple[int, int], list[str]] = {}
+    for name in NAMES:
+        by_size.setdefault(Image.open(SAMPLES / "shapes" / name).size, []).append(name)
+    scans, slices = tmp_path / "scans", {}
+    scans.mkdir()
+    for number, names in enumerate(by_size.values()):
+        grays = [np.asarray(Image.open(SAMPLES / "shapes" / name).convert("L")) for name in names]
+        ras = np.stack([gray[::-1, ::-1].T for gray in grays], axis=-1)  # axial: [I-1-c, J-1-r, k] = gray[r, c]
+        order, flipped = ORIENTATIONS[number % len(ORIENTATIONS)]
+        stored, affine = np.transpose(ras, order), np.zeros((4, 4))
+        affine[3, 3] = 1
+        for axis, (ras_axis, flip) in enumerate(zip(order, flipped)):
+            affine[ras_axis, axis] = -1 if flip else 1
+            affine[ras_axis, 3] = ras.shape[ras_axis] - 1 if flip else 0
+            stored = np.flip(stored, axis) if flip else stored
+        nibabel.Nifti1Image(np.ascontiguousarray(stored), affine).to_filename(scans / f"v{number}.nii.gz")
+        slices.update({f"v{number}.nii.gz.z{k:03d}": name for k, name in enumerate(names)})
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["run", str(SAMPLES / "demo_model.keras"), str(scans), "-o", str(out),
+                                       "--save", "raw", "--slices", "all", "-q"])
+    assert result.exit_code == 0, result.output
+    hits = 0
+    for stem, name in slices.items():
+        heatmap = np.load(out / f"{stem}.gradcam.npy")
+        width, height = Image.open(SAMPLES / "shapes" / name).size
+        full = upsample(heatmap, (height, width))
+        row, col = np.unravel_index(np.argmax(full), full.shape)
+        left, top, right, bottom = BOXES[name]["box"]
+        hits += left <= col <= right and top <= row <= bottom
+    assert hits / len(slices) >= MINIMUM_SHARE["cam"], f"{hits}/{len(slices)}"

@@ -66,7 +66,8 @@ def test_without_a_window_auto_stretches_the_rescaled_range(tmp_path):
 def test_monochrome1_is_inverted(tmp_path):
     stored = np.array([[0, 100, 200]], np.uint16)
     image, note = read_image(write_dicom(tmp_path / "xray.dcm", stored, "MONOCHROME1"))
-    assert image[..., 0].tolist() == [[255, 127, 0]] and note.endswith  # 255 - minmax (0, 128, 255)("inverted (MONOCHROME1)")
+    assert image[..., 0].tolist() == [[255, 127, 0]]  # 255 - minmax (0, 128, 255)
+    assert note.endswith("inverted (MONOCHROME1)")
 
 
 def test_eight_bit_grayscale_without_a_window_is_shown_as_it_is(tmp_path):

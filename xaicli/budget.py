@@ -62,8 +62,15 @@ class MemoryBudget:
             self._note_peak()
             return True
 
+    def hold(self, size: int) -> None:
+        """Account ``size`` bytes that must stay in memory (a volume whose slices are being
+        explained) without waiting; work then waits for them as for kept originals."""
+        with self._changed:
+            self.kept += size
+            self._note_peak()
+
     def release(self, size: int) -> None:
-        """Give back what ``try_keep`` accounted."""
+        """Give back what ``try_keep`` or ``hold`` accounted."""
         with self._changed:
             self.kept -= size
             self._changed.notify_all()

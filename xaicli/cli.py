@@ -27,6 +27,8 @@ from .errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, 
 from .explainers import REGISTRY
 from .images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, PRESET_HELP, RESIZE_MODES, discover, expand_stdin
 from .intensity import KINDS
+from .nifti import SLICE_AXES, SLICE_AXIS_HELP
+from .stacks import SLICE_CHOICES
 from .budget import return_large_blocks_to_the_system
 from .lock import output_lock
 from .outputs import IMAGE_FORMATS, TABLE_FORMATS
@@ -149,8 +151,18 @@ def _layer_regex_option(func: Callable) -> Callable:
               help="Overlay, heatmap and panel files: png (lossless), jpeg (quality 90, about 7x smaller) or "
                    "webp (lossy, about 30x smaller).")
 @click.option("--intensity", default="auto", show_default=True, metavar="CHOICE",
-              help="How images deeper than 8 bits (16-bit PNG/TIFF, float TIFF) are brought to 0..255; 8-bit images "
-                   "are never changed. " + "; ".join(f"{k}: {v}" for k, v in KINDS.items()) + ".")
+              help="How images deeper than 8 bits (16-bit PNG/TIFF, float TIFF, DICOM, NIfTI) are brought to 0..255; "
+                   "8-bit images are never changed. A volume's or multi-frame file's statistics are those of the "
+                   "whole file. " + "; ".join(f"{k}: {v}" for k, v in KINDS.items()) + ".")
+@click.option("--dicom", is_flag=True,
+              help="In folders, also take files without an image suffix (e.g. named by UIDs) whose DICOM "
+                   "preamble is found.")
+@click.option("--slices", default="nonzero", show_default=True, metavar="nonzero|all|middle|A:B",
+              help="Which slices of a NIfTI volume (frames of a multi-frame DICOM) are explained, one row each: "
+                   + "; ".join(f"{k}: {v}" for k, v in SLICE_CHOICES.items()) + ".")
+@click.option("--slice-axis", type=click.Choice(list(SLICE_AXES)), default="axial", show_default=True,
+              help="NIfTI volumes, turned to RAS, are cut across this axis: "
+                   + "; ".join(f"{k}: {v}" for k, v in SLICE_AXIS_HELP.items()) + ".")
 @click.option("--max-size", type=int, default=None, metavar="N",
               help="Draw image outputs with their long side at most N pixels (aspect kept); default the "
                    "original size. The model still sees the full image.")
@@ -221,7 +233,7 @@ def _explain_all(config: RunConfig, stop: _StopSignals, say: Callable[[str], Non
     """Find the images, settle the run's choices, and explain every image under a progress bar."""
     def images() -> Iterator:
         """The inputs' images, streamed: each call walks the folders anew."""
-        return discover(config.inputs, exclude=[config.out_dir])
+        return discover(config.inputs, exclude=[config.out_dir], dicom=config.dicom)
 
     total = sum(1 for _ in images())
     if not total:
@@ -352,10 +364,15 @@ def _explain_with_progress(results: Iterator, total: int, quiet: bool) -> _Progr
     progress = _Progress(dict.fromkeys(OUTCOMES, 0), total)
     with tqdm(total=total, unit="img", file=sys.stderr, disable=quiet, dynamic_ncols=True) as bar:
         for result in results:
+            part = result.item.part
+            if part and part.position == 0 and part.count > 1:  # a volume's slices: known once it is read
+                progress.total += part.count - 1
+                bar.total += part.count - 1
+                bar.refresh()
             progress.counts[result.outcome] += 1
             progress.done += 1
             if result.outcome == "failed" and not progress.first_failure:
-                progress.first_failure = f"{result.item.path}: {next(r.error for r in result.rows if r.error)}"
+                progress.first_failure = f"{result.item.name}: {next(r.error for r in result.rows if r.error)}"
             bar.update(1)
     return progress
 

@@ -17,6 +17,8 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, published as tomli
 from .explainers import REGISTRY
 from .images import COLOUR_ONLY_PRESETS, DEFAULT_MAX_PIXELS, PRESETS, RESIZE_MODES
 from .intensity import parse_intensity
+from .nifti import SLICE_AXES
+from .stacks import parse_slices
 from .outputs import IMAGE_FORMATS, SAVE_KINDS, TABLE_FORMATS
 from .render import COLORMAPS
 
@@ -68,6 +70,9 @@ class RunConfig:
     labels: Path | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
     intensity: str = "auto"  # how images deeper than 8 bits reach 0..255 (intensity.KINDS)
+    dicom: bool = False  # also find files without an image suffix whose DICOM preamble is there
+    slices: str = "nonzero"  # which slices of a volume (frames of a DICOM) to explain (stacks.SLICE_CHOICES)
+    slice_axis: str = "axial"  # NIfTI volumes are cut across this axis (nifti.SLICE_AXES)
     workers: int = 2
     smoothgrad_samples: int = 25
     smoothgrad_noise: float = 0.15
@@ -108,6 +113,9 @@ class RunConfig:
         if self.workers < 1:
             raise UsageError(f"--workers must be at least 1, got {self.workers}")
         parse_intensity(self.intensity)  # a one-line error for a bad choice, before the model loads
+        parse_slices(self.slices)
+        if self.slice_axis not in SLICE_AXES:
+            raise UsageError(f"unknown --slice-axis {self.slice_axis!r}; choose from {', '.join(SLICE_AXES)}")
         if self.max_pixels < 1:
             raise UsageError(f"--max-pixels must be at least 1, got {self.max_pixels}")
         if self.smoothgrad_samples < 1:

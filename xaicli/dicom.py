@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ImageError, first_line
+from .intensity import Intensity, to_8bit
 
 MEDICAL_EXTRA = "pip install 'xaicli[medical]'"
 CODEC_PACKAGES = "pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg pylibjpeg-rle"
@@ -65,6 +66,44 @@ def read_dicom(path: Path) -> DicomPixels:
     shallow = int(dataset.get("BitsStored", 16)) <= 8 and not rescaled and np.issubdtype(pixels.dtype, np.integer)
     return DicomPixels(values.reshape(frame_count, *values.shape[-2:]), _first_window(dataset),
                        interpretation == "MONOCHROME1", shallow)
+
+
+def to_pictures(pixels: DicomPixels, intensity: Intensity) -> tuple[np.ndarray, str]:
+    """Every frame in 8 bits, mapped together so that frames stay comparable: grayscale through
+    ``intensity`` (the file's own window for ``auto``), MONOCHROME1 inverted, colour as it is.
+
+    Returns:
+        (F, H, W) uint8 grayscale or (F, H, W, 3) uint8 RGB, and what was done ('' for nothing).
+    """
+    if pixels.colour:
+        return pixels.frames, ""
+    if pixels.shallow and pixels.window is None:
+        gray, mapped = to_8bit(pixels.frames, Intensity("range"))  # 8-bit values, shown as they are
+    else:
+        gray, mapped = to_8bit(pixels.frames, intensity, pixels.window)
+    if pixels.inverted:
+        gray = 255 - gray
+        mapped = f"{mapped}, inverted (MONOCHROME1)" if mapped else "inverted (MONOCHROME1)"
+    return gray, mapped
+
+
+def dicom_frame_count(path: Path) -> int:
+    """NumberOfFrames from the header alone (1 when absent, 0 when the header cannot be read)."""
+    try:
+        return int(_pydicom().dcmread(path, stop_before_pixels=True).get("NumberOfFrames", 1) or 1)
+    except Exception:  # noqa: BLE001 (read_dicom reports why)
+        return 0
+
+
+def has_dicom_preamble(path: Path) -> bool:
+    """True when ``path`` holds 'DICM' after the 128-byte preamble, as DICOM files written to
+    storage do (PS3.10 7.1), whatever their name."""
+    try:
+        with open(path, "rb") as stream:
+            stream.seek(128)
+            return stream.read(4) == b"DICM"
+    except OSError:
+        return False
 
 
 def dicom_pixel_count(path: Path) -> int:

@@ -12,25 +12,85 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError, UsageError, first_line
-from .dicom import dicom_pixel_count, read_dicom
+from .dicom import DicomPixels, dicom_pixel_count, has_dicom_preamble, read_dicom, to_pictures
 from .intensity import Intensity, to_8bit
+from .nifti import NIFTI_SUFFIXES, is_nifti_name
 
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", *DICOM_SUFFIXES})
+PICTURE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+IMAGE_SUFFIXES = frozenset({*PICTURE_SUFFIXES, *DICOM_SUFFIXES, *NIFTI_SUFFIXES})
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold
 
 
 @dataclass(frozen=True)
+class Part:
+    """Where one image sits in a file that holds several (a multi-frame DICOM, a NIfTI volume).
+
+    ``axis``: 'frame' (DICOM frames, counted from 1) or 'z', 'y', 'x' (NIfTI slices: the voxel
+    index along that axis in RAS order, from 0). ``position``: this part's place among the
+    ``count`` parts explained from the file. ``digits``: width of the number in file names.
+    """
+
+    axis: str
+    index: int
+    position: int
+    count: int
+    digits: int = 3
+
+    @property
+    def label(self) -> str:
+        """'frame=3' or 'z=42', as the table's input column shows it after '#'."""
+        return f"{self.axis}={self.index}"
+
+    @property
+    def name_suffix(self) -> str:
+        """'f003' or 'z042', added to the file's name in output names."""
+        return f"{'f' if self.axis == 'frame' else self.axis}{self.index:0{self.digits}d}"
+
+    @property
+    def last(self) -> bool:
+        return self.position == self.count - 1
+
+
+@dataclass(frozen=True)
 class InputImage:
-    """One image to explain: where it is, and where it sits in the mirrored output tree."""
+    """One image to explain: where it is, and where it sits in the mirrored output tree.
+
+    ``part``: which frame or slice, for files that hold several images. ``error``: why a file
+    could not be split into its images (its row says so).
+    """
 
     path: Path
     relative: PurePosixPath
+    part: Part | None = None
+    error: str = ""
+
+    @property
+    def name(self) -> str:
+        """The input as the table names it: the path, with '#frame=3' or '#z=42' for a part."""
+        return f"{self.path}#{self.part.label}" if self.part else str(self.path)
+
+    @property
+    def output_relative(self) -> PurePosixPath:
+        """``relative``, with the part's number added to the name ('scan.dcm.f003')."""
+        return self.relative.with_name(f"{self.relative.name}.{self.part.name_suffix}") if self.part else self.relative
+
+
+def image_suffix(name: str) -> str:
+    """The suffix that says how a file is read, in lower case ('.nii.gz' counts as one)."""
+    return ".nii.gz" if is_nifti_name(name) else os.path.splitext(name)[1].lower()
 
 
 def is_image_name(name: str) -> bool:
     """True when the file name ends with a supported image suffix (any letter case)."""
-    return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
+    return image_suffix(name) in IMAGE_SUFFIXES
+
+
+def is_dicom(path: Path) -> bool:
+    """A DICOM file: named .dcm/.dicom, or with a name no other reader claims and the DICOM
+    preamble inside (scanners often write files named by UIDs, without a suffix)."""
+    suffix = image_suffix(path.name)
+    return suffix in DICOM_SUFFIXES or (suffix not in IMAGE_SUFFIXES and has_dicom_preamble(path))
 
 
 def expand_stdin(inputs: Sequence[Path], lines: Iterable[str]) -> list[Path]:
@@ -42,8 +102,9 @@ def expand_stdin(inputs: Sequence[Path], lines: Iterable[str]) -> list[Path]:
     return [path for entry in inputs for path in (listed if entry == Path("-") else [entry])]
 
 
-def discover(inputs: Sequence[Path], exclude: Iterable[Path] = ()) -> Iterator[InputImage]:
-    """Stream the images named by ``inputs``: files as given, folders searched recursively.
+def discover(inputs: Sequence[Path], exclude: Iterable[Path] = (), dicom: bool = False) -> Iterator[InputImage]:
+    """Stream the images named by ``inputs``: files as given, folders searched recursively (for
+    files with an image suffix and, when ``dicom``, any other file whose DICOM preamble is found).
 
     Relative paths are taken from the deepest folder that holds every input, so a single
     folder mirrors its own tree and several inputs never collide. Folders in ``exclude``
@@ -63,7 +124,8 @@ def discover(inputs: Sequence[Path], exclude: Iterable[Path] = ()) -> Iterator[I
     def located(path: Path) -> InputImage:
         return InputImage(path, PurePosixPath(_absolute(path).relative_to(base).as_posix()))
 
-    streams = [map(located, _walk_sorted(root, excluded) if root.is_dir() else [root]) for root in inputs]
+    wanted = (lambda path: is_image_name(path.name) or is_dicom(path)) if dicom else (lambda path: is_image_name(path.name))
+    streams = [map(located, _walk_sorted(root, excluded, wanted) if root.is_dir() else [root]) for root in inputs]
     return _unique(heapq.merge(*streams, key=lambda item: item.relative.parts))
 
 
@@ -81,8 +143,8 @@ def _absolute(path: Path) -> Path:
     return Path(os.path.abspath(path))
 
 
-def _walk_sorted(folder: Path, excluded: set[Path]) -> Iterator[Path]:
-    """Image files under ``folder``, depth first, each folder's entries in name order."""
+def _walk_sorted(folder: Path, excluded: set[Path], wanted: Callable[[Path], bool]) -> Iterator[Path]:
+    """Files under ``folder`` that are ``wanted``, depth first, each folder's entries in name order."""
     try:
         with os.scandir(folder) as listing:
             entries = sorted(listing, key=lambda entry: entry.name)
@@ -91,8 +153,8 @@ def _walk_sorted(folder: Path, excluded: set[Path]) -> Iterator[Path]:
     for entry in entries:
         if entry.is_dir(follow_symlinks=False):
             if Path(entry.path).resolve() not in excluded:
-                yield from _walk_sorted(Path(entry.path), excluded)
-        elif is_image_name(entry.name):
+                yield from _walk_sorted(Path(entry.path), excluded, wanted)
+        elif wanted(Path(entry.path)):
             yield Path(entry.path)
 
 
@@ -108,7 +170,7 @@ def decode_bytes(path: Path) -> int:
     header without decoding: the decoded pixels, a turned copy when EXIF says the photo lies on
     its side, the RGB conversion, and the float working copy of 16-bit and float grayscale.
     0 when the header cannot be read (``open_image`` then says why)."""
-    if _is_dicom(path):  # float modality values, the 8-bit map, the RGB picture
+    if is_dicom(path):  # float modality values, the 8-bit map, the RGB picture
         return dicom_pixel_count(path) * (8 + 4 + 1 + PICTURE_BYTES_PER_PIXEL)
     try:
         with Image.open(path) as img:
@@ -138,21 +200,23 @@ def open_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS,
     Raises:
         ImageError: with a one-line reason when the file cannot be used.
     """
-    if _is_dicom(path):
+    if is_dicom(path):
         return _dicom_picture(path, max_pixels, intensity)
+    if is_nifti_name(path.name):
+        raise ImageError("a NIfTI volume holds many images: xai run explains it slice by slice (xaicli.stacks)")
     try:
         # Our own file object: closing it leaves the decoded picture usable (closing a picture
         # Pillow opened by name would destroy its pixels).
         with open(path, "rb") as stream:
             img = Image.open(stream)  # reads the header only; the size check comes before decoding
-            _check_pixel_limit(img.width, img.height, max_pixels)
+            check_pixel_limit(img.width, img.height, max_pixels)
             frames = getattr(img, "n_frames", 1)
             img.seek(0)
             img.load()
             ImageOps.exif_transpose(img, in_place=True)  # no copy of a large photo when it is upright
         picture, mapped = _rgb_picture(img, intensity)
         animated = f"animated image: explained its first frame of {frames}" if frames > 1 else ""
-        return picture, _joined(animated, mapped)
+        return picture, joined_notes(animated, mapped)
     except ImageError:
         raise
     except (FileNotFoundError, PermissionError) as exc:
@@ -168,36 +232,29 @@ def open_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS,
         raise ImageError(f"cannot decode image: {reason}") from None
 
 
-def _is_dicom(path: Path) -> bool:
-    return path.suffix.lower() in DICOM_SUFFIXES
-
-
 def _dicom_picture(path: Path, max_pixels: int, intensity: Intensity) -> tuple[Image.Image, str]:
-    """The first frame of a DICOM file as an RGB picture: grayscale through ``intensity`` (the
-    file's own window for ``auto``), MONOCHROME1 inverted, colour as it is."""
+    """The first frame of a DICOM file as an RGB picture (``dicom.to_pictures``)."""
     pixels = read_dicom(path)
     count, height, width = pixels.frames.shape[:3]
-    _check_pixel_limit(width, height, max_pixels)
+    check_pixel_limit(width, height, max_pixels)
     several = f"multi-frame DICOM: explained its first frame of {count}" if count > 1 else ""
-    frame = pixels.frames[0]
-    if pixels.colour:
-        return Image.fromarray(frame), several
-    if pixels.shallow and pixels.window is None:
-        gray, mapped = to_8bit(frame, Intensity("range"))  # 8-bit values, shown as they are
-    else:
-        gray, mapped = to_8bit(frame, intensity, pixels.window)
-    if pixels.inverted:
-        gray = 255 - gray
-        mapped = f"{mapped}, inverted (MONOCHROME1)" if mapped else "inverted (MONOCHROME1)"
-    return Image.fromarray(gray).convert("RGB"), _joined(several, mapped)
+    first = DicomPixels(pixels.frames[:1], pixels.window, pixels.inverted, pixels.shallow)
+    frames, mapped = to_pictures(first, intensity)
+    return rgb_picture(frames[0]), joined_notes(several, mapped)
 
 
-def _check_pixel_limit(width: int, height: int, max_pixels: int) -> None:
+def rgb_picture(pixels: np.ndarray) -> Image.Image:
+    """(H, W) or (H, W, 3) uint8 as an RGB picture."""
+    picture = Image.fromarray(pixels)
+    return picture if picture.mode == "RGB" else picture.convert("RGB")
+
+
+def check_pixel_limit(width: int, height: int, max_pixels: int) -> None:
     if width * height > max_pixels:
         raise ImageError(f"image is {width}x{height} pixels, over the limit of {max_pixels} (--max-pixels raises it)")
 
 
-def _joined(*notes: str) -> str:
+def joined_notes(*notes: str) -> str:
     """The notes that say something, as the table's one ``note``."""
     return "; ".join(note for note in notes if note)
 

@@ -170,6 +170,7 @@ SAVE_KINDS = {  # kind -> what its file name adds before the suffix
     "raw": "",  # the map as float32 in [0, 1] at the method's own resolution (.npy)
     "panel": ".panel",  # original | heatmap | overlay with the prediction written below
 }
+FILE_KINDS = {**SAVE_KINDS, "mosaic": ".mosaic"}  # a volume's slices in one grid, besides --save's kinds
 IMAGE_FORMATS = {  # --image-format -> suffix of the overlay, heatmap and panel files
     "png": ".png",  # lossless: our own encoder (Up filter, ISA-L deflate)
     "jpeg": ".jpg",  # quality 90, 4:2:0: a 500x400 overlay in 35 KB where PNG takes 258 KB
@@ -181,12 +182,13 @@ WEBP_QUALITY, WEBP_METHOD = 80, 0
 
 def output_path(out_dir: Path, relative: PurePosixPath, method: str, kind: str = "overlay", tag: str = "",
                 image_format: str = "png") -> Path:
-    """``OUT/<relative path>.<method>[.<tag>][.<kind>].<png|jpg|webp|npy>``; the source suffix
+    """``OUT/<relative path>.<method>[.<tag>][.<kind>].<png|jpg|webp|npy>`` for a kind of
+    ``FILE_KINDS``; the source suffix
     stays in the name so a.jpg and a.png never collide, and ``tag`` (e.g. 'top2') tells apart
     the classes of one image. ``relative`` never holds '..', so the path stays inside OUT."""
     tagged = f"{method}.{tag}" if tag else method
     suffix = ".npy" if kind == "raw" else IMAGE_FORMATS[image_format]
-    return out_dir.joinpath(*relative.parts[:-1], f"{relative.name}.{tagged}{SAVE_KINDS[kind]}{suffix}")
+    return out_dir.joinpath(*relative.parts[:-1], f"{relative.name}.{tagged}{FILE_KINDS[kind]}{suffix}")
 
 
 def write_npy(path: Path, array: np.ndarray) -> None:

@@ -27,6 +27,7 @@ from .budget import MemoryBudget, render_estimate
 from .images import (PICTURE_BYTES_PER_PIXEL, PRESETS, InputImage, Scaling, View, custom_scaling, decode_bytes,
                      fit_view, open_image, output_size, shown_at, to_model_input)
 from .intensity import Intensity, parse_intensity
+from .mosaic import Sheet, tile, tile_size
 from .models.info import LayerInfo, ModelInfo
 from .models.inspect import open_model
 from .models.layers import auto_layer, candidate_layers, resolve_layer
@@ -36,6 +37,7 @@ from .models.probe import build_probe
 from .outputs import (MANIFEST_NAME, PredictionsWriter, Ranked, Row, file_digest, open_table, output_path,
                       read_table, table_columns, table_text, write_image, write_json, write_npy)
 from .render import COLORMAPS, draw_heatmap, draw_overlay, draw_panel
+from .stacks import StackCache, parse_slices
 
 
 @dataclass(frozen=True)
@@ -83,13 +85,28 @@ class ImageResult:
 
 OUTCOMES = ("explained", "failed", "skipped", "resumed")
 # Options that may differ between an interrupted run and its --resume without changing any row.
-RESUME_NEUTRAL = frozenset({"existing", "fail_fast", "workers", "batch_size", "inputs", "model", "memory_budget"})
+RESUME_NEUTRAL = frozenset({"existing", "fail_fast", "workers", "batch_size", "inputs", "model", "memory_budget",
+                            "dicom"})
 
 
 def planned_outputs(config: RunConfig, item: InputImage) -> list[Path]:
-    """Every file the run writes for ``item``, in ``--method``, target rank, then ``--save`` order."""
-    return [output_path(config.out_dir, item.relative, method, kind, tag, config.image_format)
-            for method in config.methods for tag in config.target_tags for kind in config.save]
+    """Every file the run writes for ``item``, in ``--method``, target rank, then ``--save``
+    order; for a part of a volume, its file's mosaics too."""
+    own = [output_path(config.out_dir, item.output_relative, method, kind, tag, config.image_format)
+           for method in config.methods for tag in config.target_tags for kind in config.save]
+    mosaics = [mosaic_path(config, item, method, tag)
+               for method in config.methods for tag in config.target_tags] if wants_mosaic(config, item) else []
+    return own + mosaics
+
+
+def wants_mosaic(config: RunConfig, item: InputImage) -> bool:
+    """A mosaic is drawn for files of several explained parts, when any image output is saved."""
+    return item.part is not None and item.part.count > 1 and any(kind != "raw" for kind in config.save)
+
+
+def mosaic_path(config: RunConfig, item: InputImage, method: str, tag: str) -> Path:
+    """``OUT/<relative path of the file>.<method>[.<tag>].mosaic.<png|jpg|webp>``."""
+    return output_path(config.out_dir, item.relative, method, "mosaic", tag, config.image_format)
 
 
 def check_existing(config: RunConfig, items: Iterable[InputImage]) -> None:
@@ -278,6 +295,7 @@ def run(prepared: Prepared, items: Iterable[InputImage], stop: Callable[[], str 
     """
     config = prepared.config
     budget = budget or MemoryBudget(config.memory_budget * 2**20)
+    stacks = StackCache(budget, prepared.intensity, parse_slices(config.slices), config.slice_axis, config.max_pixels)
     started = time.monotonic()
     counts = dict.fromkeys(OUTCOMES, 0)
     carried = _previous_rows(config)
@@ -293,15 +311,16 @@ def run(prepared: Prepared, items: Iterable[InputImage], stop: Callable[[], str 
     # queue ahead of the render that would free it.
     with (stream as table_stream, ThreadPoolExecutor(config.workers, thread_name_prefix="xai-read") as readers,
           ThreadPoolExecutor(config.workers, thread_name_prefix="xai-write") as writers):
-        workers = _Workers(writers, budget)
+        workers = _Workers(writers, budget, stacks)
         writer = PredictionsWriter(table_stream, config.table_format, config.top_k)
-        decoded = _read_ahead(readers, lambda item: _decode(prepared, item, carried, budget), items,
-                              2 * config.batch_size)
+        decoded = _read_ahead(readers, lambda entry: _decode(prepared, *entry, carried, workers),
+                              _passable(config, stacks.split(items), carried), 2 * config.batch_size)
         pending: deque[list[_Pending]] = deque()
+        mosaics = _Mosaics(prepared)
 
         def finish_oldest() -> Iterator[ImageResult]:
-            for result in _finish(prepared, pending.popleft(), writer):
-                carried.pop(table_text(str(result.item.path)), None)
+            for result in _finish(prepared, pending.popleft(), writer, mosaics, stacks):
+                carried.pop(table_text(result.item.name), None)
                 counts[result.outcome] += 1
                 yield result
 
@@ -365,10 +384,12 @@ def _plain(value: object) -> object:
 
 @dataclass(frozen=True)
 class _Workers:
-    """Where rendering happens, and the memory it shares with decoding."""
+    """Where rendering happens, the memory it shares with decoding, and the volumes whose
+    slices are under way."""
 
     pool: ThreadPoolExecutor
     budget: MemoryBudget
+    stacks: StackCache
 
 
 @dataclass(frozen=True)
@@ -391,9 +412,10 @@ class _Write:
     """The files of one image, method and explained class, being written in the pool."""
 
     method: str
+    tag: str  # the explained class's tag ('' or 'top2', ...)
     explanation: BatchExplanation  # of the batch, for this target tag's classes
     path: Path  # the first --save kind, named in the table
-    done: Future[list[Exception | None]]  # the image's render: one outcome per write
+    done: Future[list[_Outcome]]  # the image's render: one outcome per write
     index: int  # this write's place in that list
 
 
@@ -408,17 +430,57 @@ class _Pending:
     writes: tuple[_Write, ...] = ()
 
 
-def _decode(prepared: Prepared, item: InputImage, carried: dict[str, list[dict[str, object]]],
-            budget: MemoryBudget) -> _Decoded:
+@dataclass(frozen=True)
+class _Outcome:
+    """One write of an image's render: None or the error that kept it from being written, and
+    the slice's mosaic tile when its file gets a mosaic."""
+
+    error: Exception | None
+    tile: np.ndarray | None = None
+
+
+def _passable(config: RunConfig, items: Iterable[InputImage],
+              carried: dict[str, list[dict[str, object]]]) -> Iterator[tuple[InputImage, bool]]:
+    """Each item, and whether ``--skip-existing`` or ``--resume`` may pass it by. The parts of a
+    volume are passed by together or not at all, since its mosaic shows every slice: when some
+    part is missing, the earlier rows of the others are dropped and the whole file is explained."""
+    for group in _by_file(items):
+        if config.existing not in ("skip", "resume") or group[0].part is None:
+            yield from ((item, True) for item in group)
+            continue
+        whole = all(all(p.exists() for p in planned_outputs(config, part))
+                    and (config.existing == "skip" or table_text(part.name) in carried) for part in group)
+        for part in group:
+            if not whole:
+                carried.pop(table_text(part.name), None)
+            yield part, whole
+
+
+def _by_file(items: Iterable[InputImage]) -> Iterator[list[InputImage]]:
+    """``items`` in lists: the parts of one file together, any other item alone."""
+    group: list[InputImage] = []
+    for item in items:
+        if group and not (item.part and item.path == group[0].path):
+            yield group
+            group = []
+        group.append(item)
+    if group:
+        yield group
+
+
+def _decode(prepared: Prepared, item: InputImage, may_pass: bool, carried: dict[str, list[dict[str, object]]],
+            workers: _Workers) -> _Decoded:
     info = prepared.info
-    earlier = carried.get(table_text(str(item.path)), ())
-    if earlier or prepared.config.existing == "skip":
+    if item.error:
+        return _Decoded(item, None, None, error=item.error)
+    earlier = carried.get(table_text(item.name), ()) if may_pass else ()
+    if earlier or (prepared.config.existing == "skip" and may_pass):
         if all(p.exists() for p in planned_outputs(prepared.config, item)):
             return _Decoded(item, None, None, skipped=not earlier, carried=tuple(earlier))
-    decoding = decode_bytes(item.path)
-    with budget.working(decoding):
+    decoding = _decode_bytes(item)
+    with workers.budget.working(decoding):
         try:
-            picture, note = open_image(item.path, prepared.config.max_pixels, prepared.intensity)
+            picture, note = _opened(prepared, item, workers.stacks)
             model_input = to_model_input(picture, info.input_size, info.channels, prepared.scaling,
                                          prepared.config.resize)
         except ImageError as exc:
@@ -427,9 +489,21 @@ def _decode(prepared: Prepared, item: InputImage, carried: dict[str, list[dict[s
         del picture  # the full-size original, when the outputs are drawn smaller
     # The original is kept for rendering only while it fits the budget; otherwise it is read again.
     size = shown.width * shown.height * PICTURE_BYTES_PER_PIXEL
-    kept = size if budget.try_keep(size) else 0
+    kept = size if workers.budget.try_keep(size) else 0
     return _Decoded(item, shown if kept else None, model_input, view, note=note, kept=kept,
                     shown_size=(shown.height, shown.width), decode_bytes=decoding)
+
+
+def _opened(prepared: Prepared, item: InputImage, stacks: StackCache) -> tuple[Image.Image, str]:
+    """The item's RGB picture and note: a file's own, or a part's from its file's stack."""
+    if item.part:
+        return stacks.picture(item)
+    return open_image(item.path, prepared.config.max_pixels, prepared.intensity)
+
+
+def _decode_bytes(item: InputImage) -> int:
+    """What opening the item holds at its peak: a part is a slice of a stack in memory."""
+    return 0 if item.part else decode_bytes(item.path)
 
 
 def _shown(prepared: Prepared, picture: Image.Image) -> tuple[Image.Image, View]:
@@ -494,46 +568,60 @@ def _schedule(prepared: Prepared, decoded: _Decoded, explanations: tuple[BatchEx
     if not np.all(np.isfinite(explanations[0].scores[index])):
         return _Pending(decoded.item, "the model produced non-finite scores (NaN or inf) for this image")
     config = prepared.config
+    item = decoded.item
     jobs, writes = [], []
     for method in config.methods:  # rows and files in the order the user asked for
         for tag, explanation in zip(config.target_tags, explanations):
-            paths = {kind: output_path(config.out_dir, decoded.item.relative, method, kind, tag, config.image_format)
+            paths = {kind: output_path(config.out_dir, item.output_relative, method, kind, tag, config.image_format)
                      for kind in config.save}
-            jobs.append((explanation.maps[method][index], paths, f"{_caption(prepared, explanation, index)} | {method}"))
-            writes.append((method, explanation, paths[config.save[0]]))
-    done = workers.pool.submit(_render_image, prepared, decoded, jobs, workers.budget)
+            caption = _caption(prepared, explanation, index)
+            jobs.append(_Job(explanation.maps[method][index], paths, f"{caption} | {method}",
+                             item.part.count if wants_mosaic(config, item) else 0))
+            writes.append((method, tag, explanation, paths[config.save[0]]))
+    done = workers.pool.submit(_render_image, prepared, decoded, jobs, workers)
     return _Pending(decoded.item, "", decoded.note, index=index,
                     writes=tuple(_Write(*write, done, position) for position, write in enumerate(writes)))
 
 
-def _render_image(prepared: Prepared, decoded: _Decoded, jobs: list[tuple[np.ndarray, dict[str, Path], str]],
-                  budget: MemoryBudget) -> list[Exception | None]:
+@dataclass(frozen=True)
+class _Job:
+    """The files of one image for one method and explained class."""
+
+    heatmap: np.ndarray  # the method's map at its own resolution
+    paths: dict[str, Path]  # --save kind -> file
+    caption: str  # the panel's caption
+    tiles: int  # tiles in the mosaic of the image's file; 0 when it gets none
+
+
+def _render_image(prepared: Prepared, decoded: _Decoded, jobs: list[_Job], workers: _Workers) -> list[_Outcome]:
     """Draw and write every file of one image, within the memory budget; the original is read
-    again when it was not kept. Returns, per job, None or the error that kept it from being
-    written (a file system error, or the image no longer readable)."""
+    again when it was not kept. Returns, per job, the outcome: None or the error that kept it
+    from being written (a file system error, or the image no longer readable), and its mosaic
+    tile when it has one."""
     height, width = decoded.shown_size
     estimate = render_estimate((height, width), prepared.config.save, prepared.config.image_format,
                                decoded.decode_bytes if decoded.image is None else 0)
     try:
-        with budget.working(estimate):
+        with workers.budget.working(estimate):
             image, view = decoded.image, decoded.view
             if image is None:
-                image, view = _shown(prepared, open_image(decoded.item.path, prepared.config.max_pixels,
-                                                          prepared.intensity)[0])
-            return [_written(prepared, image, view, *job) for job in jobs]
+                image, view = _shown(prepared, _opened(prepared, decoded.item, workers.stacks)[0])
+            return [_written(prepared, image, view, job) for job in jobs]
     except ImageError as exc:  # changed or removed since it was read
-        return [exc] * len(jobs)
+        return [_Outcome(exc)] * len(jobs)
     finally:
-        budget.release(decoded.kept)
+        workers.budget.release(decoded.kept)
 
 
-def _written(prepared: Prepared, image: Image.Image, view: View, heatmap: np.ndarray, paths: dict[str, Path],
-             caption: str) -> OSError | None:
+def _written(prepared: Prepared, image: Image.Image, view: View, job: _Job) -> _Outcome:
     try:
-        _render(image, view, heatmap, prepared, paths, caption)
+        _render(image, view, job.heatmap, prepared, job.paths, job.caption)
     except OSError as exc:
-        return exc
-    return None
+        return _Outcome(exc)
+    if not job.tiles:
+        return _Outcome(None)
+    size = tile_size((image.height, image.width), job.tiles)
+    return _Outcome(None, tile(image, view, job.heatmap, prepared.config.alpha, prepared.lut, size))
 
 
 def _caption(prepared: Prepared, explanation: BatchExplanation, index: int) -> str:
@@ -561,15 +649,54 @@ def _render(image: Image.Image, view: View, heatmap: np.ndarray, prepared: Prepa
         writers[kind](path)
 
 
-def _finish(prepared: Prepared, pending: list[_Pending], writer: PredictionsWriter) -> Iterator[ImageResult]:
+def _finish(prepared: Prepared, pending: list[_Pending], writer: PredictionsWriter, mosaics: _Mosaics,
+            stacks: StackCache) -> Iterator[ImageResult]:
     for entry in pending:
         if entry.carried:
             writer.write_records(entry.carried)
-            yield ImageResult(entry.item, (), entry.carried)
+            result = ImageResult(entry.item, (), entry.carried)
         else:
-            result = ImageResult(entry.item, tuple(_rows(prepared, entry)))
+            rows = list(_rows(prepared, entry))
+            if wants_mosaic(prepared.config, entry.item) and not entry.skipped:
+                rows = mosaics.add(entry, rows)
+            result = ImageResult(entry.item, tuple(rows))
             writer.write(result.rows)
-            yield result
+        stacks.done(entry.item)
+        yield result
+
+
+class _Mosaics:
+    """The mosaic sheets of the file whose parts are being finished, one per method and
+    explained class; written when its last part is."""
+
+    def __init__(self, prepared: Prepared) -> None:
+        self._prepared = prepared
+        self._sheets: dict[tuple[str, str], Sheet] = {}
+
+    def add(self, entry: _Pending, rows: list[Row]) -> list[Row]:
+        """Add the part's tiles (a failed part leaves its cells empty); after the file's last part,
+        write the mosaics. Returns ``rows``, where a mosaic that could not be written turns the
+        last part's row of its method into an error row."""
+        config, part = self._prepared.config, entry.item.part
+        if part.position == 0:
+            self._sheets = {(method, tag): Sheet() for method in config.methods for tag in config.target_tags}
+        outcomes = {(w.method, w.tag): (w, w.done.result()[w.index]) for w in entry.writes}
+        for (method, tag), sheet in self._sheets.items():
+            write, outcome = outcomes.get((method, tag), (None, None))
+            caption = _caption(self._prepared, write.explanation, entry.index) if write else "failed"
+            sheet.add(f"{part.label} {caption}", outcome.tile if outcome else None)
+        if not part.last:
+            return rows
+        failed = {}
+        for (method, tag), sheet in self._sheets.items():
+            path = mosaic_path(config, entry.item, method, tag)
+            try:
+                write_image(path, sheet.compose(), config.image_format)
+            except OSError as exc:
+                failed[method] = f"cannot write the mosaic {path}: {exc.strerror or exc}"
+        self._sheets = {}
+        return [_error_row(self._prepared, entry.item, row.method, failed[row.method])
+                if row.method in failed and row.status == "ok" else row for row in rows]
 
 
 def _rows(prepared: Prepared, pending: _Pending) -> Iterator[Row]:
@@ -579,13 +706,13 @@ def _rows(prepared: Prepared, pending: _Pending) -> Iterator[Row]:
             for tag in config.target_tags:
                 row = _error_row(prepared, pending.item, method, pending.error)
                 if pending.skipped:
-                    path = output_path(config.out_dir, pending.item.relative, method, config.save[0], tag,
+                    path = output_path(config.out_dir, pending.item.output_relative, method, config.save[0], tag,
                                        config.image_format)
                     row = replace(row, status="skipped", output=str(path))
                 yield row
         return
     for write in pending.writes:
-        error = write.done.result()[write.index]
+        error = write.done.result()[write.index].error
         if isinstance(error, OSError):
             yield _error_row(prepared, pending.item, write.method, f"cannot write {write.path}: {error.strerror or error}")
         elif error is not None:
@@ -600,7 +727,7 @@ def _ok_row(prepared: Prepared, pending: _Pending, write: _Write) -> Row:
     predicted = _predicted(explanation, i)
     explained = int(explanation.classes[i])
     return Row(
-        input=str(pending.item.path),
+        input=pending.item.name,
         status="ok",
         error="",
         note=pending.note,
@@ -633,7 +760,7 @@ def _top_classes(prepared: Prepared, explanation: BatchExplanation, index: int) 
 
 def _error_row(prepared: Prepared, item: InputImage, method: str, error: str) -> Row:
     return Row(
-        input=str(item.path), status="error", error=error, note="",
+        input=item.name, status="error", error=error, note="",
         pred_index=None, pred_label="", pred_prob=None,
         class_index=None, class_label="", class_prob=None, class_score=None,
         method=method, layer=layer_label(prepared, method), output="",
