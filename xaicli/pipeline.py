@@ -10,6 +10,7 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, fields, replace
+from itertools import chain
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -84,6 +85,7 @@ class ImageResult:
 
 
 OUTCOMES = ("explained", "failed", "skipped", "resumed")
+FILES_AHEAD = 3  # files split into their images (volumes read whole) ahead of the one being explained
 # Options that may differ between an interrupted run and its --resume without changing any row.
 RESUME_NEUTRAL = frozenset({"existing", "fail_fast", "workers", "batch_size", "inputs", "model", "memory_budget",
                             "dicom"})
@@ -308,13 +310,16 @@ def run(prepared: Prepared, items: Iterable[InputImage], stop: Callable[[], str 
         raise UsageError(f"cannot write to output folder {config.out_dir}: {exc.strerror or exc}") from None
     status = "complete"
     # Decoding and rendering have pools of their own: a decode waiting for memory must never
-    # queue ahead of the render that would free it.
+    # queue ahead of the render that would free it. Volumes are read whole, a few files ahead, by
+    # a thread of their own while the slices before them are explained.
     with (stream as table_stream, ThreadPoolExecutor(config.workers, thread_name_prefix="xai-read") as readers,
-          ThreadPoolExecutor(config.workers, thread_name_prefix="xai-write") as writers):
+          ThreadPoolExecutor(config.workers, thread_name_prefix="xai-write") as writers,
+          ThreadPoolExecutor(1, thread_name_prefix="xai-split") as splitter):
         workers = _Workers(writers, budget, stacks)
         writer = PredictionsWriter(table_stream, config.table_format, config.top_k)
+        parts = chain.from_iterable(_read_ahead(splitter, lambda item: list(stacks.split([item])), items, FILES_AHEAD))
         decoded = _read_ahead(readers, lambda entry: _decode(prepared, *entry, carried, workers),
-                              _passable(config, stacks.split(items), carried), 2 * config.batch_size)
+                              _passable(config, parts, carried), 2 * config.batch_size)
         pending: deque[list[_Pending]] = deque()
         mosaics = _Mosaics(prepared)
 
