@@ -32,6 +32,7 @@ from .stacks import SLICE_CHOICES
 from .budget import return_large_blocks_to_the_system
 from .lock import output_lock
 from .outputs import IMAGE_FORMATS, TABLE_FORMATS
+from .report import write_report
 from .render import COLORMAPS
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -105,6 +106,9 @@ def _layer_regex_option(func: Callable) -> Callable:
               help="Continue an interrupted run in OUT with the same options: images it finished keep "
                    "their rows and files; the table ends as an uninterrupted run's would.")
 @click.option("--fail-fast", is_flag=True, help="Stop after the batch of the first image that fails (exit 1).")
+@click.option("--report/--no-report", default=True, show_default=True,
+              help="Write OUT/index.html, one self-contained page of the run (gallery, filters, failures), and the "
+                   "thumbnails it shows (OUT/.thumbs/).")
 @click.option("--format", "table_format", type=click.Choice(TABLE_FORMATS), default="csv", show_default=True,
               help="Predictions table format.")
 @click.option("--predictions", metavar="PATH|-",
@@ -255,6 +259,8 @@ def _explain_all(config: RunConfig, stop: _StopSignals, say: Callable[[str], Non
     started = time.monotonic()
     progress = _explain_with_progress(pipeline.run(prepared, images(), stop), total, quiet)
     say(_summary(progress, time.monotonic() - started, config))
+    if config.report:
+        say(f"report: {write_report(config.out_dir)}")
     return progress
 
 
@@ -437,6 +443,16 @@ def _as_text(value: object) -> str:
         use = "can be explained" if value["explainable"] else "not a classifier output (N, classes)"
         return f"{value['index']}: {value['layer']} ({dims}), {value['activation']}, {use}"
     return str(value)
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@_debug_option
+def report(out: Path, debug: bool) -> None:
+    """Write OUT/index.html again from the run in OUT (after --resume, or for a run made with
+    --no-report or by an older xai); thumbnails that are missing are made from the overlays."""
+    with _errors_reported(debug):
+        click.echo(write_report(out))
 
 
 @main.command(context_settings=CONTEXT)

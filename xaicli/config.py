@@ -73,6 +73,7 @@ class RunConfig:
     dicom: bool = False  # also find files without an image suffix whose DICOM preamble is there
     slices: str = "nonzero"  # which slices of a volume (frames of a DICOM) to explain (stacks.SLICE_CHOICES)
     slice_axis: str = "axial"  # NIfTI volumes are cut across this axis (nifti.SLICE_AXES)
+    report: bool = True  # write OUT/index.html and the thumbnails it shows
     workers: int = 2
     smoothgrad_samples: int = 25
     smoothgrad_noise: float = 0.15

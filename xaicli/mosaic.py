@@ -11,9 +11,6 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .images import View, shown_at
-from .render import overlay
-
 TILE_LONG_SIDE = 256  # a slice's long side in the mosaic, at most
 TILE_LEAST_SIDE = 128  # smaller slices are enlarged to this, so their labels can be read
 MOSAIC_MAX_WIDTH = 4096  # tiles shrink so that a volume of many slices stays this wide
@@ -35,13 +32,6 @@ def tile_size(image_size: tuple[int, int], count: int) -> tuple[int, int]:
                     MOSAIC_MAX_WIDTH // grid_columns(count) - GAP)
     scale = long_side / max(height, width)
     return max(1, round(height * scale)), max(1, round(width * scale))
-
-
-def tile(image: Image.Image, view: View, heatmap: np.ndarray, alpha: float, lut: np.ndarray,
-         size: tuple[int, int]) -> np.ndarray:
-    """The overlay of ``heatmap`` on ``image`` drawn at ``size`` (height, width): (h, w, 3) uint8."""
-    picture, tile_view = shown_at(image, view, size)
-    return overlay(picture, heatmap, alpha, lut, tile_view)
 
 
 @dataclass

@@ -191,6 +191,16 @@ def output_path(out_dir: Path, relative: PurePosixPath, method: str, kind: str =
     return out_dir.joinpath(*relative.parts[:-1], f"{relative.name}.{tagged}{FILE_KINDS[kind]}{suffix}")
 
 
+THUMBNAIL_DIR = ".thumbs"  # small overlays for the report page, mirroring OUT's tree
+
+
+def thumbnail_path(out_dir: Path, relative: PurePosixPath, method: str, tag: str = "") -> Path:
+    """``OUT/.thumbs/<relative path>.<method>[.<tag>].jpg``: the overlay's name without its kind
+    and format, so the page finds it from any of the image's files."""
+    tagged = f"{method}.{tag}" if tag else method
+    return out_dir.joinpath(THUMBNAIL_DIR, *relative.parts[:-1], f"{relative.name}.{tagged}.jpg")
+
+
 def write_npy(path: Path, array: np.ndarray) -> None:
     """Write an array as .npy via a temporary file and a rename."""
     _write_atomically(path, lambda stream: np.save(stream, array, allow_pickle=False))

@@ -28,7 +28,7 @@ from .budget import MemoryBudget, render_estimate
 from .images import (PICTURE_BYTES_PER_PIXEL, PRESETS, InputImage, Scaling, View, custom_scaling, decode_bytes,
                      fit_view, open_image, output_size, shown_at, to_model_input)
 from .intensity import Intensity, parse_intensity
-from .mosaic import Sheet, tile, tile_size
+from .mosaic import Sheet, tile_size
 from .models.info import LayerInfo, ModelInfo
 from .models.inspect import open_model
 from .models.layers import auto_layer, candidate_layers, resolve_layer
@@ -36,8 +36,9 @@ from .models.load import model_format
 from .models.preprocessing import choose_preprocessing
 from .models.probe import build_probe
 from .outputs import (MANIFEST_NAME, PredictionsWriter, Ranked, Row, file_digest, open_table, output_path,
-                      read_table, table_columns, table_text, write_image, write_json, write_npy)
-from .render import COLORMAPS, draw_heatmap, draw_overlay, draw_panel
+                      read_table, table_columns, table_text, thumbnail_path, write_image, write_json, write_npy)
+from .report import thumbnail_size
+from .render import COLORMAPS, draw_heatmap, draw_overlay, draw_panel, small_overlay
 from .stacks import StackCache, parse_slices
 
 
@@ -88,7 +89,8 @@ OUTCOMES = ("explained", "failed", "skipped", "resumed")
 FILES_AHEAD = 3  # files split into their images (volumes read whole) ahead of the one being explained
 # Options that may differ between an interrupted run and its --resume without changing any row.
 RESUME_NEUTRAL = frozenset({"existing", "fail_fast", "workers", "batch_size", "inputs", "model", "memory_budget",
-                            "dicom"})
+                            "dicom", "report"})
+THUMBNAIL = "thumbnail"  # the report page's small overlay, written beside the --save kinds
 
 
 def planned_outputs(config: RunConfig, item: InputImage) -> list[Path]:
@@ -579,6 +581,8 @@ def _schedule(prepared: Prepared, decoded: _Decoded, explanations: tuple[BatchEx
         for tag, explanation in zip(config.target_tags, explanations):
             paths = {kind: output_path(config.out_dir, item.output_relative, method, kind, tag, config.image_format)
                      for kind in config.save}
+            if config.report:
+                paths[THUMBNAIL] = thumbnail_path(config.out_dir, item.output_relative, method, tag)
             caption = _caption(prepared, explanation, index)
             jobs.append(_Job(explanation.maps[method][index], paths, f"{caption} | {method}",
                              item.part.count if wants_mosaic(config, item) else 0))
@@ -626,7 +630,7 @@ def _written(prepared: Prepared, image: Image.Image, view: View, job: _Job) -> _
     if not job.tiles:
         return _Outcome(None)
     size = tile_size((image.height, image.width), job.tiles)
-    return _Outcome(None, tile(image, view, job.heatmap, prepared.config.alpha, prepared.lut, size))
+    return _Outcome(None, small_overlay(image, view, job.heatmap, prepared.config.alpha, prepared.lut, size))
 
 
 def _caption(prepared: Prepared, explanation: BatchExplanation, index: int) -> str:
@@ -649,6 +653,8 @@ def _render(image: Image.Image, view: View, heatmap: np.ndarray, prepared: Prepa
         "raw": lambda path: write_npy(path, heatmap),
         "panel": lambda path: write_image(path, draw_panel(image, heatmap, config.alpha, prepared.lut, caption, view),
                                           config.image_format),
+        THUMBNAIL: lambda path: write_image(path, small_overlay(image, view, heatmap, config.alpha, prepared.lut,
+                                                                thumbnail_size((image.height, image.width))), "jpeg"),
     }
     for kind, path in paths.items():
         writers[kind](path)

@@ -1,0 +1,178 @@
+"""``OUT/index.html``: a run as one self-contained page for people and CI artifacts.
+
+The page carries its CSS, JavaScript and data inline and shows images by relative path, so the
+output folder works downloaded, opened from disk or served by an artifact browser; a Content
+Security Policy forbids any request beyond the folder. Everything from file names, labels and
+notes travels as JSON and reaches the page as text, never as markup (numpy-free; Pillow only to
+make thumbnails that are missing).
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from urllib.parse import quote
+
+from PIL import Image
+
+from .errors import UsageError
+from .outputs import FILE_KINDS, IMAGE_FORMATS, MANIFEST_NAME, THUMBNAIL_DIR, read_table
+
+REPORT_NAME = "index.html"
+THUMBNAIL_LONG_SIDE = 256
+THUMBNAIL_QUALITY = 85
+_ASSETS = Path(__file__).with_name("report_assets")
+
+
+def thumbnail_size(size: tuple[int, int]) -> tuple[int, int]:
+    """(height, width) of a thumbnail for an image of ``size`` (height, width): the long side at
+    most ``THUMBNAIL_LONG_SIDE``, never enlarged."""
+    height, width = size
+    scale = min(1.0, THUMBNAIL_LONG_SIDE / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+@dataclass
+class Card:
+    """One input image on the page: its rows' facts and its maps."""
+
+    input: str
+    status: str = "ok"
+    note: str = ""
+    errors: list[str] = field(default_factory=list)
+    pred_label: str = ""
+    pred_prob: float | None = None
+    maps: list[dict[str, str]] = field(default_factory=list)
+
+
+def write_report(out_dir: Path) -> Path:
+    """Write ``OUT/index.html`` from the run's ``run.json`` and predictions table, making any
+    thumbnail that is missing (a run with ``--no-report``, or an older one) from the overlay or
+    panel file. Returns the page's path; a one-line UsageError when OUT holds no run."""
+    try:
+        manifest = json.loads((out_dir / MANIFEST_NAME).read_text(encoding="utf-8"))
+        options = manifest["options"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UsageError(f"{out_dir} holds no run to report on (no readable {MANIFEST_NAME}); "
+                         "give the -o folder of an `xai run`") from None
+    table, records = _table(out_dir, options)
+    cards = _cards(records, options, out_dir)
+    data = {"run": _run_facts(manifest, table), "cards": [card.__dict__ for card in cards]}
+    page = out_dir / REPORT_NAME
+    html = (_ASSETS / "page.html").read_text(encoding="utf-8")
+    html = html.replace("/*STYLE*/", (_ASSETS / "page.css").read_text(encoding="utf-8"))
+    html = html.replace("/*SCRIPT*/", (_ASSETS / "page.js").read_text(encoding="utf-8"))
+    html = html.replace("/*DATA*/", _script_safe_json(data))
+    temporary = page.with_name(f".{REPORT_NAME}.tmp")
+    temporary.write_text(html, encoding="utf-8")
+    temporary.replace(page)
+    return page
+
+
+def _table(out_dir: Path, options: dict) -> tuple[str, list[dict[str, object]]]:
+    """Where the run's table is (as the page should say it) and its rows ('' and none when the
+    table went to standard output or cannot be found)."""
+    table_format = options.get("table_format", "csv")
+    given = options.get("predictions")
+    if given == "-":
+        return "", []
+    path = out_dir / f"predictions.{table_format}" if given is None else Path(given)
+    try:
+        return str(path), read_table(path, table_format)[1]
+    except (OSError, UnicodeDecodeError):
+        return "", []
+
+
+def _cards(records: list[dict[str, object]], options: dict, out_dir: Path) -> list[Card]:
+    """One card per input, in table order, with one map per row that has an output file."""
+    cards: dict[str, Card] = {}
+    run_out = str(options.get("out_dir", out_dir))
+    kinds = list(options.get("save", ["overlay"]))
+    image_suffix = IMAGE_FORMATS.get(options.get("image_format", "png"), ".png")
+    for record in records:
+        name = str(record.get("input", ""))
+        card = cards.setdefault(name, Card(name))
+        status = str(record.get("status", ""))
+        if status == "error":
+            card.status = "error"
+            card.errors.append(f"{record.get('method', '')}: {record.get('error', '')}")
+            continue
+        if status == "skipped" and card.status == "ok" and not card.maps:
+            card.status = "skipped"
+        card.note = card.note or str(record.get("note") or "")
+        if card.pred_prob is None and record.get("pred_prob") not in (None, ""):
+            card.pred_label = str(record.get("pred_label") or f"class {record.get('pred_index')}")
+            card.pred_prob = float(record["pred_prob"])
+        output = str(record.get("output") or "")
+        if output:
+            card.maps.append(_map(record, _inside(output, run_out, out_dir), kinds, image_suffix, out_dir))
+    return list(cards.values())
+
+
+def _inside(output: str, run_out: str, out_dir: Path) -> PurePosixPath:
+    """The output file's path inside OUT, from the path the table gives (as the run named it)."""
+    if posixpath.isabs(output):
+        return PurePosixPath(posixpath.relpath(output, str(out_dir.resolve())))
+    return PurePosixPath(posixpath.relpath(output, run_out))
+
+
+def _map(record: dict[str, object], output: PurePosixPath, kinds: list[str], image_suffix: str,
+         out_dir: Path) -> dict[str, str]:
+    """A map's method, explained class, thumbnail and full-size links (relative URLs)."""
+    first_suffix = FILE_KINDS[kinds[0]] + (".npy" if kinds[0] == "raw" else image_suffix)
+    stem = output.name[: -len(first_suffix)] if output.name.endswith(first_suffix) else output.name
+    files = {kind: output.with_name(stem + FILE_KINDS[kind] + image_suffix) for kind in kinds if kind != "raw"}
+    thumbnail = PurePosixPath(THUMBNAIL_DIR, *output.parts[:-1], f"{stem}.jpg")
+    source = files.get("overlay") or files.get("panel") or files.get("heatmap")
+    if source is not None and not (out_dir / thumbnail).exists():
+        _make_thumbnail(out_dir / source, out_dir / thumbnail)
+    return {
+        "method": str(record.get("method", "")),
+        "class_label": str(record.get("class_label") or f"class {record.get('class_index')}"),
+        "thumb": _url(thumbnail) if (out_dir / thumbnail).exists() else "",
+        "full": _url(source) if source is not None else "",
+        "panel": _url(files["panel"]) if "panel" in files else "",
+    }
+
+
+def _make_thumbnail(source: Path, thumbnail: Path) -> None:
+    """A thumbnail from an image file of the run; nothing when that file is not there."""
+    try:
+        with Image.open(source) as image:
+            image.draft("RGB", (THUMBNAIL_LONG_SIDE, THUMBNAIL_LONG_SIDE))  # JPEG decodes at a fraction
+            image = image.convert("RGB")
+            image.thumbnail((THUMBNAIL_LONG_SIDE, THUMBNAIL_LONG_SIDE), Image.Resampling.BILINEAR)
+            thumbnail.parent.mkdir(parents=True, exist_ok=True)
+            image.save(thumbnail, "JPEG", quality=THUMBNAIL_QUALITY)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return
+
+
+def _url(path: PurePosixPath) -> str:
+    """A relative URL: each part percent-encoded ('#', '?', '%' and spaces in names stay names)."""
+    return "/".join(quote(part, safe="") for part in path.parts)
+
+
+def _run_facts(manifest: dict, table: str) -> dict[str, object]:
+    """What the page's header says of the run."""
+    resolved, options = manifest.get("resolved", {}), manifest.get("options", {})
+    model = manifest.get("model", {})
+    return {
+        "model": model.get("path", ""), "format": model.get("format", ""), "sha256": model.get("sha256", ""),
+        "layer": resolved.get("layer") or "", "layer_reason": resolved.get("layer_reason", ""),
+        "preprocess": resolved.get("preprocess", ""), "preprocess_reason": resolved.get("preprocess_reason", ""),
+        "methods": options.get("methods", []), "counts": manifest.get("counts", {}),
+        "status": manifest.get("status", ""), "seconds": manifest.get("seconds", 0),
+        "versions": f"xaicli {manifest.get('tool', {}).get('version', '')}, TensorFlow {manifest.get('tensorflow', '')}, "
+                    f"Keras {manifest.get('keras', '')}",
+        "table": table,
+    }
+
+
+def _script_safe_json(data: dict) -> str:
+    """JSON that cannot end its <script> element or open a comment: '<', '>' and '&' escaped."""
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+

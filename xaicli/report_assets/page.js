@@ -1,0 +1,139 @@
+"use strict";
+// The page is built from the JSON above with textContent and attributes only: file names,
+// labels and notes are shown as text, never parsed as markup.
+(function () {
+  const data = JSON.parse(document.getElementById("xai-data").textContent);
+  const CHUNK = 120; // cards added at a time, so 10,000 images stay responsive
+  const byId = (id) => document.getElementById(id);
+  const element = (tag, className, text) => {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined) node.textContent = text;
+    return node;
+  };
+
+  function describeRun(run) {
+    const facts = byId("facts");
+    const rows = [
+      ["Model", `${run.model} (${run.format})`],
+      ["SHA-256", run.sha256],
+      ["Layer", run.layer ? `${run.layer} (${run.layer_reason})` : "input gradients"],
+      ["Preprocessing", `${run.preprocess} (${run.preprocess_reason})`],
+      ["Methods", (run.methods || []).join(", ")],
+      ["Run", `${run.status}, ${Number(run.seconds).toFixed(1)} s`],
+      ["Versions", run.versions],
+      ["Table", run.table || "written to standard output: the page shows no images"],
+    ];
+    for (const [name, value] of rows) {
+      facts.append(element("dt", "", name), element("dd", "", value));
+    }
+    const counts = run.counts || {};
+    byId("counts").textContent = `${counts.images || 0} images: ${counts.explained || 0} explained, ` +
+      `${counts.failed || 0} failed, ${counts.skipped || 0} skipped, ${counts.resumed || 0} resumed`;
+  }
+
+  function listFailures(cards) {
+    const failed = cards.filter((card) => card.status === "error");
+    if (!failed.length) return;
+    byId("failed").hidden = false;
+    byId("failed-title").textContent = `${failed.length} failed image${failed.length > 1 ? "s" : ""}`;
+    const list = byId("failed-list");
+    for (const card of failed) {
+      const item = element("li");
+      item.append(element("span", "path", card.input), document.createTextNode(" — "),
+                  element("span", "reason", card.errors.join("; ")));
+      list.append(item);
+    }
+  }
+
+  function offerClasses(cards) {
+    const select = byId("filter-class");
+    const labels = [...new Set(cards.map((card) => card.pred_label).filter(Boolean))].sort();
+    for (const label of labels) {
+      const option = element("option", "", label);
+      option.value = label;
+      select.append(option);
+    }
+  }
+
+  function drawCard(card) {
+    const node = element("article", `card status-${card.status}${card.status === "error" ? " error" : ""}`);
+    node.dataset.input = card.input;
+    node.dataset.status = card.status;
+    node.dataset.label = card.pred_label;
+    if (card.pred_prob !== null) node.dataset.prob = String(card.pred_prob);
+    if (card.maps.length) {
+      const maps = element("div", "maps");
+      for (const map of card.maps) {
+        const cell = element("figure", "map");
+        cell.style.margin = "0";
+        const picture = element("img");
+        picture.loading = "lazy";
+        picture.alt = `${map.method} map of ${card.input}`;
+        if (map.thumb) picture.src = map.thumb;
+        const link = element("a");
+        link.href = map.panel || map.full || map.thumb;
+        link.target = "_blank";
+        link.rel = "noopener";
+        link.append(picture);
+        const caption = element("figcaption", "method",
+          map.class_label && map.class_label !== card.pred_label ? `${map.method} · ${map.class_label}` : map.method);
+        cell.append(link, caption);
+        maps.append(cell);
+      }
+      node.append(maps);
+    }
+    node.append(element("div", "path", card.input));
+    if (card.pred_prob !== null) {
+      node.append(element("div", "prediction", `${card.pred_label} ${card.pred_prob.toFixed(3)}`));
+    }
+    if (card.note) node.append(element("div", "note", card.note));
+    if (card.errors.length) node.append(element("div", "reason", card.errors.join("; ")));
+    return node;
+  }
+
+  const state = { chosen: [], drawn: 0 };
+
+  function choose() {
+    const label = byId("filter-class").value;
+    const status = byId("filter-status").value;
+    const text = byId("filter-text").value.toLowerCase();
+    const order = byId("sort").value;
+    const chosen = data.cards.filter((card) =>
+      (!label || card.pred_label === label) && (!status || card.status === status) &&
+      (!text || card.input.toLowerCase().includes(text)));
+    const confidence = (card) => (card.pred_prob === null ? Infinity : card.pred_prob);
+    if (order === "confidence-asc") chosen.sort((a, b) => confidence(a) - confidence(b));
+    if (order === "confidence-desc") chosen.sort((a, b) => (b.pred_prob ?? -1) - (a.pred_prob ?? -1));
+    if (order === "path") chosen.sort((a, b) => (a.input < b.input ? -1 : a.input > b.input ? 1 : 0));
+    state.chosen = chosen;
+    state.drawn = 0;
+    byId("gallery").replaceChildren();
+    drawMore();
+  }
+
+  function drawMore() {
+    const gallery = byId("gallery");
+    const next = state.chosen.slice(state.drawn, state.drawn + CHUNK);
+    const batch = document.createDocumentFragment();
+    for (const card of next) batch.append(drawCard(card));
+    gallery.append(batch);
+    state.drawn += next.length;
+    byId("more").hidden = state.drawn >= state.chosen.length;
+    byId("shown").textContent = `showing ${state.drawn} of ${state.chosen.length} images` +
+      (state.chosen.length < data.cards.length ? ` (${data.cards.length} in all)` : "");
+  }
+
+  describeRun(data.run);
+  listFailures(data.cards);
+  offerClasses(data.cards);
+  for (const id of ["filter-class", "filter-status", "sort"]) byId(id).addEventListener("change", choose);
+  byId("filter-text").addEventListener("input", choose);
+  byId("more").addEventListener("click", drawMore);
+  if ("IntersectionObserver" in window) {
+    new IntersectionObserver((entries) => {
+      if (entries.some((entry) => entry.isIntersecting) && state.drawn < state.chosen.length) drawMore();
+    }, { rootMargin: "800px" }).observe(byId("sentinel"));
+  }
+  choose();
+})();
