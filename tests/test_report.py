@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -90,11 +91,17 @@ def demo_run(tmp_path_factory) -> Path:
     shutil.copytree(SAMPLES / "shapes", images / "shapes")
     shutil.copy(SAMPLES / "shapes" / "00_ellipse.png", images / HOSTILE)
     (images / "broken.jpg").write_bytes(b"not a jpeg")
+    truth = root / "truth.csv"  # each shape's class from its name; the hostile ellipse called a triangle
+    truth.write_text("path,label\n" + "".join(f"images/shapes/{name},{name[3:-4]}\n" for name in
+                                               sorted(p.name for p in (SAMPLES / "shapes").glob("*.png")))
+                     + f'"images/{HOSTILE}",triangle\n', encoding="utf-8")
     out = root / "out"
     result = CliRunner().invoke(main, ["run", str(SAMPLES / "demo_model.keras"), str(images), "-o", str(out),
                                        "-m", "gradcam,hirescam", "--labels", str(SAMPLES / "labels.txt"),
-                                       "--save", "overlay,panel", "-q"])
+                                       "--save", "overlay,panel", "--true-labels", str(truth),
+                                       "--summary", str(root / "summary.md")])
     assert result.exit_code == 1, result.output  # the broken file
+    assert re.search(r"accuracy \d+\.\d% \(\d+ of 13 labelled images\)", result.output), result.output
     return out
 
 
@@ -153,7 +160,8 @@ def _wait_until(page, condition: str, seconds: float = 20.0) -> None:
 
 def _cards(page) -> list[dict]:
     return page.eval_on_selector_all("#gallery .card", """cards => cards.map(c => ({input: c.dataset.input,
-        status: c.dataset.status, label: c.dataset.label, prob: c.dataset.prob ? Number(c.dataset.prob) : null,
+        status: c.dataset.status, label: c.dataset.label, truth: c.dataset.truth,
+        prob: c.dataset.prob ? Number(c.dataset.prob) : null,
         widths: [...c.querySelectorAll('img')].map(i => i.naturalWidth)}))""")
 
 
@@ -208,3 +216,57 @@ def test_a_screenshot_of_the_page_is_not_blank(opened, tmp_path):
     page.screenshot(path=str(shot))
     pixels = np.asarray(Image.open(shot).convert("L"), np.float64)
     assert pixels.std() > 20 and len(np.unique(pixels)) > 50  # text, cards and heatmaps, not one colour
+
+
+def test_true_labels_give_columns_accuracy_and_a_confusion_matrix_that_agree(demo_run):
+    with open(demo_run / "predictions.csv", newline="", encoding="utf-8") as stream:
+        rows = [row for row in csv.DictReader(stream) if row["method"] == "gradcam"]
+    labelled = [row for row in rows if row["status"] == "ok"]
+    assert all(row["correct"] == ("true" if row["pred_label"] == row["true_label"] else "false") for row in labelled)
+    hostile = next(row for row in rows if row["input"].endswith(HOSTILE))
+    assert hostile["true_label"] == "triangle" and hostile["correct"] == "false"  # it is an ellipse
+    accuracy = json.loads((demo_run / "run.json").read_text())["accuracy"]
+    assert accuracy["images"] == len(labelled) == 13
+    assert accuracy["correct"] == sum(row["correct"] == "true" for row in labelled)
+    classes = accuracy["classes"]
+    for true_index, true in enumerate(classes):
+        for predicted_index, predicted in enumerate(classes):
+            expected = sum(row["true_label"] == true and row["pred_label"] == predicted for row in labelled)
+            assert accuracy["confusion"][true_index][predicted_index] == expected
+
+
+def test_the_job_summary_lists_misclassified_images_first_as_escaped_links(demo_run):
+    text = (demo_run.parent / "summary.md").read_text(encoding="utf-8")
+    assert text.startswith("### xai: 13 of 14 images explained, 1 failed")
+    assert "**Accuracy " in text and "labelled images)" in text
+    table = [line for line in text.splitlines() if line.startswith("| [")]
+    assert len(table) == 10 and "&lt;img src=x onerror=alert\\(1\\)&gt;" in table[0] and table[0].endswith("✗ |")
+    assert "<img" not in text
+    link = re.search(r"\]\((out/[^)]+)\)", table[0]).group(1)
+    assert (demo_run.parent / re.sub("%([0-9A-F]{2})", lambda m: chr(int(m.group(1), 16)), link)).exists()
+
+
+def test_unknown_true_labels_stop_the_run_before_it_starts(tmp_path):
+    images = tmp_path / "images" / "dgo"
+    images.mkdir(parents=True)
+    shutil.copy(SAMPLES / "shapes" / "00_ellipse.png", images)
+    result = CliRunner().invoke(main, ["run", str(SAMPLES / "demo_model.keras"), str(tmp_path / "images"), "-o",
+                                       str(tmp_path / "out"), "--labels", str(SAMPLES / "labels.txt"),
+                                       "--true-labels", "folder"])
+    assert result.exit_code == 2 and "true label 'dgo'" in result.output
+    assert not (tmp_path / "out" / "predictions.csv").exists()
+
+
+def test_a_confusion_matrix_cell_shows_exactly_its_images(opened):
+    page, _ = opened
+    everything = _cards(page)
+    cells = page.eval_on_selector_all("#matrix button", "bs => bs.map(b => [b.dataset.truth, b.dataset.predicted, "
+                                      "Number(b.textContent)])")
+    assert sum(count for _, _, count in cells) == 13
+    for truth, predicted, count in cells:
+        page.click(f"#matrix button[data-truth='{truth}'][data-predicted='{predicted}']")
+        shown = {card["input"] for card in _cards(page)}
+        expected = {c["input"] for c in everything if c["truth"] == truth and c["label"] == predicted and c["prob"]}
+        assert shown == expected and len(shown) == count, (truth, predicted)
+    page.click("#clear-cell")
+    assert len(_cards(page)) == 14

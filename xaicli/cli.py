@@ -32,7 +32,7 @@ from .stacks import SLICE_CHOICES
 from .budget import return_large_blocks_to_the_system
 from .lock import output_lock
 from .outputs import IMAGE_FORMATS, TABLE_FORMATS
-from .report import write_report
+from .report import write_report, write_summary
 from .render import COLORMAPS
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -111,6 +111,13 @@ def _layer_regex_option(func: Callable) -> Callable:
                    "thumbnails it shows (OUT/.thumbs/).")
 @click.option("--format", "table_format", type=click.Choice(TABLE_FORMATS), default="csv", show_default=True,
               help="Predictions table format.")
+@click.option("--true-labels", metavar="folder|FILE.csv",
+              help="True classes: 'folder' (each image's parent folder is its class, the ImageFolder layout) or a "
+                   "CSV of path,label. The table gains true_label and correct; the summary, run.json and the report "
+                   "gain accuracy and a confusion matrix. Labels must be the model's (--labels names, else indices).")
+@click.option("--summary", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE.md",
+              help="Write a short Markdown summary (counts, accuracy, the ten least confident or misclassified "
+                   "images, linked) for a CI job page, e.g. --summary \"$GITHUB_STEP_SUMMARY\".")
 @click.option("--predictions", metavar="PATH|-",
               help="Where the predictions table goes (default OUT/predictions.<format>); '-' writes it to "
                    "standard output, while progress stays on standard error.")
@@ -258,9 +265,11 @@ def _explain_all(config: RunConfig, stop: _StopSignals, say: Callable[[str], Non
         _escape_undecodable(sys.stdout)
     started = time.monotonic()
     progress = _explain_with_progress(pipeline.run(prepared, images(), stop), total, quiet)
-    say(_summary(progress, time.monotonic() - started, config))
+    say(_summary(progress, time.monotonic() - started, config) + _accuracy(config))
     if config.report:
         say(f"report: {write_report(config.out_dir)}")
+    if config.summary is not None:
+        say(f"summary: {write_summary(config.out_dir, config.summary)}")
     return progress
 
 
@@ -281,6 +290,19 @@ def _summary(progress: _Progress, elapsed: float, config: RunConfig) -> str:
     where = f" (see status=error rows in {config.predictions_path or 'the table on stdout'})" if counts["failed"] else ""
     return (f"{explained} of {total} images explained{resumed}{kept}, {counts['failed']} failed, in {elapsed:.1f} s "
             f"({progress.done / max(elapsed, 1e-9):.1f} img/s); outputs in {config.out_dir}{where}")
+
+
+def _accuracy(config: RunConfig) -> str:
+    """'; accuracy 91.7% (11 of 12 labelled images)' from run.json, with --true-labels."""
+    if config.true_labels is None:
+        return ""
+    try:
+        accuracy = json.loads((config.out_dir / "run.json").read_text(encoding="utf-8"))["accuracy"]
+    except (OSError, ValueError, KeyError):
+        return ""
+    if not accuracy["images"]:
+        return "; no image with a true label was explained"
+    return f"; accuracy {accuracy['accuracy']:.1%} ({accuracy['correct']} of {accuracy['images']} labelled images)"
 
 
 def _pillow_pixel_limit(max_pixels: int) -> None:
@@ -448,11 +470,15 @@ def _as_text(value: object) -> str:
 @main.command(context_settings=CONTEXT)
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @_debug_option
-def report(out: Path, debug: bool) -> None:
+@click.option("--summary", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE.md",
+              help="Also write the run's Markdown summary (as `xai run --summary`).")
+def report(out: Path, summary: Path | None, debug: bool) -> None:
     """Write OUT/index.html again from the run in OUT (after --resume, or for a run made with
     --no-report or by an older xai); thumbnails that are missing are made from the overlays."""
     with _errors_reported(debug):
         click.echo(write_report(out))
+        if summary is not None:
+            click.echo(write_summary(out, summary))
 
 
 @main.command(context_settings=CONTEXT)

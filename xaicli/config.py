@@ -74,6 +74,8 @@ class RunConfig:
     slices: str = "nonzero"  # which slices of a volume (frames of a DICOM) to explain (stacks.SLICE_CHOICES)
     slice_axis: str = "axial"  # NIfTI volumes are cut across this axis (nifti.SLICE_AXES)
     report: bool = True  # write OUT/index.html and the thumbnails it shows
+    true_labels: str | None = None  # 'folder' (the parent folder's name) or a CSV of path,label
+    summary: Path | None = None  # a Markdown summary of the run for a CI job page
     workers: int = 2
     smoothgrad_samples: int = 25
     smoothgrad_noise: float = 0.15
@@ -115,6 +117,8 @@ class RunConfig:
             raise UsageError(f"--workers must be at least 1, got {self.workers}")
         parse_intensity(self.intensity)  # a one-line error for a bad choice, before the model loads
         parse_slices(self.slices)
+        if self.true_labels is not None and self.true_labels != "folder" and not Path(self.true_labels).is_file():
+            raise UsageError(f"--true-labels {self.true_labels}: give 'folder' or an existing CSV file of path,label")
         if self.slice_axis not in SLICE_AXES:
             raise UsageError(f"unknown --slice-axis {self.slice_axis!r}; choose from {', '.join(SLICE_AXES)}")
         if self.max_pixels < 1:

@@ -50,6 +50,8 @@ class Row:
     layer: str
     output: str
     top: tuple["Ranked", ...] = ()  # the K best classes, for --top-k columns
+    true_label: str = ""  # --true-labels: the image's label ('' when it has none)
+    correct: bool | None = None  # --true-labels: the prediction is the true label (None: no label or prediction)
 
 
 @dataclass(frozen=True)
@@ -61,12 +63,13 @@ class Ranked:
     prob: float
 
 
-COLUMNS = tuple(f.name for f in fields(Row) if f.name != "top")
+TRUTH_COLUMNS = ("true_label", "correct")
+COLUMNS = tuple(f.name for f in fields(Row) if f.name not in ("top", *TRUTH_COLUMNS))
 
 
-def table_columns(top_k: int) -> tuple[str, ...]:
-    """Every column of a table with ``top_k`` ranked classes, in order."""
-    return COLUMNS + top_columns(top_k)
+def table_columns(top_k: int, truth: bool = False) -> tuple[str, ...]:
+    """Every column of a table with ``top_k`` ranked classes (and true labels), in order."""
+    return COLUMNS + (TRUTH_COLUMNS if truth else ()) + top_columns(top_k)
 
 
 def top_columns(top_k: int) -> tuple[str, ...]:
@@ -74,9 +77,9 @@ def top_columns(top_k: int) -> tuple[str, ...]:
     return tuple(f"top{rank}_{part}" for rank in range(1, top_k + 1) for part in ("index", "label", "prob"))
 
 
-def _cells(row: Row, top_k: int) -> dict[str, object]:
+def _cells(row: Row, top_k: int, truth: bool) -> dict[str, object]:
     """The row's values by column name, the --top-k columns empty where there is no prediction."""
-    values: dict[str, object] = {c: getattr(row, c) for c in COLUMNS}
+    values: dict[str, object] = {c: getattr(row, c) for c in COLUMNS + (TRUTH_COLUMNS if truth else ())}
     for rank in range(top_k):
         ranked = row.top[rank] if rank < len(row.top) else None
         values[f"top{rank + 1}_index"] = ranked.index if ranked else None
@@ -88,6 +91,8 @@ def _cells(row: Row, top_k: int) -> dict[str, object]:
 def _cell(value: object) -> str:
     if value is None:
         return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, float):
         return f"{value:.6f}"
     return str(value)
@@ -97,16 +102,17 @@ TABLE_FORMATS = ("csv", "jsonl")
 
 
 class PredictionsWriter:
-    """Writes rows with fixed columns (``COLUMNS``, then ``top_columns(top_k)``) as CSV (a
+    """Writes rows with fixed columns (``table_columns(top_k, truth)``) as CSV (a
     header line first) or JSON Lines (one object per row, keys in column order, numbers rounded
     to 6 decimals, empty values as null). Each call writes whole lines and flushes, so a reader
     never sees half a row."""
 
-    def __init__(self, stream: IO[str], table_format: str = "csv", top_k: int = 0) -> None:
+    def __init__(self, stream: IO[str], table_format: str = "csv", top_k: int = 0, truth: bool = False) -> None:
         self._stream = stream
         self._format = table_format
         self._top_k = top_k
-        self.columns = table_columns(top_k)
+        self._truth = truth
+        self.columns = table_columns(top_k, truth)
         self._csv = csv.writer(stream, lineterminator="\n")
         if table_format == "csv":
             self._csv.writerow(self.columns)
@@ -123,7 +129,7 @@ class PredictionsWriter:
 
     def write(self, rows: Iterable[Row]) -> None:
         for row in rows:
-            cells = _cells(row, self._top_k)
+            cells = _cells(row, self._top_k, self._truth)
             if self._format == "csv":
                 self._csv.writerow([_cell(value) for value in cells.values()])
             else:

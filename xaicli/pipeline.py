@@ -26,7 +26,7 @@ from .explainers import REGISTRY
 from .explainers.engine import TOP_CLASS, BatchExplanation, Explainer, MethodOptions, rank_request
 from .budget import MemoryBudget, render_estimate
 from .images import (PICTURE_BYTES_PER_PIXEL, PRESETS, InputImage, Scaling, View, custom_scaling, decode_bytes,
-                     fit_view, open_image, output_size, shown_at, to_model_input)
+                     discover, fit_view, open_image, output_size, shown_at, to_model_input)
 from .intensity import Intensity, parse_intensity
 from .mosaic import Sheet, tile_size
 from .models.info import LayerInfo, ModelInfo
@@ -40,6 +40,7 @@ from .outputs import (MANIFEST_NAME, PredictionsWriter, Ranked, Row, file_digest
 from .report import thumbnail_size
 from .render import COLORMAPS, draw_heatmap, draw_overlay, draw_panel, small_overlay
 from .stacks import StackCache, parse_slices
+from .truth import Tally, Truth, check_known, load_truth, predicted_name
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class Prepared:
     explainer: Explainer
     lut: np.ndarray
     intensity: Intensity  # --intensity, parsed
+    truth: Truth | None  # --true-labels, read and checked against the model's classes
     model_file: dict[str, str]  # path, SHA-256 and format, read once for run.json
 
 
@@ -89,7 +91,7 @@ OUTCOMES = ("explained", "failed", "skipped", "resumed")
 FILES_AHEAD = 3  # files split into their images (volumes read whole) ahead of the one being explained
 # Options that may differ between an interrupted run and its --resume without changing any row.
 RESUME_NEUTRAL = frozenset({"existing", "fail_fast", "workers", "batch_size", "inputs", "model", "memory_budget",
-                            "dicom", "report"})
+                            "dicom", "report", "summary"})
 THUMBNAIL = "thumbnail"  # the report page's small overlay, written beside the --save kinds
 
 
@@ -157,7 +159,7 @@ def _previous_rows(config: RunConfig) -> dict[str, list[dict[str, object]]]:
         columns, records = read_table(path, config.table_format)
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"--resume: cannot read the earlier table {path}: {exc}") from None
-    if records and columns != table_columns(config.top_k):
+    if records and columns != table_columns(config.top_k, config.true_labels is not None):
         raise UsageError(f"--resume: {path} has other columns than this run writes; resume with the same "
                          "options, or start again with --overwrite")
     by_input: dict[str, list[dict[str, object]]] = {}
@@ -216,8 +218,18 @@ def prepare(config: RunConfig) -> Prepared:
         explainer=explainer,
         lut=COLORMAPS[config.colormap](),
         intensity=parse_intensity(config.intensity),
+        truth=_truth(config, labels, info.num_classes),
         model_file={"path": str(config.model), "sha256": file_digest(config.model), "format": model_format(config.model)},
     )
+
+
+def _truth(config: RunConfig, labels: tuple[str, ...], classes: int) -> Truth | None:
+    """``--true-labels`` read, every image's label checked before any image is explained."""
+    if config.true_labels is None:
+        return None
+    truth = load_truth(config.true_labels)
+    check_known(truth, discover(config.inputs, exclude=[config.out_dir], dicom=config.dicom), labels, classes)
+    return truth
 
 
 def _choose_layer(config: RunConfig, info: ModelInfo) -> tuple[LayerInfo, str]:
@@ -318,17 +330,19 @@ def run(prepared: Prepared, items: Iterable[InputImage], stop: Callable[[], str 
           ThreadPoolExecutor(config.workers, thread_name_prefix="xai-write") as writers,
           ThreadPoolExecutor(1, thread_name_prefix="xai-split") as splitter):
         workers = _Workers(writers, budget, stacks)
-        writer = PredictionsWriter(table_stream, config.table_format, config.top_k)
+        writer = PredictionsWriter(table_stream, config.table_format, config.top_k, prepared.truth is not None)
         parts = chain.from_iterable(_read_ahead(splitter, lambda item: list(stacks.split([item])), items, FILES_AHEAD))
         decoded = _read_ahead(readers, lambda entry: _decode(prepared, *entry, carried, workers),
                               _passable(config, parts, carried), 2 * config.batch_size)
         pending: deque[list[_Pending]] = deque()
         mosaics = _Mosaics(prepared)
+        tally = Tally()
 
         def finish_oldest() -> Iterator[ImageResult]:
             for result in _finish(prepared, pending.popleft(), writer, mosaics, stacks):
                 carried.pop(table_text(result.item.name), None)
                 counts[result.outcome] += 1
+                tally.add(*_labelled(result))
                 yield result
 
         for batch in _batches(decoded, config.batch_size):
@@ -344,14 +358,30 @@ def run(prepared: Prepared, items: Iterable[InputImage], stop: Callable[[], str 
             yield from finish_oldest()
         if status != "complete":  # rows the resumed run had for images this one did not reach stay
             writer.write_records(record for rows in carried.values() for record in rows)
-    write_json(config.out_dir / MANIFEST_NAME, manifest(prepared, counts, status, time.monotonic() - started))
+    write_json(config.out_dir / MANIFEST_NAME, manifest(prepared, counts, status, time.monotonic() - started, tally))
 
 
-def manifest(prepared: Prepared, counts: dict[str, int], status: str, seconds: float) -> dict:
+def _labelled(result: ImageResult) -> tuple[str, str]:
+    """(true label, predicted class) of an explained image, for the accuracy; ('', '') otherwise."""
+    if result.rows and result.rows[0].status == "ok":
+        row = result.rows[0]
+        return row.true_label, predicted_name(row.pred_label, row.pred_index)
+    if result.carried and result.carried[0].get("status") == "ok":
+        record = result.carried[0]
+        return str(record.get("true_label") or ""), predicted_name(str(record.get("pred_label") or ""),
+                                                                   record.get("pred_index"))
+    return "", ""
+
+
+def manifest(prepared: Prepared, counts: dict[str, int], status: str, seconds: float,
+             tally: Tally | None = None) -> dict:
     """What ``OUT/run.json`` records: versions, the model's SHA-256, what was resolved, every
-    option's value, how the run ended, counts per outcome and timing."""
+    option's value, how the run ended, counts per outcome, the accuracy and confusion matrix
+    (with --true-labels) and timing."""
     config = prepared.config
+    accuracy = {"accuracy": (tally or Tally()).as_dict()} if prepared.truth is not None else {}
     return {
+        **accuracy,
         "tool": {"name": "xaicli", "version": __version__},
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
@@ -753,7 +783,16 @@ def _ok_row(prepared: Prepared, pending: _Pending, write: _Write) -> Row:
         layer=layer_label(prepared, method),
         output=str(write.path),
         top=_top_classes(prepared, explanation, i),
+        **_true(prepared, pending.item, predicted_name(_label(prepared, predicted), predicted)),
     )
+
+
+def _true(prepared: Prepared, item: InputImage, predicted: str = "") -> dict[str, object]:
+    """The row's true_label and correct (whether ``predicted`` is it), with --true-labels."""
+    if prepared.truth is None:
+        return {}
+    label = prepared.truth.label(item)
+    return {"true_label": label, "correct": (label == predicted) if label and predicted else None}
 
 
 def _predicted(explanation: BatchExplanation, index: int) -> int:
@@ -774,7 +813,7 @@ def _error_row(prepared: Prepared, item: InputImage, method: str, error: str) ->
         input=item.name, status="error", error=error, note="",
         pred_index=None, pred_label="", pred_prob=None,
         class_index=None, class_label="", class_prob=None, class_score=None,
-        method=method, layer=layer_label(prepared, method), output="",
+        method=method, layer=layer_label(prepared, method), output="", **_true(prepared, item),
     )
 
 

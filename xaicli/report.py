@@ -10,10 +10,11 @@ make thumbnails that are missing).
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from PIL import Image
 
@@ -44,6 +45,8 @@ class Card:
     errors: list[str] = field(default_factory=list)
     pred_label: str = ""
     pred_prob: float | None = None
+    true_label: str = ""  # with --true-labels
+    correct: bool | None = None
     maps: list[dict[str, str]] = field(default_factory=list)
 
 
@@ -51,14 +54,7 @@ def write_report(out_dir: Path) -> Path:
     """Write ``OUT/index.html`` from the run's ``run.json`` and predictions table, making any
     thumbnail that is missing (a run with ``--no-report``, or an older one) from the overlay or
     panel file. Returns the page's path; a one-line UsageError when OUT holds no run."""
-    try:
-        manifest = json.loads((out_dir / MANIFEST_NAME).read_text(encoding="utf-8"))
-        options = manifest["options"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise UsageError(f"{out_dir} holds no run to report on (no readable {MANIFEST_NAME}); "
-                         "give the -o folder of an `xai run`") from None
-    table, records = _table(out_dir, options)
-    cards = _cards(records, options, out_dir)
+    manifest, table, cards = _run(out_dir)
     data = {"run": _run_facts(manifest, table), "cards": [card.__dict__ for card in cards]}
     page = out_dir / REPORT_NAME
     html = (_ASSETS / "page.html").read_text(encoding="utf-8")
@@ -69,6 +65,82 @@ def write_report(out_dir: Path) -> Path:
     temporary.write_text(html, encoding="utf-8")
     temporary.replace(page)
     return page
+
+
+SUMMARY_IMAGES = 10
+
+
+def write_summary(out_dir: Path, path: Path) -> Path:
+    """Write a short Markdown summary of the run in OUT to ``path``: counts, accuracy, and the
+    ``SUMMARY_IMAGES`` misclassified or least confident images (misclassified first), each linked
+    to its overlay relative to ``path``. For a CI job page (e.g. ``$GITHUB_STEP_SUMMARY``)."""
+    manifest, _, cards = _run(out_dir)
+    counts = manifest.get("counts", {})
+    resolved = manifest.get("resolved", {})
+    explained = counts.get("explained", 0) + counts.get("resumed", 0)
+    lines = [f"### xai: {explained} of {counts.get('images', 0)} images explained, {counts.get('failed', 0)} failed"
+             + (f", {counts['skipped']} skipped" if counts.get("skipped") else ""), ""]
+    model = Path(str(manifest.get("model", {}).get("path", ""))).name
+    lines.append(f"Model {_md(model)}, layer {_md(resolved.get('layer') or 'input gradients')}, "
+                 f"methods {_md(', '.join(manifest.get('options', {}).get('methods', [])))}, "
+                 f"{float(manifest.get('seconds', 0)):.1f} s; the whole run: {_link('index.html', out_dir / REPORT_NAME, path)}")
+    accuracy = manifest.get("accuracy")
+    if accuracy and accuracy.get("images"):
+        lines += ["", f"**Accuracy {accuracy['accuracy']:.1%}** ({accuracy['correct']} of {accuracy['images']} "
+                      "labelled images)"]
+    shown = _worth_a_look(cards)
+    if shown:
+        truth = any(card.true_label for card in cards)
+        lines += ["", "| image | predicted | probability |" + (" true |" if truth else ""),
+                  "| --- | --- | --- |" + (" --- |" if truth else "")]
+        for card in shown:
+            target = card.maps[0]["full"] if card.maps and card.maps[0]["full"] else ""
+            name = _link(card.input, out_dir / _unquoted(target), path) if target else _md(card.input)
+            row = f"| {name} | {_md(card.pred_label)} | {card.pred_prob:.3f} |"
+            lines.append(row + (f" {_md(card.true_label)}{'' if card.correct is not False else ' ✗'} |" if truth else ""))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a" if _is_shared(path) else "w", encoding="utf-8") as stream:
+        stream.write("\n".join(lines) + "\n")
+    return path
+
+
+def _is_shared(path: Path) -> bool:
+    """A CI's step summary collects what every step appends; any other file is written anew."""
+    return str(path) == os.environ.get("GITHUB_STEP_SUMMARY")
+
+
+def _worth_a_look(cards: list[Card]) -> list[Card]:
+    """Misclassified images first, then the least confident, ``SUMMARY_IMAGES`` at most."""
+    predicted = [card for card in cards if card.pred_prob is not None]
+    ranked = sorted(predicted, key=lambda card: (card.correct is not False, card.pred_prob))
+    return ranked[:SUMMARY_IMAGES]
+
+
+def _md(text: str) -> str:
+    """Text that Markdown shows as it is: HTML characters as entities, punctuation escaped."""
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return "".join(f"\\{char}" if char in "\\`*_{}[]()#+-.!|~" else char for char in text)
+
+
+def _link(text: str, target: Path, summary: Path) -> str:
+    relative = os.path.relpath(os.path.abspath(target), os.path.abspath(summary.parent))
+    return f"[{_md(text)}]({_url(PurePosixPath(Path(relative).as_posix()))})"
+
+
+def _unquoted(url: str) -> str:
+    return "/".join(unquote(part) for part in url.split("/"))
+
+
+def _run(out_dir: Path) -> tuple[dict, str, list[Card]]:
+    """The run in OUT: its manifest, where its table is, and its cards."""
+    try:
+        manifest = json.loads((out_dir / MANIFEST_NAME).read_text(encoding="utf-8"))
+        options = manifest["options"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UsageError(f"{out_dir} holds no run to report on (no readable {MANIFEST_NAME}); "
+                         "give the -o folder of an `xai run`") from None
+    table, records = _table(out_dir, options)
+    return manifest, table, _cards(records, options, out_dir)
 
 
 def _table(out_dir: Path, options: dict) -> tuple[str, list[dict[str, object]]]:
@@ -93,7 +165,7 @@ def _cards(records: list[dict[str, object]], options: dict, out_dir: Path) -> li
     image_suffix = IMAGE_FORMATS.get(options.get("image_format", "png"), ".png")
     for record in records:
         name = str(record.get("input", ""))
-        card = cards.setdefault(name, Card(name))
+        card = cards.setdefault(name, Card(name, true_label=str(record.get("true_label") or "")))
         status = str(record.get("status", ""))
         if status == "error":
             card.status = "error"
@@ -105,10 +177,18 @@ def _cards(records: list[dict[str, object]], options: dict, out_dir: Path) -> li
         if card.pred_prob is None and record.get("pred_prob") not in (None, ""):
             card.pred_label = str(record.get("pred_label") or f"class {record.get('pred_index')}")
             card.pred_prob = float(record["pred_prob"])
+            card.correct = _truth_value(record.get("correct"))
         output = str(record.get("output") or "")
         if output:
             card.maps.append(_map(record, _inside(output, run_out, out_dir), kinds, image_suffix, out_dir))
     return list(cards.values())
+
+
+def _truth_value(cell: object) -> bool | None:
+    """The table's ``correct`` cell (CSV text or JSON boolean) as a boolean, None when empty."""
+    if cell in (None, ""):
+        return None
+    return cell is True or str(cell).lower() == "true"
 
 
 def _inside(output: str, run_out: str, out_dir: Path) -> PurePosixPath:
@@ -165,6 +245,7 @@ def _run_facts(manifest: dict, table: str) -> dict[str, object]:
         "preprocess": resolved.get("preprocess", ""), "preprocess_reason": resolved.get("preprocess_reason", ""),
         "methods": options.get("methods", []), "counts": manifest.get("counts", {}),
         "status": manifest.get("status", ""), "seconds": manifest.get("seconds", 0),
+        "accuracy": manifest.get("accuracy"),
         "versions": f"xaicli {manifest.get('tool', {}).get('version', '')}, TensorFlow {manifest.get('tensorflow', '')}, "
                     f"Keras {manifest.get('keras', '')}",
         "table": table,

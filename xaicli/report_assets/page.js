@@ -21,6 +21,8 @@
       ["Preprocessing", `${run.preprocess} (${run.preprocess_reason})`],
       ["Methods", (run.methods || []).join(", ")],
       ["Run", `${run.status}, ${Number(run.seconds).toFixed(1)} s`],
+      ...(run.accuracy && run.accuracy.images ? [["Accuracy", `${(100 * run.accuracy.accuracy).toFixed(1)}% ` +
+        `(${run.accuracy.correct} of ${run.accuracy.images} labelled images)`]] : []),
       ["Versions", run.versions],
       ["Table", run.table || "written to standard output: the page shows no images"],
     ];
@@ -56,11 +58,58 @@
     }
   }
 
+  function drawMatrix(cards) {
+    const labelled = cards.filter((card) => card.true_label && card.pred_prob !== null);
+    if (!labelled.length) return;
+    const classes = [...new Set(labelled.flatMap((card) => [card.true_label, card.pred_label]))].sort();
+    const counts = new Map();
+    for (const card of labelled) {
+      const key = JSON.stringify([card.true_label, card.pred_label]);
+      counts.set(key, (counts.get(key) || 0) + 1);
+    }
+    const matrix = byId("matrix");
+    const head = element("tr");
+    head.append(element("th", "corner", "true \\ predicted"));
+    for (const name of classes) head.append(element("th", "", name));
+    matrix.append(head);
+    for (const truth of classes) {
+      const row = element("tr");
+      row.append(element("th", "", truth));
+      for (const predicted of classes) {
+        const count = counts.get(JSON.stringify([truth, predicted])) || 0;
+        const cell = element("td", count ? (truth === predicted ? "right" : "wrong") : "empty");
+        const button = element("button", "", String(count));
+        button.type = "button";
+        button.dataset.truth = truth;
+        button.dataset.predicted = predicted;
+        button.addEventListener("click", () => {
+          state.cell = { truth, predicted };
+          for (const other of matrix.querySelectorAll("button")) other.classList.toggle("chosen", other === button);
+          byId("cell-text").textContent = `Showing images labelled ${truth} and predicted ${predicted}.`;
+          byId("cell-filter").hidden = false;
+          choose();
+          byId("controls").scrollIntoView();
+        });
+        cell.append(button);
+        row.append(cell);
+      }
+      matrix.append(row);
+    }
+    byId("confusion").hidden = false;
+    byId("clear-cell").addEventListener("click", () => {
+      state.cell = null;
+      byId("cell-filter").hidden = true;
+      for (const other of matrix.querySelectorAll("button")) other.classList.remove("chosen");
+      choose();
+    });
+  }
+
   function drawCard(card) {
     const node = element("article", `card status-${card.status}${card.status === "error" ? " error" : ""}`);
     node.dataset.input = card.input;
     node.dataset.status = card.status;
     node.dataset.label = card.pred_label;
+    node.dataset.truth = card.true_label;
     if (card.pred_prob !== null) node.dataset.prob = String(card.pred_prob);
     if (card.maps.length) {
       const maps = element("div", "maps");
@@ -87,12 +136,17 @@
     if (card.pred_prob !== null) {
       node.append(element("div", "prediction", `${card.pred_label} ${card.pred_prob.toFixed(3)}`));
     }
+    if (card.true_label) {
+      const verdict = card.correct === true ? "right" : card.correct === false ? "wrong" : "";
+      node.append(element("div", `truth ${verdict}`,
+        `true: ${card.true_label}${verdict === "wrong" ? " (misclassified)" : ""}`));
+    }
     if (card.note) node.append(element("div", "note", card.note));
     if (card.errors.length) node.append(element("div", "reason", card.errors.join("; ")));
     return node;
   }
 
-  const state = { chosen: [], drawn: 0 };
+  const state = { chosen: [], drawn: 0, cell: null };
 
   function choose() {
     const label = byId("filter-class").value;
@@ -101,7 +155,9 @@
     const order = byId("sort").value;
     const chosen = data.cards.filter((card) =>
       (!label || card.pred_label === label) && (!status || card.status === status) &&
-      (!text || card.input.toLowerCase().includes(text)));
+      (!text || card.input.toLowerCase().includes(text)) &&
+      (!state.cell || (card.true_label === state.cell.truth && card.pred_label === state.cell.predicted &&
+                       card.pred_prob !== null)));
     const confidence = (card) => (card.pred_prob === null ? Infinity : card.pred_prob);
     if (order === "confidence-asc") chosen.sort((a, b) => confidence(a) - confidence(b));
     if (order === "confidence-desc") chosen.sort((a, b) => (b.pred_prob ?? -1) - (a.pred_prob ?? -1));
@@ -127,6 +183,7 @@
   describeRun(data.run);
   listFailures(data.cards);
   offerClasses(data.cards);
+  drawMatrix(data.cards);
   for (const id of ["filter-class", "filter-status", "sort"]) byId(id).addEventListener("change", choose);
   byId("filter-text").addEventListener("input", choose);
   byId("more").addEventListener("click", drawMore);
