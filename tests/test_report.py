@@ -270,3 +270,26 @@ def test_a_confusion_matrix_cell_shows_exactly_its_images(opened):
         assert shown == expected and len(shown) == count, (truth, predicted)
     page.click("#clear-cell")
     assert len(_cards(page)) == 14
+
+
+def test_ten_thousand_images_are_drawn_a_chunk_at_a_time(browser, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps({"options": {"out_dir": str(out), "save": ["overlay"],
+                                                          "methods": ["gradcam"]}, "counts": {"images": 10_000}}))
+    with open(out / "predictions.csv", "w", newline="", encoding="utf-8") as stream:
+        table = csv.writer(stream)
+        table.writerow(["input", "status", "pred_label", "pred_prob", "method", "output"])
+        for number in range(10_000):
+            table.writerow([f"in/{number:05d}.png", "ok", "cat" if number % 3 else "dog", number / 10_000, "gradcam",
+                            str(out / f"{number:05d}.png.gradcam.png")])
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(write_report(out).as_uri())
+    page.wait_for_load_state("load")
+    assert len(page.query_selector_all("#gallery .card")) == 120
+    assert page.inner_text("#shown") == "showing 120 of 10000 images"
+    page.evaluate("document.getElementById('sentinel').scrollIntoView()")
+    _wait_until(page, "document.querySelectorAll('#gallery .card').length >= 240")
+    page.select_option("#filter-class", "dog")
+    assert page.inner_text("#shown") == "showing 120 of 3334 images (10000 in all)"
+    page.close()

@@ -4,6 +4,7 @@ batch computes, append the predictions table. Yields one result per image; never
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import sys
 import time
@@ -38,7 +39,7 @@ from .models.probe import build_probe
 from .outputs import (MANIFEST_NAME, PredictionsWriter, Ranked, Row, file_digest, open_table, output_path,
                       read_table, table_columns, table_text, thumbnail_path, write_image, write_json, write_npy)
 from .report import thumbnail_size
-from .render import COLORMAPS, draw_heatmap, draw_overlay, draw_panel, small_overlay
+from .render import COLORMAPS, draw_heatmap, draw_overlay, draw_panel, overlay
 from .stacks import StackCache, parse_slices
 from .truth import Tally, Truth, check_known, load_truth, predicted_name
 
@@ -645,22 +646,26 @@ def _render_image(prepared: Prepared, decoded: _Decoded, jobs: list[_Job], worke
             image, view = decoded.image, decoded.view
             if image is None:
                 image, view = _shown(prepared, _opened(prepared, decoded.item, workers.stacks)[0])
-            return [_written(prepared, image, view, job) for job in jobs]
+            # The small copies for the thumbnail and the mosaic tile, made once for every method.
+            small = functools.cache(lambda size: shown_at(image, view, size))
+            return [_written(prepared, image, view, job, small) for job in jobs]
     except ImageError as exc:  # changed or removed since it was read
         return [_Outcome(exc)] * len(jobs)
     finally:
         workers.budget.release(decoded.kept)
 
 
-def _written(prepared: Prepared, image: Image.Image, view: View, job: _Job) -> _Outcome:
+Shrunk = Callable[[tuple[int, int]], tuple[Image.Image, View]]  # (height, width) -> the image and view at that size
+
+
+def _written(prepared: Prepared, image: Image.Image, view: View, job: _Job, small: Shrunk) -> _Outcome:
     try:
-        _render(image, view, job.heatmap, prepared, job.paths, job.caption)
+        _render(image, view, job.heatmap, prepared, job.paths, job.caption, small)
     except OSError as exc:
         return _Outcome(exc)
     if not job.tiles:
         return _Outcome(None)
-    size = tile_size((image.height, image.width), job.tiles)
-    return _Outcome(None, small_overlay(image, view, job.heatmap, prepared.config.alpha, prepared.lut, size))
+    return _Outcome(None, _small_overlay(small(tile_size((image.height, image.width), job.tiles)), job.heatmap, prepared))
 
 
 def _caption(prepared: Prepared, explanation: BatchExplanation, index: int) -> str:
@@ -673,7 +678,7 @@ def _caption(prepared: Prepared, explanation: BatchExplanation, index: int) -> s
 
 
 def _render(image: Image.Image, view: View, heatmap: np.ndarray, prepared: Prepared, paths: dict[str, Path],
-            caption: str) -> None:
+            caption: str, small: Shrunk) -> None:
     config = prepared.config
     writers = {
         "overlay": lambda path: write_image(path, draw_overlay(image, heatmap, config.alpha, prepared.lut, view),
@@ -683,11 +688,16 @@ def _render(image: Image.Image, view: View, heatmap: np.ndarray, prepared: Prepa
         "raw": lambda path: write_npy(path, heatmap),
         "panel": lambda path: write_image(path, draw_panel(image, heatmap, config.alpha, prepared.lut, caption, view),
                                           config.image_format),
-        THUMBNAIL: lambda path: write_image(path, small_overlay(image, view, heatmap, config.alpha, prepared.lut,
-                                                                thumbnail_size((image.height, image.width))), "jpeg"),
+        THUMBNAIL: lambda path: write_image(path, _small_overlay(small(thumbnail_size((image.height, image.width))),
+                                                                 heatmap, prepared), "jpeg"),
     }
     for kind, path in paths.items():
         writers[kind](path)
+
+
+def _small_overlay(shrunk: tuple[Image.Image, View], heatmap: np.ndarray, prepared: Prepared) -> np.ndarray:
+    picture, view = shrunk
+    return overlay(picture, heatmap, prepared.config.alpha, prepared.lut, view)
 
 
 def _finish(prepared: Prepared, pending: list[_Pending], writer: PredictionsWriter, mosaics: _Mosaics,

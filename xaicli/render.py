@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from . import colormap_data
-from .images import View, shown_at
+from .images import View
 
 LUT_SIZE = 256
 
@@ -187,14 +187,6 @@ def draw_overlay(image: Original, heatmap: np.ndarray, alpha: float, lut: np.nda
 def overlay(image: Original, heatmap: np.ndarray, alpha: float, lut: np.ndarray, view: View | None = None) -> np.ndarray:
     """``draw_overlay`` as one (H, W, 3) uint8 array."""
     return draw_overlay(image, heatmap, alpha, lut, view).pixels()
-
-
-def small_overlay(image: Image.Image, view: View, heatmap: np.ndarray, alpha: float, lut: np.ndarray,
-                  size: tuple[int, int]) -> np.ndarray:
-    """``overlay`` drawn at ``size`` (height, width) for a mosaic tile or a thumbnail: the image
-    resized first, so only the small picture is coloured. Returns (h, w, 3) uint8."""
-    picture, small_view = shown_at(image, view, size)
-    return overlay(picture, heatmap, alpha, lut, small_view)
 
 
 def _picture(image: Original) -> Image.Image:
