@@ -278,10 +278,11 @@ def _time_tf_keras_vis(model, batches: list[np.ndarray]) -> dict:
 def _measure_images(args: argparse.Namespace, image_format: str) -> dict:
     """The per-image work around the model step, on one thread, as ``xai run`` does it: decode,
     model input, overlay drawn at the output size (``--max-size``) with a fixed map, encoded and
-    written. No model: this is the image side of the bound."""
+    written, and the report's thumbnail. No model: this is the image side of the bound."""
     from xaicli.images import PRESETS, fit_view, open_image, output_size, shown_at, to_model_input
     from xaicli.outputs import write_image
-    from xaicli.render import draw_overlay, jet_lut
+    from xaicli.render import draw_overlay, jet_lut, overlay
+    from xaicli.report import thumbnail_size
 
     heatmap = np.random.default_rng(0).uniform(0, 1, (7, 7)).astype(np.float32)
     lut, size = jet_lut(), (args.size, args.size)
@@ -296,6 +297,8 @@ def _measure_images(args: argparse.Namespace, image_format: str) -> dict:
             original = (picture.height, picture.width)
             shown, view = shown_at(picture, fit_view(original, size), output_size(original, args.max_size))
             write_image(out / f"{path.name}.{image_format}", draw_overlay(shown, heatmap, 0.4, lut, view), image_format)
+            small, small_view = shown_at(shown, view, thumbnail_size((shown.height, shown.width)))
+            write_image(out / f"{path.name}.thumb.jpg", overlay(small, heatmap, 0.4, lut, small_view), "jpeg")
         return len(paths)
 
     return _best_pass(every_image, args.repeats)
