@@ -173,3 +173,38 @@ def model_for(method: str, cnn: Path, vit: Path) -> Path:
     from xaicli.explainers import REGISTRY
 
     return vit if REGISTRY[method].family == "attention" else cnn
+
+
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+                  "--disable-background-networking", "--disable-component-update"]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's Chromium, headless, driven by Playwright. Skipped without them, except under
+    CI=true, where their absence fails: CI always installs them (.ci/run)."""
+    import shutil
+
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        sync_playwright = None
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if sync_playwright is None or chromium is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI must have Chromium and Playwright (see .ci/run)")
+        pytest.skip("no Chromium or Playwright here")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        yield launched
+        launched.close()
+
+
+def wait_until(page, condition: str, seconds: float = 20.0) -> None:
+    """Poll the JavaScript ``condition`` from outside the page: Playwright's wait_for_function
+    evaluates its text with eval, which the report's Content Security Policy rightly refuses."""
+    for _ in range(int(seconds / 0.05)):
+        if page.evaluate(condition):
+            return
+        page.wait_for_timeout(50)
+    raise AssertionError(f"the page never met {condition}")

@@ -1,15 +1,12 @@
 """OUT/index.html: built from a run's files (no TensorFlow for the page itself), then opened from
-disk in a real headless Chromium driven by Playwright: nothing leaves OUT, every card shows its
-overlays, filters and sorts change the cards as they should, hostile names stay text.
-
-Without Chromium or Playwright the browser tests are skipped, except under CI=true, where they
-fail: CI always installs them (.ci/run)."""
+disk in a real headless Chromium driven by Playwright (the ``browser`` fixture in conftest.py):
+nothing leaves OUT, every card shows its overlays, filters and sorts change the cards as they
+should, hostile names stay text."""
 
 from __future__ import annotations
 
 import csv
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -23,13 +20,10 @@ from xaicli.cli import main
 from xaicli.errors import UsageError
 from xaicli.report import REPORT_NAME, write_report
 
-from .conftest import REPO
+from .conftest import REPO, wait_until as _wait_until
 
 SAMPLES = REPO / "sample_images"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 HOSTILE = "<img src=x onerror=alert(1)><b>bold & 'quoted'.png"  # no '/': it could not be a file name
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
-                  "--disable-background-networking", "--disable-component-update"]
 
 
 def _page_data(page: Path) -> dict:
@@ -115,22 +109,6 @@ def test_a_run_writes_the_page_and_a_thumbnail_per_map(demo_run):
     assert len(list((demo_run / ".thumbs").rglob("*.jpg"))) == 13 * 2
 
 
-@pytest.fixture(scope="module")
-def browser():
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        sync_playwright = None
-    if sync_playwright is None or CHROMIUM is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI must have Chromium and Playwright (see .ci/run)")
-        pytest.skip("no Chromium or Playwright here")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        yield browser
-        browser.close()
-
-
 @pytest.fixture()
 def opened(browser, demo_run):
     """The demo run's page opened from disk, tall enough that every lazy image loads, with what
@@ -146,16 +124,6 @@ def opened(browser, demo_run):
     _wait_until(page, "[...document.images].every(image => image.complete)")
     yield page, seen
     page.close()
-
-
-def _wait_until(page, condition: str, seconds: float = 20.0) -> None:
-    """Poll ``condition`` from outside the page: wait_for_function evaluates its text with eval,
-    which the page's Content Security Policy rightly refuses."""
-    for _ in range(int(seconds / 0.05)):
-        if page.evaluate(condition):
-            return
-        page.wait_for_timeout(50)
-    raise AssertionError(f"the page never met {condition}")
 
 
 def _cards(page) -> list[dict]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import logging
 import os
@@ -23,7 +24,9 @@ import click
 
 from . import __version__
 from .config import AUTO, HEAD_FUSIONS, IG_BASELINES, TARGETS, RunConfig, default_workers, parse_names, parse_numbers, parse_size, read_config_file
-from .errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, XaiError, first_line
+from .errors import (EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_REQUIREMENT_UNMET, EXIT_SOME_FAILED, EXIT_USAGE,
+                     XaiError, first_line)
+from .metrics import PERTURBATION_METRICS, failed_requirements, parse_requirements
 from .explainers import REGISTRY
 from .images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, PRESET_HELP, RESIZE_MODES, discover, expand_stdin
 from .intensity import KINDS
@@ -118,6 +121,23 @@ def _layer_regex_option(func: Callable) -> Callable:
 @click.option("--summary", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE.md",
               help="Write a short Markdown summary (counts, accuracy, the ten least confident or misclassified "
                    "images, linked) for a CI job page, e.g. --summary \"$GITHUB_STEP_SUMMARY\".")
+@click.option("--metrics", default="", metavar="NAMES",
+              help="Faithfulness per image and method, comma-separated: "
+                   + "; ".join(f"{k}: {v}" for k, v in PERTURBATION_METRICS.items())
+                   + ". Costs about 2 x (--metric-steps + 1) model calls per image and method.")
+@click.option("--metric-steps", type=int, default=20, show_default=True,
+              help="Equal steps of the deletion and insertion curves.")
+@click.option("--truth-masks", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+              help="Object masks mirroring the inputs (DIR/<relative path>, the same with .png as its suffix, or with .png added; any non-zero "
+                   "pixel is the object; any size, scaled to the image): adds pointing_hit, energy_in and iou.")
+@click.option("--truth-boxes", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE.json",
+              help='Object boxes: {"relative/path.png": [[x0, y0, x1, y1], ...]} in original pixels (edges '
+                   "included): adds pointing_hit, energy_in and iou.")
+@click.option("--pointing-tolerance", type=float, default=15.0, show_default=True,
+              help="Pixels (of the original image) around the map's peak that still count as a hit.")
+@click.option("--require", metavar="GATES",
+              help="CI gates on the figures' means, e.g. 'pointing>=0.9,deletion<=0.2,accuracy>=0.95': each method "
+                   "must meet each; when one does not, everything is still written and the exit status is 3.")
 @click.option("--predictions", metavar="PATH|-",
               help="Where the predictions table goes (default OUT/predictions.<format>); '-' writes it to "
                    "standard output, while progress stays on standard error.")
@@ -208,7 +228,8 @@ def run(model: Path, inputs: tuple[Path, ...], config_file: Path | None, quiet: 
     Writes OUT/<relative path>.<method>.png per image and method, OUT/predictions.csv (or
     .jsonl) and OUT/run.json.
     Exit status: 0 all images explained, 1 some images failed (see the status column),
-    2 bad usage, a model that cannot be used, or OUT in use by another run, 130/143 stopped
+    2 bad usage, a model that cannot be used, or OUT in use by another run, 3 a --require gate
+    not met (every output still written; it wins over 1), 130/143 stopped
     by SIGINT/SIGTERM (after finishing the batches under way; continue with --resume),
     70 an internal error (a bug: run with --debug and report it).
     """
@@ -223,6 +244,10 @@ def run(model: Path, inputs: tuple[Path, ...], config_file: Path | None, quiet: 
         sys.exit(128 + signal.Signals[stop.reason].value)
     if config.fail_fast and progress.first_failure and progress.done < progress.total:
         say(f"stopped at the first failure (--fail-fast): {progress.first_failure}")
+    for failure in progress.unmet:  # said even with --quiet: it is why the job fails
+        click.echo(f"xai: requirement {failure}", err=True)
+    if progress.unmet:
+        sys.exit(EXIT_REQUIREMENT_UNMET)
     sys.exit(EXIT_SOME_FAILED if progress.counts["failed"] else EXIT_OK)
 
 
@@ -236,7 +261,8 @@ def _run_config(model: Path, inputs: tuple[Path, ...], config_file: Path | None,
     inputs = tuple(expand_stdin(inputs, sys.stdin if Path("-") in inputs else ()))
     return RunConfig(model=model, inputs=inputs, existing=_existing_mode(options),
                      **{**options, "methods": parse_names(str(options["methods"])),
-                        "save": parse_names(str(options["save"]))})
+                        "save": parse_names(str(options["save"])),
+                        "metrics": parse_names(str(options["metrics"])) if options["metrics"] else ()})
 
 
 def _explain_all(config: RunConfig, stop: _StopSignals, say: Callable[[str], None], quiet: bool,
@@ -266,6 +292,13 @@ def _explain_all(config: RunConfig, stop: _StopSignals, say: Callable[[str], Non
     started = time.monotonic()
     progress = _explain_with_progress(pipeline.run(prepared, images(), stop), total, quiet)
     say(_summary(progress, time.monotonic() - started, config) + _accuracy(config))
+    figures = _run_figures(config)
+    if figures.get("metrics"):
+        say("; ".join(f"{method}: " + ", ".join(f"{name} {value:.3f}" for name, value in means.items() if value is not None)
+                      for method, means in figures["metrics"].items()))
+    if config.require:
+        progress.unmet = failed_requirements(parse_requirements(config.require), figures.get("metrics", {}),
+                                             (figures.get("accuracy") or {}).get("accuracy"))
     if config.report:
         say(f"report: {write_report(config.out_dir)}")
     if config.summary is not None:
@@ -292,13 +325,19 @@ def _summary(progress: _Progress, elapsed: float, config: RunConfig) -> str:
             f"({progress.done / max(elapsed, 1e-9):.1f} img/s); outputs in {config.out_dir}{where}")
 
 
+def _run_figures(config: RunConfig) -> dict:
+    """What run.json says of accuracy and metrics ({} when it cannot be read)."""
+    try:
+        manifest = json.loads((config.out_dir / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {key: manifest[key] for key in ("accuracy", "metrics") if key in manifest}
+
+
 def _accuracy(config: RunConfig) -> str:
     """'; accuracy 91.7% (11 of 12 labelled images)' from run.json, with --true-labels."""
-    if config.true_labels is None:
-        return ""
-    try:
-        accuracy = json.loads((config.out_dir / "run.json").read_text(encoding="utf-8"))["accuracy"]
-    except (OSError, ValueError, KeyError):
+    accuracy = _run_figures(config).get("accuracy") if config.true_labels is not None else None
+    if accuracy is None:
         return ""
     if not accuracy["images"]:
         return "; no image with a true label was explained"
@@ -381,6 +420,7 @@ class _Progress:
     total: int
     done: int = 0
     first_failure: str = ""
+    unmet: list[str] = dataclasses.field(default_factory=list)  # --require terms not met
 
 
 def _explain_with_progress(results: Iterator, total: int, quiet: bool) -> _Progress:
@@ -479,6 +519,44 @@ def report(out: Path, summary: Path | None, debug: bool) -> None:
         click.echo(write_report(out))
         if summary is not None:
             click.echo(write_summary(out, summary))
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for sanity.csv and sanity.png.")
+@click.option("-m", "--method", "methods", default="gradcam", show_default=True, metavar="NAMES",
+              help=f"Methods to check, comma-separated: {', '.join(REGISTRY)}.")
+@click.option("--steps", type=int, default=5, show_default=True,
+              help="Randomization steps, from the output layer alone to every layer.")
+@click.option("--max-images", type=int, default=16, show_default=True,
+              help="Check the first N images found (the figure shows at most 6).")
+@click.option("--layer", default=AUTO, show_default=True, metavar="auto|NAME|PATH|INDEX", help="Target layer, as for run.")
+@_layer_regex_option
+@click.option("--preprocess", type=click.Choice([AUTO, *PRESET_HELP]), default=AUTO, show_default=True,
+              help="Pixel scaling, as for run.")
+@_model_options
+@_debug_option
+def sanity(model: Path, inputs: tuple[Path, ...], out_dir: Path, methods: str, steps: int, max_images: int,
+           debug: bool, **options: object) -> None:
+    """Do the maps depend on the model? Randomize MODEL's weighted layers from the output down (in
+    memory; the file is never touched) and compare each image's maps with the trained model's
+    (Spearman, SSIM): OUT/sanity.csv, OUT/sanity.png, and a verdict per method (Adebayo et al. 2018)."""
+    with _errors_reported(debug):
+        if steps < 1 or max_images < 1:
+            raise XaiError("--steps and --max-images must be at least 1")
+        config = RunConfig(model=model, inputs=inputs, out_dir=out_dir, methods=parse_names(methods),
+                           existing="overwrite", report=False, **options)
+        engine = _engine(debug)
+        items = list(itertools.islice(discover(config.inputs, exclude=[out_dir]), max_images))
+        if not items:
+            raise XaiError(f"no images found in {', '.join(map(str, config.inputs))}")
+        from .sanity import check
+
+        for line in check(engine.pipeline.prepare(config), items, steps, out_dir):
+            click.echo(f"xai: {line}", err=True)
+        click.echo(out_dir / "sanity.csv")
 
 
 @main.command(context_settings=CONTEXT)

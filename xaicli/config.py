@@ -17,6 +17,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, published as tomli
 from .explainers import REGISTRY
 from .images import COLOUR_ONLY_PRESETS, DEFAULT_MAX_PIXELS, PRESETS, RESIZE_MODES
 from .intensity import parse_intensity
+from .metrics import PERTURBATION_METRICS, TRUTH_METRICS, parse_requirements
 from .nifti import SLICE_AXES
 from .stacks import parse_slices
 from .outputs import IMAGE_FORMATS, SAVE_KINDS, TABLE_FORMATS
@@ -76,6 +77,12 @@ class RunConfig:
     report: bool = True  # write OUT/index.html and the thumbnails it shows
     true_labels: str | None = None  # 'folder' (the parent folder's name) or a CSV of path,label
     summary: Path | None = None  # a Markdown summary of the run for a CI job page
+    metrics: tuple[str, ...] = ()  # deletion, insertion (metrics.PERTURBATION_METRICS)
+    metric_steps: int = 20  # steps of the deletion and insertion curves
+    truth_masks: Path | None = None  # a folder of object masks mirroring the inputs
+    truth_boxes: Path | None = None  # a JSON file: relative path -> [[x0, y0, x1, y1], ...]
+    pointing_tolerance: float = 15.0  # pixels around the map's peak that still hit the object
+    require: str | None = None  # CI gates on the figures' means, e.g. 'pointing>=0.9,deletion<=0.2'
     workers: int = 2
     smoothgrad_samples: int = 25
     smoothgrad_noise: float = 0.15
@@ -117,6 +124,7 @@ class RunConfig:
             raise UsageError(f"--workers must be at least 1, got {self.workers}")
         parse_intensity(self.intensity)  # a one-line error for a bad choice, before the model loads
         parse_slices(self.slices)
+        self._check_metrics()
         if self.true_labels is not None and self.true_labels != "folder" and not Path(self.true_labels).is_file():
             raise UsageError(f"--true-labels {self.true_labels}: give 'folder' or an existing CSV file of path,label")
         if self.slice_axis not in SLICE_AXES:
@@ -162,6 +170,37 @@ class RunConfig:
                              "and no --class")
         if self.ig_baseline not in IG_BASELINES:
             raise UsageError(f"unknown --ig-baseline {self.ig_baseline!r}; choose from {', '.join(IG_BASELINES)}")
+
+    def _check_metrics(self) -> None:
+        unknown = [name for name in self.metrics if name not in PERTURBATION_METRICS]
+        if unknown:
+            raise UsageError(f"unknown --metrics {unknown[0]!r}; choose from {', '.join(PERTURBATION_METRICS)} "
+                             f"(pointing, energy and iou come with --truth-masks or --truth-boxes)")
+        if self.metric_steps < 1:
+            raise UsageError(f"--metric-steps must be at least 1, got {self.metric_steps}")
+        if self.pointing_tolerance < 0:
+            raise UsageError(f"--pointing-tolerance must be 0 or more, got {self.pointing_tolerance}")
+        if self.truth_masks is not None and self.truth_boxes is not None:
+            raise UsageError("--truth-masks and --truth-boxes contradict each other; give one")
+        if self.truth_masks is not None and not self.truth_masks.is_dir():
+            raise UsageError(f"--truth-masks {self.truth_masks}: not a folder; give the folder of masks that "
+                             "mirrors the inputs")
+        if self.truth_boxes is not None and not self.truth_boxes.is_file():
+            raise UsageError(f"--truth-boxes {self.truth_boxes}: no such file; give a JSON file of boxes")
+        computed = set(self.metrics) | ({"accuracy"} if self.true_labels else set()) | (
+            set(TRUTH_METRICS) if self.truth_masks or self.truth_boxes else set())
+        for requirement in parse_requirements(self.require or ""):
+            if requirement.figure not in computed:
+                how = {"accuracy": "--true-labels", "deletion": "--metrics deletion",
+                       "insertion": "--metrics insertion"}.get(requirement.figure, "--truth-masks or --truth-boxes")
+                raise UsageError(f"--require {requirement}: this run does not compute {requirement.figure}; "
+                                 f"add {how}")
+
+    @property
+    def figures(self) -> tuple[str, ...]:
+        """The per-image figures this run computes, in column order."""
+        truth = tuple(TRUTH_METRICS) if self.truth_masks or self.truth_boxes else ()
+        return tuple(name for name in PERTURBATION_METRICS if name in self.metrics) + truth
 
     @property
     def predictions_path(self) -> Path | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
 EXIT_USAGE = 2
+EXIT_REQUIREMENT_UNMET = 3  # --require: every output written, but a figure missed its bound
 EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug, reported in one line (the traceback with --debug)
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 

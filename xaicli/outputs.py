@@ -11,7 +11,7 @@ import os
 import struct
 import threading
 import zlib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path, PurePosixPath
 from typing import IO, Callable, Iterable
 
@@ -52,6 +52,7 @@ class Row:
     top: tuple["Ranked", ...] = ()  # the K best classes, for --top-k columns
     true_label: str = ""  # --true-labels: the image's label ('' when it has none)
     correct: bool | None = None  # --true-labels: the prediction is the true label (None: no label or prediction)
+    figures: dict[str, float | bool] = field(default_factory=dict)  # metric name -> value (metrics.COLUMN_OF)
 
 
 @dataclass(frozen=True)
@@ -64,12 +65,15 @@ class Ranked:
 
 
 TRUTH_COLUMNS = ("true_label", "correct")
-COLUMNS = tuple(f.name for f in fields(Row) if f.name not in ("top", *TRUTH_COLUMNS))
+COLUMNS = tuple(f.name for f in fields(Row) if f.name not in ("top", "figures", *TRUTH_COLUMNS))
+FIGURE_COLUMNS = {"deletion": "deletion_auc", "insertion": "insertion_auc", "pointing": "pointing_hit",
+                  "energy": "energy_in", "iou": "iou"}
 
 
-def table_columns(top_k: int, truth: bool = False) -> tuple[str, ...]:
-    """Every column of a table with ``top_k`` ranked classes (and true labels), in order."""
-    return COLUMNS + (TRUTH_COLUMNS if truth else ()) + top_columns(top_k)
+def table_columns(top_k: int, truth: bool = False, figures: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """Every column of a table with ``top_k`` ranked classes, true labels and ``figures``
+    (names of ``FIGURE_COLUMNS``), in order."""
+    return COLUMNS + (TRUTH_COLUMNS if truth else ()) + tuple(FIGURE_COLUMNS[f] for f in figures) + top_columns(top_k)
 
 
 def top_columns(top_k: int) -> tuple[str, ...]:
@@ -77,9 +81,10 @@ def top_columns(top_k: int) -> tuple[str, ...]:
     return tuple(f"top{rank}_{part}" for rank in range(1, top_k + 1) for part in ("index", "label", "prob"))
 
 
-def _cells(row: Row, top_k: int, truth: bool) -> dict[str, object]:
+def _cells(row: Row, top_k: int, truth: bool, figures: tuple[str, ...]) -> dict[str, object]:
     """The row's values by column name, the --top-k columns empty where there is no prediction."""
     values: dict[str, object] = {c: getattr(row, c) for c in COLUMNS + (TRUTH_COLUMNS if truth else ())}
+    values.update({FIGURE_COLUMNS[f]: row.figures.get(f) for f in figures})
     for rank in range(top_k):
         ranked = row.top[rank] if rank < len(row.top) else None
         values[f"top{rank + 1}_index"] = ranked.index if ranked else None
@@ -107,12 +112,14 @@ class PredictionsWriter:
     to 6 decimals, empty values as null). Each call writes whole lines and flushes, so a reader
     never sees half a row."""
 
-    def __init__(self, stream: IO[str], table_format: str = "csv", top_k: int = 0, truth: bool = False) -> None:
+    def __init__(self, stream: IO[str], table_format: str = "csv", top_k: int = 0, truth: bool = False,
+                 figures: tuple[str, ...] = ()) -> None:
         self._stream = stream
         self._format = table_format
         self._top_k = top_k
         self._truth = truth
-        self.columns = table_columns(top_k, truth)
+        self._figures = figures
+        self.columns = table_columns(top_k, truth, figures)
         self._csv = csv.writer(stream, lineterminator="\n")
         if table_format == "csv":
             self._csv.writerow(self.columns)
@@ -129,7 +136,7 @@ class PredictionsWriter:
 
     def write(self, rows: Iterable[Row]) -> None:
         for row in rows:
-            cells = _cells(row, self._top_k, self._truth)
+            cells = _cells(row, self._top_k, self._truth, self._figures)
             if self._format == "csv":
                 self._csv.writerow([_cell(value) for value in cells.values()])
             else:

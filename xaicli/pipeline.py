@@ -10,7 +10,7 @@ import sys
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from itertools import chain
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -36,12 +36,14 @@ from .models.layers import auto_layer, candidate_layers, resolve_layer
 from .models.load import model_format
 from .models.preprocessing import choose_preprocessing
 from .models.probe import build_probe
-from .outputs import (MANIFEST_NAME, PredictionsWriter, Ranked, Row, file_digest, open_table, output_path,
+from .outputs import (FIGURE_COLUMNS, MANIFEST_NAME, PredictionsWriter, Ranked, Row, file_digest, open_table, output_path,
                       read_table, table_columns, table_text, thumbnail_path, write_image, write_json, write_npy)
 from .report import thumbnail_size
-from .render import COLORMAPS, draw_heatmap, draw_overlay, draw_panel, overlay
+from .render import COLORMAPS, draw_heatmap, draw_overlay, draw_panel, overlay, upsample
 from .stacks import StackCache, parse_slices
-from .truth import Tally, Truth, check_known, load_truth, predicted_name
+from .metrics import (PERTURBATION_METRICS, CurveJob, Means, blurred, curve_areas, energy_in, figure_from_cell, iou,
+                      perturbed, pixel_order, pointing_hit)
+from .truth import GroundTruth, MaskError, Tally, Truth, check_known, load_ground_truth, load_truth, predicted_name
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class Prepared:
     lut: np.ndarray
     intensity: Intensity  # --intensity, parsed
     truth: Truth | None  # --true-labels, read and checked against the model's classes
+    ground: GroundTruth | None  # --truth-masks or --truth-boxes
     model_file: dict[str, str]  # path, SHA-256 and format, read once for run.json
 
 
@@ -92,7 +95,7 @@ OUTCOMES = ("explained", "failed", "skipped", "resumed")
 FILES_AHEAD = 3  # files split into their images (volumes read whole) ahead of the one being explained
 # Options that may differ between an interrupted run and its --resume without changing any row.
 RESUME_NEUTRAL = frozenset({"existing", "fail_fast", "workers", "batch_size", "inputs", "model", "memory_budget",
-                            "dicom", "report", "summary"})
+                            "dicom", "report", "summary", "require"})
 THUMBNAIL = "thumbnail"  # the report page's small overlay, written beside the --save kinds
 
 
@@ -160,7 +163,7 @@ def _previous_rows(config: RunConfig) -> dict[str, list[dict[str, object]]]:
         columns, records = read_table(path, config.table_format)
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"--resume: cannot read the earlier table {path}: {exc}") from None
-    if records and columns != table_columns(config.top_k, config.true_labels is not None):
+    if records and columns != table_columns(config.top_k, config.true_labels is not None, config.figures):
         raise UsageError(f"--resume: {path} has other columns than this run writes; resume with the same "
                          "options, or start again with --overwrite")
     by_input: dict[str, list[dict[str, object]]] = {}
@@ -220,6 +223,7 @@ def prepare(config: RunConfig) -> Prepared:
         lut=COLORMAPS[config.colormap](),
         intensity=parse_intensity(config.intensity),
         truth=_truth(config, labels, info.num_classes),
+        ground=load_ground_truth(config.truth_masks, config.truth_boxes),
         model_file={"path": str(config.model), "sha256": file_digest(config.model), "format": model_format(config.model)},
     )
 
@@ -331,19 +335,22 @@ def run(prepared: Prepared, items: Iterable[InputImage], stop: Callable[[], str 
           ThreadPoolExecutor(config.workers, thread_name_prefix="xai-write") as writers,
           ThreadPoolExecutor(1, thread_name_prefix="xai-split") as splitter):
         workers = _Workers(writers, budget, stacks)
-        writer = PredictionsWriter(table_stream, config.table_format, config.top_k, prepared.truth is not None)
+        writer = PredictionsWriter(table_stream, config.table_format, config.top_k, prepared.truth is not None,
+                                   config.figures)
         parts = chain.from_iterable(_read_ahead(splitter, lambda item: list(stacks.split([item])), items, FILES_AHEAD))
         decoded = _read_ahead(readers, lambda entry: _decode(prepared, *entry, carried, workers),
                               _passable(config, parts, carried), 2 * config.batch_size)
         pending: deque[list[_Pending]] = deque()
         mosaics = _Mosaics(prepared)
         tally = Tally()
+        means = Means.empty()
 
         def finish_oldest() -> Iterator[ImageResult]:
             for result in _finish(prepared, pending.popleft(), writer, mosaics, stacks):
                 carried.pop(table_text(result.item.name), None)
                 counts[result.outcome] += 1
                 tally.add(*_labelled(result))
+                _add_figures(means, result)
                 yield result
 
         for batch in _batches(decoded, config.batch_size):
@@ -359,7 +366,20 @@ def run(prepared: Prepared, items: Iterable[InputImage], stop: Callable[[], str 
             yield from finish_oldest()
         if status != "complete":  # rows the resumed run had for images this one did not reach stay
             writer.write_records(record for rows in carried.values() for record in rows)
-    write_json(config.out_dir / MANIFEST_NAME, manifest(prepared, counts, status, time.monotonic() - started, tally))
+    write_json(config.out_dir / MANIFEST_NAME,
+               manifest(prepared, counts, status, time.monotonic() - started, tally, means))
+
+
+def _add_figures(means: Means, result: ImageResult) -> None:
+    """The figures of an explained image's rows (or of the rows a resumed run carried)."""
+    for row in result.rows:
+        if row.status == "ok":
+            means.add(row.method, row.figures)
+    for record in result.carried:
+        if record.get("status") == "ok":
+            means.add(str(record["method"]), {name: figure_from_cell(record.get(column))
+                                              for name, column in FIGURE_COLUMNS.items() if column in record})
+
 
 
 def _labelled(result: ImageResult) -> tuple[str, str]:
@@ -375,14 +395,16 @@ def _labelled(result: ImageResult) -> tuple[str, str]:
 
 
 def manifest(prepared: Prepared, counts: dict[str, int], status: str, seconds: float,
-             tally: Tally | None = None) -> dict:
+             tally: Tally | None = None, means: Means | None = None) -> dict:
     """What ``OUT/run.json`` records: versions, the model's SHA-256, what was resolved, every
     option's value, how the run ended, counts per outcome, the accuracy and confusion matrix
     (with --true-labels) and timing."""
     config = prepared.config
     accuracy = {"accuracy": (tally or Tally()).as_dict()} if prepared.truth is not None else {}
+    figures = {"metrics": (means or Means.empty()).as_dict(config.methods, config.figures)} if config.figures else {}
     return {
         **accuracy,
+        **figures,
         "tool": {"name": "xaicli", "version": __version__},
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
@@ -438,6 +460,7 @@ class _Decoded:
     view: View | None = None  # how model_input was cut from image, at the output size
     kept: int = 0  # bytes of ``image`` the memory budget accounts
     shown_size: tuple[int, int] = (0, 0)  # (height, width) the outputs are drawn at
+    original_size: tuple[int, int] = (0, 0)  # (height, width) of the image as read
     decode_bytes: int = 0  # what reading the original again holds at its peak
     error: str = ""
     skipped: bool = False  # --skip-existing and every output is already there
@@ -453,6 +476,7 @@ class _Write:
     tag: str  # the explained class's tag ('' or 'top2', ...)
     explanation: BatchExplanation  # of the batch, for this target tag's classes
     path: Path  # the first --save kind, named in the table
+    figures: Figures  # --metrics deletion and insertion of this map
     done: Future[list[_Outcome]]  # the image's render: one outcome per write
     index: int  # this write's place in that list
 
@@ -475,6 +499,7 @@ class _Outcome:
 
     error: Exception | None
     tile: np.ndarray | None = None
+    figures: Figures = field(default_factory=dict)  # pointing, energy, iou against the object
 
 
 def _passable(config: RunConfig, items: Iterable[InputImage],
@@ -524,12 +549,13 @@ def _decode(prepared: Prepared, item: InputImage, may_pass: bool, carried: dict[
         except ImageError as exc:
             return _Decoded(item, None, None, error=str(exc))
         shown, view = _shown(prepared, picture)
+        original_size = (picture.height, picture.width)
         del picture  # the full-size original, when the outputs are drawn smaller
     # The original is kept for rendering only while it fits the budget; otherwise it is read again.
     size = shown.width * shown.height * PICTURE_BYTES_PER_PIXEL
     kept = size if workers.budget.try_keep(size) else 0
     return _Decoded(item, shown if kept else None, model_input, view, note=note, kept=kept,
-                    shown_size=(shown.height, shown.width), decode_bytes=decoding)
+                    shown_size=(shown.height, shown.width), original_size=original_size, decode_bytes=decoding)
 
 
 def _opened(prepared: Prepared, item: InputImage, stacks: StackCache) -> tuple[Image.Image, str]:
@@ -582,6 +608,7 @@ def _explain_batch(prepared: Prepared, batch: list[_Decoded], workers: _Workers)
         try:
             explanations = tuple(prepared.explainer.explain(inputs, requested)
                                  for requested in _requests(prepared, len(good)))
+            faithfulness = _faithfulness(prepared, inputs, explanations)
         except tf.errors.OpError as exc:
             failure = f"the model failed on this batch: {first_line(exc)}"
     position = {id(d): i for i, d in enumerate(good)}
@@ -589,9 +616,41 @@ def _explain_batch(prepared: Prepared, batch: list[_Decoded], workers: _Workers)
         _Pending(d.item, "", skipped=True) if d.skipped
         else _Pending(d.item, "", carried=d.carried) if d.carried
         else _Pending(d.item, d.error or failure) if d.error or failure
-        else _schedule(prepared, d, explanations, position[id(d)], workers)
+        else _schedule(prepared, d, explanations, position[id(d)], workers, faithfulness)
         for d in batch
     ]
+
+
+Figures = dict[str, "float | bool"]  # metric name -> value, for one image, method and explained class
+
+
+def _faithfulness(prepared: Prepared, inputs: np.ndarray,
+                  explanations: tuple[BatchExplanation, ...]) -> dict[tuple[int, str, int], Figures]:
+    """--metrics deletion, insertion for every image, method and explained class of a batch:
+    (tag position, method, image) -> {name: area}. The curves' inputs of all of them go through
+    the model together, a batch at a time."""
+    config = prepared.config
+    wanted = [name for name in PERTURBATION_METRICS if name in config.metrics]
+    if not wanted:
+        return {}
+    size = prepared.info.input_size
+    baseline = baseline_input(config.ig_baseline, prepared.info, prepared.scaling)
+    starts = {"deletion": lambda image: (image, baseline), "insertion": lambda image: (blurred(image), image)}
+    keys, jobs = [], []
+    for tag, explanation in enumerate(explanations):
+        for method, maps in explanation.maps.items():
+            for index, image in enumerate(inputs):
+                order = pixel_order(upsample(maps[index], size))
+                for name in wanted:
+                    source, target = starts[name](image)
+                    jobs.append(CurveJob(functools.partial(perturbed, source, target, order, config.metric_steps),
+                                         int(explanation.classes[index]), config.metric_steps))
+                    keys.append((tag, method, index, name))
+    figures: dict[tuple[int, str, int], Figures] = {}
+    for (tag, method, index, name), area in zip(keys, curve_areas(jobs, prepared.explainer.probabilities,
+                                                                  prepared.explainer.batch_size)):
+        figures.setdefault((tag, method, index), {})[name] = round(area, 6)
+    return figures
 
 
 def _requests(prepared: Prepared, count: int) -> list[np.ndarray]:
@@ -602,14 +661,14 @@ def _requests(prepared: Prepared, count: int) -> list[np.ndarray]:
 
 
 def _schedule(prepared: Prepared, decoded: _Decoded, explanations: tuple[BatchExplanation, ...], index: int,
-              workers: _Workers) -> _Pending:
+              workers: _Workers, faithfulness: dict[tuple[int, str, int], Figures]) -> _Pending:
     if not np.all(np.isfinite(explanations[0].scores[index])):
         return _Pending(decoded.item, "the model produced non-finite scores (NaN or inf) for this image")
     config = prepared.config
     item = decoded.item
     jobs, writes = [], []
     for method in config.methods:  # rows and files in the order the user asked for
-        for tag, explanation in zip(config.target_tags, explanations):
+        for position, (tag, explanation) in enumerate(zip(config.target_tags, explanations)):
             paths = {kind: output_path(config.out_dir, item.output_relative, method, kind, tag, config.image_format)
                      for kind in config.save}
             if config.report:
@@ -617,7 +676,7 @@ def _schedule(prepared: Prepared, decoded: _Decoded, explanations: tuple[BatchEx
             caption = _caption(prepared, explanation, index)
             jobs.append(_Job(explanation.maps[method][index], paths, f"{caption} | {method}",
                              item.part.count if wants_mosaic(config, item) else 0))
-            writes.append((method, tag, explanation, paths[config.save[0]]))
+            writes.append((method, tag, explanation, paths[config.save[0]], faithfulness.get((position, method, index), {})))
     done = workers.pool.submit(_render_image, prepared, decoded, jobs, workers)
     return _Pending(decoded.item, "", decoded.note, index=index,
                     writes=tuple(_Write(*write, done, position) for position, write in enumerate(writes)))
@@ -646,9 +705,11 @@ def _render_image(prepared: Prepared, decoded: _Decoded, jobs: list[_Job], worke
             image, view = decoded.image, decoded.view
             if image is None:
                 image, view = _shown(prepared, _opened(prepared, decoded.item, workers.stacks)[0])
-            # The small copies for the thumbnail and the mosaic tile, made once for every method.
+            # The small copies for the thumbnail, the mosaic tile and the figures against the
+            # object, made once for every method.
             small = functools.cache(lambda size: shown_at(image, view, size))
-            return [_written(prepared, image, view, job, small) for job in jobs]
+            measure = _object_measure(prepared, decoded, small)
+            return [_written(prepared, image, view, job, small, measure) for job in jobs]
     except ImageError as exc:  # changed or removed since it was read
         return [_Outcome(exc)] * len(jobs)
     finally:
@@ -658,14 +719,41 @@ def _render_image(prepared: Prepared, decoded: _Decoded, jobs: list[_Job], worke
 Shrunk = Callable[[tuple[int, int]], tuple[Image.Image, View]]  # (height, width) -> the image and view at that size
 
 
-def _written(prepared: Prepared, image: Image.Image, view: View, job: _Job, small: Shrunk) -> _Outcome:
+def _written(prepared: Prepared, image: Image.Image, view: View, job: _Job, small: Shrunk,
+             measure: Callable[[np.ndarray], Figures]) -> _Outcome:
     try:
         _render(image, view, job.heatmap, prepared, job.paths, job.caption, small)
     except OSError as exc:
         return _Outcome(exc)
-    if not job.tiles:
-        return _Outcome(None)
-    return _Outcome(None, _small_overlay(small(tile_size((image.height, image.width), job.tiles)), job.heatmap, prepared))
+    tile = (_small_overlay(small(tile_size((image.height, image.width), job.tiles)), job.heatmap, prepared)
+            if job.tiles else None)
+    return _Outcome(None, tile, measure(job.heatmap))
+
+
+MEASURE_LONG_SIDE = 1024  # maps are compared with objects at most this large: the figures barely move
+
+
+def _object_measure(prepared: Prepared, decoded: _Decoded, small: Shrunk) -> Callable[[np.ndarray], Figures]:
+    """A function of a map giving pointing, energy and IoU against the image's object (--truth-masks
+    or --truth-boxes), on the map and mask at no more than ``MEASURE_LONG_SIDE`` pixels; {} without
+    ground truth."""
+    ground = prepared.ground
+    if ground is None:
+        return lambda heatmap: {}
+    shown = decoded.shown_size
+    size = output_size(shown, MEASURE_LONG_SIDE)
+    mask = ground.mask(decoded.item, decoded.original_size, size)
+    if mask is None:
+        return lambda heatmap: {}
+    view = small(size)[1]
+    tolerance = prepared.config.pointing_tolerance * size[1] / decoded.original_size[1]
+
+    def measure(heatmap: np.ndarray) -> Figures:
+        saliency = upsample(heatmap, size, view)
+        return {"pointing": pointing_hit(saliency, mask, tolerance), "energy": round(energy_in(saliency, mask), 6),
+                "iou": round(iou(saliency, mask), 6)}
+
+    return measure
 
 
 def _caption(prepared: Prepared, explanation: BatchExplanation, index: int) -> str:
@@ -763,16 +851,19 @@ def _rows(prepared: Prepared, pending: _Pending) -> Iterator[Row]:
                 yield row
         return
     for write in pending.writes:
-        error = write.done.result()[write.index].error
+        outcome = write.done.result()[write.index]
+        error = outcome.error
         if isinstance(error, OSError):
             yield _error_row(prepared, pending.item, write.method, f"cannot write {write.path}: {error.strerror or error}")
+        elif isinstance(error, MaskError):
+            yield _error_row(prepared, pending.item, write.method, str(error))
         elif error is not None:
             yield _error_row(prepared, pending.item, write.method, f"cannot read the image again to draw it: {error}")
         else:
-            yield _ok_row(prepared, pending, write)
+            yield _ok_row(prepared, pending, write, outcome)
 
 
-def _ok_row(prepared: Prepared, pending: _Pending, write: _Write) -> Row:
+def _ok_row(prepared: Prepared, pending: _Pending, write: _Write, outcome: _Outcome) -> Row:
     explanation, i, method = write.explanation, pending.index, write.method
     probabilities = explanation.probabilities[i]
     predicted = _predicted(explanation, i)
@@ -794,6 +885,7 @@ def _ok_row(prepared: Prepared, pending: _Pending, write: _Write) -> Row:
         output=str(write.path),
         top=_top_classes(prepared, explanation, i),
         **_true(prepared, pending.item, predicted_name(_label(prepared, predicted), predicted)),
+        figures={**write.figures, **outcome.figures},
     )
 
 

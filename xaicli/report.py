@@ -19,7 +19,8 @@ from urllib.parse import quote, unquote
 from PIL import Image
 
 from .errors import UsageError
-from .outputs import FILE_KINDS, IMAGE_FORMATS, MANIFEST_NAME, THUMBNAIL_DIR, read_table
+from .metrics import figure_from_cell
+from .outputs import FIGURE_COLUMNS, FILE_KINDS, IMAGE_FORMATS, MANIFEST_NAME, THUMBNAIL_DIR, read_table
 
 REPORT_NAME = "index.html"
 THUMBNAIL_LONG_SIDE = 256
@@ -88,6 +89,9 @@ def write_summary(out_dir: Path, path: Path) -> Path:
     if accuracy and accuracy.get("images"):
         lines += ["", f"**Accuracy {accuracy['accuracy']:.1%}** ({accuracy['correct']} of {accuracy['images']} "
                       "labelled images)"]
+    for method, means in (manifest.get("metrics") or {}).items():
+        figures = ", ".join(f"{name} {value:.3f}" for name, value in means.items() if value is not None)
+        lines += ["", f"Figures of {_md(method)}: {figures}"]
     shown = _worth_a_look(cards)
     if shown:
         truth = any(card.true_label for card in cards)
@@ -209,6 +213,8 @@ def _map(record: dict[str, object], output: PurePosixPath, kinds: list[str], ima
     if source is not None and not (out_dir / thumbnail).exists():
         _make_thumbnail(out_dir / source, out_dir / thumbnail)
     return {
+        "figures": {name: value for name, column in FIGURE_COLUMNS.items()
+                    if (value := figure_from_cell(record.get(column))) is not None},
         "method": str(record.get("method", "")),
         "class_label": str(record.get("class_label") or f"class {record.get('class_index')}"),
         "thumb": _url(thumbnail) if (out_dir / thumbnail).exists() else "",
@@ -246,6 +252,7 @@ def _run_facts(manifest: dict, table: str) -> dict[str, object]:
         "methods": options.get("methods", []), "counts": manifest.get("counts", {}),
         "status": manifest.get("status", ""), "seconds": manifest.get("seconds", 0),
         "accuracy": manifest.get("accuracy"),
+        "metrics": manifest.get("metrics"),
         "versions": f"xaicli {manifest.get('tool', {}).get('version', '')}, TensorFlow {manifest.get('tensorflow', '')}, "
                     f"Keras {manifest.get('keras', '')}",
         "table": table,

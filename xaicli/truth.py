@@ -1,16 +1,22 @@
-"""True labels (``--true-labels``): from each image's parent folder (the ImageFolder layout) or a
-CSV of path,label; and the accuracy and confusion matrix they give (stdlib only)."""
+"""What is true of the images: their classes (``--true-labels``, from each image's parent folder,
+the ImageFolder layout, or a CSV of path,label) with the accuracy and confusion matrix they give,
+and where their objects are (``--truth-masks``, ``--truth-boxes``) (numpy and Pillow only)."""
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from .errors import UsageError
+import numpy as np
+from PIL import Image
+
+from .errors import ImageError, UsageError, first_line
 from .images import InputImage
+from .metrics import box_mask
 
 FOLDER = "folder"
 
@@ -104,3 +110,54 @@ class Tally:
             "classes": classes,
             "confusion": [[self.pairs.get((true, predicted), 0) for predicted in classes] for true in classes],
         }
+
+
+class MaskError(ImageError):
+    """An image's object mask cannot be read."""
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    """Where each image's object is: a mask file mirroring the inputs, or boxes by relative path."""
+
+    masks: Path | None = None
+    boxes: dict[str, list[list[float]]] = field(default_factory=dict)
+
+    def mask(self, item: InputImage, original: tuple[int, int], size: tuple[int, int]) -> np.ndarray | None:
+        """(H, W) = ``size`` boolean object mask of an image of ``original`` (height, width)
+        pixels; None when the image has no ground truth (or is a slice of a volume)."""
+        if item.part is not None:
+            return None
+        if self.masks is None:
+            boxes = self.boxes.get(str(item.relative))
+            scale = (size[0] / original[0], size[1] / original[1])
+            return box_mask(boxes, size, scale) if boxes is not None else None
+        exact = self.masks / item.relative
+        for candidate in (exact, exact.with_suffix(".png"), exact.with_name(f"{exact.name}.png")):
+            if candidate.is_file():
+                try:
+                    with Image.open(candidate) as picture:
+                        gray = picture.convert("L").resize((size[1], size[0]), Image.Resampling.NEAREST)
+                except (OSError, ValueError):
+                    raise MaskError(f"cannot read the mask {candidate}; give a PNG whose non-zero pixels are "
+                                    "the object") from None
+                return np.asarray(gray) > 0
+        return None
+
+
+def load_ground_truth(masks: Path | None, boxes: Path | None) -> GroundTruth | None:
+    """``--truth-masks`` or ``--truth-boxes`` (read and checked now: one-line errors)."""
+    if masks is not None:
+        return GroundTruth(masks=masks)
+    if boxes is None:
+        return None
+    try:
+        data = json.loads(boxes.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UsageError(f"--truth-boxes {boxes}: not readable JSON ({first_line(exc)})") from None
+    valid = isinstance(data, dict) and all(
+        isinstance(v, list) and all(isinstance(b, list) and len(b) == 4 and all(isinstance(n, (int, float)) for n in b)
+                                    for b in v) for v in data.values())
+    if not valid:
+        raise UsageError(f"--truth-boxes {boxes}: expected {{\"relative/path.png\": [[x0, y0, x1, y1], ...]}}")
+    return GroundTruth(boxes={str(key).replace(os.sep, "/"): value for key, value in data.items()})

@@ -117,6 +117,7 @@ class Explainer:
         classes = tf.TensorSpec((batch_size,), tf.int32)
         self._step = tf.function(self._predict_and_cams, input_signature=[images, classes])
         self._input_gradient = tf.function(self._score_gradient, input_signature=[images, classes])
+        self._probabilities = tf.function(self._class_probabilities, input_signature=[images])
         self._masked = None
         if self._score_methods:
             layer_shape = probe.activation_shape
@@ -126,6 +127,11 @@ class Explainer:
                 tf.TensorSpec((batch_size, *grid), tf.float32),
                 tf.TensorSpec((), tf.int32),
             ])
+
+    @property
+    def probe(self) -> Probe:
+        """The model the maps are computed on (its layers are the loaded model's own)."""
+        return self._probe
 
     def _predict_and_cams(self, images: tf.Tensor, requested: tf.Tensor):
         with tf.GradientTape() as tape:
@@ -180,6 +186,15 @@ class Explainer:
         masks = tf.where(span > 0, (masks - low) / tf.where(span > 0, span, 1.0), 0.0)
         scores, _ = class_scores(tf.cast(self._probe.logits(image[None] * masks), tf.float32), self._info)
         return scores[:, target]
+
+    def _class_probabilities(self, images: tf.Tensor) -> tf.Tensor:
+        return class_scores(tf.cast(self._probe.logits(images), tf.float32), self._info)[1]
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """(n, classes) float32 probabilities of up to ``batch_size`` (n, H, W, C) model inputs,
+        as the explained images' are computed (the final activation of the explained output)."""
+        count = len(images)
+        return self._probabilities(tf.constant(_padded(images.astype(np.float32), self.batch_size, 0.0))).numpy()[:count]
 
     def _score_gradient(self, images: tf.Tensor, classes: tf.Tensor) -> tf.Tensor:
         with tf.GradientTape() as tape:

@@ -48,11 +48,36 @@ class Probe:
     subclassed layers, and attention weights, are captured while it runs (see ``capture``)."""
 
     def __init__(self, model: keras.Model, inner_target: dict[str, keras.layers.Layer],
-                 attention: dict[str, keras.layers.Layer], activation_shape: tuple[int | None, ...] | None):
+                 attention: dict[str, keras.layers.Layer], activation_shape: tuple[int | None, ...] | None,
+                 twin_of: dict[int, keras.layers.Layer] | None = None):
         self._model = model
+        self._twin_of = twin_of or {}  # id(linear twin of the head) -> the head
         self._inner_target = inner_target
         self._attention = attention
         self.activation_shape = activation_shape
+
+    def weighted_layers(self) -> list[keras.layers.Layer]:
+        """The layers whose trainable weights the maps are computed with, from the input to the
+        output, nested models' layers in their place (a layer inside a subclassed layer goes with
+        its owner). The head whose pre-activation output the probe computes with a linear twin
+        is represented by that twin, which holds a copy of its weights."""
+        found: list[keras.layers.Layer] = []
+        replaced = {id(head) for head in self._twin_of.values()}
+
+        def walk(layer: keras.layers.Layer) -> None:
+            if isinstance(layer, keras.Model):
+                for inner in layer.layers:
+                    walk(inner)
+            elif layer.trainable_weights and id(layer) not in replaced and all(layer is not f for f in found):
+                found.append(layer)
+
+        for layer in self._model.layers:
+            walk(layer)
+        return found
+
+    def layer_name(self, layer: keras.layers.Layer) -> str:
+        """The model's name for one of ``weighted_layers`` (a twin is named as its head)."""
+        return self._twin_of.get(id(layer), layer).name
 
     def __call__(self, images: Any, training: bool = False) -> dict[str, Any]:
         with capturing(self._inner_target, self._attention) as seen:
@@ -81,7 +106,7 @@ def build_probe(model: keras.Model, info: ModelInfo, layer_path: str | None, att
     every_layer = {**traced.layers, **inner}
     watched = {path: every_layer[path] for path in info.attention_layers} if attention else {}
     shape = next((l.output_shape for l in info.layers if l.path == layer_path), None)
-    return Probe(keras.Model(traced.inputs, outputs), inner_target, watched, shape)
+    return Probe(keras.Model(traced.inputs, outputs), inner_target, watched, shape, traced.twin_of)
 
 
 def class_scores(logits: tf.Tensor, info: ModelInfo) -> tuple[tf.Tensor, tf.Tensor]:
@@ -118,6 +143,7 @@ class _Level:
     producer: dict[int, str] = field(default_factory=dict)  # id(tensor) -> innermost layer path
     inputs_of: dict[str, tuple[str, ...]] = field(default_factory=dict)  # layer path -> its inputs' producers
     logits: Any = None
+    twin_of: dict[int, keras.layers.Layer] = field(default_factory=dict)  # id(linear twin) -> the head it copies
 
 
 @dataclass(frozen=True)
@@ -129,6 +155,7 @@ class _Traced:
     layers: dict[str, keras.layers.Layer]  # in execution order, inner layers before their model
     inputs_of: dict[str, tuple[str, ...]]  # the graph: each layer call's inputs by producer (or INPUT)
     logits: Any
+    twin_of: dict[int, keras.layers.Layer]
 
 
 INPUT = "<input>"  # the producer of the model's input in ``_Traced.inputs_of``
@@ -139,7 +166,7 @@ def _trace(model: keras.Model, size: tuple[int, int], channels: int, plan: _Plan
     level = _Level(producer={id(inputs): INPUT})
     outputs = _thread(model, inputs, "", plan, level)
     heads = [level.producer[id(o)] for o in outputs]
-    return _Traced(inputs, outputs, heads, level.records, level.layers, level.inputs_of, level.logits)
+    return _Traced(inputs, outputs, heads, level.records, level.layers, level.inputs_of, level.logits, level.twin_of)
 
 
 def _thread(model: keras.Model, x: Any, prefix: str, plan: _Plan, level: _Level) -> list[Any]:
@@ -170,6 +197,7 @@ def _thread(model: keras.Model, x: Any, prefix: str, plan: _Plan, level: _Level)
     level.records.update(zip(taps, tapped))
     if inner.logits is not None:
         level.logits = tapped[-1]
+    level.twin_of.update(inner.twin_of)
     level.layers.update(inner.layers)
     level.inputs_of.update(inner.inputs_of)
     for inner_out, outer_out in zip(clone.outputs, outputs):
@@ -188,7 +216,9 @@ def _call(layer: keras.layers.Layer, *args: Any, prefix: str, plan: _Plan, level
         for tensor in keras.tree.flatten(out):
             level.producer[id(tensor)] = path
         if path == plan.logits_of:
-            level.logits = _pre_activation(layer, args, kwargs, out)
+            level.logits, twin = _pre_activation(layer, args, kwargs, out)
+            if twin is not None:
+                level.twin_of[id(twin)] = layer
     level.layers[path] = layer
     if plan.record(path):
         level.records[path] = out
@@ -201,20 +231,21 @@ def _producers(args: tuple, kwargs: dict, level: _Level) -> tuple[str, ...]:
     return tuple(dict.fromkeys(path for path in found if path is not None))
 
 
-def _pre_activation(layer: keras.layers.Layer, args: tuple, kwargs: dict, out: Any) -> Any:
+def _pre_activation(layer: keras.layers.Layer, args: tuple, kwargs: dict, out: Any) -> tuple[Any, Any]:
+    """The head's pre-activation output, and the linear twin made to compute it (or None)."""
     if hasattr(layer, "logits_from"):  # a SavedModel's serving function (load._ServedModel)
-        return layer.logits_from(out)
+        return layer.logits_from(out), None
     if final_activation(layer) == "linear":
-        return out
+        return out, None
     if isinstance(layer, (keras.layers.Softmax, keras.layers.Activation)):
-        return args[0]
+        return args[0], None
     return _linear_twin(layer, args, kwargs)
 
 
-def _linear_twin(layer: keras.layers.Layer, args: tuple, kwargs: dict) -> Any:
-    """The same layer without its activation, sharing nothing but copied weights."""
+def _linear_twin(layer: keras.layers.Layer, args: tuple, kwargs: dict) -> tuple[Any, keras.layers.Layer]:
+    """The same layer without its activation, sharing nothing but copied weights; and the twin."""
     config = {**layer.get_config(), "activation": "linear", "name": f"{layer.name}_logits"}
     twin = type(layer).from_config(config)
     out = twin(*args, **kwargs)
     twin.set_weights(layer.get_weights())
-    return out
+    return out, twin

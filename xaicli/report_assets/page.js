@@ -4,6 +4,9 @@
 (function () {
   const data = JSON.parse(document.getElementById("xai-data").textContent);
   const CHUNK = 120; // cards added at a time, so 10,000 images stay responsive
+  // figure -> [its name in the header and the sort menu, its short name on a card]
+  const FIGURES = { deletion: ["deletion AUC", "del"], insertion: ["insertion AUC", "ins"],
+                    pointing: ["pointing", "pointing"], energy: ["energy in object", "energy"], iou: ["IoU", "IoU"] };
   const byId = (id) => document.getElementById(id);
   const element = (tag, className, text) => {
     const node = document.createElement(tag);
@@ -23,6 +26,9 @@
       ["Run", `${run.status}, ${Number(run.seconds).toFixed(1)} s`],
       ...(run.accuracy && run.accuracy.images ? [["Accuracy", `${(100 * run.accuracy.accuracy).toFixed(1)}% ` +
         `(${run.accuracy.correct} of ${run.accuracy.images} labelled images)`]] : []),
+      ...Object.entries(run.metrics || {}).map(([method, means]) => [`Figures, ${method}`,
+        Object.entries(means).filter(([, value]) => value !== null)
+          .map(([name, value]) => `${FIGURES[name] ? FIGURES[name][0] : name} ${Number(value).toFixed(3)}`).join(", ")]),
       ["Versions", run.versions],
       ["Table", run.table || "written to standard output: the page shows no images"],
     ];
@@ -56,6 +62,24 @@
       option.value = label;
       select.append(option);
     }
+  }
+
+  const figureOf = (card, name) => {
+    const value = card.maps.length && card.maps[0].figures ? card.maps[0].figures[name] : undefined;
+    return value === undefined ? null : value;
+  };
+
+  function offerFigures(cards) {
+    const present = Object.keys(FIGURES).filter((name) => cards.some((card) => figureOf(card, name) !== null));
+    const sort = byId("sort");
+    for (const name of present) {
+      for (const direction of ["asc", "desc"]) {
+        const option = element("option", "", `${FIGURES[name][0]}, ${direction === "asc" ? "lowest" : "highest"} first`);
+        option.value = `figure-${direction}:${name}`;
+        sort.append(option);
+      }
+    }
+    byId("pointing-filter").hidden = !present.includes("pointing");
   }
 
   function drawMatrix(cards) {
@@ -128,6 +152,11 @@
         const caption = element("figcaption", "method",
           map.class_label && map.class_label !== card.pred_label ? `${map.method} · ${map.class_label}` : map.method);
         cell.append(link, caption);
+        const figures = Object.entries(map.figures || {});
+        if (figures.length) {
+          cell.append(element("div", "figures", figures.map(([name, value]) => name === "pointing"
+            ? (value ? "hit" : "missed") : `${FIGURES[name] ? FIGURES[name][1] : name} ${value.toFixed(2)}`).join(" · ")));
+        }
         maps.append(cell);
       }
       node.append(maps);
@@ -152,16 +181,24 @@
     const label = byId("filter-class").value;
     const status = byId("filter-status").value;
     const text = byId("filter-text").value.toLowerCase();
+    const pointing = byId("filter-pointing").value;
     const order = byId("sort").value;
     const chosen = data.cards.filter((card) =>
       (!label || card.pred_label === label) && (!status || card.status === status) &&
       (!text || card.input.toLowerCase().includes(text)) &&
+      (!pointing || figureOf(card, "pointing") === (pointing === "hit" ? 1 : 0)) &&
       (!state.cell || (card.true_label === state.cell.truth && card.pred_label === state.cell.predicted &&
                        card.pred_prob !== null)));
     const confidence = (card) => (card.pred_prob === null ? Infinity : card.pred_prob);
     if (order === "confidence-asc") chosen.sort((a, b) => confidence(a) - confidence(b));
     if (order === "confidence-desc") chosen.sort((a, b) => (b.pred_prob ?? -1) - (a.pred_prob ?? -1));
     if (order === "path") chosen.sort((a, b) => (a.input < b.input ? -1 : a.input > b.input ? 1 : 0));
+    if (order.startsWith("figure-")) {
+      const [direction, name] = order.slice("figure-".length).split(":");
+      const sign = direction === "asc" ? 1 : -1;
+      const value = (card) => figureOf(card, name);
+      chosen.sort((a, b) => (value(a) === null) - (value(b) === null) || sign * (value(a) - value(b)));
+    }
     state.chosen = chosen;
     state.drawn = 0;
     byId("gallery").replaceChildren();
@@ -183,8 +220,11 @@
   describeRun(data.run);
   listFailures(data.cards);
   offerClasses(data.cards);
+  offerFigures(data.cards);
   drawMatrix(data.cards);
-  for (const id of ["filter-class", "filter-status", "sort"]) byId(id).addEventListener("change", choose);
+  for (const id of ["filter-class", "filter-status", "filter-pointing", "sort"]) {
+    byId(id).addEventListener("change", choose);
+  }
   byId("filter-text").addEventListener("input", choose);
   byId("more").addEventListener("click", drawMore);
   if ("IntersectionObserver" in window) {
