@@ -635,14 +635,16 @@ def _faithfulness(prepared: Prepared, inputs: np.ndarray,
         return {}
     size = prepared.info.input_size
     baseline = baseline_input(config.ig_baseline, prepared.info, prepared.scaling)
-    starts = {"deletion": lambda image: (image, baseline), "insertion": lambda image: (blurred(image), image)}
+    # Each image is blurred once, for every method and explained class.
+    blurry = [blurred(image) for image in inputs] if "insertion" in wanted else []
+    starts = {"deletion": lambda index: (inputs[index], baseline), "insertion": lambda index: (blurry[index], inputs[index])}
     keys, jobs = [], []
     for tag, explanation in enumerate(explanations):
         for method, maps in explanation.maps.items():
-            for index, image in enumerate(inputs):
+            for index in range(len(inputs)):
                 order = pixel_order(upsample(maps[index], size))
                 for name in wanted:
-                    source, target = starts[name](image)
+                    source, target = starts[name](index)
                     jobs.append(CurveJob(functools.partial(perturbed, source, target, order, config.metric_steps),
                                          int(explanation.classes[index]), config.metric_steps))
                     keys.append((tag, method, index, name))
