@@ -3,6 +3,7 @@ and as fractions of the bound its own measured parts set.
 
     python benchmarks/run.py                      # MobileNetV2, 160 generated JPEGs, batch 16
     python benchmarks/run.py --recipe --tf-keras-vis --scale 1000,10000 --large 40
+    python benchmarks/run.py --ray 960             # also the Ray engine against the local one
 
 Every configuration runs in a fresh child process (so each peak RSS is its own) on the same
 generated images and the same saved model; each images/s is the best of three passes. Model
@@ -34,7 +35,7 @@ REPEATS = 3  # each timing is the best of this many passes: the machine is share
 METHODS = ("gradcam", "saliency")
 FORMATS = ("png", "jpeg")
 MEASURES = ("inference", *(f"{m}-step" for m in METHODS), *(f"images-{f}" for f in FORMATS),
-            *(f"xai-{m}-{f}" for m in METHODS for f in FORMATS), "recipe", "tf-keras-vis")
+            *(f"xai-{m}-{f}" for m in METHODS for f in FORMATS), "recipe", "tf-keras-vis", "ray-gradcam-png")
 LARGE_SIZE = (4000, 6000)  # a 24-MP phone photo, height x width
 
 
@@ -61,6 +62,8 @@ def main() -> None:
         _print_scale(args, [int(n) for n in args.scale.split(",")])
     if args.large:
         _print_large(args, model, images, results["inference"])
+    if args.ray:
+        _print_ray(args, model)
 
 
 def _arguments() -> argparse.Namespace:
@@ -79,6 +82,9 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--large", type=int, metavar="N", default=0,
                         help="also explain N generated JPEGs of 6000x4000 at xai's default batch size: images/s "
                              "and peak RSS with PNG, JPEG and --max-size 1024 outputs, e.g. 40")
+    parser.add_argument("--ray", type=int, metavar="N", default=0,
+                        help="also explain N generated JPEGs of 500x400 with `--engine ray` (a local Ray on this "
+                             "machine) and with the local engine: images/s of each and their ratio")
     parser.add_argument("--workdir", type=Path, default=Path("bench-work"),
                         help="where generated images, the model and outputs go (reused between runs)")
     parser.add_argument("--measure", choices=MEASURES, help=argparse.SUPPRESS)  # one child's job
@@ -171,6 +177,8 @@ def _measure(args: argparse.Namespace) -> dict:
         from xaicli.budget import return_large_blocks_to_the_system
 
         return_large_blocks_to_the_system()  # as `xai run` does
+    if args.measure == "ray-gradcam-png":
+        return _measure_ray(args)
     if args.measure.startswith("xai-"):
         method, image_format = args.measure.removeprefix("xai-").split("-")
         return _measure_xai(args, method, image_format)
@@ -313,7 +321,8 @@ def _measure_xai(args: argparse.Namespace, method: str, image_format: str) -> di
 
     from xaicli.config import RunConfig
     from xaicli.images import discover
-    from xaicli.pipeline import prepare, run
+    from xaicli.engines.local import run
+    from xaicli.pipeline import prepare
 
     out = args.workdir / f"out-{method}-{image_format}"
     shutil.rmtree(out, ignore_errors=True)
@@ -325,6 +334,54 @@ def _measure_xai(args: argparse.Namespace, method: str, image_format: str) -> di
     for _ in run(prepared, list(discover([args.image_dir]))[:1]):
         pass
     return _best_pass(lambda: sum(1 for _ in run(prepared, discover([args.image_dir]))), args.repeats)
+
+
+def _measure_ray(args: argparse.Namespace) -> dict:
+    """``xai run --engine ray`` in this process, on a local Ray started first (as a cluster is up
+    before a job joins it). Every pass starts its pool of replicas, which then import TensorFlow,
+    load the model and trace its step, so images/s counts from the first block's return to the
+    last (the others' tracing is excluded too); the start of the pool is reported beside it."""
+    import logging
+    import shutil
+
+    import ray
+
+    from xaicli.config import RunConfig
+    from xaicli.engines import ray as ray_engine
+    from xaicli.images import discover
+    from xaicli.pipeline import prepare
+
+    ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    out = args.workdir / "out-ray"
+    shutil.rmtree(out, ignore_errors=True)
+    config = RunConfig(model=args.model_path, inputs=(args.image_dir,), out_dir=out, batch_size=args.batch_size,
+                       preprocess="symmetric", existing="overwrite", engine="ray")
+    prepared = prepare(config)
+    passes = []
+    for _ in range(args.repeats):
+        started = time.perf_counter()
+        arrivals = [time.perf_counter() for _ in ray_engine.run(prepared, discover([args.image_dir]))]
+        first_block = sum(1 for arrived in arrivals if arrived - arrivals[0] < 0.05)  # its rows come back together
+        passes.append({"images": len(arrivals) - first_block, "seconds": arrivals[-1] - arrivals[first_block - 1],
+                       "first_block": first_block, "first_block_seconds": arrivals[0] - started,
+                       "whole_seconds": arrivals[-1] - started, "cpu_seconds": 0.0})
+    return min(passes, key=lambda p: p["seconds"] / p["images"])
+
+
+def _print_ray(args: argparse.Namespace, model: Path) -> None:
+    """The Ray engine on one machine against the local engine, on the same N photos."""
+    folder = _make_images(args.workdir / f"images-{args.ray}", args.ray, (400, 500))
+    print(f"\n{args.ray} JPEGs of 500x400, Grad-CAM, PNG outputs, local engine and --engine ray:", flush=True)
+    local = _child(args, "xai-gradcam-png", model, folder, repeats=1, label="local engine")
+    on_ray = _child(args, "ray-gradcam-png", model, folder, repeats=1, label="ray engine (after its first block)")
+    if not (local and on_ray):
+        return
+    start = on_ray["first_block_seconds"] - on_ray["first_block"] * on_ray["seconds"] / on_ray["images"]
+    print("\n| engine | images/s | × local | driver's peak RSS (MB) |\n| --- | ---: | ---: | ---: |")
+    print(f"| local | {_rate(local):.1f} | 1.00 | {local['peak_rss_mb']:.0f} |")
+    print(f"| ray, 1 replica | {_rate(on_ray):.1f} | **{_rate(on_ray) / _rate(local):.2f}** | {on_ray['peak_rss_mb']:.0f} |")
+    print(f"ray: the pool's start (Ray Data, the replica's TensorFlow import, model load, tracing) took {start:.1f} s; "
+          f"the whole pass {on_ray['whole_seconds']:.1f} s for {on_ray['images'] + on_ray['first_block']} images")
 
 
 def _cli_wall_time(args: argparse.Namespace, model: Path, images: Path) -> float:

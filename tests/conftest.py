@@ -208,3 +208,4 @@ def wait_until(page, condition: str, seconds: float = 20.0) -> None:
             return
         page.wait_for_timeout(50)
     raise AssertionError(f"the page never met {condition}")
+

@@ -374,7 +374,7 @@ def test_the_predicted_class_is_the_top_score_even_where_probabilities_tie():
     """Nearly tied logits can round to equal float32 probabilities; the row's predicted class is
     then the one the top-class explanation explains, not the first of the tie."""
     from xaicli.explainers.engine import BatchExplanation
-    from xaicli.pipeline import _predicted
+    from xaicli.engines.local import _predicted
 
     explanation = BatchExplanation(probabilities=np.full((1, 4), 0.25, np.float32),
                                    scores=np.array([[0.0, 0.0, 1e-7, 0.0]], np.float32),

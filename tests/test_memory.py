@@ -12,7 +12,8 @@ from PIL import Image
 from xaicli.budget import MemoryBudget
 from xaicli.config import RunConfig
 from xaicli.images import discover
-from xaicli.pipeline import prepare, run
+from xaicli.engines.local import run
+from xaicli.pipeline import prepare
 
 
 def _photos(folder, count, size=(150, 200)):
@@ -26,7 +27,7 @@ def _photos(folder, count, size=(150, 200)):
 def _outputs(prepared, images, out, budget):
     """Run the same prepared explainer (so the maps are the same) into ``out`` under ``budget``."""
     config = replace(prepared.config, out_dir=out)
-    results = list(run(replace(prepared, config=config), discover(config.inputs, exclude=[out]), budget=budget))
+    results = list(run(replace(prepared, decisions=replace(prepared.decisions, config=config)), discover(config.inputs, exclude=[out]), budget=budget))
     assert all(r.ok for r in results) and len(results) == 24
     return {p.name: p.read_bytes() for p in out.iterdir() if p.suffix == ".png"}
 

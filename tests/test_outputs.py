@@ -209,3 +209,16 @@ def test_lossy_formats_decode_to_the_same_size_and_close_to_the_png(image_format
     assert np.abs(np.asarray(decoded.convert("RGB"), float) - pixels).mean() < mean_difference
     gray = Image.open(io.BytesIO(encode_image(pixels[..., 0], image_format)))
     assert gray.size == (70, 90)
+
+
+def test_a_complete_run_removes_what_killed_writers_left(tmp_path):
+    from xaicli.outputs import remove_temporary_files
+
+    folder = tmp_path / "out"
+    folder.mkdir()
+    names = [".a.png.4242.139716262840000.tmp", "a.png", ".hidden", "x.tmp", ".b.npy.1.2.tmp.keep"]
+    for name in names:
+        (folder / name).write_bytes(b"x")
+    (folder / ".sub.7.7.tmp").mkdir()  # a folder, whatever its name, stays
+    assert remove_temporary_files([folder, tmp_path / "missing"]) == 1
+    assert sorted(p.name for p in folder.iterdir()) == sorted(names[1:] + [".sub.7.7.tmp"])

@@ -23,7 +23,7 @@ from typing import Callable, Iterator
 import click
 
 from . import __version__
-from .config import AUTO, HEAD_FUSIONS, IG_BASELINES, TARGETS, RunConfig, default_workers, parse_names, parse_numbers, parse_size, read_config_file
+from .config import AUTO, ENGINES, HEAD_FUSIONS, IG_BASELINES, TARGETS, RunConfig, parse_names, parse_numbers, parse_size, read_config_file
 from .errors import (EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_REQUIREMENT_UNMET, EXIT_SOME_FAILED, EXIT_USAGE,
                      XaiError, first_line)
 from .metrics import PERTURBATION_METRICS, failed_requirements, parse_requirements
@@ -35,6 +35,7 @@ from .stacks import SLICE_CHOICES
 from .budget import return_large_blocks_to_the_system
 from .lock import output_lock
 from .outputs import IMAGE_FORMATS, TABLE_FORMATS
+from .quiet import stderr_silenced
 from .report import write_report, write_summary
 from .render import COLORMAPS
 
@@ -202,8 +203,17 @@ def _layer_regex_option(func: Callable) -> Callable:
                    "originals that do not fit are read again to draw them.")
 @click.option("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, show_default=True,
               help="Refuse images larger than this many pixels (decompression-bomb guard).")
-@click.option("--workers", type=int, default=default_workers, show_default="CPU count, 2..8",
-              help="Threads that decode images and write PNGs.")
+@click.option("--engine", type=click.Choice(list(ENGINES)), default="local", show_default=True,
+              help="What runs the images: " + "; ".join(f"{k}: {v}" for k, v in ENGINES.items())
+                   + ". Outputs are byte-identical either way.")
+@click.option("--workers", type=int, default=None, metavar="N",
+              help="local: threads that decode images and write PNGs (default CPU count, 2..8). ray: model "
+                   "replicas (default one per node), which together never hold every CPU.")
+@click.option("--ray-address", metavar="ADDRESS",
+              help="--engine ray: the cluster to join, 'auto' (the one this machine belongs to) or "
+                   "'ray://host:port'; default: start Ray on this machine.")
+@click.option("--gpus-per-worker", type=float, default=0.0, show_default=True, metavar="SHARE",
+              help="--engine ray: GPUs each replica asks for (0.5 puts two on a GPU); where the cluster has GPUs.")
 @click.option("--smoothgrad-samples", type=int, default=25, show_default=True,
               help="smoothgrad: noisy copies averaged per image.")
 @click.option("--smoothgrad-noise", type=float, default=0.15, show_default=True,
@@ -276,9 +286,10 @@ def _explain_all(config: RunConfig, stop: _StopSignals, say: Callable[[str], Non
     if not total:
         raise XaiError(f"no images found in {', '.join(map(str, config.inputs))} "
                        f"(looked for {' '.join(sorted(IMAGE_SUFFIXES))})")
-    pipeline = _engine(debug).pipeline
-    pipeline.check_existing(config, images())
-    prepared = pipeline.prepare(config)
+    modules = _tensorflow(debug)
+    modules.engines.check_engine(config)
+    modules.pipeline.check_existing(config, images())
+    prepared = modules.pipeline.prepare(config)
     layer = prepared.layer
     target = (f"layer {layer.path} ({layer.type_name}; {prepared.layer_reason})"
               if layer else "input gradients")
@@ -290,7 +301,7 @@ def _explain_all(config: RunConfig, stop: _StopSignals, say: Callable[[str], Non
     if config.predictions == "-":
         _escape_undecodable(sys.stdout)
     started = time.monotonic()
-    progress = _explain_with_progress(pipeline.run(prepared, images(), stop), total, quiet)
+    progress = _explain_with_progress(modules.engines.run(prepared, images(), stop), total, quiet)
     figures = _run_figures(config)
     say(_summary(progress, time.monotonic() - started, config) + _accuracy(figures.get("accuracy")))
     if figures.get("metrics"):
@@ -457,10 +468,10 @@ def _model_command(func: Callable) -> Callable:
 def layers(model: Path, layer_regex: str, show_all: bool, debug: bool, **model_options: object) -> None:
     """List MODEL's candidate target layers; '*' marks the one `--layer auto` picks."""
     with _errors_reported(debug):
-        engine = _engine(debug)
-        _, info = engine.inspect.open_model(model, **model_options)
-        candidates = engine.layers.candidate_layers(info, layer_regex)
-        picked, why = engine.layers.auto_layer(info, layer_regex) if candidates else (None, "")
+        modules = _tensorflow(debug)
+        _, info = modules.inspect.open_model(model, **model_options)
+        candidates = modules.layers.candidate_layers(info, layer_regex)
+        picked, why = modules.layers.auto_layer(info, layer_regex) if candidates else (None, "")
         index = {layer.path: i for i, layer in enumerate(candidates)}
         shown = info.layers if show_all else candidates
         width = max([len(l.path) for l in shown] + [4])
@@ -484,9 +495,9 @@ def info(model: Path, layer_regex: str, as_json: bool, debug: bool, **model_opti
     """Describe MODEL: format, input, outputs, classes, activation, preprocessing, the layer
     `--layer auto` picks, and the methods that apply."""
     with _errors_reported(debug):
-        engine = _engine(debug)
-        _, details = engine.inspect.open_model(model, **model_options)
-        summary = engine.pipeline.describe(model, details, layer_regex)
+        modules = _tensorflow(debug)
+        _, details = modules.inspect.open_model(model, **model_options)
+        summary = modules.pipeline.describe(model, details, layer_regex)
         if as_json:
             click.echo(json.dumps(summary, indent=2))
         else:
@@ -547,13 +558,13 @@ def sanity(model: Path, inputs: tuple[Path, ...], out_dir: Path, methods: str, s
             raise XaiError("--steps and --max-images must be at least 1")
         config = RunConfig(model=model, inputs=inputs, out_dir=out_dir, methods=parse_names(methods),
                            existing="overwrite", report=False, **options)
-        engine = _engine(debug)
+        modules = _tensorflow(debug)
         items = list(itertools.islice(discover(config.inputs, exclude=[out_dir]), max_images))
         if not items:
             raise XaiError(f"no images found in {', '.join(map(str, config.inputs))}")
         from .sanity import check
 
-        for line in check(engine.pipeline.prepare(config), items, steps, out_dir):
+        for line in check(modules.pipeline.prepare(config), items, steps, out_dir):
             click.echo(f"xai: {line}", err=True)
         click.echo(out_dir / "sanity.csv")
 
@@ -595,39 +606,29 @@ def _errors_reported(debug: bool) -> Iterator[None]:
         sys.exit(EXIT_INTERNAL)
 
 
-class _Engine:
+class _TensorFlowModules:
     """The TensorFlow-backed modules, imported on first use."""
 
     def __init__(self) -> None:
-        from . import pipeline
+        from . import engines, pipeline
         from .models import inspect, layers
 
+        self.engines = engines
         self.inspect = inspect
         self.layers = layers
         self.pipeline = pipeline
 
 
-def _engine(debug: bool) -> _Engine:
+def _tensorflow(debug: bool) -> _TensorFlowModules:
     if not debug:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        with _stderr_silenced():
+        # Ray's C++ core (--engine ray) says at start that it read this, and nothing after.
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+        with stderr_silenced():
             import tensorflow  # noqa: F401  (its C++ start-up lines go to the silenced stderr)
         # TensorFlow and Keras 2 also log notices through Python logging; the CLI owns stderr.
         for name in ("tensorflow", "absl"):
             logging.getLogger(name).setLevel(logging.ERROR)
-    return _Engine()
+    return _TensorFlowModules()
 
 
-@contextlib.contextmanager
-def _stderr_silenced() -> Iterator[None]:
-    """Point file descriptor 2 at /dev/null: TensorFlow's C++ logger writes there directly,
-    before any Python or environment setting can stop it."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)

@@ -39,6 +39,12 @@ TARGETS = {
 }
 
 
+ENGINES = {
+    "local": "this machine: threads decode and write while the model explains the batch before",
+    "ray": "Ray Data: an actor pool of model replicas on a local Ray or a cluster (the ray extra)",
+}
+
+
 def default_workers() -> int:
     """Decode/encode threads: enough to keep the model fed on small machines, at most 8."""
     return max(2, min(8, os.cpu_count() or 2))
@@ -83,7 +89,10 @@ class RunConfig:
     truth_boxes: Path | None = None  # a JSON file: relative path -> [[x0, y0, x1, y1], ...]
     pointing_tolerance: float = 15.0  # pixels around the map's peak that still hit the object
     require: str | None = None  # CI gates on the figures' means, e.g. 'pointing>=0.9,deletion<=0.2'
-    workers: int = 2
+    workers: int | None = None  # local: decode/write threads (None: default_workers()); ray: model replicas
+    engine: str = "local"  # the loop around the images: local threads, or Ray Data (engines.ENGINES)
+    ray_address: str | None = None  # --engine ray: None starts Ray here; 'auto' or 'ray://host:port' joins a cluster
+    gpus_per_worker: float = 0.0  # --engine ray: the GPU share each replica asks for
     smoothgrad_samples: int = 25
     smoothgrad_noise: float = 0.15
     ig_steps: int = 32
@@ -120,8 +129,9 @@ class RunConfig:
             raise UsageError("--preprocess custom goes with both --mean and --std, and they with it")
         if self.std is not None and any(value <= 0 for value in self.std):
             raise UsageError(f"--std values must be positive, got {','.join(map(str, self.std))}")
-        if self.workers < 1:
+        if self.workers is not None and self.workers < 1:
             raise UsageError(f"--workers must be at least 1, got {self.workers}")
+        self._check_engine()
         parse_intensity(self.intensity)  # a one-line error for a bad choice, before the model loads
         parse_slices(self.slices)
         self._check_metrics()
@@ -170,6 +180,17 @@ class RunConfig:
                              "and no --class")
         if self.ig_baseline not in IG_BASELINES:
             raise UsageError(f"unknown --ig-baseline {self.ig_baseline!r}; choose from {', '.join(IG_BASELINES)}")
+
+    def _check_engine(self) -> None:
+        if self.engine not in ENGINES:
+            raise UsageError(f"unknown --engine {self.engine!r}; choose from {', '.join(ENGINES)}")
+        if self.engine != "ray" and (self.ray_address is not None or self.gpus_per_worker):
+            given = "--ray-address" if self.ray_address is not None else "--gpus-per-worker"
+            raise UsageError(f"{given} goes with --engine ray")
+        if self.gpus_per_worker < 0:
+            raise UsageError(f"--gpus-per-worker must be 0 or more, got {self.gpus_per_worker}")
+        if self.gpus_per_worker > 1 and self.gpus_per_worker != int(self.gpus_per_worker):
+            raise UsageError(f"--gpus-per-worker above 1 must be a whole number (Ray's rule), got {self.gpus_per_worker}")
 
     def _check_metrics(self) -> None:
         unknown = [name for name in self.metrics if name not in PERTURBATION_METRICS]

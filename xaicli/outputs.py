@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import struct
 import threading
 import zlib
@@ -321,10 +322,14 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
 
 
+TEMPORARY_NAME = re.compile(r"\..+\.\d+\.\d+\.tmp")  # what _write_atomically writes before its rename
+
+
 def _write_atomically(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     # A name unique to this process and thread, opened normally so the file gets the usual
-    # permissions (mkstemp would make it private to the owner).
+    # permissions (mkstemp would make it private to the owner), and so two writers of one file
+    # (a Ray task retried while the first try still runs) never write into the same one.
     temp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         with open(temp, "wb") as stream:
@@ -333,3 +338,20 @@ def _write_atomically(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
+
+
+def remove_temporary_files(folders: Iterable[Path]) -> int:
+    """Remove the temporary files that writers killed mid-write left in ``folders`` (a replica
+    killed by the system, a run killed with SIGKILL); returns how many. Only for a run that holds
+    OUT and has no write under way."""
+    removed = 0
+    for folder in folders:
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:  # not there: nothing was written into it
+            continue
+        for entry in entries:
+            if TEMPORARY_NAME.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+                Path(entry.path).unlink(missing_ok=True)
+                removed += 1
+    return removed
