@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -236,10 +237,20 @@ def test_the_ray_options_go_with_the_ray_engine_and_need_its_extra(tiny_model, i
     assert result.exit_code == 2 and "--ray-address goes with --engine ray" in result.stderr
     result = _xai("run", tiny_model, image_folder, "-o", tmp_path / "out", "--engine", "ray", "--gpus-per-worker", 1.5)
     assert result.exit_code == 2 and "whole number" in result.stderr
+    with socket.socket() as closed:  # a port nothing listens at
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    addresses = {f"127.0.0.1:{port}": "nothing answers at", f"ray://127.0.0.1:{port}": "nothing answers at",
+                 "headnode": "give 'auto', HOST:PORT"}
+    for address, says in addresses.items():
+        result = _xai("run", tiny_model, image_folder, "-o", tmp_path / "out", "--engine", "ray",
+                      "--ray-address", address)
+        assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1 and says in result.stderr
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name.startswith("ray") else real(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name.startswith("ray") else real(name, *a))
     result = _xai("run", tiny_model, image_folder, "-o", tmp_path / "out", "--engine", "ray")
     assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
     assert re.search(r"pip install 'xaicli\[ray\]'", result.stderr)

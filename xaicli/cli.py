@@ -24,6 +24,7 @@ import click
 
 from . import __version__
 from .config import AUTO, ENGINES, HEAD_FUSIONS, IG_BASELINES, TARGETS, RunConfig, parse_names, parse_numbers, parse_size, read_config_file
+from .engines import check_engine
 from .errors import (EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_REQUIREMENT_UNMET, EXIT_SOME_FAILED, EXIT_USAGE,
                      XaiError, first_line)
 from .metrics import PERTURBATION_METRICS, failed_requirements, parse_requirements
@@ -282,12 +283,12 @@ def _explain_all(config: RunConfig, stop: _StopSignals, say: Callable[[str], Non
         """The inputs' images, streamed: each call walks the folders anew."""
         return discover(config.inputs, exclude=[config.out_dir], dicom=config.dicom)
 
+    check_engine(config)
     total = sum(1 for _ in images())
     if not total:
         raise XaiError(f"no images found in {', '.join(map(str, config.inputs))} "
                        f"(looked for {' '.join(sorted(IMAGE_SUFFIXES))})")
     modules = _tensorflow(debug)
-    modules.engines.check_engine(config)
     modules.pipeline.check_existing(config, images())
     prepared = modules.pipeline.prepare(config)
     layer = prepared.layer

@@ -264,7 +264,8 @@ def _built(model: keras.Model, info: ModelInfo, decisions: Decisions) -> Prepare
     layer = next(layer for layer in info.layers if layer.path == decisions.layer_path) if decisions.layer_path else None
     wants_attention = any(spec.family == "attention" for spec in methods.values())
     explainer = Explainer(
-        build_probe(model, info, decisions.layer_path, attention=wants_attention), info, decisions.layer_path, by_family,
+        build_probe(model, info, decisions.layer_path, attention=wants_attention), info, decisions.layer_path,
+        by_family,
         attention_gradients=any(spec.attention_gradients for spec in methods.values()),
         batch_size=config.batch_size,
         options=MethodOptions(

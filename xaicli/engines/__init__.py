@@ -5,9 +5,12 @@ and files, and the same table and ``run.json`` (but for the engine's name and th
 from __future__ import annotations
 
 import importlib.util
+import socket
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from ..errors import UsageError
+
+CONNECT_SECONDS = 5  # how long a cluster's address may take to answer
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -16,10 +19,29 @@ if TYPE_CHECKING:
 
 
 def check_engine(config: RunConfig) -> None:
-    """A one-line error, before the model loads, when the engine asked for cannot run here."""
-    if config.engine == "ray" and (importlib.util.find_spec("ray") is None
-                                   or importlib.util.find_spec("ray.data") is None):
+    """A one-line error, before TensorFlow is imported, when the engine asked for cannot run here:
+    Ray missing, or a cluster address nothing answers at."""
+    if config.engine != "ray":
+        return
+    if importlib.util.find_spec("ray") is None or importlib.util.find_spec("ray.data") is None:
         raise UsageError("--engine ray needs Ray Data: pip install 'xaicli[ray]' (or pip install 'ray[data]')")
+    check_reachable(config.ray_address)
+
+
+def check_reachable(address: str | None) -> None:
+    """A one-line error at once for a cluster address nothing answers at: Ray itself retries for
+    minutes before it gives up. 'auto' (and no address) are Ray's to resolve."""
+    if address is None or address in ("auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not port.isdigit() or not host:
+        raise UsageError(f"--ray-address {address}: give 'auto', HOST:PORT (the head's GCS, e.g. :6379) or "
+                         "ray://HOST:PORT (Ray Client, e.g. :10001)")
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_SECONDS).close()
+    except OSError as exc:
+        raise UsageError(f"--engine ray: nothing answers at {address} ({exc.strerror or exc}); start the cluster "
+                         "first (ray start --head) or give its address") from None
 
 
 def run(prepared: Prepared, items: Iterable[InputImage],

@@ -22,7 +22,8 @@ from ..errors import ImageError, first_line
 from ..explainers.engine import TOP_CLASS, BatchExplanation, rank_request
 from ..images import (PICTURE_BYTES_PER_PIXEL, InputImage, View, decode_bytes, fit_view, open_image, output_size,
                       shown_at, to_model_input)
-from ..metrics import PERTURBATION_METRICS, CurveJob, blurred, curve_areas, energy_in, iou, perturbed, pixel_order, pointing_hit
+from ..metrics import (PERTURBATION_METRICS, CurveJob, blurred, curve_areas, energy_in, iou, perturbed, pixel_order,
+                       pointing_hit)
 from ..mosaic import Sheet, tile_size
 from ..outputs import Ranked, Row, output_path, table_text, thumbnail_path, write_image, write_npy
 from ..pipeline import (ImageResult, Prepared, baseline_input, layer_label, mosaic_path, planned_outputs, recorded,
@@ -56,7 +57,8 @@ def run(prepared: Prepared, items: Iterable[InputImage], stop: Callable[[], str 
 
 
 def explained(prepared: Prepared, items: Iterable[InputImage], carried: Carried,
-              stopping: Callable[[], bool] = lambda: False, budget: MemoryBudget | None = None) -> Iterator[ImageResult]:
+              stopping: Callable[[], bool] = lambda: False,
+              budget: MemoryBudget | None = None) -> Iterator[ImageResult]:
     """Decode, explain, render and write the files of ``items`` (whole files: a volume is split
     into its slices here), yielding each image's result in order; the table is the caller's.
 

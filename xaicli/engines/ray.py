@@ -26,6 +26,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ..errors import UsageError
 from ..images import InputImage
@@ -48,8 +49,8 @@ def run(prepared: Prepared, items: Iterable[InputImage],
 
     ``stop`` is asked as each block comes back; when it gives a reason (or ``--fail-fast`` has
     met a failure) that block and those under way are dropped: their images have no rows (their
-    files may be written), and ``--resume`` explains them again. A node that
-    cannot write the output folder stops the run before any image is explained.
+    files may be written), and ``--resume`` explains them again. A node that cannot write the
+    output folder stops the run before any image is explained.
     """
     config = prepared.config
     with _ray_session(config.ray_address):
@@ -93,7 +94,8 @@ def _replica_failure(exc: Exception) -> Exception:
     """One line for a replica's failure: a model it could not build (a usage problem: exit 2),
     or an error while explaining, which the per-image error rows did not catch (a bug)."""
     lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).splitlines() if line.strip()]
-    reason = re.sub(r"^xaicli\.errors\.\w+: ", "", lines[-1]) if lines else type(exc).__name__  # our own errors say enough
+    # The last line names the error; our own errors' class names add nothing to their text.
+    reason = re.sub(r"^xaicli\.errors\.\w+: ", "", lines[-1]) if lines else type(exc).__name__
     if isinstance(exc, ray.exceptions.ActorDiedError) and "creation task" in str(exc):
         return UsageError(f"--engine ray: a replica could not prepare the model on its worker: {reason}")
     return RuntimeError(f"a Ray replica failed: {reason}")
@@ -106,10 +108,11 @@ def _ray_session(address: str | None) -> Iterator[None]:
     and its logging to itself: the command line owns standard error."""
     started = not ray.is_initialized()
     if started:
+        # The C++ core's one line at start, when told to say nothing after it (the command does so).
+        quiet = os.environ.get("RAY_BACKEND_LOG_LEVEL") == "fatal"
         try:
-            with stderr_silenced() if os.environ.get("RAY_BACKEND_LOG_LEVEL") == "fatal" else contextlib.nullcontext():
-                ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
-                     configure_logging=True)
+            with stderr_silenced() if quiet else contextlib.nullcontext():
+                ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = f"the Ray cluster at {address}" if address else "a local Ray"
             raise UsageError(f"--engine ray: cannot start or join {where}: {str(exc).splitlines()[0]}") from None
@@ -147,7 +150,8 @@ def _pool(workers: int | None, gpus_per_worker: float) -> dict[str, object]:
     if share <= 0:
         raise UsageError(f"--workers {replicas} is more replicas than Ray can place on {cpus:g} CPUs "
                          f"(each needs at least 0.01 of a CPU, and one CPU stays free); give fewer")
-    return {"compute": ray.data.ActorPoolStrategy(size=replicas), "num_cpus": share, **({"num_gpus": gpus_per_worker} if gpus_per_worker else {})}
+    gpus = {"num_gpus": gpus_per_worker} if gpus_per_worker else {}
+    return {"compute": ray.data.ActorPoolStrategy(size=replicas), "num_cpus": share, **gpus}
 
 
 def _for_replicas(decisions: Decisions) -> Decisions:
@@ -201,16 +205,15 @@ def check_shared(out_dir: Path) -> None:
     except OSError as exc:
         raise UsageError(f"cannot write to output folder {out_dir}: {exc.strerror or exc}") from None
     try:
-        folder = os.getcwd()
-        checks = {node["NodeManagerAddress"]: _sees_remote.options(
-            scheduling_strategy=ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
-        ).remote(str(out_dir), token, folder) for node in ray.nodes() if node.get("Alive")}
-        problems = {address: problem for address, problem in zip(checks, ray.get(list(checks.values()))) if problem}
+        nodes = [node for node in ray.nodes() if node.get("Alive")]
+        checks = [_sees_remote.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False))
+                  .remote(str(out_dir), token, os.getcwd()) for node in nodes]
+        problems = [(node["NodeManagerAddress"], problem) for node, problem in zip(nodes, ray.get(checks)) if problem]
     finally:
         for leftover in out_dir.glob(f"{token}*"):
             leftover.unlink(missing_ok=True)
     if problems:
-        address, problem = next(iter(problems.items()))
+        address, problem = problems[0]
         more = f" (and {len(problems) - 1} more nodes)" if len(problems) > 1 else ""
         raise UsageError(f"--engine ray: the workers on {address}{more} cannot write the output folder: {problem}; "
                          "on a cluster, -o must be storage every node mounts at the same path")
