@@ -211,8 +211,8 @@ def _layer_regex_option(func: Callable) -> Callable:
               help="local: threads that decode images and write PNGs (default CPU count, 2..8). ray: model "
                    "replicas (default one per node), which together never hold every CPU.")
 @click.option("--ray-address", metavar="ADDRESS",
-              help="--engine ray: the cluster to join, 'auto' (the one this machine belongs to) or "
-                   "'ray://host:port'; default: start Ray on this machine.")
+              help="--engine ray: the cluster to join: 'auto' (the one this machine belongs to), HOST:PORT "
+                   "(the head's GCS) or 'ray://HOST:PORT' (Ray Client); default: start Ray on this machine.")
 @click.option("--gpus-per-worker", type=float, default=0.0, show_default=True, metavar="SHARE",
               help="--engine ray: GPUs each replica asks for (0.5 puts two on a GPU); where the cluster has GPUs.")
 @click.option("--smoothgrad-samples", type=int, default=25, show_default=True,
