@@ -64,8 +64,8 @@ def _table(out: Path) -> str:
 def _manifest(out: Path) -> dict:
     """run.json without what may differ between engines: the engine, the timing and OUT."""
     manifest = json.loads((out / "run.json").read_text(encoding="utf-8"))
-    for key in ("engine", "seconds"):
-        manifest.pop(key)
+    for key in ("engine", "seconds", "ray"):
+        manifest.pop(key, None)
     for key in ("engine", "out_dir", "workers"):
         manifest["options"].pop(key)
     return manifest
@@ -106,7 +106,10 @@ def test_two_replicas_write_the_same_bytes_as_the_local_engine(sample_runs):
     assert _manifest(local) == _manifest(on_ray)
     assert json.loads((on_ray / "run.json").read_text())["engine"] == "ray"
     stderr = (on_ray.parent / "ray-stderr.txt").read_text()
-    assert "1 failed" in stderr and "Ray" not in stderr  # Ray's own logging stays out
+    assert "1 failed" in stderr and stderr.count("Ray") == 1  # Ray's own logging stays out
+    assert "; on Ray: 2 replicas (0.5 CPU each) on 1 node" in stderr
+    assert json.loads((on_ray / "run.json").read_text())["ray"] == {"replicas": 2, "cpus_per_replica": 0.5,
+                                                                     "gpus_per_replica": 0.0, "nodes": 1}
     errors = [line for line in _table(on_ray).splitlines() if line.split(",")[1] == "error"]
     assert len(errors) == 6 and all("broken.jpg" in line for line in errors)  # one per method and rank
     assert (on_ray / "brain.nii.gz.gradcam.top1.mosaic.png").exists()
@@ -206,7 +209,7 @@ def test_replicas_leave_a_cpu_to_ray_data(monkeypatch):
         monkeypatch.setattr(ray_engine.ray, "cluster_resources", lambda: {"CPU": cpus})
 
     def pool(workers, gpus=0.0):
-        arguments = ray_engine._pool(workers, gpus)
+        arguments = ray_engine.pool_for(workers, gpus).arguments()
         return arguments["compute"].min_size, arguments["num_cpus"], arguments.get("num_gpus")
 
     cluster(1, 2)

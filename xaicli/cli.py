@@ -304,7 +304,8 @@ def _explain_all(config: RunConfig, stop: _StopSignals, say: Callable[[str], Non
     started = time.monotonic()
     progress = _explain_with_progress(modules.engines.run(prepared, images(), stop), total, quiet)
     figures = _run_figures(config)
-    say(_summary(progress, time.monotonic() - started, config) + _accuracy(figures.get("accuracy")))
+    say(_summary(progress, time.monotonic() - started, config) + _accuracy(figures.get("accuracy"))
+        + _on_ray(figures.get("ray")))
     if figures.get("metrics"):
         say("; ".join(f"{method}: " + ", ".join(f"{name} {value:.3f}" for name, value in means.items() if value is not None)
                       for method, means in figures["metrics"].items()))
@@ -343,7 +344,17 @@ def _run_figures(config: RunConfig) -> dict:
         manifest = json.loads((config.out_dir / "run.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    return {key: manifest[key] for key in ("accuracy", "metrics") if key in manifest}
+    return {key: manifest[key] for key in ("accuracy", "metrics", "ray") if key in manifest}
+
+
+def _on_ray(pool: dict | None) -> str:
+    """'; on Ray: 2 replicas (0.5 CPU each) on 1 node' from run.json's ray entry (--engine ray)."""
+    if pool is None:
+        return ""
+    gpus = f", {pool['gpus_per_replica']:g} GPU" if pool["gpus_per_replica"] else ""
+    plural = lambda count, word: f"{count} {word}{'' if count == 1 else 's'}"  # noqa: E731
+    return (f"; on Ray: {plural(pool['replicas'], 'replica')} ({pool['cpus_per_replica']:g} CPU{gpus} each) "
+            f"on {plural(pool['nodes'], 'node')}")
 
 
 def _accuracy(accuracy: dict | None) -> str:

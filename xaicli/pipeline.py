@@ -370,6 +370,7 @@ class Record:
         self.tally = Tally()
         self.means = Means.empty()
         self.status = "complete"
+        self.engine_details: dict[str, object] = {}  # what run.json records under the engine's name
 
     def add(self, result: ImageResult) -> None:
         """Write the image's rows (or the resumed run's) and count them."""
@@ -426,7 +427,8 @@ def recorded(prepared: Prepared, engine: str, stop: Callable[[], str | None] = l
         yield record
         record.close()
     write_json(config.out_dir / MANIFEST_NAME, manifest(prepared, record.counts, record.status,
-                                                        time.monotonic() - started, record.tally, record.means, engine))
+                                                        time.monotonic() - started, record.tally, record.means, engine,
+                                                        record.engine_details))
 
 
 def _add_figures(means: Means, result: ImageResult) -> None:
@@ -454,10 +456,12 @@ def _labelled(result: ImageResult) -> tuple[str, str]:
 
 
 def manifest(prepared: Prepared, counts: dict[str, int], status: str, seconds: float,
-             tally: Tally | None = None, means: Means | None = None, engine: str = "local") -> dict:
+             tally: Tally | None = None, means: Means | None = None, engine: str = "local",
+             engine_details: dict[str, object] | None = None) -> dict:
     """What ``OUT/run.json`` records: versions, the model's SHA-256, what was resolved, every
-    option's value, how the run ended, counts per outcome, the accuracy and confusion matrix
-    (with --true-labels) and timing."""
+    option's value, the engine (and, under its name, what it reports of itself: Ray's pool), how
+    the run ended, counts per outcome, the accuracy and confusion matrix (with --true-labels) and
+    timing."""
     config = prepared.config
     accuracy = {"accuracy": (tally or Tally()).as_dict()} if prepared.truth is not None else {}
     figures = {"metrics": (means or Means.empty()).as_dict(config.methods, config.figures)} if config.figures else {}
@@ -482,6 +486,7 @@ def manifest(prepared: Prepared, counts: dict[str, int], status: str, seconds: f
         },
         "options": _options(config),
         "engine": engine,
+        **({engine: engine_details} if engine_details else {}),
         "status": status,
         "counts": {"images": sum(counts.values()), **counts},
         "seconds": round(seconds, 3),

@@ -20,7 +20,7 @@ import os
 import pickle
 import re
 import uuid
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -56,16 +56,18 @@ def run(prepared: Prepared, items: Iterable[InputImage],
     with _ray_session(config.ray_address):
         check_shared(config.out_dir)
         with recorded(prepared, "ray", stop) as record:
+            pool = pool_for(config.workers, config.gpus_per_worker)
+            record.engine_details = pool.as_dict()
             carried = _carried_by_file(record.carried)
             for files in batched(items, FILES_PER_DATASET):
-                for result in _explained_on_ray(prepared, files, carried, record.stopping):
+                for result in _explained_on_ray(prepared, files, carried, pool, record.stopping):
                     record.add(result)
                     yield result
                 if record.status != "complete":
                     return
 
 
-def _explained_on_ray(prepared: Prepared, files: list[InputImage], carried: dict[str, Carried],
+def _explained_on_ray(prepared: Prepared, files: list[InputImage], carried: dict[str, Carried], pool: Pool,
                       stopping: Callable[[], bool]) -> Iterator[ImageResult]:
     """One dataset of ``files`` through a pool of replicas, results in input order; the blocks
     that come back after ``stopping`` says so are dropped."""
@@ -75,7 +77,7 @@ def _explained_on_ray(prepared: Prepared, files: list[InputImage], carried: dict
                                  override_num_blocks=math.ceil(len(work) / (config.batch_size * BLOCK_BATCHES)))
     replicas = blocks.map_batches(
         _Replica, fn_constructor_kwargs={"decisions": _for_replicas(prepared.decisions), "folder": os.getcwd()},
-        batch_size=None, batch_format="numpy", **_pool(config.workers, config.gpus_per_worker))
+        batch_size=None, batch_format="numpy", **pool.arguments())
     finished = replicas.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1)
     try:
         for block in finished:
@@ -133,8 +135,28 @@ def _ray_session(address: str | None) -> Iterator[None]:
             ray.shutdown()
 
 
-def _pool(workers: int | None, gpus_per_worker: float) -> dict[str, object]:
-    """``map_batches`` arguments for the replicas: how many, and the CPUs and GPUs each reserves.
+@dataclass(frozen=True)
+class Pool:
+    """The replicas: how many, the CPUs and GPUs each reserves, and the nodes they may use."""
+
+    replicas: int
+    cpus: float
+    gpus: float
+    nodes: int
+
+    def arguments(self) -> dict[str, object]:
+        """``map_batches``'s arguments for this pool."""
+        gpus = {"num_gpus": self.gpus} if self.gpus else {}
+        return {"compute": ray.data.ActorPoolStrategy(size=self.replicas), "num_cpus": self.cpus, **gpus}
+
+    def as_dict(self) -> dict[str, object]:
+        """What ``run.json`` records of the pool."""
+        return {"replicas": self.replicas, "cpus_per_replica": self.cpus, "gpus_per_replica": self.gpus,
+                "nodes": self.nodes}
+
+
+def pool_for(workers: int | None, gpus_per_worker: float) -> Pool:
+    """The pool on the cluster Ray is connected to.
 
     By default one replica per node. Together they reserve all but one CPU of the cluster (at
     most half of a one-CPU machine), since Ray Data stalls when actors hold every CPU
@@ -150,8 +172,7 @@ def _pool(workers: int | None, gpus_per_worker: float) -> dict[str, object]:
     if share <= 0:
         raise UsageError(f"--workers {replicas} is more replicas than Ray can place on {cpus:g} CPUs "
                          f"(each needs at least 0.01 of a CPU, and one CPU stays free); give fewer")
-    gpus = {"num_gpus": gpus_per_worker} if gpus_per_worker else {}
-    return {"compute": ray.data.ActorPoolStrategy(size=replicas), "num_cpus": share, **gpus}
+    return Pool(replicas, share, gpus_per_worker, nodes)
 
 
 def _for_replicas(decisions: Decisions) -> Decisions:
