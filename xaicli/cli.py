@@ -339,7 +339,7 @@ def _summary(progress: _Progress, elapsed: float, config: RunConfig) -> str:
 
 
 def _run_figures(config: RunConfig) -> dict:
-    """What run.json says of accuracy and metrics ({} when it cannot be read)."""
+    """What run.json says of accuracy, metrics and the Ray pool ({} when it cannot be read)."""
     try:
         manifest = json.loads((config.out_dir / "run.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):

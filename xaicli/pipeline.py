@@ -60,6 +60,7 @@ class Prepared:
     info: ModelInfo
     layer: LayerInfo | None
     scaling: Scaling  # the preset or custom scaling applied to 0..255 pixels
+    baseline: np.ndarray  # (H, W, C) model input of --ig-baseline: integrated gradients' start, deletion's end
     explainer: Explainer
     lut: np.ndarray
     intensity: Intensity  # --intensity, parsed
@@ -263,6 +264,7 @@ def _built(model: keras.Model, info: ModelInfo, decisions: Decisions) -> Prepare
         by_family.setdefault(spec.family, {})[name] = spec.load()
     layer = next(layer for layer in info.layers if layer.path == decisions.layer_path) if decisions.layer_path else None
     wants_attention = any(spec.family == "attention" for spec in methods.values())
+    baseline = baseline_input(config.ig_baseline, info, scaling)
     explainer = Explainer(
         build_probe(model, info, decisions.layer_path, attention=wants_attention), info, decisions.layer_path,
         by_family,
@@ -270,13 +272,13 @@ def _built(model: keras.Model, info: ModelInfo, decisions: Decisions) -> Prepare
         batch_size=config.batch_size,
         options=MethodOptions(
             smoothgrad_samples=config.smoothgrad_samples, smoothgrad_noise=config.smoothgrad_noise,
-            ig_steps=config.ig_steps, baseline=baseline_input(config.ig_baseline, info, scaling),
+            ig_steps=config.ig_steps, baseline=baseline,
             scorecam_max_channels=config.scorecam_max_channels,
             head_fusion=config.head_fusion, discard_ratio=config.discard_ratio,
         ),
     )
-    return Prepared(decisions=decisions, info=info, layer=layer, scaling=scaling, explainer=explainer,
-                    lut=COLORMAPS[config.colormap](), intensity=parse_intensity(config.intensity))
+    return Prepared(decisions=decisions, info=info, layer=layer, scaling=scaling, baseline=baseline,
+                    explainer=explainer, lut=COLORMAPS[config.colormap](), intensity=parse_intensity(config.intensity))
 
 
 def _truth(config: RunConfig, labels: tuple[str, ...], classes: int) -> Truth | None:

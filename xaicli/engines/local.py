@@ -26,8 +26,7 @@ from ..metrics import (PERTURBATION_METRICS, CurveJob, blurred, curve_areas, ene
                        pointing_hit)
 from ..mosaic import Sheet, tile_size
 from ..outputs import Ranked, Row, output_path, table_text, thumbnail_path, write_image, write_npy
-from ..pipeline import (ImageResult, Prepared, baseline_input, layer_label, mosaic_path, planned_outputs, recorded,
-                        wants_mosaic)
+from ..pipeline import ImageResult, Prepared, layer_label, mosaic_path, planned_outputs, recorded, wants_mosaic
 from ..render import draw_heatmap, draw_overlay, draw_panel, overlay, upsample
 from ..report import thumbnail_size
 from ..stacks import StackCache, parse_slices
@@ -286,7 +285,7 @@ def _faithfulness(prepared: Prepared, inputs: np.ndarray,
     if not wanted:
         return {}
     size = prepared.info.input_size
-    baseline = baseline_input(config.ig_baseline, prepared.info, prepared.scaling)
+    baseline = prepared.baseline
     # Each image is blurred once, for every method and explained class.
     blurry = [blurred(image) for image in inputs] if "insertion" in wanted else []
     starts = {"deletion": lambda index: (inputs[index], baseline), "insertion": lambda index: (blurry[index], inputs[index])}
