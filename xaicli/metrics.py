@@ -35,11 +35,6 @@ TRUTH_METRICS = {
 BLUR_SIGMA, BLUR_TAPS = 5.0, 11  # the paper's insertion start: a Gaussian blur of the input
 
 
-def steps_fractions(steps: int) -> np.ndarray:
-    """(steps + 1,) fractions of the pixels changed at each step: 0, 1/steps, ..., 1."""
-    return np.linspace(0.0, 1.0, steps + 1)
-
-
 def area_under(probabilities: np.ndarray) -> float:
     """Trapezoid-rule area under ``probabilities`` taken at equal steps over 0..1."""
     values = np.asarray(probabilities, np.float64)

@@ -31,7 +31,7 @@ class Truth:
     def label(self, item: InputImage) -> str:
         """The image's true label; '' when the CSV does not name it."""
         if self.from_folder:
-            return item.path.parent.name if item.path.parent.name else ""
+            return item.path.parent.name
         return self.by_path.get(_key(item.path)) or self.by_path.get(str(item.relative), "")
 
 
