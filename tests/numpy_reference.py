@@ -1,14 +1,45 @@
 """Independent numpy computations of the explanation formulas, for the tests to compare against.
 
-The reference model is small enough to differentiate by hand:
-    A      = ReLU(conv3x3_valid(x, K) + b)               (N, h, w, k)   the target layer
-    hidden = ReLU(flatten(A) @ W1 + c1)                                 a nonlinear head
-    logits = hidden @ W2 + c2
-so d logit_c / d flatten(A) = W1 @ (1[hidden > 0] * W2[:, c]), different for every image, and
-d logit_c / d x follows by passing that back through the ReLU mask and the convolution.
+The reference models are small enough to differentiate by hand:
+    pre    = sum_b conv3x3_valid(x, K_b) + b_b                      one branch, or a residual add of two
+    A      = ReLU(pre) (post-activation) or pre itself (signed)     (N, h, w, k)   the target layer
+    hidden = ReLU(flatten(A) @ W1 + c1)                             a nonlinear head
+    scores = hidden @ W2 + c2                                       the explained pre-activation scores
+so d score_c / d flatten(A) = W1 @ (1[hidden > 0] * W2[:, c]), different for every image, and
+d score_c / d x follows by passing that back through the ReLU mask (if any) and the convolutions.
+A one-unit sigmoid head z is two classes with scores (-z, z): its W2, c2 are mapped by [[-1, 1]],
+and its probabilities are the sigmoids of those scores.
 """
 
+from dataclasses import dataclass
+
 import numpy as np
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The weights of one reference model, read from the Keras model the tests build."""
+
+    convs: tuple  # ((kernel (3, 3, C, k), bias (k,)), ...): the branches summed into the target layer
+    relu: bool  # the target layer is ReLU(pre); False: the signed sum itself (a residual add)
+    hidden: tuple  # (W1, c1)
+    head: tuple  # (W2, c2) giving the explained scores, (10, classes)
+    sigmoid: bool = False  # probabilities are sigmoid(scores) (one-unit sigmoid), else softmax
+
+    @classmethod
+    def from_keras(cls, model, convs, relu, sigmoid=False):
+        """Read ``convs`` (layer names), 'hidden' and 'head' from ``model``."""
+        w2, c2 = model.get_layer("head").get_weights()
+        if sigmoid:  # z -> (-z, z)
+            w2, c2 = w2 @ np.array([[-1.0, 1.0]]), c2 @ np.array([[-1.0, 1.0]])
+        return cls(tuple(tuple(model.get_layer(name).get_weights()) for name in convs), relu,
+                   tuple(model.get_layer("hidden").get_weights()), (w2, c2), sigmoid)
+
+    def probabilities(self, scores):
+        if self.sigmoid:
+            return 1 / (1 + np.exp(-scores))
+        shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
+        return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 def conv_valid(images, kernel, bias):
@@ -21,27 +52,31 @@ def conv_valid(images, kernel, bias):
     return out
 
 
-def conv_valid_relu(images, kernel, bias):
-    return np.maximum(conv_valid(images, kernel, bias), 0)
+def pre_activation(images, model: Reference):
+    return sum(conv_valid(images.astype(np.float64), kernel, bias) for kernel, bias in model.convs)
 
 
-def forward_and_gradients(images, weights, classes=None):
-    """Target activations, logits, explained classes and d logit / d activations."""
-    (kernel, bias), (w1, c1), (w2, c2) = weights
-    activations = conv_valid_relu(images.astype(np.float64), kernel, bias)
+def forward_and_gradients(images, model: Reference, classes=None):
+    """Target activations, scores, explained classes and d score / d activations."""
+    pre = pre_activation(images, model)
+    activations = np.maximum(pre, 0) if model.relu else pre
+    (w1, c1), (w2, c2) = model.hidden, model.head
     flat = activations.reshape(len(images), -1)
     pre_hidden = flat @ w1 + c1
-    logits = np.maximum(pre_hidden, 0) @ w2 + c2
-    classes = logits.argmax(axis=1) if classes is None else np.asarray(classes)
+    scores = np.maximum(pre_hidden, 0) @ w2 + c2
+    classes = scores.argmax(axis=1) if classes is None else np.asarray(classes)
     gradients = np.stack([
         (w1 @ ((pre_hidden[n] > 0) * w2[:, classes[n]])).reshape(activations.shape[1:])
         for n in range(len(images))
     ])
-    return activations, logits, classes, gradients
+    return activations, scores, classes, gradients
 
 
 def normalize(cam):
-    cam = np.maximum(cam, 0)
+    return _min_max(np.maximum(cam, 0))
+
+
+def _min_max(cam):
     span = cam.max() - cam.min()
     return (cam - cam.min()) / span if span > 0 else np.zeros_like(cam)
 
@@ -73,9 +108,11 @@ def bilinear_resize(grid, height, width):
     return top * (1 - fr[:, None]) + bottom * fr[:, None]
 
 
-def scorecam_maps(images, weights, classes, max_channels=None):
-    """Each channel, upsampled and min-maxed, masks the image; softmax of the class scores weights it."""
-    activations, _, _, _ = forward_and_gradients(images, weights, classes)
+def scorecam_maps(images, model: Reference, classes, max_channels=None, score="probability", relu=True):
+    """Score-CAM's Algorithm 1: each channel, upsampled and min-maxed, masks the image; the
+    softmax over channels of the class's probability for each masked image weights it; ReLU.
+    ``score="logit"`` and ``relu=False`` are the departures the tests must be able to see."""
+    activations, _, _, _ = forward_and_gradients(images, model, classes)
     maps = []
     for image, a, c in zip(images, activations, classes):
         channels = np.arange(a.shape[-1])
@@ -86,10 +123,11 @@ def scorecam_maps(images, weights, classes, max_channels=None):
             mask = bilinear_resize(a[:, :, k], *image.shape[:2])
             span = mask.max() - mask.min()
             mask = (mask - mask.min()) / span if span > 0 else np.zeros_like(mask)
-            _, logits, _, _ = forward_and_gradients((image * mask[:, :, None])[None], weights, [c])
-            scores.append(logits[0, c])
+            _, masked_scores, _, _ = forward_and_gradients((image * mask[:, :, None])[None], model, [c])
+            scores.append((model.probabilities(masked_scores) if score == "probability" else masked_scores)[0, c])
         w = np.exp(np.array(scores) - max(scores))
-        maps.append(normalize(a[:, :, channels] @ (w / w.sum())))
+        cam = a[:, :, channels] @ (w / w.sum())
+        maps.append(normalize(cam) if relu else _min_max(cam))
     return np.stack(maps)
 
 
@@ -120,32 +158,33 @@ def cam_maps(method, activations, gradients):
     return np.stack(maps)
 
 
-def input_gradients(images, weights, classes):
-    """d logit_c / d x for the reference model, (N, H, W, C), by hand-written backpropagation."""
-    (kernel, bias), _, _ = weights
-    _, _, _, layer_gradients = forward_and_gradients(images, weights, classes)
-    through_relu = layer_gradients * (conv_valid(images.astype(np.float64), kernel, bias) > 0)
-    kh, kw = kernel.shape[:2]
+def input_gradients(images, model: Reference, classes):
+    """d score_c / d x for the reference model, (N, H, W, C), by hand-written backpropagation."""
+    _, _, _, layer_gradients = forward_and_gradients(images, model, classes)
+    if model.relu:
+        layer_gradients = layer_gradients * (pre_activation(images, model) > 0)
     result = np.zeros(images.shape)
-    for i in range(through_relu.shape[1]):
-        for j in range(through_relu.shape[2]):
-            result[:, i:i + kh, j:j + kw, :] += np.einsum("nk,abck->nabc", through_relu[:, i, j, :], kernel)
+    for kernel, _ in model.convs:
+        kh, kw = kernel.shape[:2]
+        for i in range(layer_gradients.shape[1]):
+            for j in range(layer_gradients.shape[2]):
+                result[:, i:i + kh, j:j + kw, :] += np.einsum("nk,abck->nabc", layer_gradients[:, i, j, :], kernel)
     return result
 
 
-def saliency_maps(images, weights, classes):
-    return np.stack([normalize(m) for m in np.abs(input_gradients(images, weights, classes)).max(axis=-1)])
+def saliency_maps(images, model: Reference, classes):
+    return np.stack([normalize(m) for m in np.abs(input_gradients(images, model, classes)).max(axis=-1)])
 
 
-def smoothgrad_maps(images, weights, classes, noises):
+def smoothgrad_maps(images, model: Reference, classes, noises):
     """noises: (N, samples, H, W, C), the noise each image gets."""
-    total = sum(np.abs(input_gradients(images + noises[:, s], weights, classes)).max(axis=-1)
+    total = sum(np.abs(input_gradients(images + noises[:, s], model, classes)).max(axis=-1)
                 for s in range(noises.shape[1]))
     return np.stack([normalize(m) for m in total])
 
 
-def integrated_gradients_maps(images, weights, classes, baseline, steps):
+def integrated_gradients_maps(images, model: Reference, classes, baseline, steps):
     path = [baseline + (s + 0.5) / steps * (images - baseline) for s in range(steps)]
-    average = sum(input_gradients(p, weights, classes) for p in path) / steps
+    average = sum(input_gradients(p, model, classes) for p in path) / steps
     attribution = (images - baseline) * average
     return np.stack([normalize(m) for m in np.abs(attribution.sum(axis=-1))])

@@ -11,7 +11,7 @@ from xaicli.explainers.cam import eigencam, gradcam, gradcam_plus_plus
 from xaicli.explainers.engine import TOP_CLASS
 from xaicli.pipeline import prepare
 
-from .numpy_reference import cam_maps, forward_and_gradients, scorecam_maps
+from .numpy_reference import Reference, cam_maps, forward_and_gradients, scorecam_maps
 
 
 def _explainer(model_path: Path, batch_size: int = 8, target_class: str | None = None, **options):
@@ -75,30 +75,51 @@ def test_map_without_positive_evidence_is_zeros_not_nan(gap_model):
 CAM_METHODS = [name for name, spec in REGISTRY.items() if spec.family == "cam"]
 
 
-@pytest.fixture(scope="module")
-def reference_model(tmp_path_factory):
-    """The model of tests/numpy_reference.py, random weights, saved as .h5."""
+# The target layer after a ReLU, where a missing ReLU or a flipped sign cannot show, and after a
+# residual add of two linear convolutions (signed activations), under a softmax head and under a
+# one-unit sigmoid head (two classes, scores -z and z).
+REFERENCE_KINDS = ["relu-softmax", "residual-softmax", "residual-sigmoid"]
+
+
+@pytest.fixture(scope="module", params=REFERENCE_KINDS)
+def reference_model(request, tmp_path_factory):
+    """A model of tests/numpy_reference.py, random weights, saved as .h5; (path, Reference, layer)."""
     import keras
     from keras import layers
 
+    residual, sigmoid = request.param.startswith("residual"), request.param.endswith("sigmoid")
     keras.utils.set_random_seed(11)
     inputs = keras.Input((8, 8, 3))
-    x = layers.Flatten()(layers.Conv2D(3, 3, activation="relu", name="conv")(inputs))
-    x = layers.Dense(10, activation="relu", name="hidden")(x)
-    model = keras.Model(inputs, layers.Dense(4, activation="softmax", name="head")(x))
-    path = tmp_path_factory.mktemp("reference") / "reference.h5"
+    if residual:
+        convs = ("conv_a", "conv_b")
+        target = layers.Add(name="add")([layers.Conv2D(3, 3, name=name)(inputs) for name in convs])
+    else:
+        convs = ("conv",)
+        target = layers.Conv2D(3, 3, activation="relu", name="conv")(inputs)
+    x = layers.Dense(10, activation="relu", name="hidden")(layers.Flatten()(target))
+    head = layers.Dense(1, activation="sigmoid", name="head") if sigmoid else layers.Dense(4, activation="softmax", name="head")
+    model = keras.Model(inputs, head(x))
+    path = tmp_path_factory.mktemp("reference") / f"{request.param}.h5"
     model.save(path)
-    weights = [model.get_layer(name).get_weights() for name in ("conv", "hidden", "head")]
-    return path, weights
+    return path, Reference.from_keras(model, convs, relu=not residual, sigmoid=sigmoid), "add" if residual else "conv"
 
 
-@pytest.mark.parametrize("requested", [None, 2])
+def _signed_somewhere(cam_before_relu: np.ndarray) -> bool:
+    """Some image's map has both signs, so a missing ReLU would change the normalized map."""
+    return any(m.min() < 0 < m.max() for m in cam_before_relu)
+
+
+@pytest.mark.parametrize("requested", [None, 1])
 def test_every_cam_method_matches_its_numpy_formula(reference_model, requested):
-    path, weights = reference_model
+    path, reference, layer = reference_model
     images = np.random.default_rng(5).normal(size=(6, 8, 8, 3)).astype(np.float32)
-    activations, _, classes, gradients = forward_and_gradients(images, weights, None if requested is None else [requested] * 6)
+    activations, _, classes, gradients = forward_and_gradients(images, reference, None if requested is None else [requested] * 6)
     assert len(np.unique(classes)) > 1 or requested is not None
+    if not reference.relu:
+        assert activations.min() < 0 < activations.max()
+        assert _signed_somewhere(np.einsum("nijk,nk->nij", activations, gradients.mean(axis=(1, 2))))
     run = _explainer(path, methods=tuple(CAM_METHODS))
+    assert run.layer.path == layer
     result = run.explainer.explain(images, np.full(6, TOP_CLASS if requested is None else requested))
     np.testing.assert_array_equal(result.classes, classes)
     for method in CAM_METHODS:
@@ -108,13 +129,26 @@ def test_every_cam_method_matches_its_numpy_formula(reference_model, requested):
 
 @pytest.mark.parametrize("max_channels", [None, 2])
 def test_scorecam_matches_numpy(reference_model, max_channels):
-    path, weights = reference_model
+    path, reference, _ = reference_model
     images = np.random.default_rng(6).normal(size=(3, 8, 8, 3)).astype(np.float32)
     run = _explainer(path, methods=("scorecam",), batch_size=2, scorecam_max_channels=max_channels)
     results = [run.explainer.explain(images[s], np.full(len(images[s]), TOP_CLASS)) for s in (slice(0, 2), slice(2, 3))]
     classes = np.concatenate([r.classes for r in results])
     maps = np.concatenate([r.maps["scorecam"] for r in results])
-    np.testing.assert_allclose(maps, scorecam_maps(images, weights, classes, max_channels), atol=1e-4)
+    np.testing.assert_allclose(maps, scorecam_maps(images, reference, classes, max_channels), atol=1e-4)
+
+
+def test_scorecam_weighs_channels_by_probability_and_applies_the_relu(reference_model):
+    """On the signed layer, the paper's map differs from the two departures it once had (logits
+    as channel scores; no ReLU), so the comparison above can see either."""
+    path, reference, _ = reference_model
+    if reference.relu:
+        pytest.skip("after a ReLU both departures vanish; the signed layers show them")
+    images = np.random.default_rng(6).normal(size=(3, 8, 8, 3)).astype(np.float32)
+    classes = forward_and_gradients(images, reference)[2]
+    paper = scorecam_maps(images, reference, classes)
+    assert np.abs(paper - scorecam_maps(images, reference, classes, score="logit")).max() > 1e-2
+    assert np.abs(paper - scorecam_maps(images, reference, classes, relu=False)).max() > 1e-2
 
 
 @pytest.mark.parametrize("channel_weights", [[1.0, 1.0, 1.0], [-3.0, 2.0, 2.0], [1.0, 1.0, -1.5]])

@@ -86,7 +86,8 @@ REGISTRY: dict[str, MethodSpec] = {
         MethodSpec(
             name="scorecam",
             family="score",
-            summary="channel weights = softmax of class scores with each channel as an input mask (--scorecam-max-channels)",
+            summary="channel weights = softmax over channels of the class probability with each channel as an input mask; "
+                    "ReLU of the weighted sum (--scorecam-max-channels)",
             paper="Wang et al. 2020, Score-CAM, CVPR Workshops, arXiv:1910.01279",
             implementation="xaicli.explainers.scorecam:scorecam",
         ),

@@ -56,15 +56,17 @@ class GradientContext:
 
 @dataclass(frozen=True)
 class ScoreContext:
-    """What a score-family method gets: the padded batch, its classes, the target layer's
-    activations, and a way to score one image under a stack of masks drawn from them."""
+    """What a score-family method gets: the batch, its classes, the target layer's activations,
+    and a way to ask the model's probability of the class for one image under a stack of masks
+    drawn from them."""
 
     images: np.ndarray  # (B, H, W, C) float32
     classes: np.ndarray  # (B,) int32
     activations: np.ndarray  # (B, h, w, k) float32
     options: MethodOptions
-    # (image (H, W, C), channel maps (m, h, w), class) -> (m,) class scores of the masked image
-    masked_scores: Callable[[np.ndarray, np.ndarray, int], np.ndarray]
+    # (image (H, W, C), channel maps (m, h, w), class) -> (m,) the class's probability in [0, 1]
+    # for each masked image (a one-unit sigmoid's probability of the explained sign)
+    masked_probabilities: Callable[[np.ndarray, np.ndarray, int], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -178,14 +180,15 @@ class Explainer:
 
     def _score_masked(self, image: tf.Tensor, channel_maps: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
         """Upsample each map to the input size (bilinear, half-pixel centres), min-max it to
-        [0, 1] (a flat map becomes 0), mask the image with it and score ``target``."""
+        [0, 1] (a flat map becomes 0), mask the image with it and return ``target``'s
+        probability: the explained output's activation, as Score-CAM's Algorithm 1 scores."""
         height, width = self._info.input_size
         masks = tf.image.resize(channel_maps[..., None], (height, width), method="bilinear")
         low = tf.reduce_min(masks, axis=(1, 2, 3), keepdims=True)
         span = tf.reduce_max(masks, axis=(1, 2, 3), keepdims=True) - low
         masks = tf.where(span > 0, (masks - low) / tf.where(span > 0, span, 1.0), 0.0)
-        scores, _ = class_scores(tf.cast(self._probe.logits(image[None] * masks), tf.float32), self._info)
-        return scores[:, target]
+        _, probabilities = class_scores(tf.cast(self._probe.logits(image[None] * masks), tf.float32), self._info)
+        return probabilities[:, target]
 
     def _class_probabilities(self, images: tf.Tensor) -> tf.Tensor:
         return class_scores(tf.cast(self._probe.logits(images), tf.float32), self._info)[1]
@@ -222,7 +225,7 @@ class Explainer:
             raw.update({name: method(context) for name, method in self._gradient_methods.items()})
         if self._score_methods:
             context = ScoreContext(batch[:count], classes.numpy()[:count], activations.numpy()[:count],
-                                   self._options, self._masked_scores)
+                                   self._options, self._masked_probabilities)
             raw.update({name: method(context) for name, method in self._score_methods.items()})
         if self._attention_methods:
             context = AttentionContext([a.numpy()[:count] for a in attention],
@@ -236,8 +239,9 @@ class Explainer:
             maps={name: normalize_maps(raw[name][:count]) for name in raw},
         )
 
-    def _masked_scores(self, image: np.ndarray, channel_maps: np.ndarray, target: int) -> np.ndarray:
-        """Scores of ``image`` under each of ``channel_maps`` (m, h, w), in padded chunks."""
+    def _masked_probabilities(self, image: np.ndarray, channel_maps: np.ndarray, target: int) -> np.ndarray:
+        """``target``'s probabilities for ``image`` under each of ``channel_maps`` (m, h, w), in
+        padded chunks."""
         scores = []
         for start in range(0, len(channel_maps), self.batch_size):
             chunk = channel_maps[start:start + self.batch_size]

@@ -1,5 +1,5 @@
 """Score-CAM: gradient-free channel weights from how much each channel, used as a mask, keeps
-the class score."""
+the class's probability."""
 
 from __future__ import annotations
 
@@ -9,25 +9,28 @@ from .engine import ScoreContext
 
 
 def scorecam(context: ScoreContext) -> np.ndarray:
-    """Score-CAM (Wang et al. 2020).
+    """Score-CAM as the paper's Algorithm 1 states it (Wang et al. 2020).
 
     Each channel ``A_k`` is upsampled to the input size (bilinear), min-max normalized to a mask
-    ``H_k`` in [0, 1] (a constant channel masks everything), and the image is scored with that
-    mask applied in model-input units, ``s_k = y_c(x * H_k)``. The weights are
-    ``softmax_k(s_k)`` and the map is ``sum_k w_k A_k`` (ReLU and normalization follow).
-    With ``--scorecam-max-channels N``, only the N channels with the highest mean activation
-    are scored and weighted: far fewer forward passes for a close map.
+    ``H_k`` in [0, 1] (a constant channel masks everything), and the image is passed with that
+    mask applied in model-input units. ``S_k`` is the explained output's *probability* for the
+    class, ``f_c(x * H_k)`` (softmax, or a sigmoid unit's probability of the explained sign),
+    not its logit; the weights are ``alpha = softmax_k(S_k)`` and the map is
+    ``ReLU(sum_k alpha_k A_k)``: on a layer with signed activations (a residual add) the ReLU
+    keeps negative evidence from showing as heat. With ``--scorecam-max-channels N``, only the
+    N channels with the highest mean activation are scored and weighted: far fewer forward
+    passes for a close map.
 
     Returns:
-        (B, h, w) raw maps on the layer's grid.
+        (B, h, w) maps on the layer's grid, >= 0, not yet normalized.
     """
     maps = []
     for image, activations, target in zip(context.images, context.activations, context.classes):
         channels = _chosen_channels(activations, context.options.scorecam_max_channels)
         chosen = activations[:, :, channels]
-        scores = context.masked_scores(image, np.moveaxis(chosen, -1, 0), int(target))
-        weights = np.exp(scores - scores.max())
-        maps.append(chosen @ (weights / weights.sum()))
+        probabilities = context.masked_probabilities(image, np.moveaxis(chosen, -1, 0), int(target))
+        weights = np.exp(probabilities - probabilities.max())
+        maps.append(np.maximum(chosen @ (weights / weights.sum()), 0.0))
     return np.stack(maps).astype(np.float32)
 
 
