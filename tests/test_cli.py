@@ -15,6 +15,8 @@ from PIL import Image
 from xaicli.cli import main
 from xaicli.outputs import COLUMNS
 
+from .test_report import _page_data
+
 EXPECTED_COLUMNS = ["input", "status", "error", "note", "pred_index", "pred_label", "pred_prob", "class_index",
                     "class_label", "class_prob", "class_score", "method", "layer", "output"]
 
@@ -250,6 +252,11 @@ def test_inputs_from_stdin_and_table_on_stdout(tiny_model, image_folder, tmp_pat
     assert list(rows[0]) == EXPECTED_COLUMNS
     assert "images explained" in result.stderr  # the summary stays on stderr
     assert not (tmp_path / "out" / "predictions.csv").exists()
+    # the page follows the table: the run keeps its rows in OUT for it
+    assert (tmp_path / "out" / ".predictions.csv").read_text(encoding="utf-8") == result.stdout
+    page = _page_data(tmp_path / "out" / "index.html")
+    assert [Path(card["input"]).name for card in page["cards"]] == ["a.png", "b.JPG"]
+    assert page["run"]["table"] == ""  # said as standard output
 
 
 def test_jsonl_table_has_the_columns_in_order_and_stable_numbers(tiny_model, image_folder, tmp_path):

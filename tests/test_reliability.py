@@ -323,3 +323,56 @@ def test_debug_shows_the_traceback_behind_a_one_line_error(tmp_path):
     assert plain.exit_code == debug.exit_code == 2
     assert "Traceback" not in plain.stderr and "Traceback (most recent call last)" in debug.stderr
     assert plain.stderr.strip().splitlines()[-1] == debug.stderr.strip().splitlines()[-1]
+
+
+def test_a_closed_pipe_ends_the_run_like_a_signal_and_resume_finishes_it(tiny_model, tmp_path):
+    """`xai run … --predictions - | head -1`: the reader going away is a pipeline's normal end."""
+    images = tmp_path / "images"
+    _many_images(images, 120)
+
+    def xai(out: Path, *extra: str) -> str:
+        return " ".join([sys.executable, "-m", "xaicli", "run", str(tiny_model), str(images), "-o", str(out),
+                         "--format", "jsonl", "--predictions", "-", "-b", "2", "--save", "overlay,raw", *extra])
+
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    script = (f"{xai(whole, '-q')} > {tmp_path / 'whole.jsonl'}; echo $? > {tmp_path / 'whole.status'}; "
+              f"{xai(parts)} 2> {tmp_path / 'stderr.txt'} | head -1; echo ${{PIPESTATUS[0]}} > {tmp_path / 'status'}")
+    shown = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=600)
+    assert (tmp_path / "whole.status").read_text().strip() == "1"  # the broken image
+    assert json.loads(shown.stdout)["input"].endswith("img0000.png")
+    assert (tmp_path / "status").read_text().strip() == "141"
+    said = (tmp_path / "stderr.txt").read_text()
+    assert "Traceback" not in said and "Exception" not in said and "Error" not in said
+    told = [line for line in said.splitlines() if line.startswith("xai:")]  # besides the progress bar
+    assert len(told) == 2 and told[0].startswith("xai: 120 images; layer"), said  # the start, and the end:
+    assert told[1].startswith("xai: stopped by a closed standard output")
+    assert told[1].endswith("run again with --resume to finish") and said.strip().endswith(told[1])
+    manifest = json.loads((parts / "run.json").read_text())
+    assert manifest["status"].startswith("stopped by SIGPIPE")
+    assert not (parts / ".xai.lock").exists()
+
+    again = subprocess.run(["bash", "-c", f"{xai(parts, '-q')} > /dev/null"], capture_output=True, text=True)
+    assert again.returncode == 2 and "holds an interrupted run" in again.stderr
+    assert again.stderr.strip().endswith("--resume, or start again with --overwrite")
+    assert f"continue it with xai run {tiny_model}" in again.stderr
+
+    resumed = subprocess.run(["bash", "-c", xai(parts, "-q", "--resume")], capture_output=True, text=True)
+    assert resumed.returncode == 1, resumed.stderr
+    rows = [json.loads(line) for line in resumed.stdout.splitlines()]
+    whole_rows = [json.loads(line) for line in (tmp_path / "whole.jsonl").read_text().splitlines()]
+    for row in rows + whole_rows:
+        row["output"] = row["output"] and Path(row["output"]).name
+    assert rows == whole_rows and len(rows) == 120
+    assert json.loads((parts / "run.json").read_text())["status"] == "complete"
+    for file in whole.iterdir():
+        if file.suffix in (".png", ".npy"):
+            assert file.read_bytes() == (parts / file.name).read_bytes(), file.name
+
+
+@pytest.mark.parametrize("command", [["info", "--json"], ["layers", "--all"]])
+def test_a_closed_pipe_after_other_commands_is_status_141_and_silent(tiny_model, command):
+    script = f"{sys.executable} -m xaicli {' '.join(command)} {tiny_model} | head -c 10 > /dev/null; " \
+             "echo ${PIPESTATUS[0]}"
+    shown = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120)
+    assert shown.stdout.strip() in ("0", "141")  # 0 when every byte fitted in the pipe before head left
+    assert shown.stderr == ""

@@ -8,25 +8,27 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import itertools
 import json
 import logging
 import os
+import shlex
 import signal
 import sys
 import time
 import traceback
 import warnings
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import IO, Callable, Iterator
 
 import click
 
 from . import __version__
 from .config import AUTO, ENGINES, HEAD_FUSIONS, IG_BASELINES, TARGETS, RunConfig, parse_names, parse_numbers, parse_size, read_config_file
 from .engines import check_engine
-from .errors import (EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_REQUIREMENT_UNMET, EXIT_SOME_FAILED, EXIT_USAGE,
-                     XaiError, first_line)
+from .errors import (EXIT_BROKEN_PIPE, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_REQUIREMENT_UNMET,
+                     EXIT_SOME_FAILED, EXIT_USAGE, InterruptedRunError, XaiError, first_line)
 from .metrics import PERTURBATION_METRICS, failed_requirements, parse_requirements
 from .explainers import REGISTRY
 from .images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, PRESET_HELP, RESIZE_MODES, discover, expand_stdin
@@ -244,14 +246,20 @@ def run(model: Path, inputs: tuple[Path, ...], config_file: Path | None, quiet: 
     by SIGINT/SIGTERM (after finishing the batches under way; continue with --resume),
     70 an internal error (a bug: run with --debug and report it).
     """
-    say = (lambda _m: None) if quiet else (lambda m: click.echo(f"xai: {m}", err=True))
+    def say(message: str) -> None:
+        if not quiet and stop.reason != "SIGPIPE":  # a pipeline's end is told in one line, below
+            click.echo(f"xai: {message}", err=True)
+
+    stop = _StopSignals(say)
     with _errors_reported(debug):
         config = _run_config(model, inputs, config_file, options)
-        with output_lock(config.out_dir, say), _StopSignals(say) as stop:
+        with output_lock(config.out_dir, say), stop:
             progress = _explain_all(config, stop, say, quiet, debug)
     if stop.reason:
-        say(f"stopped by {stop.reason} after {progress.done} of {progress.total} images; "
-            "run again with --resume to finish")
+        cause = "a closed standard output (its reader went away)" if stop.reason == "SIGPIPE" else stop.reason
+        if not quiet:
+            click.echo(f"xai: stopped by {cause} after {progress.done} of {progress.total} images; "
+                       "run again with --resume to finish", err=True)
         sys.exit(128 + signal.Signals[stop.reason].value)
     if config.fail_fast and progress.first_failure and progress.done < progress.total:
         say(f"stopped at the first failure (--fail-fast): {progress.first_failure}")
@@ -289,7 +297,10 @@ def _explain_all(config: RunConfig, stop: _StopSignals, say: Callable[[str], Non
         raise XaiError(f"no images found in {', '.join(map(str, config.inputs))} "
                        f"(looked for {' '.join(sorted(IMAGE_SUFFIXES))})")
     modules = _tensorflow(debug)
-    modules.pipeline.check_existing(config, images())
+    try:
+        modules.pipeline.check_existing(config, images())
+    except InterruptedRunError as exc:
+        raise XaiError(exc.advice(shlex.join(["xai", *sys.argv[1:], "--resume"]))) from None
     prepared = modules.pipeline.prepare(config)
     layer = prepared.layer
     target = (f"layer {layer.path} ({layer.type_name}; {prepared.layer_reason})"
@@ -299,10 +310,9 @@ def _explain_all(config: RunConfig, stop: _StopSignals, say: Callable[[str], Non
     say(f"{total} images; {target}{explained}; preprocess {prepared.preprocess} ({prepared.preprocess_reason})")
     _pillow_pixel_limit(config.max_pixels)
     return_large_blocks_to_the_system()
-    if config.predictions == "-":
-        _escape_undecodable(sys.stdout)
     started = time.monotonic()
-    progress = _explain_with_progress(modules.engines.run(prepared, images(), stop), total, quiet)
+    with _table_on_stdout(config.predictions == "-", stop.stdout_closed):
+        progress = _explain_with_progress(modules.engines.run(prepared, images(), stop), total, quiet)
     figures = _run_figures(config)
     say(_summary(progress, time.monotonic() - started, config) + _accuracy(figures.get("accuracy"))
         + _on_ray(figures.get("ray")))
@@ -374,12 +384,63 @@ def _pillow_pixel_limit(max_pixels: int) -> None:
     Image.MAX_IMAGE_PIXELS = max_pixels
 
 
-def _escape_undecodable(stream: object) -> None:
-    """File names that are not valid UTF-8 are written to the table as backslash escapes, as
-    in a table file, rather than ending the run."""
-    reconfigure = getattr(stream, "reconfigure", None)
+@contextlib.contextmanager
+def _table_on_stdout(used: bool, closed: Callable[[], None]) -> Iterator[None]:
+    """While the table goes to standard output (``used``), file names that are not valid UTF-8
+    are written as backslash escapes, as in a table file, and a reader that goes away (``| head``)
+    calls ``closed`` instead of raising: the run stops as on a signal."""
+    if not used:
+        yield
+        return
+    original = sys.stdout
+    reconfigure = getattr(original, "reconfigure", None)
     if reconfigure is not None:
         reconfigure(errors="backslashreplace")
+    sys.stdout = _ReaderMayLeave(original, closed)
+    try:
+        yield
+    finally:
+        sys.stdout = original
+
+
+class _ReaderMayLeave(io.TextIOBase):
+    """Standard output whose reader may go away: the first write that finds the pipe closed calls
+    ``closed`` once; that write and every later one go nowhere."""
+
+    def __init__(self, stream: IO[str], closed: Callable[[], None]) -> None:
+        super().__init__()
+        self._stream = stream
+        self._closed = closed
+        self._gone = False
+
+    def write(self, text: str) -> int:
+        self._guarded(lambda: self._stream.write(text))
+        return len(text)
+
+    def flush(self) -> None:
+        self._guarded(self._stream.flush)
+
+    def _guarded(self, action: Callable[[], object]) -> None:
+        if self._gone:
+            return
+        try:
+            action()
+        except BrokenPipeError:
+            self._gone = True
+            _stdout_to_devnull()
+            self._closed()
+
+
+def _stdout_to_devnull() -> None:
+    """Point the process's standard output at /dev/null, so that what is still buffered for the
+    closed pipe goes nowhere at exit instead of raising again."""
+    try:
+        descriptor = sys.__stdout__.fileno()
+    except (AttributeError, ValueError, io.UnsupportedOperation):  # not a real file (a test runner's)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, descriptor)
+    os.close(devnull)
 
 
 class _StopSignals:
@@ -392,7 +453,13 @@ class _StopSignals:
         self._previous: dict[int, object] = {}
 
     def __call__(self) -> str | None:
+        if self.reason == "SIGPIPE":
+            return "SIGPIPE (standard output's reader went away)"
         return self.reason
+
+    def stdout_closed(self) -> None:
+        """The reader of standard output went away: the run stops as on SIGPIPE, quietly."""
+        self.reason = self.reason or "SIGPIPE"
 
     def _handle(self, signum: int, _frame: object) -> None:
         if self.reason:
@@ -585,15 +652,17 @@ def sanity(model: Path, inputs: tuple[Path, ...], out_dir: Path, methods: str, s
 def methods() -> None:
     """List the explanation methods: name, family, what it computes, and its paper."""
     width = max(len(name) for name in REGISTRY)
-    for spec in REGISTRY.values():
-        click.echo(f"{spec.name:<{width}}  [{spec.family}]  {spec.summary}")
-        click.echo(f"{'':<{width}}  {spec.paper}")
+    with _errors_reported(debug=False):
+        for spec in REGISTRY.values():
+            click.echo(f"{spec.name:<{width}}  [{spec.family}]  {spec.summary}")
+            click.echo(f"{'':<{width}}  {spec.paper}")
 
 
 @contextlib.contextmanager
 def _errors_reported(debug: bool) -> Iterator[None]:
-    """Turn a project error into one line on stderr and exit status 2. Anything else is a bug:
-    one line too (exit 70), and the traceback only with --debug."""
+    """Turn a project error into one line on stderr and exit status 2. A closed standard output
+    is a pipeline's normal end: exit 141 (SIGPIPE's), quietly. Anything else is a bug: one line
+    too (exit 70), and the traceback only with --debug."""
     try:
         with warnings.catch_warnings():
             if not debug:
@@ -608,6 +677,9 @@ def _errors_reported(debug: bool) -> Iterator[None]:
         click.echo("xai: stopped at once; images of the batches under way have no rows (--resume redoes them)",
                    err=True)
         sys.exit(EXIT_INTERRUPTED)
+    except BrokenPipeError:  # `xai info --json | head -c 10`: the reader has what it wanted
+        _stdout_to_devnull()
+        sys.exit(EXIT_BROKEN_PIPE)
     except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
         raise
     except Exception as exc:  # noqa: BLE001 (the last line of defence: a bug, never a traceback)

@@ -20,7 +20,7 @@ from .intensity import parse_intensity
 from .metrics import PERTURBATION_METRICS, TRUTH_METRICS, parse_requirements
 from .nifti import SLICE_AXES
 from .stacks import parse_slices
-from .outputs import IMAGE_FORMATS, SAVE_KINDS, TABLE_FORMATS
+from .outputs import IMAGE_FORMATS, SAVE_KINDS, TABLE_FORMATS, table_path
 from .render import COLORMAPS
 
 AUTO = "auto"
@@ -170,9 +170,6 @@ class RunConfig:
             raise UsageError(f"unknown --resize {self.resize!r}; choose from {', '.join(RESIZE_MODES)}")
         if self.top_k < 0:
             raise UsageError(f"--top-k must be 0 or more, got {self.top_k}")
-        if self.existing == "resume" and self.predictions == "-":
-            raise UsageError("--resume reads the earlier run's table back: it cannot go to standard output "
-                             "(--predictions -)")
         if self.target not in TARGETS:
             raise UsageError(f"unknown --target {self.target!r}; choose from {', '.join(TARGETS)}")
         if self.target == "topk" and (self.top_k < 1 or self.target_class is not None):
@@ -228,7 +225,13 @@ class RunConfig:
         """Where the predictions table is written; None means standard output."""
         if self.predictions == "-":
             return None
-        return Path(self.predictions) if self.predictions else self.out_dir / f"predictions.{self.table_format}"
+        return table_path(self.out_dir, self.table_format, self.predictions)
+
+    @property
+    def kept_table_path(self) -> Path:
+        """Where the run's table is read back from (``--resume``, the page): the table itself, or
+        the copy kept in OUT when it goes to standard output."""
+        return table_path(self.out_dir, self.table_format, self.predictions)
 
     @property
     def target_tags(self) -> tuple[str, ...]:

@@ -11,6 +11,7 @@ EXIT_USAGE = 2
 EXIT_REQUIREMENT_UNMET = 3  # --require: every output written, but a figure missed its bound
 EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug, reported in one line (the traceback with --debug)
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: standard output's reader went away (`| head`), a pipeline's normal end
 
 
 class XaiError(Exception):
@@ -21,6 +22,19 @@ class XaiError(Exception):
 
 class UsageError(XaiError):
     """A bad option value or combination of options."""
+
+
+class InterruptedRunError(UsageError):
+    """OUT holds a run that did not finish (its ``run.json`` says running or stopped)."""
+
+    def __init__(self, out_dir: object, status: str) -> None:
+        self.out_dir, self.status = out_dir, status
+        super().__init__(self.advice("--resume"))
+
+    def advice(self, resume: str) -> str:
+        """The message, with ``resume`` as the way to continue (the flag, or a whole command)."""
+        return (f"{self.out_dir} holds an interrupted run ({self.status}); continue it with {resume}, "
+                "or start again with --overwrite")
 
 
 class ModelError(XaiError):

@@ -26,6 +26,15 @@ PNG_COMPRESS_LEVEL = 1  # ISA-L levels are 0..3; 1 is as fast as 0 and 14% small
 MANIFEST_NAME = "run.json"
 
 
+def table_path(out_dir: Path, table_format: str, predictions: str | None) -> Path:
+    """Where a run's table can be read back: ``--predictions PATH``, ``OUT/predictions.<format>``,
+    or, when the table went to standard output, the copy kept for the page and ``--resume``,
+    ``OUT/.predictions.<format>``."""
+    if predictions == "-":
+        return out_dir / f".predictions.{table_format}"
+    return Path(predictions) if predictions else out_dir / f"predictions.{table_format}"
+
+
 @dataclass(frozen=True)
 class Row:
     """One line of the predictions table: one image explained by one method.
@@ -143,6 +152,24 @@ class PredictionsWriter:
             else:
                 self._stream.write(json.dumps({c: _json_value(v) for c, v in cells.items()}) + "\n")
         self._stream.flush()
+
+
+class Tee(io.TextIOBase):
+    """A text stream that writes to each of ``streams`` (the table on standard output and the
+    copy kept in OUT)."""
+
+    def __init__(self, *streams: IO[str]) -> None:
+        super().__init__()
+        self._streams = streams
+
+    def write(self, text: str) -> int:
+        for stream in self._streams:
+            stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for stream in self._streams:
+            stream.flush()
 
 
 def open_table(path: Path) -> IO[str]:

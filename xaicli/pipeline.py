@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from . import __version__
 from .config import AUTO, CUSTOM, RunConfig, check_preset_channels, load_labels, resolve_class
-from .errors import UsageError
+from .errors import InterruptedRunError, UsageError
 from .explainers import REGISTRY
 from .explainers.engine import Explainer, MethodOptions
 from .images import PRESETS, InputImage, Scaling, custom_scaling, discover
@@ -30,8 +30,8 @@ from .models.layers import auto_layer, candidate_layers, resolve_layer
 from .models.load import model_format
 from .models.preprocessing import Preprocessing, choose_preprocessing
 from .models.probe import build_probe
-from .outputs import (FIGURE_COLUMNS, MANIFEST_NAME, THUMBNAIL_DIR, PredictionsWriter, Row, file_digest, open_table,
-                      output_path, read_table, remove_temporary_files, table_columns, table_text, write_json)
+from .outputs import (FIGURE_COLUMNS, MANIFEST_NAME, THUMBNAIL_DIR, PredictionsWriter, Row, Tee, file_digest,
+                      open_table, output_path, read_table, remove_temporary_files, table_columns, table_text, write_json)
 from .render import COLORMAPS
 from .truth import GroundTruth, Tally, Truth, check_known, load_ground_truth, load_truth, predicted_name
 
@@ -160,6 +160,9 @@ def check_existing(config: RunConfig, items: Iterable[InputImage]) -> None:
         _check_resumable(config)
     if config.existing != "refuse":
         return
+    status = _earlier_status(config.out_dir)
+    if status == "running" or status.startswith("stopped"):
+        raise InterruptedRunError(config.out_dir, "killed" if status == "running" else status)
     run_files = [p for p in (config.predictions_path, config.out_dir / MANIFEST_NAME) if p is not None]
     found = [p for p in run_files if p.exists()]
     found += [p for item in items for p in planned_outputs(config, item) if p.exists()]
@@ -167,6 +170,14 @@ def check_existing(config: RunConfig, items: Iterable[InputImage]) -> None:
         more = f" and {len(found) - 1} more outputs" if len(found) > 1 else ""
         raise UsageError(f"{found[0]} exists{more}; pass --overwrite to replace them or --skip-existing "
                          "to keep them and explain only the images without outputs")
+
+
+def _earlier_status(out_dir: Path) -> str:
+    """How the run in ``out_dir`` ended, as its ``run.json`` says ('' when there is none)."""
+    try:
+        return str(json.loads((out_dir / MANIFEST_NAME).read_text(encoding="utf-8")).get("status", ""))
+    except (OSError, ValueError, AttributeError):
+        return ""
 
 
 def _check_resumable(config: RunConfig) -> None:
@@ -190,8 +201,8 @@ def _check_resumable(config: RunConfig) -> None:
 def previous_rows(config: RunConfig) -> dict[str, list[dict[str, object]]]:
     """``--resume``: the earlier table's rows of each image it finished (every row ok or
     skipped), keyed by input as the table writes it, in table order."""
-    path = config.predictions_path
-    if config.existing != "resume" or path is None or not path.exists():
+    path = config.kept_table_path
+    if config.existing != "resume" or not path.exists():
         return {}
     try:
         columns, records = read_table(path, config.table_format)
@@ -419,7 +430,7 @@ def recorded(prepared: Prepared, engine: str, stop: Callable[[], str | None] = l
         write_json(config.out_dir / MANIFEST_NAME, manifest(prepared, dict.fromkeys(OUTCOMES, 0), "running", 0.0,
                                                             engine=engine))
         table = config.predictions_path
-        stream = contextlib.nullcontext(sys.stdout) if table is None else open_table(table)
+        stream = open_table(table) if table is not None else _on_stdout_and_kept(config.kept_table_path)
     except OSError as exc:
         raise UsageError(f"cannot write to output folder {config.out_dir}: {exc.strerror or exc}") from None
     with stream as table_stream:
@@ -431,6 +442,13 @@ def recorded(prepared: Prepared, engine: str, stop: Callable[[], str | None] = l
     write_json(config.out_dir / MANIFEST_NAME, manifest(prepared, record.counts, record.status,
                                                         time.monotonic() - started, record.tally, record.means, engine,
                                                         record.engine_details))
+
+
+@contextlib.contextmanager
+def _on_stdout_and_kept(kept: Path) -> Iterator[Tee]:
+    """The table on standard output, and the copy kept in OUT for the page and ``--resume``."""
+    with open_table(kept) as copy:
+        yield Tee(sys.stdout, copy)
 
 
 def _add_figures(means: Means, result: ImageResult) -> None:

@@ -20,7 +20,7 @@ from PIL import Image
 
 from .errors import UsageError
 from .metrics import figure_from_cell
-from .outputs import FIGURE_COLUMNS, FILE_KINDS, IMAGE_FORMATS, MANIFEST_NAME, THUMBNAIL_DIR, read_table
+from .outputs import FIGURE_COLUMNS, FILE_KINDS, IMAGE_FORMATS, MANIFEST_NAME, THUMBNAIL_DIR, read_table, table_path
 
 REPORT_NAME = "index.html"
 THUMBNAIL_LONG_SIDE = 256
@@ -148,15 +148,14 @@ def _run(out_dir: Path) -> tuple[dict, str, list[Card]]:
 
 
 def _table(out_dir: Path, options: dict) -> tuple[str, list[dict[str, object]]]:
-    """Where the run's table is (as the page should say it) and its rows ('' and none when the
-    table went to standard output or cannot be found)."""
+    """Where the run's table is (as the page should say it: '' for standard output) and its
+    rows, read from the table or from the copy a run kept when it wrote the table to standard
+    output (none when neither can be found)."""
     table_format = options.get("table_format", "csv")
     given = options.get("predictions")
-    if given == "-":
-        return "", []
-    path = out_dir / f"predictions.{table_format}" if given is None else Path(given)
+    path = table_path(out_dir, table_format, given)
     try:
-        return str(path), read_table(path, table_format)[1]
+        return ("" if given == "-" else str(path)), read_table(path, table_format)[1]
     except (OSError, UnicodeDecodeError):
         return "", []
 

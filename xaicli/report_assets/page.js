@@ -30,7 +30,7 @@
         Object.entries(means).filter(([, value]) => value !== null)
           .map(([name, value]) => `${FIGURES[name] ? FIGURES[name][0] : name} ${Number(value).toFixed(3)}`).join(", ")]),
       ["Versions", run.versions],
-      ["Table", run.table || "written to standard output: the page shows no images"],
+      ["Table", run.table || "written to standard output"],
     ];
     for (const [name, value] of rows) {
       facts.append(element("dt", "", name), element("dd", "", value));
