@@ -334,12 +334,16 @@ def test_target_topk_explains_each_ranked_class_like_an_explicit_class(tiny_mode
                   "--labels", _labels(tmp_path), "-q")
     assert result.exit_code == 1, result.output
     rows = _rows(out)
-    assert list(rows[0])[len(EXPECTED_COLUMNS):] == [f"top{r}_{p}" for r in (1, 2, 3) for p in ("index", "label", "prob")]
+    columns = list(rows[0])
+    assert columns[columns.index("class_score") + 1] == "rank"
+    assert columns[len(EXPECTED_COLUMNS) + 1:] == [f"top{r}_{p}" for r in (1, 2, 3) for p in ("index", "label", "prob")]
     by_image = {}
     for row in rows:
         by_image.setdefault(Path(row["input"]).name, []).append(row)
     assert len(by_image["broken.jpg"]) == 3 and all(r["top1_index"] == "" for r in by_image["broken.jpg"])
+    assert [r["rank"] for r in by_image["broken.jpg"]] == ["1", "2", "3"]  # which planned output each stands for
     ranked = by_image["a.png"]
+    assert [r["rank"] for r in ranked] == ["1", "2", "3"]
     assert [r["class_index"] for r in ranked] == [ranked[0][f"top{k}_index"] for k in (1, 2, 3)]
     assert [Path(r["output"]).name for r in ranked] == [f"a.png.gradcam.top{k}.npy" for k in (1, 2, 3)]
     probabilities = [float(ranked[0][f"top{k}_prob"]) for k in (1, 2, 3)]
@@ -352,6 +356,18 @@ def test_target_topk_explains_each_ranked_class_like_an_explicit_class(tiny_mode
     assert _xai("run", tiny_model, image_folder / "a.png", "-o", single, "--class", third, "--save", "raw",
                 "-q").exit_code == 0
     np.testing.assert_allclose(np.load(out / "a.png.gradcam.top3.npy"), np.load(single / "a.png.gradcam.npy"), atol=1e-6)
+
+
+def test_topk_names_sort_by_rank_past_nine_classes(tmp_path):
+    from xaicli.config import RunConfig
+
+    config = RunConfig(model=tmp_path / "m.keras", inputs=(tmp_path,), out_dir=tmp_path / "out", top_k=14,
+                       target="topk")
+    assert config.target_tags[:2] == ("top01", "top02") and config.target_tags[-1] == "top14"
+    assert sorted(config.target_tags) == list(config.target_tags)
+    assert [config.tag_rank(tag) for tag in config.target_tags] == list(range(1, 15))
+    assert RunConfig(model=tmp_path / "m.keras", inputs=(tmp_path,), out_dir=tmp_path / "out", top_k=3,
+                     target="topk").target_tags == ("top1", "top2", "top3")
 
 
 @pytest.mark.parametrize("args, message", [

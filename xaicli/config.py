@@ -235,8 +235,17 @@ class RunConfig:
 
     @property
     def target_tags(self) -> tuple[str, ...]:
-        """Output name tags, one per explained class of an image: ('',) or ('top1', 'top2', ...)."""
-        return tuple(f"top{rank}" for rank in range(1, self.top_k + 1)) if self.target == "topk" else ("",)
+        """Output name tags, one per explained class of an image: ('',) or ('top1', 'top2', ...),
+        the rank zero-padded to K's width so that names sort by rank ('top01' ... 'top14')."""
+        if self.target != "topk":
+            return ("",)
+        width = len(str(self.top_k))
+        return tuple(f"top{rank:0{width}d}" for rank in range(1, self.top_k + 1))
+
+    @staticmethod
+    def tag_rank(tag: str) -> int | None:
+        """The rank a ``target_tags`` entry stands for (None for '')."""
+        return int(tag.removeprefix("top")) if tag else None
 
     @property
     def needs_layer(self) -> bool:

@@ -59,6 +59,7 @@ class Row:
     method: str
     layer: str
     output: str
+    rank: int | None = None  # --target topk: the explained class's rank among the image's (1 = best)
     top: tuple["Ranked", ...] = ()  # the K best classes, for --top-k columns
     true_label: str = ""  # --true-labels: the image's label ('' when it has none)
     correct: bool | None = None  # --true-labels: the prediction is the true label (None: no label or prediction)
@@ -75,15 +76,26 @@ class Ranked:
 
 
 TRUTH_COLUMNS = ("true_label", "correct")
-COLUMNS = tuple(f.name for f in fields(Row) if f.name not in ("top", "figures", *TRUTH_COLUMNS))
+RANK_COLUMN = "rank"
+COLUMNS = tuple(f.name for f in fields(Row) if f.name not in ("top", "figures", RANK_COLUMN, *TRUTH_COLUMNS))
 FIGURE_COLUMNS = {"deletion": "deletion_auc", "insertion": "insertion_auc", "pointing": "pointing_hit",
                   "energy": "energy_in", "iou": "iou"}
 
 
-def table_columns(top_k: int, truth: bool = False, figures: tuple[str, ...] = ()) -> tuple[str, ...]:
-    """Every column of a table with ``top_k`` ranked classes, true labels and ``figures``
-    (names of ``FIGURE_COLUMNS``), in order."""
-    return COLUMNS + (TRUTH_COLUMNS if truth else ()) + tuple(FIGURE_COLUMNS[f] for f in figures) + top_columns(top_k)
+def table_columns(top_k: int, truth: bool = False, figures: tuple[str, ...] = (), ranked: bool = False) -> tuple[str, ...]:
+    """Every column of a table with ``top_k`` ranked classes, true labels, ``figures`` (names of
+    ``FIGURE_COLUMNS``) and, for ``--target topk`` (``ranked``), the explained class's rank, in
+    order."""
+    return (_with_rank(COLUMNS, ranked) + (TRUTH_COLUMNS if truth else ())
+            + tuple(FIGURE_COLUMNS[f] for f in figures) + top_columns(top_k))
+
+
+def _with_rank(columns: tuple[str, ...], ranked: bool) -> tuple[str, ...]:
+    """``columns`` with ``rank`` beside the explained class's columns, when ``ranked``."""
+    if not ranked:
+        return columns
+    after = columns.index("class_score") + 1
+    return columns[:after] + (RANK_COLUMN,) + columns[after:]
 
 
 def top_columns(top_k: int) -> tuple[str, ...]:
@@ -91,9 +103,9 @@ def top_columns(top_k: int) -> tuple[str, ...]:
     return tuple(f"top{rank}_{part}" for rank in range(1, top_k + 1) for part in ("index", "label", "prob"))
 
 
-def _cells(row: Row, top_k: int, truth: bool, figures: tuple[str, ...]) -> dict[str, object]:
+def _cells(row: Row, top_k: int, truth: bool, figures: tuple[str, ...], ranked: bool) -> dict[str, object]:
     """The row's values by column name, the --top-k columns empty where there is no prediction."""
-    values: dict[str, object] = {c: getattr(row, c) for c in COLUMNS + (TRUTH_COLUMNS if truth else ())}
+    values: dict[str, object] = {c: getattr(row, c) for c in _with_rank(COLUMNS, ranked) + (TRUTH_COLUMNS if truth else ())}
     values.update({FIGURE_COLUMNS[f]: row.figures.get(f) for f in figures})
     for rank in range(top_k):
         ranked = row.top[rank] if rank < len(row.top) else None
@@ -117,19 +129,20 @@ TABLE_FORMATS = ("csv", "jsonl")
 
 
 class PredictionsWriter:
-    """Writes rows with fixed columns (``table_columns(top_k, truth)``) as CSV (a
+    """Writes rows with fixed columns (``table_columns(top_k, truth, figures, ranked)``) as CSV (a
     header line first) or JSON Lines (one object per row, keys in column order, numbers rounded
     to 6 decimals, empty values as null). Each call writes whole lines and flushes, so a reader
     never sees half a row."""
 
     def __init__(self, stream: IO[str], table_format: str = "csv", top_k: int = 0, truth: bool = False,
-                 figures: tuple[str, ...] = ()) -> None:
+                 figures: tuple[str, ...] = (), ranked: bool = False) -> None:
         self._stream = stream
         self._format = table_format
         self._top_k = top_k
         self._truth = truth
         self._figures = figures
-        self.columns = table_columns(top_k, truth, figures)
+        self._ranked = ranked
+        self.columns = table_columns(top_k, truth, figures, ranked)
         self._csv = csv.writer(stream, lineterminator="\n")
         if table_format == "csv":
             self._csv.writerow(self.columns)
@@ -146,7 +159,7 @@ class PredictionsWriter:
 
     def write(self, rows: Iterable[Row]) -> None:
         for row in rows:
-            cells = _cells(row, self._top_k, self._truth, self._figures)
+            cells = _cells(row, self._top_k, self._truth, self._figures, self._ranked)
             if self._format == "csv":
                 self._csv.writerow([_cell(value) for value in cells.values()])
             else:

@@ -208,7 +208,8 @@ def previous_rows(config: RunConfig) -> dict[str, list[dict[str, object]]]:
         columns, records = read_table(path, config.table_format)
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"--resume: cannot read the earlier table {path}: {exc}") from None
-    if records and columns != table_columns(config.top_k, config.true_labels is not None, config.figures):
+    if records and columns != table_columns(config.top_k, config.true_labels is not None, config.figures,
+                                            config.target == "topk"):
         raise UsageError(f"--resume: {path} has other columns than this run writes; resume with the same "
                          "options, or start again with --overwrite")
     by_input: dict[str, list[dict[str, object]]] = {}
@@ -435,7 +436,7 @@ def recorded(prepared: Prepared, engine: str, stop: Callable[[], str | None] = l
         raise UsageError(f"cannot write to output folder {config.out_dir}: {exc.strerror or exc}") from None
     with stream as table_stream:
         writer = PredictionsWriter(table_stream, config.table_format, config.top_k, prepared.truth is not None,
-                                   config.figures)
+                                   config.figures, ranked=config.target == "topk")
         record = Record(prepared, writer, carried, stop)
         yield record
         record.close()

@@ -484,7 +484,7 @@ class _Mosaics:
             except OSError as exc:
                 failed[method] = f"cannot write the mosaic {path}: {exc.strerror or exc}"
         self._sheets = {}
-        return [_error_row(self._prepared, entry.item, row.method, failed[row.method])
+        return [replace(_error_row(self._prepared, entry.item, row.method, failed[row.method]), rank=row.rank)
                 if row.method in failed and row.status == "ok" else row for row in rows]
 
 
@@ -493,7 +493,7 @@ def _rows(prepared: Prepared, pending: _Pending) -> Iterator[Row]:
     if pending.skipped or pending.error:
         for method in config.methods:
             for tag in config.target_tags:
-                row = _error_row(prepared, pending.item, method, pending.error)
+                row = replace(_error_row(prepared, pending.item, method, pending.error), rank=config.tag_rank(tag))
                 if pending.skipped:
                     path = output_path(config.out_dir, pending.item.output_relative, method, config.save[0], tag,
                                        config.image_format)
@@ -504,13 +504,15 @@ def _rows(prepared: Prepared, pending: _Pending) -> Iterator[Row]:
         outcome = write.done.result()[write.index]
         error = outcome.error
         if isinstance(error, OSError):
-            yield _error_row(prepared, pending.item, write.method, f"cannot write {write.path}: {error.strerror or error}")
+            reason = f"cannot write {write.path}: {error.strerror or error}"
         elif isinstance(error, MaskError):
-            yield _error_row(prepared, pending.item, write.method, str(error))
+            reason = str(error)
         elif error is not None:
-            yield _error_row(prepared, pending.item, write.method, f"cannot read the image again to draw it: {error}")
+            reason = f"cannot read the image again to draw it: {error}"
         else:
             yield _ok_row(prepared, pending, write, outcome)
+            continue
+        yield replace(_error_row(prepared, pending.item, write.method, reason), rank=config.tag_rank(write.tag))
 
 
 def _ok_row(prepared: Prepared, pending: _Pending, write: _Write, outcome: _Outcome) -> Row:
@@ -533,6 +535,7 @@ def _ok_row(prepared: Prepared, pending: _Pending, write: _Write, outcome: _Outc
         method=method,
         layer=layer_label(prepared, method),
         output=str(write.path),
+        rank=prepared.config.tag_rank(write.tag),
         top=_top_classes(prepared, explanation, i),
         **_true(prepared, pending.item, predicted_name(_label(prepared, predicted), predicted)),
         figures={**write.figures, **outcome.figures},
