@@ -146,6 +146,27 @@ def test_help_and_methods_do_not_import_tensorflow():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_a_wrong_model_path_is_told_before_tensorflow_loads(tmp_path, image_folder):
+    (tmp_path / "notes.txt").write_text("not a model")
+    (tmp_path / "folder").mkdir()
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from xaicli.cli import main\n"
+        f"model, images, folder, text = {str(tmp_path / 'missing.keras')!r}, {str(image_folder)!r}, "
+        f"{str(tmp_path / 'folder')!r}, {str(tmp_path / 'notes.txt')!r}\n"
+        "for args, said in [(['run', model, images, '-o', folder + '/out'], 'model file not found'),\n"
+        "                   (['info', model], 'model file not found'), (['layers', folder], 'not a SavedModel'),\n"
+        "                   (['sanity', text, images, '-o', folder + '/s'], 'format (.txt); give a .keras or .h5 file, or a SavedModel folder'),\n"
+        "                   (['run', model, images, '-o', folder, '--labels', 'no.txt'], '--labels no.txt: no such')]:\n"
+        "    result = CliRunner().invoke(main, args)\n"
+        "    assert result.exit_code == 2 and said in result.stderr, (args, result.stderr)\n"
+        "    assert len(result.stderr.strip().splitlines()) == 1\n"
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'TF imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_python_dash_m_runs_the_cli():
     result = subprocess.run([sys.executable, "-m", "xaicli", "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.startswith("xai, version")
@@ -166,7 +187,7 @@ def test_gradient_methods_need_no_convolutional_layer(image_folder, tmp_path):
     assert Image.open(rows[0]["output"]).size == (40, 30)  # full-resolution map on the original
     assert "input gradients" in result.stderr
     cam = _xai("run", tmp_path / "mlp.keras", image_folder / "a.png", "-o", tmp_path / "cam", "--method", "gradcam")
-    assert cam.exit_code == 2 and "no convolutional layer found" in cam.stderr
+    assert cam.exit_code == 2 and "no layer of this model outputs a feature map" in cam.stderr
 
 
 def test_config_file_fills_options_and_the_command_line_wins(tiny_model, image_folder, tmp_path):

@@ -21,6 +21,8 @@ def _config(**overrides):
     ({"alpha": 1.5}, "--alpha must be between 0 and 1"),
     ({"preprocess": "magic"}, "unknown preprocessing"),
     ({"inputs": ()}, "no inputs"),
+    ({"labels": Path("no/labels.txt")}, "--labels no/labels.txt: no such file"),
+    ({"custom_objects": "no/layers.py"}, "--custom-objects no/layers.py: no such file"),
 ])
 def test_bad_values_name_the_option(overrides, message):
     with pytest.raises(UsageError, match=message):
@@ -54,6 +56,9 @@ def test_resolve_class_by_index_or_name_and_range():
         resolve_class("5", labels, 2)
     with pytest.raises(UsageError, match="not a class index or a known label"):
         resolve_class("horse", labels, 2)
+    findings = tuple(f"finding{i}" for i in range(14))
+    with pytest.raises(UsageError, match="labels: finding0, .*, finding9, … and 4 more$"):
+        resolve_class("Edema", findings, 14)
 
 
 @pytest.mark.parametrize("parser", ["tomllib", "tomli"])

@@ -69,3 +69,21 @@ def test_cam_methods_on_an_exported_model_name_the_methods_that_work(tmp_path):
     model.export(tmp_path / "served", verbose=False)
     with pytest.raises(LayerError, match="use a method that needs no layer: saliency, smoothgrad, integrated-gradients"):
         _run(tmp_path / "served", "gradcam")
+
+
+def test_layer_messages_on_an_exported_model_say_what_works(tmp_path):
+    from click.testing import CliRunner
+
+    from xaicli.cli import main
+    from xaicli.models.files import SERVED_LAYER_TYPE
+    from xaicli.models.load import _ServedModel
+
+    assert _ServedModel.__name__ == SERVED_LAYER_TYPE
+    model, _ = _model(3, "softmax")
+    model.export(tmp_path / "served", verbose=False)
+    listed = CliRunner().invoke(main, ["layers", str(tmp_path / "served")])
+    assert listed.exit_code == 0
+    assert "keeps only its serving function" in listed.stderr and "saliency" in listed.stderr
+    assert "--layer" not in listed.stderr
+    with pytest.raises(LayerError, match="^--layer -1: this SavedModel keeps only its serving function.*saliency"):
+        prepare(RunConfig(model=tmp_path / "served", inputs=(tmp_path,), out_dir=tmp_path / "out", layer="-1"))

@@ -37,6 +37,7 @@ from .nifti import SLICE_AXES, SLICE_AXIS_HELP
 from .stacks import SLICE_CHOICES
 from .budget import return_large_blocks_to_the_system
 from .lock import output_lock
+from .models.files import check_model_path
 from .outputs import IMAGE_FORMATS, TABLE_FORMATS
 from .quiet import stderr_silenced
 from .report import write_report, write_summary
@@ -291,6 +292,7 @@ def _explain_all(config: RunConfig, stop: _StopSignals, say: Callable[[str], Non
         """The inputs' images, streamed: each call walks the folders anew."""
         return discover(config.inputs, exclude=[config.out_dir], dicom=config.dicom)
 
+    check_model_path(config.model)
     check_engine(config)
     total = sum(1 for _ in images())
     if not total:
@@ -547,6 +549,7 @@ def _model_command(func: Callable) -> Callable:
 def layers(model: Path, layer_regex: str, show_all: bool, debug: bool, **model_options: object) -> None:
     """List MODEL's candidate target layers; '*' marks the one `--layer auto` picks."""
     with _errors_reported(debug):
+        check_model_path(model)
         modules = _tensorflow(debug)
         _, info = modules.inspect.open_model(model, **model_options)
         candidates = modules.layers.candidate_layers(info, layer_regex)
@@ -563,8 +566,7 @@ def layers(model: Path, layer_regex: str, show_all: bool, debug: bool, **model_o
         if picked is not None:
             click.echo(f"* --layer auto: {picked.path}, {why}")
         else:
-            click.echo(f"no candidate layers (4-D feature maps whose type is a convolution or whose name "
-                       f"matches /{layer_regex}/); try --all and pass one with --layer", err=True)
+            click.echo(f"xai: {modules.layers.no_candidates(info, layer_regex)}", err=True)
     sys.exit(EXIT_OK)
 
 
@@ -574,6 +576,7 @@ def info(model: Path, layer_regex: str, as_json: bool, debug: bool, **model_opti
     """Describe MODEL: format, input, outputs, classes, activation, preprocessing, the layer
     `--layer auto` picks, and the methods that apply."""
     with _errors_reported(debug):
+        check_model_path(model)
         modules = _tensorflow(debug)
         _, details = modules.inspect.open_model(model, **model_options)
         summary = modules.pipeline.describe(model, details, layer_regex)
@@ -637,6 +640,7 @@ def sanity(model: Path, inputs: tuple[Path, ...], out_dir: Path, methods: str, s
             raise XaiError("--steps and --max-images must be at least 1")
         config = RunConfig(model=model, inputs=inputs, out_dir=out_dir, methods=parse_names(methods),
                            existing="overwrite", report=False, **options)
+        check_model_path(model)
         modules = _tensorflow(debug)
         items = list(itertools.islice(discover(config.inputs, exclude=[out_dir]), max_images))
         if not items:

@@ -135,6 +135,11 @@ class RunConfig:
         parse_intensity(self.intensity)  # a one-line error for a bad choice, before the model loads
         parse_slices(self.slices)
         self._check_metrics()
+        if self.labels is not None and not Path(self.labels).is_file():
+            raise UsageError(f"--labels {self.labels}: no such file; give a text file of class names, one per line, "
+                             "or a JSON list")
+        if self.custom_objects and self.custom_objects.endswith(".py") and not Path(self.custom_objects).is_file():
+            raise UsageError(f"--custom-objects {self.custom_objects}: no such file; give a Python file or a module name")
         if self.true_labels is not None and self.true_labels != "folder" and not Path(self.true_labels).is_file():
             raise UsageError(f"--true-labels {self.true_labels}: give 'folder' or an existing CSV file of path,label")
         if self.slice_axis not in SLICE_AXES:
@@ -296,7 +301,8 @@ def resolve_class(spec: str | None, labels: tuple[str, ...], num_classes: int) -
     elif spec in labels:
         index = labels.index(spec)
     else:
-        known = f"; labels: {', '.join(labels[:10])}" if labels else "; give an index or pass --labels"
+        more = f", … and {len(labels) - 10} more" if len(labels) > 10 else ""
+        known = f"; labels: {', '.join(labels[:10])}{more}" if labels else "; give an index or pass --labels"
         raise UsageError(f"--class {spec!r} is not a class index or a known label{known}")
     if not 0 <= index < num_classes:
         raise UsageError(f"--class {index} is out of range: the model has {num_classes} classes (0..{num_classes - 1})")

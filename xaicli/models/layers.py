@@ -6,6 +6,7 @@ import re
 
 from ..errors import LayerError, UsageError
 from ..explainers import REGISTRY
+from .files import SERVED_LAYER_TYPE
 from .info import LayerInfo, ModelInfo
 
 
@@ -38,12 +39,7 @@ def auto_layer(info: ModelInfo, name_regex: str) -> tuple[LayerInfo, str]:
             return block_end
     candidates = candidate_layers(info, name_regex)
     if not candidates:
-        raise LayerError(
-            f"no convolutional layer found (a 4-D feature map whose name matches "
-            f"/{name_regex}/ or whose type is a convolution); feature-map layers: "
-            f"{_list([l.path for l in info.layers if l.is_feature_map])}; choose one with --layer, "
-            f"or use a method that needs no layer: {', '.join(_layerless_methods())}"
-        )
+        raise LayerError(no_candidates(info, name_regex))
     if info.token_grid:
         return _last_block_input(info)
     return candidates[-1], f"the last layer that is a convolution or matches /{name_regex}/"
@@ -103,6 +99,8 @@ def resolve_layer(info: ModelInfo, spec: str, name_regex: str) -> LayerInfo:
         return auto_layer(info, name_regex)[0]
     candidates = candidate_layers(info, name_regex)
     if re.fullmatch(r"-?\d+", spec):
+        if not candidates:
+            raise LayerError(f"--layer {spec}: {no_candidates(info, name_regex)}")
         index = int(spec)
         if not -len(candidates) <= index < len(candidates):
             raise LayerError(
@@ -126,6 +124,20 @@ def resolve_layer(info: ModelInfo, spec: str, name_regex: str) -> LayerInfo:
             f"(N, H, W, C) with H*W > 1; candidates: {_list([l.path for l in candidates])}"
         )
     return layer
+
+
+def no_candidates(info: ModelInfo, name_regex: str) -> str:
+    """Why ``info``'s model has no candidate layer, and what works instead, in one line fit for
+    its kind: a SavedModel served as one function, feature maps that are not candidates, or no
+    feature map at all."""
+    instead = f"use a method that needs no layer: {', '.join(_layerless_methods())}"
+    if any(layer.type_name == SERVED_LAYER_TYPE for layer in info.layers):
+        return f"this SavedModel keeps only its serving function, so no layer inside it can be reached; {instead}"
+    feature_maps = [layer.path for layer in info.layers if layer.is_feature_map]
+    if not feature_maps:
+        return f"no layer of this model outputs a feature map (N, H, W, C); {instead}"
+    return (f"no convolutional layer found (a 4-D feature map whose name matches /{name_regex}/ or whose type "
+            f"is a convolution); feature-map layers: {_list(feature_maps)}; choose one with --layer, or {instead}")
 
 
 def _layerless_methods() -> list[str]:

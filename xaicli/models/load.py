@@ -22,9 +22,7 @@ import tensorflow as tf
 from keras.src.models.functional import Functional
 
 from ..errors import ModelError, UsageError, first_line
-
-
-MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
+from .files import check_model_path
 
 
 class _Keras2DepthwiseConv2D(keras.layers.DepthwiseConv2D):
@@ -34,9 +32,6 @@ class _Keras2DepthwiseConv2D(keras.layers.DepthwiseConv2D):
 
     def __init__(self, *args: Any, groups: int = 1, **kwargs: Any):
         super().__init__(*args, **kwargs)
-
-
-# Built-in classes replaced while loading, so files written by Keras 2 load in Keras 3.
 
 
 # Built-in classes replaced while loading, so files written by Keras 2 load in Keras 3.
@@ -51,12 +46,9 @@ def load_model(path: Path, unsafe: bool = False, custom_objects: dict[str, Any] 
             files you trust, because loading them can run arbitrary code.
         custom_objects: name -> class or function for custom layers (see ``load_custom_objects``).
     """
-    if not path.exists():
-        raise ModelError(f"model file not found: {path}")
+    check_model_path(path)
     if path.is_dir():
         return _load_savedmodel_folder(path, unsafe, custom_objects)
-    if path.suffix.lower() not in MODEL_SUFFIXES:
-        raise ModelError(f"{path}: unsupported model format; give a .keras or .h5 file")
     _check_container(path)
     if _is_keras2_nested_sequential(path):
         _refuse_lambda_unless_unsafe(path, unsafe)
@@ -255,8 +247,6 @@ def _load_savedmodel_folder(folder: Path, unsafe: bool, custom_objects: dict[str
     layers in ``keras_metadata.pb``; Keras 3 cannot read it, so Keras 2 (``tf_keras``) loads it
     and writes it to a temporary Keras 2 ``.h5``, which loads here with every layer reachable.
     Any other SavedModel is wrapped around its serving function."""
-    if not (folder / "saved_model.pb").exists():
-        raise ModelError(f"{folder} is a folder but not a SavedModel (no saved_model.pb); give a .keras or .h5 file")
     if not (folder / "keras_metadata.pb").exists():
         return _load_exported_savedmodel(folder)
     return _load_through_keras2(folder, "a SavedModel written by Keras 2", unsafe, custom_objects)
