@@ -336,6 +336,12 @@ class View:
         return View((0.0, 0.0, float(width), float(height)))
 
 
+# Panels and heatmaps are for looking at: without --max-size, their long side (a panel's, each of
+# its three panes') is at most this. A panel of three such panes is 3840 px wide, a 4K screen's
+# width, and a heatmap holds nothing finer than the model's input. Overlays stay at full size.
+VIEWING_SIDE = 1280
+
+
 def output_size(image_size: tuple[int, int], max_size: int | None) -> tuple[int, int]:
     """(height, width) at which an image's outputs are drawn: its own size, or with its long
     side brought down to ``max_size`` and its aspect ratio kept."""
@@ -354,9 +360,15 @@ def shown_at(picture: Image.Image, view: View, size: tuple[int, int]) -> tuple[I
         return picture, view
     # BOX reduction by whole factors first, then bilinear: fast and without aliasing.
     resized = picture.resize((size[1], size[0]), Image.Resampling.BILINEAR, reducing_gap=3.0)
-    x_scale, y_scale = size[1] / width, size[0] / height
+    return resized, view_at(view, (height, width), size)
+
+
+def view_at(view: View, image_size: tuple[int, int], size: tuple[int, int]) -> View:
+    """``view`` of an image of ``image_size`` (height, width), for the same image drawn at
+    ``size``: the seen part's corners scaled with it."""
+    y_scale, x_scale = size[0] / image_size[0], size[1] / image_size[1]
     left, top, right, bottom = view.seen
-    return resized, View((left * x_scale, top * y_scale, right * x_scale, bottom * y_scale), view.placed)
+    return View((left * x_scale, top * y_scale, right * x_scale, bottom * y_scale), view.placed)
 
 
 def fit_view(image_size: tuple[int, int], size: tuple[int, int], resize: str = "stretch") -> View:

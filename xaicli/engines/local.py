@@ -20,8 +20,8 @@ from ..budget import MemoryBudget, render_estimate
 from ..config import RunConfig, default_workers
 from ..errors import ImageError, first_line
 from ..explainers.engine import TOP_CLASS, BatchExplanation, rank_request
-from ..images import (PICTURE_BYTES_PER_PIXEL, InputImage, View, decode_bytes, fit_view, open_image, output_size,
-                      shown_at, to_model_input)
+from ..images import (PICTURE_BYTES_PER_PIXEL, VIEWING_SIDE, InputImage, View, decode_bytes, fit_view, open_image,
+                      output_size, shown_at, to_model_input, view_at)
 from ..metrics import (PERTURBATION_METRICS, CurveJob, blurred, curve_areas, energy_in, iou, perturbed, pixel_order,
                        pointing_hit)
 from ..mosaic import Sheet, tile_size
@@ -420,15 +420,24 @@ def _caption(prepared: Prepared, explanation: BatchExplanation, index: int) -> s
 
 def _render(image: Image.Image, view: View, heatmap: np.ndarray, prepared: Prepared, paths: dict[str, Path],
             caption: str, small: Shrunk) -> None:
+    """Write ``image``'s files of one map: the overlay at ``image``'s size (the original's, or
+    ``--max-size``'s), panels and heatmaps at most ``VIEWING_SIDE`` unless ``--max-size`` says."""
     config = prepared.config
+    size = (image.height, image.width)
+    viewing = output_size(size, None if config.max_size else VIEWING_SIDE)
+
+    def panel_file(path: Path) -> None:
+        picture, picture_view = small(viewing)
+        write_image(path, draw_panel(picture, heatmap, config.alpha, prepared.lut, caption, picture_view),
+                    config.image_format)
+
     writers = {
         "overlay": lambda path: write_image(path, draw_overlay(image, heatmap, config.alpha, prepared.lut, view),
                                             config.image_format),
-        "heatmap": lambda path: write_image(path, draw_heatmap(heatmap, (image.height, image.width), view),
+        "heatmap": lambda path: write_image(path, draw_heatmap(heatmap, viewing, view_at(view, size, viewing)),
                                             config.image_format),
         "raw": lambda path: write_npy(path, heatmap),
-        "panel": lambda path: write_image(path, draw_panel(image, heatmap, config.alpha, prepared.lut, caption, view),
-                                          config.image_format),
+        "panel": panel_file,
         THUMBNAIL: lambda path: write_image(path, _small_overlay(small(thumbnail_size((image.height, image.width))),
                                                                  heatmap, prepared), "jpeg"),
     }

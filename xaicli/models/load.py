@@ -4,17 +4,13 @@ of a newer Keras) are read from a corrected temporary copy; the user's file is n
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import importlib.util
-import inspect
-import json
 import re
-import shutil
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import keras
 import numpy as np
@@ -23,6 +19,8 @@ from keras.src.models.functional import Functional
 
 from ..errors import ModelError, UsageError, first_line
 from .files import check_model_path
+from .versions import (NESTED_MODEL_CLASSES, h5_attributes, is_newer_than_this, keras2_config, model_config,
+                       readable_copy, serialized_objects, what_reads, written_by)
 
 
 class _Keras2DepthwiseConv2D(keras.layers.DepthwiseConv2D):
@@ -54,12 +52,11 @@ def load_model(path: Path, unsafe: bool = False, custom_objects: dict[str, Any] 
         _refuse_lambda_unless_unsafe(path, unsafe)
         return _load_through_keras2(path, "a Keras 2 Sequential model holding a nested model", unsafe, custom_objects)
     objects = {**KERAS2_COMPATIBLE, **(custom_objects or {})}
-    try:
-        readable_copy = _newer_keras_options_dropped if path.suffix.lower() == ".keras" else _keras2_nodes_renumbered
-        with readable_copy(path) as readable:
+    with readable_copy(path) as readable:
+        try:
             model = keras.models.load_model(readable, compile=False, safe_mode=not unsafe, custom_objects=objects)
-    except Exception as exc:  # Keras raises many types for a bad file; all mean the same here
-        raise ModelError(_load_failure(path, exc)) from exc
+        except Exception as exc:  # Keras raises many types for a bad file; all mean the same here
+            raise ModelError(_load_failure(path, exc)) from exc
     if not isinstance(model, (keras.Sequential, Functional)):
         raise ModelError(
             f"{path} holds a subclassed model ({type(model).__name__}); "
@@ -71,14 +68,14 @@ def load_model(path: Path, unsafe: bool = False, custom_objects: dict[str, Any] 
 def _is_keras2_nested_sequential(path: Path) -> bool:
     """A Keras 2 .h5 whose model is a Sequential with a model among its layers (the transfer
     learning recipe ``Sequential([base_model, GlobalAveragePooling2D(), Dense(...)])``)."""
-    config = _keras2_config(path)
+    config = keras2_config(path)
     return bool(config and config.get("class_name") == "Sequential" and any(
         layer.get("class_name") in NESTED_MODEL_CLASSES for layer in config["config"].get("layers", [])))
 
 
 def _refuse_lambda_unless_unsafe(path: Path, unsafe: bool) -> None:
     """Keras 2 reads a Lambda layer's Python code without asking; safe mode is ours to keep."""
-    attributes = _h5_keras_attributes(path)
+    attributes = h5_attributes(path)
     if not unsafe and attributes and attributes[1] and '"class_name": "Lambda"' in attributes[1]:
         raise ModelError(_lambda_refused(path))
 
@@ -93,153 +90,6 @@ def _check_container(path: Path) -> None:
                          "it is empty, truncated or of another format")
     if path.suffix.lower() != ".keras" and not h5py.is_hdf5(path):
         raise ModelError(f"cannot load model {path}: not an HDF5 file; it is empty, truncated or of another format")
-
-
-@contextlib.contextmanager
-def _keras2_nodes_renumbered(path: Path) -> Iterator[Path]:
-    """The file to load: ``path`` itself, or a temporary copy whose config Keras 3 can read.
-
-    Keras 2 gave every Functional or Sequential model a node of its own creation, so a model
-    nested in another is called at node 1; Keras 3 rebuilds nested models without that node and
-    fails to connect the graph ("disconnected nodes"). The copy refers to those calls one node
-    lower, at every level of nesting.
-    """
-    config = _keras2_config(path)
-    if config is None or not _renumber_nested_calls(config["config"]):
-        yield path
-        return
-    with tempfile.TemporaryDirectory(prefix="xai-keras2-") as scratch:
-        copy = Path(scratch) / path.name
-        shutil.copyfile(path, copy)
-        import h5py
-
-        with h5py.File(copy, "r+") as handle:
-            handle.attrs["model_config"] = json.dumps(config)
-        yield copy
-
-
-@contextlib.contextmanager
-def _newer_keras_options_dropped(path: Path) -> Iterator[Path]:
-    """The .keras file to load: ``path`` itself, or, when a newer Keras wrote it, a temporary
-    copy without the options that this Keras does not know and that hold their default (None).
-
-    Keras adds constructor options over time and writes every one into the file (Keras 3.13 gave
-    initializers ``input_axes``); the Keras that Python 3.10 gets (3.12) then refuses the whole
-    file. An option left at None asks for the old behaviour, so dropping it changes nothing.
-    """
-    config = None
-    if _written_by_newer_keras(path):
-        with zipfile.ZipFile(path) as archive:
-            config = json.loads(archive.read("config.json"))
-    if config is None or not _drop_unknown_none_options(config):
-        yield path
-        return
-    with tempfile.TemporaryDirectory(prefix="xai-newer-keras-") as scratch:
-        copy = Path(scratch) / path.name
-        with zipfile.ZipFile(path) as source, zipfile.ZipFile(copy, "w") as target:
-            for entry in source.infolist():
-                data = json.dumps(config).encode() if entry.filename == "config.json" else source.read(entry)
-                target.writestr(entry, data)
-        yield copy
-
-
-def _written_by_newer_keras(path: Path) -> str | None:
-    """The version of Keras that wrote a .keras file when it is newer than this one, else None."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            written_by = str(json.loads(archive.read("metadata.json")).get("keras_version", "0"))
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
-        return None
-    return written_by if _version(written_by) > _version(keras.__version__) else None
-
-
-def _version(text: str) -> tuple[int, ...]:
-    """'3.15.1' -> (3, 15, 1); suffixes such as '.dev0' count as 0."""
-    return tuple(int(part) if part.isdigit() else 0 for part in text.split(".")[:3])
-
-
-def _drop_unknown_none_options(config: Any) -> bool:
-    """Remove, in place and at every depth, the None-valued options of serialized Keras objects
-    that the installed class does not accept. Returns whether anything was removed."""
-    changed = False
-    for node in _serialized_objects(config):
-        accepted = _accepted_options(node)
-        options = node.get("config")
-        if accepted is not None and isinstance(options, dict):
-            for key in [k for k, v in options.items() if v is None and k not in accepted]:
-                del options[key]
-                changed = True
-    return changed
-
-
-def _serialized_objects(node: Any) -> Iterator[dict]:
-    """Every serialized object (a dict with a ``class_name``) in a model config, at any depth."""
-    if isinstance(node, list):
-        for item in node:
-            yield from _serialized_objects(item)
-    elif isinstance(node, dict):
-        if "class_name" in node:
-            yield node
-        for value in node.values():
-            yield from _serialized_objects(value)
-
-
-def _accepted_options(node: dict) -> set[str] | None:
-    """The constructor options of the installed class a serialized Keras object names (every
-    ``__init__`` up its class hierarchy), or None when it is not a Keras class found here."""
-    module, name = node.get("module"), node.get("class_name")
-    if not (isinstance(module, str) and module.startswith("keras") and isinstance(name, str)):
-        return None
-    try:
-        cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
-        return None
-    if not isinstance(cls, type):
-        return None
-    return {parameter for klass in cls.__mro__ if "__init__" in vars(klass)
-            for parameter in inspect.signature(klass.__init__).parameters}
-
-
-def _h5_keras_attributes(path: Path) -> tuple[str, str | None] | None:
-    """(Keras version that wrote it, model config JSON) of an HDF5 model file; None when the
-    file is not HDF5. h5py returns these attributes as bytes or str depending on the writer."""
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as handle:
-            version, config = handle.attrs.get("keras_version", "unknown"), handle.attrs.get("model_config")
-    except OSError:
-        return None
-    text = lambda value: value.decode() if isinstance(value, bytes) else value  # noqa: E731
-    return str(text(version)), text(config)
-
-
-def _keras2_config(path: Path) -> dict | None:
-    """The model config of an .h5 file written by Keras 2, or None for anything else."""
-    attributes = _h5_keras_attributes(path) if path.suffix.lower() in (".h5", ".hdf5") else None
-    if attributes is None or not attributes[0].startswith("2.") or attributes[1] is None:
-        return None  # not HDF5 (Keras reports it), or not Keras 2
-    return json.loads(attributes[1])
-
-
-NESTED_MODEL_CLASSES = ("Functional", "Model", "Sequential")
-
-
-def _renumber_nested_calls(model_config: dict) -> bool:
-    """Lower by one every node index that refers to a call of a nested model, recursively.
-    Returns whether anything changed."""
-    layers = model_config.get("layers", [])
-    nested = {layer["config"]["name"] for layer in layers if layer.get("class_name") in NESTED_MODEL_CLASSES}
-    changed = False
-    for layer in layers:
-        if layer.get("class_name") in NESTED_MODEL_CLASSES:
-            changed |= _renumber_nested_calls(layer["config"])
-        for node in layer.get("inbound_nodes", []):
-            for reference in node:
-                if reference[0] in nested and reference[1] > 0:
-                    reference[1] -= 1
-                    changed = True
-    return changed
 
 
 def _load_savedmodel_folder(folder: Path, unsafe: bool, custom_objects: dict[str, Any] | None) -> keras.Model:
@@ -367,35 +217,34 @@ def _load_failure(path: Path, exc: BaseException) -> str:
                     f"{module} (it must be installed), or a FILE.py that defines it")
         return (f"{path} uses the custom class or function '{missing[1]}'; pass --custom-objects "
                 "FILE.py (or a module name) that defines it")
-    newer = _written_by_newer_keras(path) if path.suffix.lower() == ".keras" else None
-    if newer:
-        return (f"cannot load model {path}: it was written by Keras {newer}, newer than this Keras "
-                f"{keras.__version__}; upgrade Keras (pip install -U keras) ({first_line(exc)})")
+    version = written_by(path)
+    if is_newer_than_this(version):
+        return (f"cannot load model {path}: it was written by Keras {version}, newer than this Keras "
+                f"{keras.__version__}, and uses what this one does not have ({_unknown_option(chain, exc)}); "
+                f"{what_reads(version)}")
     return f"cannot load model {path}: {first_line(exc)}"
+
+
+def _unknown_option(chain: str, exc: BaseException) -> str:
+    """What in Keras's message names the option it did not know, not the config it dumps."""
+    found = (re.search(r"Unrecognized keyword arguments? passed to (\w+): \{'(\w+)'", chain)
+             or re.search(r"(\w+)\.__init__\(\) got an unexpected keyword argument '(\w+)'", chain))
+    if found:
+        return f"{found[1]} option {found[2]!r}"
+    message = first_line(exc)
+    return message if len(message) <= 160 else message[:157] + "..."
 
 
 def _recorded_module(path: Path, name: str) -> str | None:
     """The module a model file records for a custom class (Keras 3 files, and Keras 2 files from
     TensorFlow 2.13 on, write it beside the class name), if any."""
     short = name.split(">")[-1]
-    for node in _serialized_objects(_model_config(path)):
+    for node in serialized_objects(model_config(path)):
         module = node.get("module")
         if (node.get("class_name") == short and isinstance(module, str)
                 and not module.startswith(("keras", "builtins", "__main__"))):
             return module
     return None
-
-
-def _model_config(path: Path) -> Any:
-    """A model file's config as JSON data (None when it cannot be read)."""
-    try:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as archive:
-                return json.loads(archive.read("config.json"))
-        attributes = _h5_keras_attributes(path)
-        return json.loads(attributes[1]) if attributes and attributes[1] else None
-    except (OSError, KeyError, ValueError):
-        return None
 
 
 def _lambda_refused(path: Path) -> str:
@@ -438,5 +287,5 @@ def model_format(path: Path) -> str:
         return "SavedModel folder without Keras layers (serving function only: input-gradient methods)"
     if path.suffix.lower() == ".keras":
         return "Keras 3 (.keras)"
-    attributes = _h5_keras_attributes(path)
+    attributes = h5_attributes(path)
     return f"HDF5 (.h5) written by Keras {attributes[0]}" if attributes else "HDF5 (.h5)"
