@@ -26,7 +26,7 @@ import click
 
 from . import __version__
 from .config import AUTO, ENGINES, HEAD_FUSIONS, IG_BASELINES, TARGETS, RunConfig, parse_names, parse_numbers, parse_size, read_config_file
-from .engines import check_engine
+from .engines import Watch, check_engine
 from .errors import (EXIT_BROKEN_PIPE, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_REQUIREMENT_UNMET,
                      EXIT_SOME_FAILED, EXIT_USAGE, InterruptedRunError, XaiError, first_line)
 from .metrics import PERTURBATION_METRICS, failed_requirements, parse_requirements
@@ -298,6 +298,8 @@ def _explain_all(config: RunConfig, stop: _StopSignals, say: Callable[[str], Non
     if not total:
         raise XaiError(f"no images found in {', '.join(map(str, config.inputs))} "
                        f"(looked for {' '.join(sorted(IMAGE_SUFFIXES))})")
+    if sys.stderr.isatty():  # someone is watching: say why nothing moves for a few seconds
+        say(f"loading {config.model} (TensorFlow takes a few seconds to start)")
     modules = _tensorflow(debug)
     try:
         modules.pipeline.check_existing(config, images())
@@ -314,7 +316,8 @@ def _explain_all(config: RunConfig, stop: _StopSignals, say: Callable[[str], Non
     return_large_blocks_to_the_system()
     started = time.monotonic()
     with _table_on_stdout(config.predictions == "-", stop.stdout_closed):
-        progress = _explain_with_progress(modules.engines.run(prepared, images(), stop), total, quiet)
+        progress = _explain_with_progress(lambda watch: modules.engines.run(prepared, images(), stop, watch),
+                                          total, quiet)
     figures = _run_figures(config)
     say(_summary(progress, time.monotonic() - started, config) + _accuracy(figures.get("accuracy"))
         + _on_ray(figures.get("ray")))
@@ -514,26 +517,62 @@ class _Progress:
     unmet: list[str] = dataclasses.field(default_factory=list)  # --require terms not met
 
 
-def _explain_with_progress(results: Iterator, total: int, quiet: bool) -> _Progress:
-    """Drive the run under a progress bar, counting each image's outcome."""
-    from tqdm import tqdm
-
+def _explain_with_progress(results: Callable[[Watch], Iterator], total: int, quiet: bool) -> _Progress:
+    """Drive the run (``results`` given the watch to tell) under a progress bar, counting each
+    image's outcome."""
     from .pipeline import OUTCOMES
 
     progress = _Progress(dict.fromkeys(OUTCOMES, 0), total)
-    with tqdm(total=total, unit="img", file=sys.stderr, disable=quiet, dynamic_ncols=True) as bar:
-        for result in results:
+    with _ProgressBar(total, quiet) as bar:
+        for result in results(bar):
             part = result.item.part
             if part and part.position == 0 and part.count > 1:  # a volume's slices: known once it is read
                 progress.total += part.count - 1
-                bar.total += part.count - 1
-                bar.refresh()
             progress.counts[result.outcome] += 1
             progress.done += 1
             if result.outcome == "failed" and not progress.first_failure:
                 progress.first_failure = f"{result.item.name}: {next(r.error for r in result.rows if r.error)}"
-            bar.update(1)
     return progress
+
+
+class _ProgressBar(Watch):
+    """The tqdm bar on stderr, told by the engine: it moves as each batch's methods finish, says
+    what is under way (compiling for the first batch, then the method), and estimates the time
+    left from the batches after the first, whose tracing and compiling would inflate it."""
+
+    BAR_FORMAT = "{l_bar}{bar}| {n:.0f}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]{postfix}"
+
+    def __init__(self, total: int, quiet: bool) -> None:
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=total, unit="img", file=sys.stderr, disable=quiet, dynamic_ncols=True,
+                         bar_format=self.BAR_FORMAT)
+        self._warm = False
+
+    def __enter__(self) -> "_ProgressBar":
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._bar.close()
+
+    def stage(self, text: str) -> None:
+        self._bar.set_postfix_str(text)
+
+    def advance(self, images: float) -> None:
+        self._bar.update(images)
+
+    def grow(self, images: int) -> None:
+        self._bar.total += images
+        self._bar.refresh()
+
+    def warmed_up(self) -> None:
+        if self._warm:
+            return
+        self._warm = True
+        done = self._bar.n
+        self._bar.reset()  # the rate and estimate start again, from the work done so far
+        self._bar.n = self._bar.initial = self._bar.last_print_n = done
+        self._bar.refresh()
 
 
 def _model_command(func: Callable) -> Callable:
@@ -708,7 +747,10 @@ class _TensorFlowModules:
 
 
 def _tensorflow(debug: bool) -> _TensorFlowModules:
-    if not debug:
+    if debug:  # what the library notes for the curious, e.g. options dropped from a newer Keras's file
+        logging.basicConfig(format="xai: debug: %(message)s")
+        logging.getLogger("xaicli").setLevel(logging.DEBUG)
+    else:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         # Ray's C++ core (--engine ray) says at start that it read this, and nothing after.
         os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")

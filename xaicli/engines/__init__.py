@@ -18,6 +18,24 @@ if TYPE_CHECKING:
     from ..pipeline import ImageResult, Prepared
 
 
+class Watch:
+    """What an engine tells the person waiting; this one tells no one (the CLI's progress bar
+    tells). Calls come from the thread that iterates the engine's results."""
+
+    def stage(self, text: str) -> None:
+        """What is under way, e.g. 'compiling gradcam for the first batch'."""
+
+    def advance(self, images: float) -> None:
+        """This many images' work is done; fractions while a batch's methods finish one by one."""
+
+    def grow(self, images: int) -> None:
+        """The run has this many more images than were counted: a volume's slices, once it is read."""
+
+    def warmed_up(self) -> None:
+        """The first batch is done: its tracing and compiling are behind, so rates mean something
+        from here on."""
+
+
 def check_engine(config: RunConfig) -> None:
     """A one-line error, before TensorFlow is imported, when the engine asked for cannot run here:
     Ray missing, or a cluster address nothing answers at."""
@@ -44,11 +62,12 @@ def check_reachable(address: str | None) -> None:
                          "first (ray start --head) or give its address") from None
 
 
-def run(prepared: Prepared, items: Iterable[InputImage],
-        stop: Callable[[], str | None] = lambda: None) -> Iterator[ImageResult]:
-    """Explain ``items`` with the run's engine; results come in input order (see ``local.run``)."""
+def run(prepared: Prepared, items: Iterable[InputImage], stop: Callable[[], str | None] = lambda: None,
+        watch: Watch | None = None) -> Iterator[ImageResult]:
+    """Explain ``items`` with the run's engine; results come in input order (see ``local.run``),
+    and ``watch`` is told how the work goes."""
     if prepared.config.engine == "ray":
         from . import ray
-        return ray.run(prepared, items, stop)
+        return ray.run(prepared, items, stop, watch or Watch())
     from . import local
-    return local.run(prepared, items, stop)
+    return local.run(prepared, items, stop, watch=watch or Watch())

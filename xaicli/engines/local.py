@@ -31,6 +31,7 @@ from ..render import draw_heatmap, draw_overlay, draw_panel, overlay, upsample
 from ..report import thumbnail_size
 from ..stacks import StackCache, parse_slices
 from ..truth import MaskError, predicted_name
+from . import Watch
 
 FILES_AHEAD = 3  # files split into their images (volumes read whole) ahead of the one being explained
 THUMBNAIL = "thumbnail"  # the report page's small overlay, written beside the --save kinds
@@ -39,7 +40,7 @@ Carried = dict[str, list[dict[str, object]]]  # --resume: the earlier run's rows
 
 
 def run(prepared: Prepared, items: Iterable[InputImage], stop: Callable[[], str | None] = lambda: None,
-        budget: MemoryBudget | None = None) -> Iterator[ImageResult]:
+        budget: MemoryBudget | None = None, watch: Watch | None = None) -> Iterator[ImageResult]:
     """Explain ``items`` in order, writing the files under the output folder, the predictions
     table (to its file or standard output) and ``run.json`` (at the start, then at the end).
 
@@ -47,25 +48,27 @@ def run(prepared: Prepared, items: Iterable[InputImage], stop: Callable[[], str 
     finishes the batches under way, keeps the rows of a resumed run it did not reach, records
     the reason in ``run.json`` and ends. ``--fail-fast`` ends it the same way after a failure.
     Decoded originals and the work under way are bounded by ``budget`` (by default one of
-    ``--memory-budget``), whose accounting the caller can read afterwards.
+    ``--memory-budget``), whose accounting the caller can read afterwards. ``watch`` is told
+    of each batch's stages and progress.
     """
     with recorded(prepared, "local", stop) as record:
-        for result in explained(prepared, items, record.carried, record.stopping, budget):
+        for result in explained(prepared, items, record.carried, record.stopping, budget, watch or Watch()):
             record.add(result)
             yield result
 
 
 def explained(prepared: Prepared, items: Iterable[InputImage], carried: Carried,
               stopping: Callable[[], bool] = lambda: False,
-              budget: MemoryBudget | None = None) -> Iterator[ImageResult]:
+              budget: MemoryBudget | None = None, watch: Watch | None = None) -> Iterator[ImageResult]:
     """Decode, explain, render and write the files of ``items`` (whole files: a volume is split
     into its slices here), yielding each image's result in order; the table is the caller's.
 
     ``carried`` (read, and dropped from for volumes explained again) lets ``--resume`` pass by
     the images an earlier run finished; ``stopping`` is asked before each batch, and when true
-    the batches under way are finished and no more are started.
+    the batches under way are finished and no more are started. ``watch`` is told how it goes.
     """
     config = prepared.config
+    watch = watch or Watch()
     budget = budget or MemoryBudget(config.memory_budget * 2**20)
     stacks = StackCache(budget, prepared.intensity, parse_slices(config.slices), config.slice_axis, config.max_pixels)
     threads = config.workers or default_workers()
@@ -81,10 +84,12 @@ def explained(prepared: Prepared, items: Iterable[InputImage], carried: Carried,
                               _passable(config, parts, carried), 2 * config.batch_size)
         mosaics = _Mosaics(prepared)
         pending: deque[list[_Pending]] = deque()
-        for batch in batched(decoded, config.batch_size):
+        for number, batch in enumerate(batched(decoded, config.batch_size)):
             if stopping():
                 break
-            pending.append(_explain_batch(prepared, batch, workers))
+            pending.append(_explain_batch(prepared, batch, workers, _BatchWatch(watch, batch, number == 0)))
+            if number == 0:
+                watch.warmed_up()
             # The previous batch's PNGs were encoding while this batch computed.
             if len(pending) > 1:
                 yield from _finish(prepared, pending.popleft(), mosaics, stacks)
@@ -251,17 +256,21 @@ def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
         yield batch
 
 
-def _explain_batch(prepared: Prepared, batch: list[_Decoded], workers: _Workers) -> list[_Pending]:
+def _explain_batch(prepared: Prepared, batch: list[_Decoded], workers: _Workers, watch: _BatchWatch) -> list[_Pending]:
     good = [d for d in batch if not (d.error or d.skipped or d.carried)]
     explanations, failure = (), ""
     if good:
         inputs = np.stack([d.model_input for d in good])
+        requests = _requests(prepared, len(good))
+        watch.runs(len(good), len(requests) * len(prepared.config.methods))
         try:
-            explanations = tuple(prepared.explainer.explain(inputs, requested)
-                                 for requested in _requests(prepared, len(good)))
+            explanations = tuple(prepared.explainer.explain(inputs, requested, watch.on_stage) for requested in requests)
+            if prepared.config.metrics:
+                watch.stage("deletion and insertion curves")
             faithfulness = _faithfulness(prepared, inputs, explanations)
         except tf.errors.OpError as exc:
             failure = f"the model failed on this batch: {first_line(exc)}"
+    watch.done()
     position = {id(d): i for i, d in enumerate(good)}
     return [
         _Pending(d.item, "", skipped=True) if d.skipped
@@ -270,6 +279,50 @@ def _explain_batch(prepared: Prepared, batch: list[_Decoded], workers: _Workers)
         else _schedule(prepared, d, explanations, position[id(d)], workers, faithfulness)
         for d in batch
     ]
+
+
+class _BatchWatch:
+    """One batch's progress for the run's ``Watch``: its images count as done as their methods
+    finish (a fraction per method and explained class), those that need no explaining (failed,
+    skipped, resumed) at once, and whatever is left when the batch ends."""
+
+    def __init__(self, watch: Watch, batch: list[_Decoded], first: bool) -> None:
+        self._watch = watch
+        self._left = float(len(batch))
+        self._first = first
+        self._share = 0.0  # images done per finished method run
+        for decoded in batch:
+            part = decoded.item.part
+            if part is not None and part.position == 0 and part.count > 1:  # a volume's slices, now known
+                watch.grow(part.count - 1)
+
+    def runs(self, images: int, method_runs: int) -> None:
+        """``images`` of the batch are explained, by ``method_runs`` methods and explained classes;
+        the others are done now."""
+        self._advance(self._left - images)
+        self._share = images / max(method_runs, 1)
+
+    def on_stage(self, methods: tuple[str, ...], compiling: bool, finished: bool) -> None:
+        """The explainer's ``StageCallback``."""
+        if finished:
+            self._advance(self._share * len(methods))
+            return
+        what = ", ".join(methods) or "predictions"
+        self.stage(f"compiling {what} (the first batch waits for it)" if compiling
+                   else f"{what}{' (first batch)' if self._first else ''}")
+
+    def stage(self, text: str) -> None:
+        self._watch.stage(text)
+
+    def done(self) -> None:
+        """The batch is explained (or failed): whatever was not counted yet is done."""
+        self._advance(self._left)
+
+    def _advance(self, images: float) -> None:
+        images = min(images, self._left)
+        if images > 0:
+            self._left -= images
+            self._watch.advance(images)
 
 
 Figures = dict[str, "float | bool"]  # metric name -> value, for one image, method and explained class

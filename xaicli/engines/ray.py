@@ -33,6 +33,7 @@ from ..images import InputImage
 from ..outputs import table_text
 from ..quiet import stderr_silenced
 from ..pipeline import Decisions, ImageResult, Prepared, prepare_decided, recorded
+from . import Watch
 from .local import Carried, batched, explained
 
 BLOCK_BATCHES = 4  # model batches of files per block a replica takes at a time: fewer pipeline drains
@@ -42,29 +43,42 @@ FILES_PER_DATASET = 500_000
 PART_LABEL = re.compile(r"(frame|[xyz])=\d+")  # what follows '#' in the table's name of a volume's slice
 
 
-def run(prepared: Prepared, items: Iterable[InputImage],
-        stop: Callable[[], str | None] = lambda: None) -> Iterator[ImageResult]:
+def run(prepared: Prepared, items: Iterable[InputImage], stop: Callable[[], str | None] = lambda: None,
+        watch: Watch | None = None) -> Iterator[ImageResult]:
     """Explain ``items`` on Ray (``--ray-address``, or a Ray started here and stopped after), with
     the same results, files, table and ``run.json`` as ``local.run``.
 
     ``stop`` is asked as each block comes back; when it gives a reason (or ``--fail-fast`` has
     met a failure) that block and those under way are dropped: their images have no rows (their
     files may be written), and ``--resume`` explains them again. A node that cannot write the
-    output folder stops the run before any image is explained.
+    output folder stops the run before any image is explained. ``watch`` is told of each image
+    as its result comes back.
     """
     config = prepared.config
+    watch = watch or Watch()
     with _ray_session(config.ray_address):
         check_shared(config.out_dir)
         with recorded(prepared, "ray", stop) as record:
             pool = pool_for(config.workers, config.gpus_per_worker)
             record.engine_details = pool.as_dict()
             carried = _carried_by_file(record.carried)
+            watch.stage(f"starting {pool.replicas} model replicas on Ray (each loads the model and compiles)")
             for files in batched(items, FILES_PER_DATASET):
                 for result in _explained_on_ray(prepared, files, carried, pool, record.stopping):
                     record.add(result)
+                    _watched(watch, result)
                     yield result
                 if record.status != "complete":
                     return
+
+
+def _watched(watch: Watch, result: ImageResult) -> None:
+    """Tell ``watch`` of one image's result: the driver sees no batch under way, only results."""
+    part = result.item.part
+    if part is not None and part.position == 0 and part.count > 1:
+        watch.grow(part.count - 1)
+    watch.advance(1)
+    watch.warmed_up()
 
 
 def _explained_on_ray(prepared: Prepared, files: list[InputImage], carried: dict[str, Carried], pool: Pool,

@@ -7,9 +7,10 @@ Batches smaller than ``batch_size`` are padded so each step is traced once.
 
 from __future__ import annotations
 
+import contextlib
 import zlib
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import tensorflow as tf
@@ -25,6 +26,15 @@ def rank_request(rank: int) -> int:
 
 
 TOP_CLASS = rank_request(1)  # requested class meaning "the top-scoring class of this image"
+
+# Told of each stage of explaining a batch, for progress: (the methods it computes, () for the
+# prediction alone; whether a compiled step runs for the first time, i.e. is being traced and
+# compiled; whether the stage has finished). Called once as a stage starts and once as it ends.
+StageCallback = Callable[[tuple[str, ...], bool, bool], None]
+
+
+def _untold(_methods: tuple[str, ...], _compiling: bool, _finished: bool) -> None:
+    """The StageCallback that tells no one."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +123,7 @@ class Explainer:
         self._attention_methods = methods.get("attention", {})
         self._attention_gradients = attention_gradients
         self._options = options
+        self._staged: set[tuple[str, ...]] = set()  # the stages that have run: compiled by now
         self.batch_size = batch_size
         height, width = info.input_size
         images = tf.TensorSpec((batch_size, height, width, info.channels), tf.float32)
@@ -206,38 +217,59 @@ class Explainer:
             explained = tf.gather(scores, classes, batch_dims=1)
         return tape.gradient(explained, images)
 
-    def explain(self, images: np.ndarray, requested: np.ndarray) -> BatchExplanation:
+    def explain(self, images: np.ndarray, requested: np.ndarray, on_stage: StageCallback = _untold) -> BatchExplanation:
         """Explain up to ``batch_size`` images.
 
         Args:
             images: (n, H, W, C) float32 preprocessed model inputs, 1 <= n <= batch_size.
             requested: (n,) int class per image, ``TOP_CLASS``, or ``rank_request(r)``.
+            on_stage: told as each stage (the prediction with every CAM method, then each other
+                method) starts and ends.
         """
         count = len(images)
         batch = _padded(images.astype(np.float32), self.batch_size, 0.0)
         wanted = _padded(np.asarray(requested, np.int32), self.batch_size, TOP_CLASS)
-        (probabilities, scores, classes, cam_maps, activations, attention, attention_gradients,
-         at_images) = self._step(tf.constant(batch), tf.constant(wanted))
-        raw = {name: m.numpy() for name, m in cam_maps.items()}
+        with self._stage(on_stage, tuple(self._cam_methods), self._step):
+            (probabilities, scores, classes, cam_maps, activations, attention, attention_gradients,
+             at_images) = self._step(tf.constant(batch), tf.constant(wanted))
+            raw = {name: m.numpy() for name, m in cam_maps.items()}
         if self._gradient_methods:
             context = GradientContext(batch, classes.numpy(), self._options, self._gradient_at(classes),
                                       at_images.numpy())
-            raw.update({name: method(context) for name, method in self._gradient_methods.items()})
+            for name, method in self._gradient_methods.items():
+                with self._stage(on_stage, (name,), self._input_gradient):
+                    raw[name] = method(context)
         if self._score_methods:
             context = ScoreContext(batch[:count], classes.numpy()[:count], activations.numpy()[:count],
                                    self._options, self._masked_probabilities)
-            raw.update({name: method(context) for name, method in self._score_methods.items()})
+            for name, method in self._score_methods.items():
+                with self._stage(on_stage, (name,), self._masked):
+                    raw[name] = method(context)
         if self._attention_methods:
             context = AttentionContext([a.numpy()[:count] for a in attention],
                                        [g.numpy()[:count] for g in attention_gradients], self._info.token_grid,
                                        self._info.extra_tokens, self._options)
-            raw.update({name: method(context) for name, method in self._attention_methods.items()})
+            for name, method in self._attention_methods.items():
+                with self._stage(on_stage, (name,), None):
+                    raw[name] = method(context)
         return BatchExplanation(
             probabilities=probabilities.numpy()[:count],
             scores=scores.numpy()[:count],
             classes=classes.numpy()[:count],
             maps={name: normalize_maps(raw[name][:count]) for name in raw},
         )
+
+    @contextlib.contextmanager
+    def _stage(self, on_stage: StageCallback, methods: tuple[str, ...], step: object) -> Iterator[None]:
+        """Tell ``on_stage`` that ``methods`` start, and whether they may be compiling: their first
+        run, while the compiled ``step`` they call (a ``tf.function``, or None) is not traced yet;
+        then that they finished."""
+        tracing_count = getattr(step, "experimental_get_tracing_count", None)
+        compiling = methods not in self._staged and tracing_count is not None and tracing_count() == 0
+        self._staged.add(methods)
+        on_stage(methods, compiling, False)
+        yield
+        on_stage(methods, False, True)
 
     def _masked_probabilities(self, image: np.ndarray, channel_maps: np.ndarray, target: int) -> np.ndarray:
         """``target``'s probabilities for ``image`` under each of ``channel_maps`` (m, h, w), in

@@ -217,22 +217,19 @@ def _load_failure(path: Path, exc: BaseException) -> str:
                     f"{module} (it must be installed), or a FILE.py that defines it")
         return (f"{path} uses the custom class or function '{missing[1]}'; pass --custom-objects "
                 "FILE.py (or a module name) that defines it")
-    version = written_by(path)
-    if is_newer_than_this(version):
-        return (f"cannot load model {path}: it was written by Keras {version}, newer than this Keras "
-                f"{keras.__version__}, and uses what this one does not have ({_unknown_option(chain, exc)}); "
-                f"{what_reads(version)}")
-    return f"cannot load model {path}: {first_line(exc)}"
+    version, unknown = written_by(path), _unknown_option(chain)
+    if unknown and is_newer_than_this(version):
+        return (f"cannot load model {path}: it was written by Keras {version}, whose {unknown} this Keras "
+                f"{keras.__version__} does not have; {what_reads(version)}")
+    message = first_line(exc)  # Keras may put a whole layer config on this line
+    return f"cannot load model {path}: {message if len(message) <= 200 else message[:197] + '...'}"
 
 
-def _unknown_option(chain: str, exc: BaseException) -> str:
-    """What in Keras's message names the option it did not know, not the config it dumps."""
+def _unknown_option(chain: str) -> str | None:
+    """The class and option Keras's message says it did not know ('Conv2D option 'x''), if any."""
     found = (re.search(r"Unrecognized keyword arguments? passed to (\w+): \{'(\w+)'", chain)
              or re.search(r"(\w+)\.__init__\(\) got an unexpected keyword argument '(\w+)'", chain))
-    if found:
-        return f"{found[1]} option {found[2]!r}"
-    message = first_line(exc)
-    return message if len(message) <= 160 else message[:157] + "..."
+    return f"{found[1]} option {found[2]!r}" if found else None
 
 
 def _recorded_module(path: Path, name: str) -> str | None:

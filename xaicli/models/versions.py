@@ -19,6 +19,7 @@ import logging
 import shutil
 import tempfile
 import zipfile
+from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -171,7 +172,7 @@ def drop_newer_defaults(config: Any, path: Path, version: str) -> bool:
         ModelError: an option of ``NEWER_DEFAULTS`` holds another value: one line naming both
             Keras versions, the option and what reads the file.
     """
-    changed = False
+    dropped: Counter[str] = Counter()
     for node in serialized_objects(config):
         accepted = _accepted_options(node)
         options = node.get("config")
@@ -187,10 +188,11 @@ def drop_newer_defaults(config: Any, path: Path, version: str) -> bool:
                     f"option {key}={json.dumps(value)} this Keras {keras.__version__} does not have (it came with "
                     f"Keras {since}); {what_reads(since)}, or save the model with {key} at its default")
             del options[key]
-            changed = True
-            LOG.debug("%s: dropped %s.%s=%s (Keras %s's default; this Keras %s has no such option)",
-                      path, node["class_name"], key, json.dumps(value), version, keras.__version__)
-    return changed
+            dropped[f"{node['class_name']}.{key}={json.dumps(value)}"] += 1
+    for option, times in dropped.items():
+        LOG.debug("%s: dropped %s from %d object(s) (Keras %s's default; this Keras %s has no such option)",
+                  path, option, times, version, keras.__version__)
+    return bool(dropped)
 
 
 def serialized_objects(node: Any) -> Iterator[dict]:
