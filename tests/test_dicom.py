@@ -132,3 +132,47 @@ def test_without_pydicom_a_dicom_file_is_an_error_row_naming_the_extra(tmp_path,
     monkeypatch.setitem(__import__("sys").modules, "pydicom", None)  # as if not installed
     with pytest.raises(ImageError, match=r"needs pydicom: pip install 'xaicli\[medical\]'"):
         read_image(path)
+
+
+def _jpeg_extended_12_bit():
+    """pydicom's own 12-bit JPEG Extended (Process 2 and 4) test file, which ships inside its
+    wheel; pylibjpeg-libjpeg and Pillow refuse it, and pydicom's GDCM plugin takes no 12-bit
+    JPEG Extended."""
+    from pathlib import Path
+
+    from pydicom.data import get_testdata_file
+
+    return Path(get_testdata_file("JPEG-lossy.dcm"))
+
+
+def test_12_bit_jpeg_extended_decodes_through_gdcm():
+    pytest.importorskip("gdcm")
+    from xaicli.dicom import read_dicom
+
+    pixels = read_dicom(_jpeg_extended_12_bit())
+    assert pixels.frames.shape == (1, 1024, 256)
+    # the values pydicom's own tests of this file expect from GDCM
+    assert pixels.frames[0, 420, 140] == 244 and pixels.frames[0, 230, 120] == 95
+    assert read_image(_jpeg_extended_12_bit())[0].shape[:2] == (1024, 256)  # and on to a picture
+
+
+def test_without_gdcm_the_error_names_the_decoders_tried_and_only_what_is_missing(monkeypatch):
+    from pydicom.pixels import get_decoder
+
+    path = _jpeg_extended_12_bit()
+    decoder = get_decoder(pydicom.dcmread(path).file_meta.TransferSyntaxUID)
+    monkeypatch.setitem(__import__("sys").modules, "gdcm", None)  # as if python-gdcm were not installed
+    monkeypatch.setattr(decoder, "_available", {k: v for k, v in decoder._available.items() if k != "gdcm"})
+    monkeypatch.setattr(decoder, "_unavailable", {**decoder._unavailable, "gdcm": ("gdcm>=3.0.10",)})
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gdcm" else real_find_spec(name, *a))
+    with pytest.raises(ImageError) as raised:
+        read_image(path)
+    message = str(raised.value)
+    assert "\n" not in message
+    assert message.startswith("cannot decode this DICOM's compression (JPEG Extended (Process 2 and 4)): tried ")
+    assert "pylibjpeg (libjpeg error" in message and "pillow (" in message  # each decoder and why it failed
+    assert message.endswith("; not installed: python-gdcm (pip install python-gdcm)")
+    assert "pylibjpeg-libjpeg" not in message  # installed: not asked for

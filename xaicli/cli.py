@@ -756,9 +756,11 @@ def _tensorflow(debug: bool) -> _TensorFlowModules:
         os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
         with stderr_silenced():
             import tensorflow  # noqa: F401  (its C++ start-up lines go to the silenced stderr)
-        # TensorFlow and Keras 2 also log notices through Python logging; the CLI owns stderr.
+        # TensorFlow and Keras 2 also log notices through Python logging, and pydicom logs each
+        # decoder that failed before another took the file (or the row said why); the CLI owns stderr.
         for name in ("tensorflow", "absl"):
             logging.getLogger(name).setLevel(logging.ERROR)
+        logging.getLogger("pydicom").setLevel(logging.CRITICAL)
     return _TensorFlowModules()
 
 

@@ -6,6 +6,7 @@ interpretation, frames); nothing about the patient ever leaves this module.
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +16,14 @@ from .errors import ImageError, first_line
 from .intensity import Intensity, to_8bit
 
 MEDICAL_EXTRA = "pip install 'xaicli[medical]'"
-CODEC_PACKAGES = "pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg pylibjpeg-rle"
+# The module each decoder package installs, by the name pip knows it by (pydicom names the
+# packages it needs by pip name, but GDCM's by its module, 'gdcm').
+DECODER_MODULES = {"pylibjpeg": "pylibjpeg", "pylibjpeg-libjpeg": "libjpeg", "pylibjpeg-openjpeg": "openjpeg",
+                   "pylibjpeg-rle": "rle", "python-gdcm": "gdcm", "gdcm": "gdcm", "pillow": "PIL",
+                   "pyjpegls": "jpeg_ls", "numpy": "numpy"}
+GDCM_SCALARS = {"UINT8": np.uint8, "INT8": np.int8, "UINT12": np.uint16, "INT12": np.int16, "UINT16": np.uint16,
+                "INT16": np.int16, "UINT32": np.uint32, "INT32": np.int32, "FLOAT32": np.float32,
+                "FLOAT64": np.float64}
 COLOUR_INTERPRETATIONS = frozenset({"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420"})
 
 
@@ -53,7 +61,7 @@ def read_dicom(path: Path) -> DicomPixels:
         raise ImageError(f"cannot read the DICOM file: {first_line(exc)}") from None
     if not any(tag in dataset for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise ImageError("the DICOM file holds no image (no pixel data: a report, a structured document or a series header)")
-    pixels = _decoded(dataset)
+    pixels = _decoded(dataset, path)
     frame_count = int(dataset.get("NumberOfFrames", 1) or 1)
     interpretation = str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if interpretation in COLOUR_INTERPRETATIONS or int(dataset.get("SamplesPerPixel", 1)) == 3:
@@ -124,20 +132,94 @@ def _pydicom():
     return pydicom
 
 
-def _decoded(dataset) -> np.ndarray:
-    """The pixel array, YBR converted to RGB; missing codecs and cut data become one line."""
+def _decoded(dataset, path: Path) -> np.ndarray:
+    """The pixel array, YBR converted to RGB. Compressed pixels that none of pydicom's decoders
+    can read are read by GDCM from the whole file when it is installed (it takes files that
+    pydicom's per-frame plugins refuse, such as 12-bit JPEG Extended); otherwise one line names
+    the decoders tried, why each failed, and what is missing. Cut data is one line too."""
     meta = getattr(dataset, "file_meta", None)
     syntax = meta.get("TransferSyntaxUID") if meta is not None else None
     try:
         return dataset.pixel_array
     except (NotImplementedError, RuntimeError) as exc:
-        message = first_line(exc)
-        if syntax is not None and syntax.is_compressed and ("plugin" in message or "handler" in message.lower()
-                                                            or "decod" in message.lower()):
-            raise ImageError(f"cannot decode this DICOM's compression ({syntax.name}): {CODEC_PACKAGES}") from None
-        raise ImageError(f"cannot decode the DICOM pixel data: {message}") from None
+        if syntax is None or not syntax.is_compressed:
+            raise ImageError(f"cannot decode the DICOM pixel data: {first_line(exc)}") from None
+        tried = _plugin_failures(str(exc))
+        try:
+            return _read_by_gdcm(path, dataset)
+        except ImportError:
+            pass
+        except ValueError as gdcm_failure:
+            tried.append(f"GDCM on the whole file ({gdcm_failure})")
+        raise ImageError(_codec_failure(syntax, tried)) from None
     except Exception as exc:  # truncated or inconsistent pixel data
         raise ImageError(f"cannot decode the DICOM pixel data: {first_line(exc)}") from None
+
+
+def _plugin_failures(message: str) -> list[str]:
+    """'pylibjpeg (reason)', one per decoder pydicom tried, from its message (its lines '  name: reason')."""
+    failures = []
+    for line in message.splitlines()[1:]:
+        name, _, reason = line.strip().partition(": ")
+        if name and reason:
+            failures.append(f"{name} ({reason if len(reason) <= 110 else reason[:107] + '...'})")
+    return failures
+
+
+def _codec_failure(syntax, tried: list[str]) -> str:
+    """One line: the decoders tried and why each failed, and the packages that are missing."""
+    from pydicom.pixels import get_decoder
+
+    missing = {package for requirement in _decoder_requirements(get_decoder(syntax))
+               for package in [requirement.split(">")[0].split("=")[0].strip()]
+               if importlib.util.find_spec(DECODER_MODULES.get(package, package)) is None}
+    if importlib.util.find_spec("gdcm") is None:
+        missing.add("python-gdcm")
+    missing = {"python-gdcm" if package == "gdcm" else package for package in missing}
+    said = f"tried {', '.join(tried)}" if tried else "no decoder for it is installed"
+    install = f"; not installed: {' '.join(sorted(missing))} (pip install {' '.join(sorted(missing))})" if missing else ""
+    return f"cannot decode this DICOM's compression ({syntax.name}): {said}{install}"
+
+
+def _decoder_requirements(decoder) -> list[str]:
+    """The packages (with versions) pydicom names for its decoder plugins that cannot run here."""
+    requirements = []
+    for line in decoder.missing_dependencies:
+        _, _, needs = line.partition(" - requires ")
+        requirements += [part.strip() for part in needs.replace(" and ", ", ").split(",") if part.strip()]
+    return requirements
+
+
+def _read_by_gdcm(path: Path, dataset) -> np.ndarray:
+    """Every frame of ``path`` decoded by GDCM's own reader, shaped as pydicom shapes pixels.
+
+    Raises:
+        ImportError: GDCM is not installed.
+        ValueError: GDCM cannot decode the file, or gives pixels this reader does not take.
+    """
+    import gdcm
+
+    for silence in (gdcm.Trace.WarningOff, gdcm.Trace.ErrorOff, gdcm.Trace.DebugOff):
+        silence()  # its C++ notes would go to our stderr
+    reader = gdcm.ImageReader()
+    reader.SetFileName(str(path))
+    if not reader.Read():
+        raise ValueError("it cannot read the file")
+    image = reader.GetImage()
+    scalar = image.GetPixelFormat().GetScalarTypeAsString()
+    if scalar not in GDCM_SCALARS:
+        raise ValueError(f"it gives {scalar} samples")
+    samples = image.GetPixelFormat().GetSamplesPerPixel()
+    if samples == 3 and str(image.GetPhotometricInterpretation()).strip() != "RGB":
+        raise ValueError(f"it gives {image.GetPhotometricInterpretation()} colour, not RGB")
+    columns, rows = image.GetDimension(0), image.GetDimension(1)
+    frames = image.GetDimension(2) if image.GetNumberOfDimensions() == 3 else 1
+    data = np.frombuffer(image.GetBuffer().encode("utf-8", "surrogateescape"), dtype=GDCM_SCALARS[scalar])
+    if data.size != frames * rows * columns * samples:
+        raise ValueError(f"it gives {data.size} samples for {frames} x {rows} x {columns} x {samples}")
+    shape = (frames, rows, columns, samples) if samples > 1 else (frames, rows, columns)
+    pixels = data.reshape(shape)
+    return pixels[0] if frames == 1 and int(dataset.get("NumberOfFrames", 1) or 1) == 1 else pixels
 
 
 def _first_window(dataset) -> tuple[float, float] | None:
