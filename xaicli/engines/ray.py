@@ -62,7 +62,7 @@ def run(prepared: Prepared, items: Iterable[InputImage], stop: Callable[[], str 
             pool = pool_for(config.workers, config.gpus_per_worker)
             record.engine_details = pool.as_dict()
             carried = _carried_by_file(record.carried)
-            watch.stage(f"starting {pool.replicas} model replicas on Ray (each loads the model and compiles)")
+            watch.stage(f"starting {pool.replicas} model replicas (each loads the model and compiles)")
             for files in batched(items, FILES_PER_DATASET):
                 for result in _explained_on_ray(prepared, files, carried, pool, record.stopping):
                     record.add(result)
