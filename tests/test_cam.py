@@ -97,7 +97,7 @@ def reference_model(request, tmp_path_factory):
         convs = ("conv",)
         target = layers.Conv2D(3, 3, activation="relu", name="conv")(inputs)
     x = layers.Dense(10, activation="relu", name="hidden")(layers.Flatten()(target))
-    head = layers.Dense(1, activation="sigmoid", name="head") if sigmoid else layers.Dense(4, activation="softmax", name="head")
+    head = layers.Dense(1, activation="sigmoid", name="head") if sigmoid else layers.Dense(4, "softmax", name="head")
     model = keras.Model(inputs, head(x))
     path = tmp_path_factory.mktemp("reference") / f"{request.param}.h5"
     model.save(path)
@@ -113,7 +113,8 @@ def _signed_somewhere(cam_before_relu: np.ndarray) -> bool:
 def test_every_cam_method_matches_its_numpy_formula(reference_model, requested):
     path, reference, layer = reference_model
     images = np.random.default_rng(5).normal(size=(6, 8, 8, 3)).astype(np.float32)
-    activations, _, classes, gradients = forward_and_gradients(images, reference, None if requested is None else [requested] * 6)
+    explained = None if requested is None else [requested] * 6
+    activations, _, classes, gradients = forward_and_gradients(images, reference, explained)
     assert len(np.unique(classes)) > 1 or requested is not None
     if not reference.relu:
         assert activations.min() < 0 < activations.max()

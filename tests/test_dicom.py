@@ -166,8 +166,8 @@ def test_without_gdcm_the_error_names_the_decoders_tried_and_only_what_is_missin
     monkeypatch.setattr(decoder, "_unavailable", {**decoder._unavailable, "gdcm": ("gdcm>=3.0.10",)})
     import importlib.util
 
-    real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gdcm" else real_find_spec(name, *a))
+    found = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gdcm" else found(name, *a))
     with pytest.raises(ImageError) as raised:
         read_image(path)
     message = str(raised.value)

@@ -7,6 +7,7 @@ interpretation, frames); nothing about the patient ever leaves this module.
 from __future__ import annotations
 
 import importlib.util
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,9 +18,9 @@ from .intensity import Intensity, to_8bit
 
 MEDICAL_EXTRA = "pip install 'xaicli[medical]'"
 # The module each decoder package installs, by the name pip knows it by (pydicom names the
-# packages it needs by pip name, but GDCM's by its module, 'gdcm').
+# packages it needs by pip name, but GDCM's by its module, 'gdcm', which pip calls python-gdcm).
 DECODER_MODULES = {"pylibjpeg": "pylibjpeg", "pylibjpeg-libjpeg": "libjpeg", "pylibjpeg-openjpeg": "openjpeg",
-                   "pylibjpeg-rle": "rle", "python-gdcm": "gdcm", "gdcm": "gdcm", "pillow": "PIL",
+                   "pylibjpeg-rle": "rle", "python-gdcm": "gdcm", "pillow": "PIL",
                    "pyjpegls": "jpeg_ls", "numpy": "numpy"}
 GDCM_SCALARS = {"UINT8": np.uint8, "INT8": np.int8, "UINT12": np.uint16, "INT12": np.int16, "UINT16": np.uint16,
                 "INT16": np.int16, "UINT32": np.uint32, "INT32": np.int32, "FLOAT32": np.float32,
@@ -170,24 +171,23 @@ def _codec_failure(syntax, tried: list[str]) -> str:
     """One line: the decoders tried and why each failed, and the packages that are missing."""
     from pydicom.pixels import get_decoder
 
-    missing = {package for requirement in _decoder_requirements(get_decoder(syntax))
-               for package in [requirement.split(">")[0].split("=")[0].strip()]
-               if importlib.util.find_spec(DECODER_MODULES.get(package, package)) is None}
-    if importlib.util.find_spec("gdcm") is None:
-        missing.add("python-gdcm")
-    missing = {"python-gdcm" if package == "gdcm" else package for package in missing}
+    wanted = _decoder_packages(get_decoder(syntax)) | {"python-gdcm"}
+    missing = " ".join(sorted(p for p in wanted if importlib.util.find_spec(DECODER_MODULES.get(p, p)) is None))
     said = f"tried {', '.join(tried)}" if tried else "no decoder for it is installed"
-    install = f"; not installed: {' '.join(sorted(missing))} (pip install {' '.join(sorted(missing))})" if missing else ""
+    install = f"; not installed: {missing} (pip install {missing})" if missing else ""
     return f"cannot decode this DICOM's compression ({syntax.name}): {said}{install}"
 
 
-def _decoder_requirements(decoder) -> list[str]:
-    """The packages (with versions) pydicom names for its decoder plugins that cannot run here."""
-    requirements = []
-    for line in decoder.missing_dependencies:
+def _decoder_packages(decoder) -> set[str]:
+    """The packages, by pip name, that pydicom's decoder plugins which cannot run here need."""
+    packages = set()
+    for line in decoder.missing_dependencies:  # 'pylibjpeg - requires pylibjpeg>=2.0 and pylibjpeg-libjpeg>=2.1'
         _, _, needs = line.partition(" - requires ")
-        requirements += [part.strip() for part in needs.replace(" and ", ", ").split(",") if part.strip()]
-    return requirements
+        for requirement in needs.replace(" and ", ", ").split(","):
+            name = re.split(r"[<>=!~ ]", requirement.strip())[0]
+            if name:
+                packages.add("python-gdcm" if name == "gdcm" else name)
+    return packages
 
 
 def _read_by_gdcm(path: Path, dataset) -> np.ndarray:
