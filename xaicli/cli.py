@@ -200,8 +200,9 @@ def _layer_regex_option(func: Callable) -> Callable:
               help="NIfTI volumes, turned to RAS, are cut across this axis: "
                    + "; ".join(f"{k}: {v}" for k, v in SLICE_AXIS_HELP.items()) + ".")
 @click.option("--max-size", type=int, default=None, metavar="N",
-              help="Draw image outputs with their long side at most N pixels (aspect kept); default the "
-                   "original size. The model still sees the full image.")
+              help="Draw every image output (each panel pane) with its long side at most N pixels (aspect "
+                   "kept); default: overlays at the original size, panels and heatmaps at most 1280. The model "
+                   "still sees the full image.")
 @click.option("--memory-budget", type=int, default=256, show_default=True, metavar="MB",
               help="MiB of decoded originals and of decoding/rendering work in flight (besides the model); "
                    "originals that do not fit are read again to draw them.")
