@@ -245,7 +245,8 @@ def run(model: Path, inputs: tuple[Path, ...], config_file: Path | None, quiet: 
     Exit status: 0 all images explained, 1 some images failed (see the status column),
     2 bad usage, a model that cannot be used, or OUT in use by another run, 3 a --require gate
     not met (every output still written; it wins over 1), 130/143 stopped
-    by SIGINT/SIGTERM (after finishing the batches under way; continue with --resume),
+    by SIGINT/SIGTERM (after finishing the batches under way; continue with --resume), 141
+    standard output's reader went away (`| head`; stopped the same way),
     70 an internal error (a bug: run with --debug and report it).
     """
     def say(message: str) -> None:
