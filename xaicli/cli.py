@@ -555,6 +555,7 @@ class _ProgressBar(Watch):
         return self
 
     def __exit__(self, *_exc: object) -> None:
+        self._bar.set_postfix_str("", refresh=False)  # the last line tells the count, not a stage long past
         self._bar.close()
 
     def stage(self, text: str) -> None:
@@ -572,6 +573,7 @@ class _ProgressBar(Watch):
             return
         self._warm = True
         done = self._bar.n
+        self._bar.set_postfix_str("", refresh=False)  # compiling is over
         self._bar.reset()  # the rate and estimate start again, from the work done so far
         self._bar.n = self._bar.initial = self._bar.last_print_n = done
         self._bar.refresh()
