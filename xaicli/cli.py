@@ -410,15 +410,17 @@ def _table_on_stdout(used: bool, closed: Callable[[], None]) -> Iterator[None]:
         sys.stdout = original
 
 
-class _ReaderMayLeave(io.TextIOBase):
+class _ReaderMayLeave:
     """Standard output whose reader may go away: the first write that finds the pipe closed calls
-    ``closed`` once; that write and every later one go nowhere."""
+    ``closed`` once; that write and every later one go nowhere. Anything else is the stream's."""
 
     def __init__(self, stream: IO[str], closed: Callable[[], None]) -> None:
-        super().__init__()
         self._stream = stream
         self._closed = closed
         self._gone = False
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._stream, name)
 
     def write(self, text: str) -> int:
         self._guarded(lambda: self._stream.write(text))

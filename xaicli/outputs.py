@@ -167,12 +167,11 @@ class PredictionsWriter:
         self._stream.flush()
 
 
-class Tee(io.TextIOBase):
-    """A text stream that writes to each of ``streams`` (the table on standard output and the
-    copy kept in OUT)."""
+class Tee:
+    """Writes to each of ``streams`` (the table on standard output and the copy kept in OUT).
+    Not an ``io`` stream: those flush again when collected, after the copy is closed."""
 
     def __init__(self, *streams: IO[str]) -> None:
-        super().__init__()
         self._streams = streams
 
     def write(self, text: str) -> int:
