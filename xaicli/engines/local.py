@@ -84,11 +84,14 @@ def explained(prepared: Prepared, items: Iterable[InputImage], carried: Carried,
                               _passable(config, parts, carried), 2 * config.batch_size)
         mosaics = _Mosaics(prepared)
         pending: deque[list[_Pending]] = deque()
-        for number, batch in enumerate(batched(decoded, config.batch_size)):
+        warm = False  # a batch has been explained: the compiled steps are ready
+        for batch in batched(decoded, config.batch_size):
             if stopping():
                 break
-            pending.append(_explain_batch(prepared, batch, workers, _BatchWatch(watch, batch, number == 0)))
-            if number == 0:
+            batch_watch = _BatchWatch(watch, batch, first=not warm)
+            pending.append(_explain_batch(prepared, batch, workers, batch_watch))
+            if batch_watch.explained and not warm:
+                warm = True
                 watch.warmed_up()
             # The previous batch's PNGs were encoding while this batch computed.
             if len(pending) > 1:
@@ -291,6 +294,7 @@ class _BatchWatch:
         self._left = float(len(batch))
         self._first = first
         self._share = 0.0  # images done per finished method run
+        self.explained = False  # some of the batch's images went through the explainer
         for decoded in batch:
             part = decoded.item.part
             if part is not None and part.position == 0 and part.count > 1:  # a volume's slices, now known
@@ -301,6 +305,7 @@ class _BatchWatch:
         the others are done now."""
         self._advance(self._left - images)
         self._share = images / max(method_runs, 1)
+        self.explained = True
 
     def on_stage(self, methods: tuple[str, ...], compiling: bool, finished: bool) -> None:
         """The explainer's ``StageCallback``."""
