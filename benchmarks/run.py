@@ -174,7 +174,7 @@ def _measure(args: argparse.Namespace) -> dict:
     """One configuration, in this (child) process: returns images and seconds."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if args.measure.startswith(("xai-", "images-")):
-        from xaicli.budget import return_large_blocks_to_the_system
+        from xaicli._budget import return_large_blocks_to_the_system
 
         return_large_blocks_to_the_system()  # as `xai run` does
     if args.measure == "ray-gradcam-png":
@@ -236,9 +236,9 @@ def _time_inference(model, batches: list[np.ndarray]) -> dict:
 
 def _time_step(args: argparse.Namespace, batches: list[np.ndarray], method: str) -> dict:
     """xaicli's compiled explanation step alone: no decoding, rendering or writing."""
-    from xaicli.config import RunConfig
-    from xaicli.explainers.engine import TOP_CLASS
-    from xaicli.pipeline import prepare
+    from xaicli._runs.config import RunConfig
+    from xaicli._explain.explainer import TOP_CLASS
+    from xaicli._runs.decisions import prepare
 
     config = RunConfig(model=args.model_path, inputs=(args.image_dir,), out_dir=args.workdir / "unused",
                        methods=(method,), batch_size=args.batch_size, preprocess="symmetric")
@@ -287,10 +287,12 @@ def _measure_images(args: argparse.Namespace, image_format: str) -> dict:
     """The per-image work around the model step, on one thread, as ``xai run`` does it: decode,
     model input, overlay drawn at the output size (``--max-size``) with a fixed map, encoded and
     written, and the report's thumbnail. No model: this is the image side of the bound."""
-    from xaicli.images import PRESETS, fit_view, open_image, output_size, shown_at, to_model_input
-    from xaicli.outputs import write_image
-    from xaicli.render import draw_overlay, jet_lut, overlay
-    from xaicli.report import thumbnail_size
+    from xaicli._inputs.scaling import PRESETS
+    from xaicli._inputs.geometry import fit_view, output_size, shown_at, to_model_input
+    from xaicli._inputs.raster import open_image
+    from xaicli._outputs.writers import write_image
+    from xaicli._outputs.render import draw_overlay, jet_lut, overlay
+    from xaicli._outputs.report import thumbnail_size
 
     heatmap = np.random.default_rng(0).uniform(0, 1, (7, 7)).astype(np.float32)
     lut, size = jet_lut(), (args.size, args.size)
@@ -319,10 +321,10 @@ def _measure_xai(args: argparse.Namespace, method: str, image_format: str) -> di
     the other configurations' warm-up does."""
     import shutil
 
-    from xaicli.config import RunConfig
-    from xaicli.images import discover
-    from xaicli.engines.local import run
-    from xaicli.pipeline import prepare
+    from xaicli._runs.config import RunConfig
+    from xaicli._inputs.discover import discover
+    from xaicli._engines.local import run
+    from xaicli._runs.decisions import prepare
 
     out = args.workdir / f"out-{method}-{image_format}"
     shutil.rmtree(out, ignore_errors=True)
@@ -346,10 +348,10 @@ def _measure_ray(args: argparse.Namespace) -> dict:
 
     import ray
 
-    from xaicli.config import RunConfig
-    from xaicli.engines import ray as ray_engine
-    from xaicli.images import discover
-    from xaicli.pipeline import prepare
+    from xaicli._runs.config import RunConfig
+    from xaicli._engines import ray as ray_engine
+    from xaicli._inputs.discover import discover
+    from xaicli._runs.decisions import prepare
 
     ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     out = args.workdir / "out-ray"
@@ -449,7 +451,7 @@ def _print_large(args: argparse.Namespace, model: Path, small: Path, inference: 
     peak RSS, which must not grow with the number of images or the batch size."""
     from dataclasses import fields
 
-    from xaicli.config import RunConfig
+    from xaicli._runs.config import RunConfig
 
     batch = next(f.default for f in fields(RunConfig) if f.name == "batch_size")
     folder = _make_images(args.workdir / f"large-{args.large}", args.large, LARGE_SIZE)

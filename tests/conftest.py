@@ -170,7 +170,7 @@ def tiny_vit(tmp_path_factory) -> Path:
 
 def model_for(method: str, cnn: Path, vit: Path) -> Path:
     """A tiny model the method fits: a ViT for attention methods, the CNN otherwise."""
-    from xaicli.explainers import REGISTRY
+    from xaicli._explain.registry import REGISTRY
 
     return vit if REGISTRY[method].family == "attention" else cnn
 

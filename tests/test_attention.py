@@ -5,10 +5,10 @@ import csv
 import numpy as np
 import pytest
 
-from xaicli.config import RunConfig
-from xaicli.errors import UsageError
-from xaicli.explainers.engine import TOP_CLASS
-from xaicli.pipeline import prepare
+from xaicli._runs.config import RunConfig
+from xaicli._errors import UsageError
+from xaicli._explain.explainer import TOP_CLASS
+from xaicli._runs.decisions import prepare
 
 from .conftest import build_vit
 

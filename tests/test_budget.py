@@ -4,7 +4,7 @@ deadlocks, and the peak is what was accounted."""
 import threading
 import time
 
-from xaicli.budget import MemoryBudget
+from xaicli._budget import MemoryBudget
 
 
 def test_originals_are_kept_within_half_the_budget():
@@ -50,15 +50,15 @@ def test_work_waits_until_it_fits_and_is_done_alone_when_larger_than_everything(
 def test_large_blocks_go_back_to_the_system_on_glibc():
     import platform
 
-    from xaicli.budget import return_large_blocks_to_the_system
+    from xaicli._budget import return_large_blocks_to_the_system
 
     applied = return_large_blocks_to_the_system()
     assert applied == (platform.libc_ver()[0] == "glibc")
 
 
 def test_render_estimates_count_strips_for_png_and_the_whole_picture_for_lossy_formats():
-    from xaicli.budget import STRIP_BYTES_PER_PIXEL, render_estimate
-    from xaicli.render import strip_rows
+    from xaicli._budget import STRIP_BYTES_PER_PIXEL, render_estimate
+    from xaicli._outputs.render import strip_rows
 
     photo = (4000, 6000)
     strip = strip_rows(6000) * 6000 * STRIP_BYTES_PER_PIXEL

@@ -5,11 +5,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xaicli.config import RunConfig
-from xaicli.explainers import REGISTRY
-from xaicli.explainers.cam import eigencam, gradcam, gradcam_plus_plus
-from xaicli.explainers.engine import TOP_CLASS
-from xaicli.pipeline import prepare
+from xaicli._runs.config import RunConfig
+from xaicli._explain.registry import REGISTRY
+from xaicli._explain.cam import eigencam, gradcam, gradcam_plus_plus
+from xaicli._explain.explainer import TOP_CLASS
+from xaicli._runs.decisions import prepare
 
 from .numpy_reference import Reference, cam_maps, forward_and_gradients, scorecam_maps
 
@@ -212,7 +212,7 @@ def test_layer_that_does_not_feed_the_explained_output_is_an_error(tmp_path):
     import keras
     from keras import layers
 
-    from xaicli.errors import LayerError
+    from xaicli._errors import LayerError
 
     inputs = keras.Input((8, 8, 3))
     main = layers.Dense(2, name="main")(layers.GlobalAveragePooling2D()(layers.Conv2D(2, 3, name="conv_main")(inputs)))

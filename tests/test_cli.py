@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from xaicli.cli import main
-from xaicli.outputs import COLUMNS
+from xaicli._outputs.table import COLUMNS
 
 from .test_report import _page_data
 
@@ -381,7 +381,7 @@ def test_target_topk_explains_each_ranked_class_like_an_explicit_class(tiny_mode
 
 
 def test_topk_names_sort_by_rank_past_nine_classes(tmp_path):
-    from xaicli.config import RunConfig
+    from xaicli._runs.config import RunConfig
 
     config = RunConfig(model=tmp_path / "m.keras", inputs=(tmp_path,), out_dir=tmp_path / "out", top_k=14,
                        target="topk")
@@ -418,8 +418,8 @@ def test_crop_overlay_covers_the_original_and_leaves_unseen_sides_untouched(tiny
 def test_the_predicted_class_is_the_top_score_even_where_probabilities_tie():
     """Nearly tied logits can round to equal float32 probabilities; the row's predicted class is
     then the one the top-class explanation explains, not the first of the tie."""
-    from xaicli.explainers.engine import BatchExplanation
-    from xaicli.engines.local import _predicted
+    from xaicli._explain.explainer import BatchExplanation
+    from xaicli._engines.local import _predicted
 
     explanation = BatchExplanation(probabilities=np.full((1, 4), 0.25, np.float32),
                                    scores=np.array([[0.0, 0.0, 1e-7, 0.0]], np.float32),

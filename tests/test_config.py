@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from xaicli.config import RunConfig, load_labels, parse_names, parse_size, resolve_class
-from xaicli.errors import UsageError
+from xaicli._runs.config import RunConfig, load_labels, parse_names, parse_size, resolve_class
+from xaicli._errors import UsageError
 
 
 def _config(**overrides):
@@ -68,12 +68,12 @@ def test_config_files_load_under_either_toml_parser(tmp_path, monkeypatch, parse
     import importlib.util
     import sys
 
-    import xaicli.config
+    import xaicli._runs.config
 
     pytest.importorskip(parser)
     if parser == "tomli":
         monkeypatch.setitem(sys.modules, "tomllib", None)  # as on Python 3.10: the import fails
-    spec = importlib.util.spec_from_file_location("xaicli._config_under_test", xaicli.config.__file__)
+    spec = importlib.util.spec_from_file_location("xaicli._runs._config_under_test", xaicli._runs.config.__file__)
     copy = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, spec.name, copy)  # dataclasses look their module up there
     spec.loader.exec_module(copy)

@@ -5,12 +5,13 @@ import json
 import numpy as np
 import pytest
 
-from xaicli.config import RunConfig
-from xaicli.explainers import REGISTRY
-from xaicli.explainers.engine import TOP_CLASS
-from xaicli.images import read_image, to_model_input
-from xaicli.pipeline import prepare
-from xaicli.render import upsample
+from xaicli._runs.config import RunConfig
+from xaicli._explain.registry import REGISTRY
+from xaicli._explain.explainer import TOP_CLASS
+from xaicli._inputs.raster import read_image
+from xaicli._inputs.geometry import to_model_input
+from xaicli._runs.decisions import prepare
+from xaicli._outputs.render import upsample
 
 from .conftest import REPO
 
@@ -57,7 +58,7 @@ def test_16_bit_versions_of_the_demo_images_give_the_same_maps_under_minmax(tmp_
     minmax, so the same maps (and the same hits of the object boxes)."""
     from PIL import Image
 
-    from xaicli.intensity import Intensity
+    from xaicli._inputs.intensity import Intensity
 
     run = prepare(RunConfig(model=SAMPLES / "demo_model.keras", inputs=(SAMPLES,), out_dir=tmp_path / "unused"))
     batches = {}

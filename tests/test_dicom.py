@@ -12,9 +12,9 @@ pydicom = pytest.importorskip("pydicom")
 from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid  # noqa: E402
 
-from xaicli.errors import ImageError  # noqa: E402
-from xaicli.images import decode_bytes, read_image  # noqa: E402
-from xaicli.intensity import Intensity  # noqa: E402
+from xaicli._errors import ImageError  # noqa: E402
+from xaicli._inputs.raster import decode_bytes, read_image  # noqa: E402
+from xaicli._inputs.intensity import Intensity  # noqa: E402
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -147,7 +147,7 @@ def _jpeg_extended_12_bit():
 
 def test_12_bit_jpeg_extended_decodes_through_gdcm():
     pytest.importorskip("gdcm")
-    from xaicli.dicom import read_dicom
+    from xaicli._inputs.dicom import read_dicom
 
     pixels = read_dicom(_jpeg_extended_12_bit())
     assert pixels.frames.shape == (1, 1024, 256)

@@ -95,12 +95,13 @@ def test_deletion_and_insertion_match_a_numpy_computation(linear, tmp_path):
 def test_the_demo_models_grad_cam_beats_a_random_map(tmp_path):
     """Deleting Grad-CAM's top pixels (to gray: the demo's shapes are dark, so black would leave
     them in place) lowers the probability sooner than a random order; inserting them raises it sooner."""
-    from xaicli.config import RunConfig
-    from xaicli.explainers.engine import TOP_CLASS
-    from xaicli.images import read_image, to_model_input
-    from xaicli.metrics import CurveJob, blurred, curve_areas, perturbed, pixel_order
-    from xaicli.pipeline import baseline_input, prepare
-    from xaicli.render import upsample
+    from xaicli._runs.config import RunConfig
+    from xaicli._explain.explainer import TOP_CLASS
+    from xaicli._inputs.raster import read_image
+    from xaicli._inputs.geometry import to_model_input
+    from xaicli._evaluation.faithfulness import CurveJob, blurred, curve_areas, perturbed, pixel_order
+    from xaicli._runs.decisions import baseline_input, prepare
+    from xaicli._outputs.render import upsample
 
     run = prepare(RunConfig(model=SAMPLES / "demo_model.keras", inputs=(SAMPLES,), out_dir=tmp_path))
     names = sorted(json.loads((SAMPLES / "shapes" / "boxes.json").read_text()))

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from xaicli.config import RunConfig
-from xaicli.explainers.gradients import smoothgrad_noise
-from xaicli.pipeline import prepare
+from xaicli._runs.config import RunConfig
+from xaicli._explain.gradients import smoothgrad_noise
+from xaicli._runs.decisions import prepare
 
 from .numpy_reference import (forward_and_gradients, integrated_gradients_maps, saliency_maps,
                               smoothgrad_maps)

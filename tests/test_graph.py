@@ -1,6 +1,6 @@
 """models/graph.py: ancestors and the nodes on every path, on hand-drawn graphs (no TensorFlow)."""
 
-from xaicli.models.graph import ancestors, on_every_path
+from xaicli._models.graph import ancestors, on_every_path
 
 # input -> stem -> {branch_a1 -> branch_a2, branch_b} -> concat -> act -> pool -> head
 #                                                                  \-> side (a second output)

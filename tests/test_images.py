@@ -10,8 +10,11 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
 
-from xaicli.errors import ImageError, UsageError
-from xaicli.images import PRESETS, View, discover, fit_view, read_image, to_model_input
+from xaicli._errors import ImageError, UsageError
+from xaicli._inputs.scaling import PRESETS
+from xaicli._inputs.geometry import View, fit_view, to_model_input
+from xaicli._inputs.discover import discover
+from xaicli._inputs.raster import read_image
 
 
 def _save(path: Path, array: np.ndarray, **kwargs) -> Path:
@@ -70,7 +73,7 @@ def test_read_image_converts_modes_to_rgb(tmp_path, mode, array):
 
 
 def test_read_image_scales_16_bit_grayscale_by_its_range_when_asked(tmp_path):
-    from xaicli.intensity import Intensity
+    from xaicli._inputs.intensity import Intensity
 
     path = tmp_path / "deep.png"
     Image.fromarray(np.full((2, 3), 65535, np.uint16)).save(path)
@@ -81,7 +84,7 @@ def test_read_image_scales_16_bit_grayscale_by_its_range_when_asked(tmp_path):
 def test_decode_bytes_counts_what_decoding_holds_from_the_header_alone(tmp_path):
     """The memory budget admits a decode by this estimate: Pillow's 4 bytes a pixel for colour,
     twice that for a photo EXIF says to turn, plus the RGB picture for other modes."""
-    from xaicli.images import decode_bytes
+    from xaicli._inputs.raster import decode_bytes
 
     Image.new("RGB", (10, 20)).save(tmp_path / "upright.jpg")
     turned = Image.new("RGB", (10, 20))
@@ -163,7 +166,7 @@ def test_read_image_turns_any_decoder_failure_into_an_image_error(tmp_path, monk
     def broken_exif(_image, **_options):
         raise ZeroDivisionError("division by zero")
 
-    monkeypatch.setattr("xaicli.images.ImageOps.exif_transpose", broken_exif)
+    monkeypatch.setattr("xaicli._inputs.raster.ImageOps.exif_transpose", broken_exif)
     with pytest.raises(ImageError, match="cannot decode image: division by zero"):
         read_image(path)
 
@@ -179,7 +182,7 @@ def test_relative_paths_never_climb_out_of_the_output_tree(tmp_path, monkeypatch
 
 
 def test_custom_scaling_against_hand_computed_values():
-    from xaicli.images import custom_scaling
+    from xaicli._inputs.scaling import custom_scaling
 
     scaled = custom_scaling([0.5, 0.25, 0.0], [0.5, 0.25, 2.0])(PIXEL)[0, 0]
     # (0/255 - 0.5)/0.5 = -1; (127.5/255 - 0.25)/0.25 = 1; (255/255 - 0)/2 = 0.5
@@ -217,7 +220,7 @@ def test_crop_keeps_the_centre_and_cuts_the_long_side():
 def test_a_map_drawn_back_with_its_view_peaks_where_the_object_is(resize, shape):
     """Round trip: the model input itself, used as a perfect detector map, put back over the
     original image with the view, peaks on the object in every resize mode."""
-    from xaicli.render import upsample
+    from xaicli._outputs.render import upsample
 
     image = np.zeros((*shape, 3), np.uint8)
     row, column = shape[0] // 2 + 8, shape[1] // 2 - 8  # near the centre, so a crop keeps it
@@ -232,8 +235,8 @@ def test_a_map_drawn_back_with_its_view_peaks_where_the_object_is(resize, shape)
 @pytest.mark.parametrize("shape", [(600, 900), (900, 600), (500, 500)])
 def test_at_a_capped_output_size_the_map_still_peaks_where_the_object_is(resize, shape):
     """The same round trip, drawn at --max-size 100: aspect kept, the view scaled with the image."""
-    from xaicli.images import output_size, shown_at
-    from xaicli.render import upsample
+    from xaicli._inputs.geometry import output_size, shown_at
+    from xaicli._outputs.render import upsample
 
     image = np.zeros((*shape, 3), np.uint8)
     row, column = shape[0] // 2 + 80, shape[1] // 2 - 80

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xaicli.errors import UsageError
-from xaicli.images import read_image
-from xaicli.intensity import Intensity, parse_intensity, to_8bit
+from xaicli._errors import UsageError
+from xaicli._inputs.raster import read_image
+from xaicli._inputs.intensity import Intensity, parse_intensity, to_8bit
 
 
 def test_window_follows_the_dicom_linear_formula():

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xaicli.config import RunConfig
-from xaicli.explainers.engine import TOP_CLASS
-from xaicli.images import to_model_input
-from xaicli.pipeline import prepare
+from xaicli._runs.config import RunConfig
+from xaicli._explain.explainer import TOP_CLASS
+from xaicli._inputs.geometry import to_model_input
+from xaicli._runs.decisions import prepare
 
 keras_hub = pytest.importorskip("keras_hub", reason="keras-hub is in the test extra (Python 3.11+)")
 

@@ -1,7 +1,7 @@
 """models/layers.py's auto rule on hand-made model descriptions (no TensorFlow)."""
 
-from xaicli.models.info import LayerInfo, ModelInfo
-from xaicli.models.layers import auto_layer, candidate_layers
+from xaicli._models.info import LayerInfo, ModelInfo
+from xaicli._models.layers import auto_layer, candidate_layers
 
 
 def _info(layers, on_every_path, feeds_output=None):

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from xaicli.config import RunConfig
-from xaicli.explainers.engine import TOP_CLASS
-from xaicli.pipeline import prepare
+from xaicli._runs.config import RunConfig
+from xaicli._explain.explainer import TOP_CLASS
+from xaicli._runs.decisions import prepare
 
 k2 = pytest.importorskip("tf_keras", reason="tf_keras (Keras 2) is needed to write legacy files; "
                                             "pip install 'xaicli[test]'")
@@ -62,7 +62,7 @@ def _gradcam(path):
 
 
 def test_keras2_files_say_so_and_pick_the_same_layer(legacy_files):
-    from xaicli.models.load import model_format
+    from xaicli._models.load import model_format
 
     assert model_format(legacy_files / "keras2_functional.h5").startswith("HDF5 (.h5) written by Keras 2.")
     run, _ = _gradcam(legacy_files / "keras2_functional.h5")
@@ -141,8 +141,8 @@ def test_keras2_sequential_over_a_backbone_explains_like_the_keras3_model(legacy
 def test_keras2_sequential_over_a_backbone_without_tf_keras_names_the_extra(legacy_files, tmp_path, monkeypatch):
     import sys
 
-    from xaicli.errors import ModelError
-    from xaicli.models.load import load_model
+    from xaicli._errors import ModelError
+    from xaicli._models.load import load_model
 
     _keras2_sequential_over_a_backbone().save(tmp_path / "recipe.h5")
     monkeypatch.setitem(sys.modules, "tf_keras", None)

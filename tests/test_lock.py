@@ -11,8 +11,8 @@ import subprocess
 import pytest
 from click.testing import CliRunner
 
-from xaicli.errors import UsageError
-from xaicli.lock import LOCK_NAME, output_lock
+from xaicli._errors import UsageError
+from xaicli._runs.lock import LOCK_NAME, output_lock
 
 
 def _dead_pid() -> int:
@@ -67,7 +67,7 @@ def test_without_flock_the_process_id_decides(tmp_path, monkeypatch, holder, ref
     def no_flock(*_args):
         raise OSError(errno.ENOLCK, "No locks available")
 
-    monkeypatch.setattr("xaicli.lock.fcntl.flock", no_flock)
+    monkeypatch.setattr("xaicli._runs.lock.fcntl.flock", no_flock)
     out = tmp_path / "out"
     pid = {"parent": os.getppid(), "dead": _dead_pid(), "other host": 1}[holder]
     _write_lock(out, pid, "elsewhere.example" if holder == "other host" else None)

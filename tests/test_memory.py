@@ -9,11 +9,11 @@ from dataclasses import replace
 import numpy as np
 from PIL import Image
 
-from xaicli.budget import MemoryBudget
-from xaicli.config import RunConfig
-from xaicli.images import discover
-from xaicli.engines.local import run
-from xaicli.pipeline import prepare
+from xaicli._budget import MemoryBudget
+from xaicli._runs.config import RunConfig
+from xaicli._inputs.discover import discover
+from xaicli._engines.local import run
+from xaicli._runs.decisions import prepare
 
 
 def _photos(folder, count, size=(150, 200)):
@@ -62,7 +62,7 @@ def test_a_6000x4000_photo_gets_full_size_overlays_and_panels_and_heatmaps_sized
     from click.testing import CliRunner
 
     from xaicli.cli import main
-    from xaicli.images import VIEWING_SIDE
+    from xaicli._inputs.geometry import VIEWING_SIDE
 
     rng = np.random.default_rng(3)
     scene = np.kron(rng.integers(40, 220, (40, 60, 3)), np.ones((100, 100, 1)))  # 4000 x 6000 blocks

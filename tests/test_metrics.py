@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xaicli.errors import UsageError
-from xaicli.images import InputImage
-from xaicli.metrics import (CurveJob, Means, Requirement, area_under, blurred, box_mask, curve_areas, energy_in,
-                            failed_requirements, iou, parse_requirements, perturbed, pixel_order, pointing_hit)
-from xaicli.truth import load_ground_truth
+from xaicli._errors import UsageError
+from xaicli._inputs.discover import InputImage
+from xaicli._evaluation.faithfulness import (CurveJob, Means, Requirement, area_under, blurred, box_mask, curve_areas,
+                                             energy_in, failed_requirements, iou, parse_requirements, perturbed,
+                                             pixel_order, pointing_hit)
+from xaicli._evaluation.truth import load_ground_truth
 
 
 def test_area_under_equal_steps_is_the_trapezoid_rule():

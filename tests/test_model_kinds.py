@@ -8,11 +8,11 @@ import pytest
 from click.testing import CliRunner
 
 from xaicli.cli import main
-from xaicli.config import RunConfig
-from xaicli.errors import ModelError, UsageError
-from xaicli.explainers.engine import TOP_CLASS
-from xaicli.models.inspect import open_model
-from xaicli.pipeline import prepare
+from xaicli._runs.config import RunConfig
+from xaicli._errors import ModelError, UsageError
+from xaicli._explain.explainer import TOP_CLASS
+from xaicli._models.inspect import open_model
+from xaicli._runs.decisions import prepare
 
 
 def _xai(*args):

@@ -5,14 +5,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xaicli.config import RunConfig
-from xaicli.errors import LayerError, ModelError, UsageError
-from xaicli.explainers.engine import TOP_CLASS
-from xaicli.models.inspect import inspect_model
-from xaicli.models.layers import candidate_layers, resolve_layer
-from xaicli.models.load import load_model
-from xaicli.images import to_model_input
-from xaicli.pipeline import prepare
+from xaicli._runs.config import RunConfig
+from xaicli._errors import LayerError, ModelError, UsageError
+from xaicli._explain.explainer import TOP_CLASS
+from xaicli._models.inspect import inspect_model
+from xaicli._models.layers import candidate_layers, resolve_layer
+from xaicli._models.load import load_model
+from xaicli._inputs.geometry import to_model_input
+from xaicli._runs.decisions import prepare
 
 from .conftest import SIZE
 

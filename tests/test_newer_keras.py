@@ -9,12 +9,12 @@ import keras
 import numpy as np
 import pytest
 
-from xaicli.config import RunConfig
-from xaicli.errors import ModelError
-from xaicli.explainers.engine import TOP_CLASS
-from xaicli.models.load import load_model
-from xaicli.models.versions import version_tuple, written_by
-from xaicli.pipeline import prepare
+from xaicli._runs.config import RunConfig
+from xaicli._errors import ModelError
+from xaicli._explain.explainer import TOP_CLASS
+from xaicli._models.load import load_model
+from xaicli._models.versions import version_tuple, written_by
+from xaicli._runs.decisions import prepare
 
 FIXTURES = Path(__file__).parent / "fixtures" / "newer_keras"
 EXPECTED = np.load(FIXTURES / "expected.npz")

@@ -17,7 +17,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from xaicli.cli import main
-from xaicli.outputs import PredictionsWriter, Ranked, Row, output_path, top_columns
+from xaicli._outputs.table import PredictionsWriter, Ranked, Row, top_columns
+from xaicli._outputs.naming import output_path
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -137,7 +138,7 @@ def test_golden_run_numbers_follow_by_hand_from_the_colours():
 
 @pytest.mark.parametrize("shape", [(1, 1, 3), (7, 5, 3), (40, 33, 3), (1, 9), (12, 4)])
 def test_png_encoder_round_trips_through_pillow(shape, tmp_path):
-    from xaicli.outputs import encode_png, write_image
+    from xaicli._outputs.writers import encode_png, write_image
 
     pixels = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
     decoded = Image.open(io.BytesIO(encode_png(pixels)))
@@ -153,8 +154,8 @@ def test_png_encoder_round_trips_through_pillow(shape, tmp_path):
 def test_a_drawing_written_strip_by_strip_is_the_whole_picture(channels, image_format, tmp_path):
     """Outputs are encoded as their strips are drawn (one IDAT chunk each for PNG); the file
     must hold the same picture as one written whole, with the Up filter carried across strips."""
-    from xaicli.outputs import write_image
-    from xaicli.render import Drawing
+    from xaicli._outputs.writers import write_image
+    from xaicli._outputs.render import Drawing
 
     shape = (23, 17, 3) if channels == 3 else (23, 17)
     whole = np.random.default_rng(channels).integers(0, 256, shape, dtype=np.uint8)
@@ -170,8 +171,8 @@ def test_a_drawing_written_strip_by_strip_is_the_whole_picture(channels, image_f
 def test_drawn_outputs_are_their_strips_put_together():
     """A 24-MP output is drawn a strip of rows at a time; at a width that makes many strips,
     the overlay, heatmap and panel equal the same pictures drawn from a numpy original."""
-    from xaicli.images import fit_view
-    from xaicli.render import draw_overlay, heatmap_image, jet_lut, overlay, panel, strip_rows
+    from xaicli._inputs.geometry import fit_view
+    from xaicli._outputs.render import draw_overlay, heatmap_image, jet_lut, overlay, panel, strip_rows
 
     width = 4000  # strips of a few rows
     image = np.random.default_rng(3).integers(0, 256, (3 * strip_rows(width) + 5, width, 3), dtype=np.uint8)
@@ -194,8 +195,8 @@ def test_drawn_outputs_are_their_strips_put_together():
 
 @pytest.mark.parametrize("image_format,mean_difference", [("jpeg", 4.0), ("webp", 5.0)])
 def test_lossy_formats_decode_to_the_same_size_and_close_to_the_png(image_format, mean_difference):
-    from xaicli.outputs import encode_image
-    from xaicli.render import jet_lut, overlay
+    from xaicli._outputs.writers import encode_image
+    from xaicli._outputs.render import jet_lut, overlay
 
     from .conftest import REPO
 
@@ -212,7 +213,7 @@ def test_lossy_formats_decode_to_the_same_size_and_close_to_the_png(image_format
 
 
 def test_a_complete_run_removes_what_killed_writers_left(tmp_path):
-    from xaicli.outputs import remove_temporary_files
+    from xaicli._outputs.writers import remove_temporary_files
 
     folder = tmp_path / "out"
     folder.mkdir()

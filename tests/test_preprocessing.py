@@ -5,8 +5,8 @@ from dataclasses import replace
 
 import pytest
 
-from xaicli.models.info import LayerInfo, ModelInfo
-from xaicli.models.preprocessing import FAMILIES, Preprocessing, choose_preprocessing
+from xaicli._models.info import LayerInfo, ModelInfo
+from xaicli._models.preprocessing import FAMILIES, Preprocessing, choose_preprocessing
 
 
 def _info(model_name, paths, preprocessing=()):

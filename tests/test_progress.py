@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from xaicli.config import RunConfig
-from xaicli.engines import Watch
-from xaicli.engines.local import run
-from xaicli.images import discover
-from xaicli.pipeline import prepare
+from xaicli._runs.config import RunConfig
+from xaicli._engines import Watch
+from xaicli._engines.local import run
+from xaicli._inputs.discover import discover
+from xaicli._runs.decisions import prepare
 
 
 class _Recorder(Watch):

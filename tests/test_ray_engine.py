@@ -21,8 +21,8 @@ pytest.importorskip("ray")
 pytest.importorskip("nibabel")
 
 from xaicli.cli import main  # noqa: E402
-from xaicli.engines import ray as ray_engine  # noqa: E402
-from xaicli.errors import UsageError  # noqa: E402
+from xaicli._engines import ray as ray_engine  # noqa: E402
+from xaicli._errors import UsageError  # noqa: E402
 
 from .test_reliability import _many_images  # noqa: E402
 from .test_volumes_cli import _volume  # noqa: E402

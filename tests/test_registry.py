@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from xaicli.config import RunConfig
-from xaicli.explainers import REGISTRY
-from xaicli.explainers.engine import TOP_CLASS
-from xaicli.pipeline import prepare
+from xaicli._runs.config import RunConfig
+from xaicli._explain.registry import REGISTRY
+from xaicli._explain.explainer import TOP_CLASS
+from xaicli._runs.decisions import prepare
 
 from .conftest import model_for
 

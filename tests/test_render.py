@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from xaicli.images import View
-from xaicli.render import UNSEEN_GRAY, colorize, heatmap_image, jet_lut, normalize_maps, overlay, upsample
+from xaicli._inputs.geometry import View
+from xaicli._outputs.render import UNSEEN_GRAY, colorize, heatmap_image, jet_lut, normalize_maps, overlay, upsample
 
 
 def test_jet_lut_runs_from_dark_blue_through_green_to_dark_red():
@@ -67,7 +67,7 @@ def test_colorize_indexes_the_lut_by_rounded_value():
     ("gray", 128, (128, 128, 128)),
 ])
 def test_colormap_tables(name, index, expected):
-    from xaicli.render import COLORMAPS
+    from xaicli._outputs.render import COLORMAPS
 
     lut = COLORMAPS[name]()
     assert lut.shape == (256, 3) and lut.dtype == np.uint8
@@ -75,7 +75,7 @@ def test_colormap_tables(name, index, expected):
 
 
 def test_panel_layout_is_image_heatmap_overlay_over_a_caption():
-    from xaicli.render import panel
+    from xaicli._outputs.render import panel
 
     image = np.random.default_rng(0).integers(0, 256, (30, 20, 3), dtype=np.uint8)
     heat = np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4)
@@ -118,7 +118,7 @@ def test_cropped_map_covers_only_what_the_model_saw():
 
 
 def test_panel_shows_unseen_parts_in_gray():
-    from xaicli.render import panel
+    from xaicli._outputs.render import panel
 
     image = np.full((20, 40, 3), 90, np.uint8)
     picture = panel(image, np.ones((2, 2), np.float32), 0.4, jet_lut(), "x", View((10, 0, 30, 20)))
@@ -131,8 +131,8 @@ def test_panel_shows_unseen_parts_in_gray():
 def test_upsampled_strips_put_together_equal_the_whole(resize, size):
     """Overlays and heatmaps are drawn a strip of rows at a time; the strips must be the rows of
     the whole map, NaN (unseen) included."""
-    from xaicli.images import fit_view
-    from xaicli.render import upsample
+    from xaicli._inputs.geometry import fit_view
+    from xaicli._outputs.render import upsample
 
     heatmap = np.random.default_rng(size[0]).uniform(0, 1, (7, 9)).astype(np.float32)
     view = fit_view(size, (28, 36), resize)

@@ -17,8 +17,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from xaicli.cli import main
-from xaicli.errors import UsageError
-from xaicli.report import REPORT_NAME, write_report
+from xaicli._errors import UsageError
+from xaicli._outputs.report import REPORT_NAME, write_report
 
 from .conftest import REPO, wait_until as _wait_until
 

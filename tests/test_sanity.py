@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from xaicli.metrics import spearman, ssim
-from xaicli.sanity import DEPENDENT_BELOW, cascade, means_by_step, verdicts
+from xaicli._evaluation.faithfulness import spearman, ssim
+from xaicli._evaluation.sanity import DEPENDENT_BELOW, cascade, means_by_step, verdicts
 
 from .conftest import REPO
 
@@ -41,12 +41,14 @@ def test_cascade_steps_and_verdicts():
 
 
 def test_grad_cam_depends_on_the_model_and_an_edge_map_does_not(tmp_path):
-    from xaicli.config import RunConfig
-    from xaicli.explainers.engine import TOP_CLASS
-    from xaicli.images import discover, read_image, to_model_input
-    from xaicli.pipeline import prepare
-    from xaicli.render import normalize_maps
-    from xaicli.sanity import compare, run_cascade
+    from xaicli._runs.config import RunConfig
+    from xaicli._explain.explainer import TOP_CLASS
+    from xaicli._inputs.discover import discover
+    from xaicli._inputs.raster import read_image
+    from xaicli._inputs.geometry import to_model_input
+    from xaicli._runs.decisions import prepare
+    from xaicli._outputs.render import normalize_maps
+    from xaicli._evaluation.sanity import compare, run_cascade
 
     run = prepare(RunConfig(model=SAMPLES / "demo_model.keras", inputs=(SAMPLES,), out_dir=tmp_path))
     items = list(discover([SAMPLES / "shapes"]))[:8]

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from xaicli.config import RunConfig
-from xaicli.errors import LayerError
-from xaicli.explainers.engine import TOP_CLASS
-from xaicli.pipeline import prepare
+from xaicli._runs.config import RunConfig
+from xaicli._errors import LayerError
+from xaicli._explain.explainer import TOP_CLASS
+from xaicli._runs.decisions import prepare
 
 IMAGES = np.random.default_rng(12).uniform(0, 1, size=(3, 10, 10, 3)).astype(np.float32)
 
@@ -75,8 +75,8 @@ def test_layer_messages_on_an_exported_model_say_what_works(tmp_path):
     from click.testing import CliRunner
 
     from xaicli.cli import main
-    from xaicli.models.files import SERVED_LAYER_TYPE
-    from xaicli.models.load import _ServedModel
+    from xaicli._models.files import SERVED_LAYER_TYPE
+    from xaicli._models.load import _ServedModel
 
     assert _ServedModel.__name__ == SERVED_LAYER_TYPE
     model, _ = _model(3, "softmax")

@@ -13,13 +13,14 @@ import pytest
 nibabel = pytest.importorskip("nibabel")
 pytest.importorskip("pydicom")
 
-from xaicli.budget import MemoryBudget  # noqa: E402
-from xaicli.errors import ImageError, UsageError  # noqa: E402
-from xaicli.images import InputImage, Part, discover, is_dicom, is_image_name, read_image  # noqa: E402
-from xaicli.intensity import Intensity  # noqa: E402
-from xaicli.mosaic import GAP, compose, tile_size  # noqa: E402
-from xaicli.nifti import read_volume, slices_of  # noqa: E402
-from xaicli.stacks import SliceChoice, StackCache, parse_slices, read_stack  # noqa: E402
+from xaicli._budget import MemoryBudget  # noqa: E402
+from xaicli._errors import ImageError, UsageError  # noqa: E402
+from xaicli._inputs.discover import InputImage, Part, discover, is_dicom, is_image_name
+from xaicli._inputs.raster import read_image  # noqa: E402
+from xaicli._inputs.intensity import Intensity  # noqa: E402
+from xaicli._outputs.mosaic import GAP, compose, tile_size  # noqa: E402
+from xaicli._inputs.nifti import read_volume, slices_of  # noqa: E402
+from xaicli._inputs.stacks import SliceChoice, StackCache, parse_slices, read_stack  # noqa: E402
 
 from .test_dicom import write_dicom  # noqa: E402
 

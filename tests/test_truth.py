@@ -7,9 +7,9 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from xaicli.errors import UsageError
-from xaicli.images import InputImage
-from xaicli.truth import Tally, check_known, load_truth, predicted_name
+from xaicli._errors import UsageError
+from xaicli._inputs.discover import InputImage
+from xaicli._evaluation.truth import Tally, check_known, load_truth, predicted_name
 
 
 def _item(path: Path, relative: str) -> InputImage:

@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xaicli.config import RunConfig
-from xaicli.explainers.engine import TOP_CLASS
-from xaicli.pipeline import prepare
+from xaicli._runs.config import RunConfig
+from xaicli._explain.explainer import TOP_CLASS
+from xaicli._runs.decisions import prepare
 
 from .conftest import build_vit
 

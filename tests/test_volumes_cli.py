@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from xaicli.cli import main
-from xaicli.mosaic import GAP, grid_columns, tile_size
+from xaicli._outputs.mosaic import GAP, grid_columns, tile_size
 
 nibabel = pytest.importorskip("nibabel")
 pytest.importorskip("pydicom")

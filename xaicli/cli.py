@@ -25,23 +25,28 @@ from typing import IO, Callable, Iterator
 import click
 
 from . import __version__
-from .config import AUTO, ENGINES, HEAD_FUSIONS, IG_BASELINES, TARGETS, RunConfig, parse_names, parse_numbers, parse_size, read_config_file
-from .engines import Watch, check_engine
-from .errors import (EXIT_BROKEN_PIPE, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_REQUIREMENT_UNMET,
-                     EXIT_SOME_FAILED, EXIT_USAGE, InterruptedRunError, XaiError, first_line)
-from .metrics import PERTURBATION_METRICS, failed_requirements, parse_requirements
-from .explainers import REGISTRY
-from .images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, PRESET_HELP, RESIZE_MODES, discover, expand_stdin
-from .intensity import KINDS
-from .nifti import SLICE_AXES, SLICE_AXIS_HELP
-from .stacks import SLICE_CHOICES
-from .budget import return_large_blocks_to_the_system
-from .lock import output_lock
-from .models.files import check_model_path
-from .outputs import IMAGE_FORMATS, TABLE_FORMATS
-from .quiet import stderr_silenced
-from .report import write_report, write_summary
-from .render import COLORMAPS
+from ._runs.config import (AUTO, ENGINES, HEAD_FUSIONS, IG_BASELINES, TARGETS, RunConfig, parse_names, parse_numbers,
+                           parse_size, read_config_file)
+from ._engines import Watch, check_engine
+from ._errors import (EXIT_BROKEN_PIPE, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_REQUIREMENT_UNMET,
+                      EXIT_SOME_FAILED, EXIT_USAGE, InterruptedRunError, XaiError, first_line)
+from ._evaluation.faithfulness import PERTURBATION_METRICS, failed_requirements, parse_requirements
+from ._explain.registry import REGISTRY
+from ._inputs.raster import DEFAULT_MAX_PIXELS
+from ._inputs.discover import IMAGE_SUFFIXES, discover, expand_stdin
+from ._inputs.scaling import PRESET_HELP
+from ._inputs.geometry import RESIZE_MODES
+from ._inputs.intensity import KINDS
+from ._inputs.nifti import SLICE_AXES, SLICE_AXIS_HELP
+from ._inputs.stacks import SLICE_CHOICES
+from ._budget import return_large_blocks_to_the_system
+from ._runs.lock import output_lock
+from ._models.files import check_model_path
+from ._outputs.naming import IMAGE_FORMATS
+from ._outputs.table import TABLE_FORMATS
+from ._quiet import stderr_silenced
+from ._outputs.report import write_report, write_summary
+from ._outputs.render import COLORMAPS
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -304,10 +309,10 @@ def _explain_all(config: RunConfig, stop: _StopSignals, say: Callable[[str], Non
         say(f"loading {config.model} (TensorFlow takes a few seconds to start)")
     modules = _tensorflow(debug)
     try:
-        modules.pipeline.check_existing(config, images())
+        modules.resume.check_existing(config, images())
     except InterruptedRunError as exc:
         raise XaiError(exc.advice(shlex.join(["xai", *sys.argv[1:], "--resume"]))) from None
-    prepared = modules.pipeline.prepare(config)
+    prepared = modules.decisions.prepare(config)
     layer = prepared.layer
     target = (f"layer {layer.path} ({layer.type_name}; {prepared.layer_reason})"
               if layer else "input gradients")
@@ -524,7 +529,7 @@ class _Progress:
 def _explain_with_progress(results: Callable[[Watch], Iterator], total: int, quiet: bool) -> _Progress:
     """Drive the run (``results`` given the watch to tell) under a progress bar, counting each
     image's outcome."""
-    from .pipeline import OUTCOMES
+    from ._runs.record import OUTCOMES
 
     progress = _Progress(dict.fromkeys(OUTCOMES, 0), total)
     with _ProgressBar(total, quiet) as bar:
@@ -624,7 +629,7 @@ def info(model: Path, layer_regex: str, as_json: bool, debug: bool, **model_opti
         check_model_path(model)
         modules = _tensorflow(debug)
         _, details = modules.inspect.open_model(model, **model_options)
-        summary = modules.pipeline.describe(model, details, layer_regex)
+        summary = modules.decisions.describe(model, details, layer_regex)
         if as_json:
             click.echo(json.dumps(summary, indent=2))
         else:
@@ -690,9 +695,9 @@ def sanity(model: Path, inputs: tuple[Path, ...], out_dir: Path, methods: str, s
         items = list(itertools.islice(discover(config.inputs, exclude=[out_dir]), max_images))
         if not items:
             raise XaiError(f"no images found in {', '.join(map(str, config.inputs))}")
-        from .sanity import check
+        from ._evaluation.sanity import check
 
-        for line in check(modules.pipeline.prepare(config), items, steps, out_dir):
+        for line in check(modules.decisions.prepare(config), items, steps, out_dir):
             click.echo(f"xai: {line}", err=True)
         click.echo(out_dir / "sanity.csv")
 
@@ -743,13 +748,15 @@ class _TensorFlowModules:
     """The TensorFlow-backed modules, imported on first use."""
 
     def __init__(self) -> None:
-        from . import engines, pipeline
-        from .models import inspect, layers
+        from . import _engines as engines
+        from ._runs import decisions, resume
+        from ._models import inspect, layers
 
         self.engines = engines
         self.inspect = inspect
         self.layers = layers
-        self.pipeline = pipeline
+        self.decisions = decisions
+        self.resume = resume
 
 
 def _tensorflow(debug: bool) -> _TensorFlowModules:

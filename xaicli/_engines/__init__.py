@@ -1,0 +1,74 @@
+"""Engines: the loop around "read, explain, render, write". ``local`` runs it in this process with
+threads; ``ray`` runs it in an actor pool of model replicas on Ray Data. Both write the same rows
+and files, and the same table and ``run.json`` (but for the engine's name and the timing)."""
+
+from __future__ import annotations
+
+import importlib.util
+import socket
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
+
+from .._errors import UsageError
+
+CONNECT_SECONDS = 5  # how long a cluster's address may take to answer
+
+if TYPE_CHECKING:
+    from .._runs.config import RunConfig
+    from .._inputs.discover import InputImage
+    from .._runs.record import ImageResult
+    from .._runs.decisions import Prepared
+
+
+class Watch:
+    """What an engine tells the person waiting; this one tells no one (the CLI's progress bar
+    tells). Calls come from the thread that iterates the engine's results."""
+
+    def stage(self, text: str) -> None:
+        """What is under way, e.g. 'compiling gradcam for the first batch'."""
+
+    def advance(self, images: float) -> None:
+        """This many images' work is done; fractions while a batch's methods finish one by one."""
+
+    def grow(self, images: int) -> None:
+        """The run has this many more images than were counted: a volume's slices, once it is read."""
+
+    def warmed_up(self) -> None:
+        """The first batch is done: its tracing and compiling are behind, so rates mean something
+        from here on."""
+
+
+def check_engine(config: RunConfig) -> None:
+    """A one-line error, before TensorFlow is imported, when the engine asked for cannot run here:
+    Ray missing, or a cluster address nothing answers at."""
+    if config.engine != "ray":
+        return
+    if importlib.util.find_spec("ray") is None or importlib.util.find_spec("ray.data") is None:
+        raise UsageError("--engine ray needs Ray Data: pip install 'xaicli[ray]' (or pip install 'ray[data]')")
+    check_reachable(config.ray_address)
+
+
+def check_reachable(address: str | None) -> None:
+    """A one-line error at once for a cluster address nothing answers at: Ray itself retries for
+    minutes before it gives up. 'auto' (and no address) are Ray's to resolve."""
+    if address is None or address in ("auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not port.isdigit() or not host:
+        raise UsageError(f"--ray-address {address}: give 'auto', HOST:PORT (the head's GCS, e.g. :6379) or "
+                         "ray://HOST:PORT (Ray Client, e.g. :10001)")
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_SECONDS).close()
+    except OSError as exc:
+        raise UsageError(f"--engine ray: nothing answers at {address} ({exc.strerror or exc}); start the cluster "
+                         "first (ray start --head) or give its address") from None
+
+
+def run(prepared: Prepared, items: Iterable[InputImage], stop: Callable[[], str | None] = lambda: None,
+        watch: Watch | None = None) -> Iterator[ImageResult]:
+    """Explain ``items`` with the run's engine; results come in input order (see ``local.run``),
+    and ``watch`` is told how the work goes."""
+    if prepared.config.engine == "ray":
+        from . import ray
+        return ray.run(prepared, items, stop, watch or Watch())
+    from . import local
+    return local.run(prepared, items, stop, watch=watch or Watch())

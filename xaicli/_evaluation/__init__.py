@@ -1,0 +1,1 @@
+"""Evaluation: faithfulness curves, ground truth (labels, masks, boxes) and the sanity check."""

@@ -1,0 +1,163 @@
+"""What is true of the images: their classes (``--true-labels``, from each image's parent folder,
+the ImageFolder layout, or a CSV of path,label) with the accuracy and confusion matrix they give,
+and where their objects are (``--truth-masks``, ``--truth-boxes``) (numpy and Pillow only)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+from PIL import Image
+
+from .._errors import ImageError, UsageError, first_line
+from .._inputs.discover import InputImage
+from .faithfulness import box_mask
+
+FOLDER = "folder"
+
+
+@dataclass(frozen=True)
+class Truth:
+    """Where true labels come from: the parent folder's name, or a CSV's rows by path."""
+
+    from_folder: bool = False
+    by_path: dict[str, str] = field(default_factory=dict)
+
+    def label(self, item: InputImage) -> str:
+        """The image's true label; '' when the CSV does not name it."""
+        if self.from_folder:
+            return item.path.parent.name
+        return self.by_path.get(_key(item.path)) or self.by_path.get(str(item.relative), "")
+
+
+def load_truth(spec: str) -> Truth:
+    """``folder``, or a CSV file of ``path,label`` rows (a header row is allowed; paths relative
+    to the current folder, to the CSV's own folder, or to the input folder); one-line errors."""
+    if spec == FOLDER:
+        return Truth(from_folder=True)
+    path = Path(spec)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as stream:
+            rows = [row for row in csv.reader(stream) if any(cell.strip() for cell in row)]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--true-labels {spec}: cannot read it ({exc}); give 'folder' or a CSV of path,label") from None
+    if rows and [cell.strip().lower() for cell in rows[0][:2]] == ["path", "label"]:
+        rows = rows[1:]
+    bad = next((number for number, row in enumerate(rows, 1) if len(row) < 2 or not row[1].strip()), None)
+    if bad is not None:
+        raise UsageError(f"--true-labels {spec}: row {bad} is not 'path,label'")
+    by_path: dict[str, str] = {}
+    for image, label in ((row[0].strip(), row[1].strip()) for row in rows):
+        by_path[image.replace(os.sep, "/")] = label  # as the input folder's relative path
+        by_path[_key(Path(image))] = label
+        by_path.setdefault(_key(path.parent / image), label)
+    return Truth(by_path=by_path)
+
+
+def _key(path: Path) -> str:
+    return os.path.normpath(os.path.abspath(path))
+
+
+def check_known(truth: Truth, items: Iterable[InputImage], class_names: tuple[str, ...], classes: int) -> None:
+    """Every true label must be one of the model's classes: a name from ``--labels``, or a class
+    index when there is no labels file. A one-line UsageError names the first that is not."""
+    known = set(class_names) if class_names else {str(index) for index in range(classes)}
+    for item in items:
+        label = truth.label(item)
+        if label and label not in known:
+            where = f"the folder of {item.path}" if truth.from_folder else f"the row of {item.path}"
+            shown = ", ".join(sorted(known)[:8]) + (", ..." if len(known) > 8 else "")
+            hint = "" if class_names else " (without --labels, true labels are class indices)"
+            raise UsageError(f"true label {label!r} ({where}) is not one of the model's classes: {shown}{hint}; "
+                             "fix it, or give the model's --labels")
+
+
+def predicted_name(pred_label: str, pred_index: object) -> str:
+    """What a true label is compared with: the predicted class's label, or its index."""
+    return pred_label or ("" if pred_index in (None, "") else str(pred_index))
+
+
+@dataclass
+class Tally:
+    """Accuracy and the confusion matrix over the images that have a true label and a prediction."""
+
+    pairs: dict[tuple[str, str], int] = field(default_factory=dict)  # (true, predicted) -> images
+
+    def add(self, true_label: str, predicted: str) -> None:
+        if true_label and predicted:
+            self.pairs[(true_label, predicted)] = self.pairs.get((true_label, predicted), 0) + 1
+
+    @property
+    def labelled(self) -> int:
+        return sum(self.pairs.values())
+
+    @property
+    def correct(self) -> int:
+        return sum(count for (true, predicted), count in self.pairs.items() if true == predicted)
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON-ready: images counted, correct, accuracy, and the matrix (rows true, columns
+        predicted, over the classes seen on either side in sorted order)."""
+        classes = sorted({name for pair in self.pairs for name in pair})
+        return {
+            "images": self.labelled, "correct": self.correct,
+            "accuracy": round(self.correct / self.labelled, 6) if self.labelled else None,
+            "classes": classes,
+            "confusion": [[self.pairs.get((true, predicted), 0) for predicted in classes] for true in classes],
+        }
+
+
+class MaskError(ImageError):
+    """An image's object mask cannot be read."""
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    """Where each image's object is: a mask file mirroring the inputs, or boxes by relative path."""
+
+    masks: Path | None = None
+    boxes: dict[str, list[list[float]]] = field(default_factory=dict)
+
+    def mask(self, item: InputImage, original: tuple[int, int], size: tuple[int, int]) -> np.ndarray | None:
+        """(H, W) = ``size`` boolean object mask of an image of ``original`` (height, width)
+        pixels; None when the image has no ground truth (or is a slice of a volume)."""
+        if item.part is not None:
+            return None
+        if self.masks is None:
+            boxes = self.boxes.get(str(item.relative))
+            scale = (size[0] / original[0], size[1] / original[1])
+            return box_mask(boxes, size, scale) if boxes is not None else None
+        exact = self.masks / item.relative
+        for candidate in (exact, exact.with_suffix(".png"), exact.with_name(f"{exact.name}.png")):
+            if candidate.is_file():
+                try:
+                    with Image.open(candidate) as picture:
+                        gray = picture.convert("L").resize((size[1], size[0]), Image.Resampling.NEAREST)
+                except (OSError, ValueError):
+                    raise MaskError(f"cannot read the mask {candidate}; give a PNG whose non-zero pixels are "
+                                    "the object") from None
+                return np.asarray(gray) > 0
+        return None
+
+
+def load_ground_truth(masks: Path | None, boxes: Path | None) -> GroundTruth | None:
+    """``--truth-masks`` or ``--truth-boxes`` (read and checked now: one-line errors)."""
+    if masks is not None:
+        return GroundTruth(masks=masks)
+    if boxes is None:
+        return None
+    try:
+        data = json.loads(boxes.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UsageError(f"--truth-boxes {boxes}: not readable JSON ({first_line(exc)})") from None
+    valid = isinstance(data, dict) and all(
+        isinstance(v, list) and all(isinstance(b, list) and len(b) == 4 and all(isinstance(n, (int, float)) for n in b)
+                                    for b in v) for v in data.values())
+    if not valid:
+        raise UsageError(f"--truth-boxes {boxes}: expected {{\"relative/path.png\": [[x0, y0, x1, y1], ...]}}")
+    return GroundTruth(boxes={str(key).replace(os.sep, "/"): value for key, value in data.items()})

@@ -1,0 +1,1 @@
+"""Explanation: the registry of methods, the explainer and its compiled steps, and the methods."""

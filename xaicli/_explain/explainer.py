@@ -1,0 +1,307 @@
+"""Explain a batch: one compiled step for predictions and every CAM method, a compiled
+input-gradient step that the gradient-family methods call as often as they need, and a compiled
+masked-scoring step for Score-CAM.
+
+Batches smaller than ``batch_size`` are padded so each step is traced once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import zlib
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import tensorflow as tf
+
+from .._errors import LayerError
+from .._models.info import ModelInfo
+from .._models.probe import Probe, class_scores
+from .._outputs.render import normalize_maps
+
+def rank_request(rank: int) -> int:
+    """The requested-class value meaning "this image's ``rank``-th best class" (1 = top)."""
+    return -rank
+
+
+TOP_CLASS = rank_request(1)  # requested class meaning "the top-scoring class of this image"
+
+# Told of each stage of explaining a batch, for progress: (the methods it computes, () for the
+# prediction alone; whether a compiled step runs for the first time, i.e. is being traced and
+# compiled; whether the stage has finished). Called once as a stage starts and once as it ends.
+StageCallback = Callable[[tuple[str, ...], bool, bool], None]
+
+
+def _untold(_methods: tuple[str, ...], _compiling: bool, _finished: bool) -> None:
+    """The StageCallback that tells no one."""
+
+
+@dataclass(frozen=True)
+class MethodOptions:
+    """Settings of the methods that take any. ``baseline`` is the integrated-gradients
+    starting input, (H, W, C) float32 in model-input units (already preprocessed)."""
+
+    smoothgrad_samples: int = 25
+    smoothgrad_noise: float = 0.15  # noise std as a fraction of each image's input range
+    ig_steps: int = 32
+    baseline: np.ndarray | None = None
+    seed: int = 0
+    scorecam_max_channels: int | None = None
+    head_fusion: str = "mean"
+    discard_ratio: float = 0.0
+
+
+@dataclass(frozen=True)
+class GradientContext:
+    """What a gradient-family method gets: the padded batch, its classes, and a way to ask for
+    d score / d input at any other inputs (same classes)."""
+
+    images: np.ndarray  # (B, H, W, C) float32
+    classes: np.ndarray  # (B,) int32
+    options: MethodOptions
+    gradient: Callable[[np.ndarray], np.ndarray]  # (B, H, W, C) -> (B, H, W, C)
+    at_images: np.ndarray  # gradient(images), (B, H, W, C), taken in the prediction pass
+
+
+@dataclass(frozen=True)
+class ScoreContext:
+    """What a score-family method gets: the batch, its classes, the target layer's activations,
+    and a way to ask the model's probability of the class for one image under a stack of masks
+    drawn from them."""
+
+    images: np.ndarray  # (B, H, W, C) float32
+    classes: np.ndarray  # (B,) int32
+    activations: np.ndarray  # (B, h, w, k) float32
+    options: MethodOptions
+    # (image (H, W, C), channel maps (m, h, w), class) -> (m,) the class's probability in [0, 1]
+    # for each masked image (a one-unit sigmoid's probability of the explained sign)
+    masked_probabilities: Callable[[np.ndarray, np.ndarray, int], np.ndarray]
+
+
+@dataclass(frozen=True)
+class AttentionContext:
+    """What an attention-family method gets: each attention layer's scores, in block order,
+    and where the patch tokens are in the sequence."""
+
+    attention: list[np.ndarray]  # per layer (B, heads, T, T)
+    gradients: list[np.ndarray]  # per layer d score / d attention, (B, heads, T, T); [] when not asked for
+    grid: tuple[int, int]  # patch rows, columns
+    extra_tokens: int  # leading non-patch tokens (1 = class token)
+    options: MethodOptions
+
+
+@dataclass(frozen=True)
+class BatchExplanation:
+    """What one batch gives.
+
+    probabilities, scores: (n, classes) float32; classes: (n,) int explained class per image;
+    maps: method name -> (n, h, w) float32 in [0, 1] (h, w: the layer's grid for CAM methods,
+    the model input's size for gradient methods).
+    """
+
+    probabilities: np.ndarray
+    scores: np.ndarray
+    classes: np.ndarray
+    maps: dict[str, np.ndarray]
+
+
+class Explainer:
+    """Runs the requested methods on batches of at most ``batch_size`` images."""
+
+    def __init__(self, probe: Probe, info: ModelInfo, layer_path: str | None,
+                 methods: dict[str, dict[str, Callable]], batch_size: int, options: MethodOptions,
+                 attention_gradients: bool = False):
+        """``methods``: family ('cam', 'score', 'gradient', 'attention') -> name -> implementation;
+        ``attention_gradients``: an attention method needs d score / d attention weights."""
+        self._probe = probe
+        self._info = info
+        self._layer_path = layer_path
+        self._cam_methods = methods.get("cam", {})
+        self._gradient_methods = methods.get("gradient", {})
+        self._score_methods = methods.get("score", {})
+        self._attention_methods = methods.get("attention", {})
+        self._attention_gradients = attention_gradients
+        self._options = options
+        self._staged: set[tuple[str, ...]] = set()  # the stages that have run: compiled by now
+        self.batch_size = batch_size
+        height, width = info.input_size
+        images = tf.TensorSpec((batch_size, height, width, info.channels), tf.float32)
+        classes = tf.TensorSpec((batch_size,), tf.int32)
+        self._step = tf.function(self._predict_and_cams, input_signature=[images, classes])
+        self._input_gradient = tf.function(self._score_gradient, input_signature=[images, classes])
+        self._probabilities = tf.function(self._class_probabilities, input_signature=[images])
+        self._masked = None
+        if self._score_methods:
+            layer_shape = probe.activation_shape
+            grid = info.token_grid if len(layer_shape) == 3 else layer_shape[1:3]
+            self._masked = tf.function(self._score_masked, input_signature=[
+                tf.TensorSpec((height, width, info.channels), tf.float32),
+                tf.TensorSpec((batch_size, *grid), tf.float32),
+                tf.TensorSpec((), tf.int32),
+            ])
+
+    @property
+    def probe(self) -> Probe:
+        """The model the maps are computed on (its layers are the loaded model's own)."""
+        return self._probe
+
+    def _predict_and_cams(self, images: tf.Tensor, requested: tf.Tensor):
+        with tf.GradientTape() as tape:
+            if self._gradient_methods:
+                tape.watch(images)
+            outputs = self._probe(images, training=False)
+            scores, probabilities = class_scores(tf.cast(outputs["logits"], tf.float32), self._info)
+            classes = _chosen_classes(scores, requested)
+            explained = tf.gather(scores, classes, batch_dims=1)
+        activations = self._on_grid(outputs["activations"]) if "activations" in outputs else None
+        maps = {}
+        # Images in a batch are independent at inference, so the gradient of the summed scores
+        # is each image's own gradient. One backward pass serves the CAM methods (through the
+        # layer's own tensor: cast or reshaped first, it would be a side branch with no
+        # gradient) and the gradient methods (through the input).
+        sources = {"layer": outputs["activations"]} if self._cam_methods else {}
+        if self._gradient_methods:
+            sources["input"] = images
+        if self._attention_gradients:
+            sources["attention"] = outputs["attention"]
+        gradients = tape.gradient(explained, sources) if sources else {}
+        if self._cam_methods:
+            if gradients["layer"] is None:
+                raise LayerError(f"layer {self._layer_path!r} does not feed the model's output; "
+                                 "pick another with --layer")
+            layer_gradients = self._on_grid(gradients["layer"])
+            maps = {name: tf.nn.relu(combine(activations, layer_gradients))
+                    for name, combine in self._cam_methods.items()}
+        at_images = gradients.get("input", tf.zeros((0,)))
+        # Only Score-CAM reads the activations on the host; other runs leave them on the device.
+        kept = activations if self._score_methods else tf.zeros((0,))
+        attention = [tf.cast(a, tf.float32) for a in outputs.get("attention", [])]
+        attention_gradients = [tf.cast(g, tf.float32) for g in gradients.get("attention", [])]
+        return probabilities, scores, classes, maps, kept, attention, attention_gradients, at_images
+
+    def _on_grid(self, tensor: tf.Tensor) -> tf.Tensor:
+        """float32 (N, h, w, k); a transformer's tokens (N, T, D) lose their extra (class)
+        tokens and are laid out on the patch grid, as pytorch-grad-cam users do by hand."""
+        tensor = tf.cast(tensor, tf.float32)
+        if tensor.shape.rank != 3:
+            return tensor
+        rows, columns = self._info.token_grid
+        return tf.reshape(tensor[:, self._info.extra_tokens:, :], (-1, rows, columns, tensor.shape[-1]))
+
+    def _score_masked(self, image: tf.Tensor, channel_maps: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
+        """Upsample each map to the input size (bilinear, half-pixel centres), min-max it to
+        [0, 1] (a flat map becomes 0), mask the image with it and return ``target``'s
+        probability: the explained output's activation, as Score-CAM's Algorithm 1 scores."""
+        height, width = self._info.input_size
+        masks = tf.image.resize(channel_maps[..., None], (height, width), method="bilinear")
+        low = tf.reduce_min(masks, axis=(1, 2, 3), keepdims=True)
+        span = tf.reduce_max(masks, axis=(1, 2, 3), keepdims=True) - low
+        masks = tf.where(span > 0, (masks - low) / tf.where(span > 0, span, 1.0), 0.0)
+        _, probabilities = class_scores(tf.cast(self._probe.logits(image[None] * masks), tf.float32), self._info)
+        return probabilities[:, target]
+
+    def _class_probabilities(self, images: tf.Tensor) -> tf.Tensor:
+        return class_scores(tf.cast(self._probe.logits(images), tf.float32), self._info)[1]
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """(n, classes) float32 probabilities of up to ``batch_size`` (n, H, W, C) model inputs,
+        as the explained images' are computed (the final activation of the explained output)."""
+        count = len(images)
+        return self._probabilities(tf.constant(_padded(images.astype(np.float32), self.batch_size, 0.0))).numpy()[:count]
+
+    def _score_gradient(self, images: tf.Tensor, classes: tf.Tensor) -> tf.Tensor:
+        with tf.GradientTape() as tape:
+            tape.watch(images)
+            scores, _ = class_scores(tf.cast(self._probe.logits(images), tf.float32), self._info)
+            explained = tf.gather(scores, classes, batch_dims=1)
+        return tape.gradient(explained, images)
+
+    def explain(self, images: np.ndarray, requested: np.ndarray, on_stage: StageCallback = _untold) -> BatchExplanation:
+        """Explain up to ``batch_size`` images.
+
+        Args:
+            images: (n, H, W, C) float32 preprocessed model inputs, 1 <= n <= batch_size.
+            requested: (n,) int class per image, ``TOP_CLASS``, or ``rank_request(r)``.
+            on_stage: told as each stage (the prediction with every CAM method, then each other
+                method) starts and ends.
+        """
+        count = len(images)
+        batch = _padded(images.astype(np.float32), self.batch_size, 0.0)
+        wanted = _padded(np.asarray(requested, np.int32), self.batch_size, TOP_CLASS)
+        with self._stage(on_stage, tuple(self._cam_methods), self._step):
+            (probabilities, scores, classes, cam_maps, activations, attention, attention_gradients,
+             at_images) = self._step(tf.constant(batch), tf.constant(wanted))
+            raw = {name: m.numpy() for name, m in cam_maps.items()}
+        if self._gradient_methods:
+            context = GradientContext(batch, classes.numpy(), self._options, self._gradient_at(classes),
+                                      at_images.numpy())
+            for name, method in self._gradient_methods.items():
+                with self._stage(on_stage, (name,), self._input_gradient):
+                    raw[name] = method(context)
+        if self._score_methods:
+            context = ScoreContext(batch[:count], classes.numpy()[:count], activations.numpy()[:count],
+                                   self._options, self._masked_probabilities)
+            for name, method in self._score_methods.items():
+                with self._stage(on_stage, (name,), self._masked):
+                    raw[name] = method(context)
+        if self._attention_methods:
+            context = AttentionContext([a.numpy()[:count] for a in attention],
+                                       [g.numpy()[:count] for g in attention_gradients], self._info.token_grid,
+                                       self._info.extra_tokens, self._options)
+            for name, method in self._attention_methods.items():
+                with self._stage(on_stage, (name,), None):
+                    raw[name] = method(context)
+        return BatchExplanation(
+            probabilities=probabilities.numpy()[:count],
+            scores=scores.numpy()[:count],
+            classes=classes.numpy()[:count],
+            maps={name: normalize_maps(raw[name][:count]) for name in raw},
+        )
+
+    @contextlib.contextmanager
+    def _stage(self, on_stage: StageCallback, methods: tuple[str, ...], step: object) -> Iterator[None]:
+        """Tell ``on_stage`` that ``methods`` start, and whether they may be compiling: their first
+        run, while the compiled ``step`` they call (a ``tf.function``, or None) is not traced yet;
+        then that they finished."""
+        tracing_count = getattr(step, "experimental_get_tracing_count", None)
+        compiling = methods not in self._staged and tracing_count is not None and tracing_count() == 0
+        self._staged.add(methods)
+        on_stage(methods, compiling, False)
+        yield
+        on_stage(methods, False, True)
+
+    def _masked_probabilities(self, image: np.ndarray, channel_maps: np.ndarray, target: int) -> np.ndarray:
+        """``target``'s probabilities for ``image`` under each of ``channel_maps`` (m, h, w), in
+        padded chunks."""
+        scores = []
+        for start in range(0, len(channel_maps), self.batch_size):
+            chunk = channel_maps[start:start + self.batch_size]
+            padded = _padded(chunk.astype(np.float32), self.batch_size, 0.0)
+            result = self._masked(tf.constant(image), tf.constant(padded), tf.constant(target, tf.int32))
+            scores.append(result.numpy()[:len(chunk)])
+        return np.concatenate(scores)
+
+    def _gradient_at(self, classes: tf.Tensor) -> Callable[[np.ndarray], np.ndarray]:
+        return lambda inputs: self._input_gradient(tf.constant(inputs, tf.float32), classes).numpy()
+
+
+def _chosen_classes(scores: tf.Tensor, requested: tf.Tensor) -> tf.Tensor:
+    """(B,) int32 class per image: ``requested`` where it is an index, the image's r-th best
+    class where it is ``rank_request(r)``. Ties rank the lower index first, as argmax does."""
+    order = tf.argsort(scores, axis=-1, direction="DESCENDING", stable=True)
+    rank = tf.clip_by_value(-requested - 1, 0, tf.shape(scores)[-1] - 1)
+    return tf.where(requested < 0, tf.gather(order, rank, batch_dims=1), requested)
+
+
+def _padded(rows: np.ndarray, size: int, fill: float) -> np.ndarray:
+    """``rows`` extended to ``size`` along the first axis with ``fill``, so every compiled step
+    sees one fixed batch shape and is traced once."""
+    padding = np.full((size - len(rows), *rows.shape[1:]), fill, rows.dtype)
+    return np.concatenate([rows, padding])
+
+
+def image_seed(image: np.ndarray, seed: int) -> np.random.Generator:
+    """A random generator that depends only on the image's content and ``seed``, so noise for
+    an image is the same whatever batch or position it is in."""
+    return np.random.default_rng([seed, zlib.crc32(np.ascontiguousarray(image).tobytes())])

@@ -1,0 +1,2 @@
+"""Outputs: file names (made only here), writers, the predictions table, rendering, mosaics
+and the report page. No TensorFlow."""

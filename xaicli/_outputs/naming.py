@@ -1,0 +1,76 @@
+"""Output names: the only place the paths of a run's files are made (per image, method,
+kind and explained class; thumbnails, mosaics, the table and run.json)."""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # naming is what the run's configuration and inputs ask for; they import names from here
+    from .._inputs.discover import InputImage
+    from .._runs.config import RunConfig
+MANIFEST_NAME = "run.json"
+
+
+def table_path(out_dir: Path, table_format: str, predictions: str | None) -> Path:
+    """Where a run's table can be read back: ``--predictions PATH``, ``OUT/predictions.<format>``,
+    or, when the table went to standard output, the copy kept for the page and ``--resume``,
+    ``OUT/.predictions.<format>``."""
+    if predictions == "-":
+        return out_dir / f".predictions.{table_format}"
+    return Path(predictions) if predictions else out_dir / f"predictions.{table_format}"
+
+
+SAVE_KINDS = {  # kind -> what its file name adds before the suffix
+    "overlay": "",  # heatmap coloured and blended over the image
+    "heatmap": ".heatmap",  # the map alone, grayscale 0..255, at the image's size
+    "raw": "",  # the map as float32 in [0, 1] at the method's own resolution (.npy)
+    "panel": ".panel",  # original | heatmap | overlay with the prediction written below
+}
+FILE_KINDS = {**SAVE_KINDS, "mosaic": ".mosaic"}  # a volume's slices in one grid, besides --save's kinds
+IMAGE_FORMATS = {  # --image-format -> suffix of the overlay, heatmap and panel files
+    "png": ".png",  # lossless: our own encoder (Up filter, ISA-L deflate)
+    "jpeg": ".jpg",  # quality 90, 4:2:0: a 500x400 overlay in 35 KB where PNG takes 258 KB
+    "webp": ".webp",  # lossy quality 80, fastest method: the same overlay in 9 KB
+}
+
+
+def output_path(out_dir: Path, relative: PurePosixPath, method: str, kind: str = "overlay", tag: str = "",
+                image_format: str = "png") -> Path:
+    """``OUT/<relative path>.<method>[.<tag>][.<kind>].<png|jpg|webp|npy>`` for a kind of
+    ``FILE_KINDS``; the source suffix
+    stays in the name so a.jpg and a.png never collide, and ``tag`` (e.g. 'top2') tells apart
+    the classes of one image. ``relative`` never holds '..', so the path stays inside OUT."""
+    tagged = f"{method}.{tag}" if tag else method
+    suffix = ".npy" if kind == "raw" else IMAGE_FORMATS[image_format]
+    return out_dir.joinpath(*relative.parts[:-1], f"{relative.name}.{tagged}{FILE_KINDS[kind]}{suffix}")
+
+
+THUMBNAIL_DIR = ".thumbs"  # small overlays for the report page, mirroring OUT's tree
+
+
+def thumbnail_path(out_dir: Path, relative: PurePosixPath, method: str, tag: str = "") -> Path:
+    """``OUT/.thumbs/<relative path>.<method>[.<tag>].jpg``: the overlay's name without its kind
+    and format, so the page finds it from any of the image's files."""
+    tagged = f"{method}.{tag}" if tag else method
+    return out_dir.joinpath(THUMBNAIL_DIR, *relative.parts[:-1], f"{relative.name}.{tagged}.jpg")
+
+
+def planned_outputs(config: RunConfig, item: InputImage) -> list[Path]:
+    """Every file the run writes for ``item``, in ``--method``, target rank, then ``--save``
+    order; for a part of a volume, its file's mosaics too."""
+    own = [output_path(config.out_dir, item.output_relative, method, kind, tag, config.image_format)
+           for method in config.methods for tag in config.target_tags for kind in config.save]
+    mosaics = [mosaic_path(config, item, method, tag)
+               for method in config.methods for tag in config.target_tags] if wants_mosaic(config, item) else []
+    return own + mosaics
+
+
+def wants_mosaic(config: RunConfig, item: InputImage) -> bool:
+    """A mosaic is drawn for files of several explained parts, when any image output is saved."""
+    return item.part is not None and item.part.count > 1 and any(kind != "raw" for kind in config.save)
+
+
+def mosaic_path(config: RunConfig, item: InputImage, method: str, tag: str) -> Path:
+    """``OUT/<relative path of the file>.<method>[.<tag>].mosaic.<png|jpg|webp>``."""
+    return output_path(config.out_dir, item.relative, method, "mosaic", tag, config.image_format)

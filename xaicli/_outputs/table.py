@@ -1,0 +1,192 @@
+"""The predictions table: its rows and columns, CSV and JSON Lines writers, and reading it back."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import IO, Iterable
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the predictions table: one image explained by one method.
+
+    ``status`` is ``ok``, ``error``, or ``skipped`` (``--skip-existing`` found every output);
+    on ``error`` and ``skipped`` the prediction fields are ``None``. ``note`` says what the user
+    should know of an image that was explained (e.g. only an animation's first frame).
+    Probabilities are in [0, 1]; ``class_score`` is the explained pre-activation score (logit).
+    """
+
+    input: str
+    status: str
+    error: str
+    note: str
+    pred_index: int | None
+    pred_label: str
+    pred_prob: float | None
+    class_index: int | None
+    class_label: str
+    class_prob: float | None
+    class_score: float | None
+    method: str
+    layer: str
+    output: str
+    rank: int | None = None  # --target topk: the explained class's rank among the image's (1 = best)
+    top: tuple["Ranked", ...] = ()  # the K best classes, for --top-k columns
+    true_label: str = ""  # --true-labels: the image's label ('' when it has none)
+    correct: bool | None = None  # --true-labels: the prediction is the true label (None: no label or prediction)
+    figures: dict[str, float | bool] = field(default_factory=dict)  # metric name -> value (metrics.COLUMN_OF)
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """One of an image's best classes: index, label ('' without labels) and probability."""
+
+    index: int
+    label: str
+    prob: float
+
+
+TRUTH_COLUMNS = ("true_label", "correct")
+RANK_COLUMN = "rank"
+COLUMNS = tuple(f.name for f in fields(Row) if f.name not in ("top", "figures", RANK_COLUMN, *TRUTH_COLUMNS))
+FIGURE_COLUMNS = {"deletion": "deletion_auc", "insertion": "insertion_auc", "pointing": "pointing_hit",
+                  "energy": "energy_in", "iou": "iou"}
+
+
+def table_columns(top_k: int, truth: bool = False, figures: tuple[str, ...] = (), ranked: bool = False) -> tuple[str, ...]:
+    """Every column of a table with ``top_k`` ranked classes, true labels, ``figures`` (names of
+    ``FIGURE_COLUMNS``) and, for ``--target topk`` (``ranked``), the explained class's rank, in
+    order."""
+    return (_with_rank(COLUMNS, ranked) + (TRUTH_COLUMNS if truth else ())
+            + tuple(FIGURE_COLUMNS[f] for f in figures) + top_columns(top_k))
+
+
+def _with_rank(columns: tuple[str, ...], ranked: bool) -> tuple[str, ...]:
+    """``columns`` with ``rank`` beside the explained class's columns, when ``ranked``."""
+    if not ranked:
+        return columns
+    after = columns.index("class_score") + 1
+    return columns[:after] + (RANK_COLUMN,) + columns[after:]
+
+
+def top_columns(top_k: int) -> tuple[str, ...]:
+    """The extra columns of ``--top-k K``: top1_index, top1_label, top1_prob, top2_index, ..."""
+    return tuple(f"top{rank}_{part}" for rank in range(1, top_k + 1) for part in ("index", "label", "prob"))
+
+
+def _cells(row: Row, top_k: int, truth: bool, figures: tuple[str, ...], ranked: bool) -> dict[str, object]:
+    """The row's values by column name, the --top-k columns empty where there is no prediction."""
+    values: dict[str, object] = {c: getattr(row, c) for c in _with_rank(COLUMNS, ranked) + (TRUTH_COLUMNS if truth else ())}
+    values.update({FIGURE_COLUMNS[f]: row.figures.get(f) for f in figures})
+    for rank in range(top_k):
+        ranked = row.top[rank] if rank < len(row.top) else None
+        values[f"top{rank + 1}_index"] = ranked.index if ranked else None
+        values[f"top{rank + 1}_label"] = ranked.label if ranked else ""
+        values[f"top{rank + 1}_prob"] = ranked.prob if ranked else None
+    return values
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.6f}"
+    return str(value)
+
+
+TABLE_FORMATS = ("csv", "jsonl")
+
+
+class PredictionsWriter:
+    """Writes rows with fixed columns (``table_columns(top_k, truth, figures, ranked)``) as CSV (a
+    header line first) or JSON Lines (one object per row, keys in column order, numbers rounded
+    to 6 decimals, empty values as null). Each call writes whole lines and flushes, so a reader
+    never sees half a row."""
+
+    def __init__(self, stream: IO[str], table_format: str = "csv", top_k: int = 0, truth: bool = False,
+                 figures: tuple[str, ...] = (), ranked: bool = False) -> None:
+        self._stream = stream
+        self._format = table_format
+        self._top_k = top_k
+        self._truth = truth
+        self._figures = figures
+        self._ranked = ranked
+        self.columns = table_columns(top_k, truth, figures, ranked)
+        self._csv = csv.writer(stream, lineterminator="\n")
+        if table_format == "csv":
+            self._csv.writerow(self.columns)
+        stream.flush()
+
+    def write_records(self, records: Iterable[dict[str, object]]) -> None:
+        """Write rows read back by ``read_table`` from a table with the same columns, unchanged."""
+        for record in records:
+            if self._format == "csv":
+                self._csv.writerow([record[c] for c in self.columns])
+            else:
+                self._stream.write(json.dumps(record) + "\n")
+        self._stream.flush()
+
+    def write(self, rows: Iterable[Row]) -> None:
+        for row in rows:
+            cells = _cells(row, self._top_k, self._truth, self._figures, self._ranked)
+            if self._format == "csv":
+                self._csv.writerow([_cell(value) for value in cells.values()])
+            else:
+                self._stream.write(json.dumps({c: _json_value(v) for c, v in cells.items()}) + "\n")
+        self._stream.flush()
+
+
+class Tee:
+    """Writes to each of ``streams`` (the table on standard output and the copy kept in OUT).
+    Not an ``io`` stream: those flush again when collected, after the copy is closed."""
+
+    def __init__(self, *streams: IO[str]) -> None:
+        self._streams = streams
+
+    def write(self, text: str) -> int:
+        for stream in self._streams:
+            stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for stream in self._streams:
+            stream.flush()
+
+
+def open_table(path: Path) -> IO[str]:
+    """Open a predictions table for writing. A file name that is not valid UTF-8 is written
+    with \\xNN-style escapes (``table_text``), so the table itself stays valid UTF-8."""
+    return open(path, "w", newline="", encoding="utf-8", errors="backslashreplace")
+
+
+def table_text(text: str) -> str:
+    """``text`` as it reads back from a table: undecodable bytes of a file name become their
+    backslash escape, so rows can be matched with the paths found on disk."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def read_table(path: Path, table_format: str) -> tuple[tuple[str, ...], list[dict[str, object]]]:
+    """The columns and rows of a table this tool wrote; CSV cells as text, JSONL values as JSON.
+    A last line cut short (a run killed mid-write) is dropped."""
+    with open(path, newline="", encoding="utf-8") as stream:
+        if table_format == "csv":
+            reader = csv.reader(stream)
+            columns = tuple(next(reader, ()))
+            return columns, [dict(zip(columns, cells)) for cells in reader if len(cells) == len(columns)]
+        records = []
+        for line in stream:
+            with contextlib.suppress(json.JSONDecodeError):
+                records.append(json.loads(line))
+        return (tuple(records[0]) if records else ()), records
+
+
+def _json_value(value: object) -> object:
+    if isinstance(value, float):
+        return round(value, 6)
+    return None if value == "" else value

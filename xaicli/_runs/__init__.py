@@ -1,0 +1,1 @@
+"""A run: its configuration, decisions, record, resume and skip, and the output folder's lock."""

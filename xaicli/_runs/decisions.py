@@ -1,0 +1,244 @@
+"""A run's decisions, made once before any image is read (layer, preprocessing, classes, labels,
+ground truth), and the model and explainer built to follow them. Never prints."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import keras
+import numpy as np
+
+from .._errors import UsageError
+from .._evaluation.truth import GroundTruth, Truth, check_known, load_ground_truth, load_truth
+from .._explain.explainer import Explainer, MethodOptions
+from .._explain.registry import REGISTRY
+from .._inputs.discover import discover
+from .._inputs.intensity import Intensity, parse_intensity
+from .._inputs.scaling import PRESETS, Scaling, custom_scaling
+from .._models.info import LayerInfo, ModelInfo
+from .._models.inspect import open_model
+from .._models.layers import auto_layer, candidate_layers, resolve_layer
+from .._models.load import model_format
+from .._models.preprocessing import Preprocessing, choose_preprocessing
+from .._models.probe import build_probe
+from .._outputs.render import COLORMAPS
+from .._outputs.writers import file_digest
+from .config import AUTO, CUSTOM, RunConfig, check_preset_channels, load_labels, resolve_class
+
+
+@dataclass(frozen=True)
+class Decisions:
+    """A run's choices as plain data, settled once before any image is read: what every engine,
+    and every replica of the model on a cluster, follows."""
+
+    config: RunConfig
+    layer_path: str | None  # None when no method needs a layer
+    layer_reason: str  # why that layer ('auto: end of the last conv block ...' or 'as requested')
+    preprocessing: Preprocessing
+    labels: tuple[str, ...]
+    target_class: int | None
+    truth: Truth | None  # --true-labels, read and checked against the model's classes
+    ground: GroundTruth | None  # --truth-masks or --truth-boxes
+    model_file: dict[str, str]  # path, SHA-256 and format, read once for run.json
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A run with everything resolved: the decisions, and the model built to follow them."""
+
+    decisions: Decisions
+    info: ModelInfo
+    layer: LayerInfo | None
+    scaling: Scaling  # the preset or custom scaling applied to 0..255 pixels
+    baseline: np.ndarray  # (H, W, C) model input of --ig-baseline: integrated gradients' start, deletion's end
+    explainer: Explainer
+    lut: np.ndarray
+    intensity: Intensity  # --intensity, parsed
+
+    @property
+    def config(self) -> RunConfig:
+        return self.decisions.config
+
+    @property
+    def layer_reason(self) -> str:
+        return self.decisions.layer_reason
+
+    @property
+    def preprocess(self) -> str:
+        return self.decisions.preprocessing.preset
+
+    @property
+    def preprocess_reason(self) -> str:
+        return self.decisions.preprocessing.reason
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.decisions.labels
+
+    @property
+    def target_class(self) -> int | None:
+        return self.decisions.target_class
+
+    @property
+    def truth(self) -> Truth | None:
+        return self.decisions.truth
+
+    @property
+    def ground(self) -> GroundTruth | None:
+        return self.decisions.ground
+
+    @property
+    def model_file(self) -> dict[str, str]:
+        return self.decisions.model_file
+
+
+def prepare(config: RunConfig) -> Prepared:
+    """Load and inspect the model and settle every choice before any image is read."""
+    model, info = _open(config)
+    return _built(model, info, _decide(config, info))
+
+
+def prepare_decided(decisions: Decisions) -> Prepared:
+    """The model loaded again to follow choices made elsewhere (a replica of the run's model on
+    a Ray worker): the same loading options, layer, preprocessing and classes."""
+    model, info = _open(decisions.config)
+    return _built(model, info, decisions)
+
+
+def _open(config: RunConfig) -> tuple[keras.Model, ModelInfo]:
+    return open_model(config.model, input_size=config.input_size, output=config.output, unsafe=config.unsafe,
+                      custom_objects=config.custom_objects)
+
+
+def _decide(config: RunConfig, info: ModelInfo) -> Decisions:
+    """Every choice of the run, checked against the model: a one-line error for a bad one."""
+    layer, layer_reason = _choose_layer(config, info) if config.needs_layer else (None, "")
+    preprocessing = choose_preprocessing(config.preprocess, info, config.mean, config.std)
+    check_preset_channels(preprocessing.preset, info.channels, preprocessing.mean, preprocessing.std)
+    labels = load_labels(config.labels) if config.labels else ()
+    if labels and len(labels) != info.num_classes:
+        raise UsageError(
+            f"labels file {config.labels} has {len(labels)} names but the model has "
+            f"{info.num_classes} classes"
+        )
+    if config.top_k > info.num_classes:
+        raise UsageError(f"--top-k {config.top_k} is more than the model's {info.num_classes} classes")
+    attention_methods = [name for name in config.methods if REGISTRY[name].family == "attention"]
+    if attention_methods:
+        check_attention(info, attention_methods)
+    return Decisions(
+        config=config,
+        layer_path=layer.path if layer else None,
+        layer_reason=layer_reason,
+        preprocessing=preprocessing,
+        labels=labels,
+        target_class=resolve_class(config.target_class, labels, info.num_classes),
+        truth=_truth(config, labels, info.num_classes),
+        ground=load_ground_truth(config.truth_masks, config.truth_boxes),
+        model_file={"path": str(config.model), "sha256": file_digest(config.model), "format": model_format(config.model)},
+    )
+
+
+def _built(model: keras.Model, info: ModelInfo, decisions: Decisions) -> Prepared:
+    """The explainer of ``model`` for the methods, layer and preprocessing decided."""
+    config, preprocessing = decisions.config, decisions.preprocessing
+    scaling = (custom_scaling(preprocessing.mean, preprocessing.std) if preprocessing.preset == CUSTOM
+               else PRESETS[preprocessing.preset])
+    methods = {name: REGISTRY[name] for name in config.methods}
+    by_family: dict[str, dict[str, Callable]] = {}
+    for name, spec in methods.items():
+        by_family.setdefault(spec.family, {})[name] = spec.load()
+    layer = next(layer for layer in info.layers if layer.path == decisions.layer_path) if decisions.layer_path else None
+    wants_attention = any(spec.family == "attention" for spec in methods.values())
+    baseline = baseline_input(config.ig_baseline, info, scaling)
+    explainer = Explainer(
+        build_probe(model, info, decisions.layer_path, attention=wants_attention), info, decisions.layer_path,
+        by_family,
+        attention_gradients=any(spec.attention_gradients for spec in methods.values()),
+        batch_size=config.batch_size,
+        options=MethodOptions(
+            smoothgrad_samples=config.smoothgrad_samples, smoothgrad_noise=config.smoothgrad_noise,
+            ig_steps=config.ig_steps, baseline=baseline,
+            scorecam_max_channels=config.scorecam_max_channels,
+            head_fusion=config.head_fusion, discard_ratio=config.discard_ratio,
+        ),
+    )
+    return Prepared(decisions=decisions, info=info, layer=layer, scaling=scaling, baseline=baseline,
+                    explainer=explainer, lut=COLORMAPS[config.colormap](), intensity=parse_intensity(config.intensity))
+
+
+def _truth(config: RunConfig, labels: tuple[str, ...], classes: int) -> Truth | None:
+    """``--true-labels`` read, every image's label checked before any image is explained."""
+    if config.true_labels is None:
+        return None
+    truth = load_truth(config.true_labels)
+    check_known(truth, discover(config.inputs, exclude=[config.out_dir], dicom=config.dicom), labels, classes)
+    return truth
+
+
+def _choose_layer(config: RunConfig, info: ModelInfo) -> tuple[LayerInfo, str]:
+    """The target layer and why: ``--layer auto``'s structural choice, or the one asked for."""
+    if config.layer == AUTO:
+        layer, reason = auto_layer(info, config.layer_regex)
+        return layer, f"auto: {reason}"
+    return resolve_layer(info, config.layer, config.layer_regex), "as requested"
+
+
+def check_attention(info: ModelInfo, requested: list[str]) -> None:
+    """Attention methods need attention layers and a patch grid the tokens map onto."""
+    asked = f"--method {','.join(requested)}"
+    if not info.attention_layers:
+        fitting = ", ".join(name for name, spec in REGISTRY.items() if spec.family != "attention")
+        raise UsageError(f"{asked} needs a Vision Transformer (attention layers: Keras's "
+                         f"MultiHeadAttention at any depth, or vit_keras's); this model has none; methods that fit it: {fitting}")
+    if info.token_grid is None:
+        raise UsageError(f"{asked} cannot place this model's attention on the image: {info.attention_note}")
+
+
+def describe(path: Path, info: ModelInfo, layer_regex: str) -> dict:
+    """What ``xai info`` reports, as plain JSON-ready values."""
+    candidates = candidate_layers(info, layer_regex)
+    auto, auto_reason = auto_layer(info, layer_regex) if candidates else (None, "")
+    preprocessing = choose_preprocessing(AUTO, info)
+    usable = [name for name, spec in REGISTRY.items()
+              if (candidates or not spec.needs_layer) and (spec.family != "attention" or info.token_grid)]
+    return {
+        "model": str(path),
+        "format": model_format(path),
+        "input_shape": [*info.input_size, info.channels],
+        "outputs": [{"index": o.index, "layer": o.head_path, "shape": list(o.shape), "activation": o.final_activation,
+                     "explainable": o.explainable} for o in info.outputs],
+        "explained_output": info.head_path,
+        "output_choice": info.output_reason,
+        "final_activation": info.final_activation,
+        "classes": info.num_classes,
+        "preprocessing_layers": list(info.preprocessing),
+        "auto_preprocess": f"{preprocessing.preset} ({preprocessing.reason})",
+        "auto_layer": auto.path if auto else None,
+        "auto_layer_reason": auto_reason,
+        "candidate_layers": len(candidates),
+        "attention_layers": list(info.attention_layers),
+        "token_grid": list(info.token_grid) if info.token_grid else None,
+        "methods": usable,
+    }
+
+
+def baseline_input(name: str, info: ModelInfo, scaling: Scaling) -> np.ndarray:
+    """The integrated-gradients baseline in model-input units: (H, W, C) float32."""
+    shape = (*info.input_size, info.channels)
+    if name == "zeros":
+        return np.zeros(shape, np.float32)
+    pixel = {"black": 0.0, "white": 255.0, "gray": 127.5}[name]
+    return scaling(np.full(shape, pixel, np.float32)).astype(np.float32)
+
+
+def layer_label(prepared: Prepared, method: str) -> str:
+    """What the CSV's layer column says: the target layer, the attention layers rolled out
+    ('first..last'), or 'input' for gradient methods."""
+    family = REGISTRY[method].family
+    if family == "attention":
+        attention = prepared.info.attention_layers
+        return attention[0] if len(attention) == 1 else f"{attention[0]}..{attention[-1]}"
+    return prepared.layer.path if REGISTRY[method].needs_layer else "input"

@@ -1,0 +1,198 @@
+"""The run's record as results come in, whatever the engine: the table, counts, accuracy,
+figures and ``run.json``."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Callable, Iterator
+
+import keras
+import tensorflow as tf
+
+from .. import __version__
+from .._errors import UsageError
+from .._evaluation.faithfulness import Means, figure_from_cell
+from .._evaluation.truth import Tally, predicted_name
+from .._inputs.discover import InputImage
+from .._outputs.naming import MANIFEST_NAME, THUMBNAIL_DIR
+from .._outputs.table import FIGURE_COLUMNS, PredictionsWriter, Row, Tee, open_table, table_text
+from .._outputs.writers import remove_temporary_files, write_json
+from .config import option_values
+from .decisions import Prepared
+from .resume import previous_rows
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """The rows one image produced (one per method and target), or the rows an interrupted
+    run had recorded for it (``--resume``)."""
+
+    item: InputImage
+    rows: tuple[Row, ...]
+    carried: tuple[dict[str, object], ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """Explained now or by the resumed run, or skipped because its outputs were already there."""
+        return all(row.status in ("ok", "skipped") for row in self.rows)
+
+    @property
+    def skipped(self) -> bool:
+        return bool(self.rows) and all(row.status == "skipped" for row in self.rows)
+
+    @property
+    def outcome(self) -> str:
+        """What happened to the image: explained, failed, skipped or resumed."""
+        return "resumed" if self.carried else "skipped" if self.skipped else "explained" if self.ok else "failed"
+
+
+OUTCOMES = ("explained", "failed", "skipped", "resumed")
+
+
+class Record:
+    """The run's predictions table and counts as results come in, whatever engine explains the
+    images: rows in input order, the resumed run's rows carried over, outcomes counted, the
+    accuracy tallied and the figures averaged for ``run.json``."""
+
+    def __init__(self, prepared: Prepared, writer: PredictionsWriter, carried: dict[str, list[dict[str, object]]],
+                 stop: Callable[[], str | None]) -> None:
+        self._prepared = prepared
+        self._writer = writer
+        self._stop = stop
+        self.carried = carried  # the resumed run's rows of images not reached yet, by input
+        self.counts = dict.fromkeys(OUTCOMES, 0)
+        self.folders: set[PurePosixPath] = set()  # of the inputs, relative: OUT mirrors them
+        self.tally = Tally()
+        self.means = Means.empty()
+        self.status = "complete"
+        self.engine_details: dict[str, object] = {}  # what run.json records under the engine's name
+
+    def add(self, result: ImageResult) -> None:
+        """Write the image's rows (or the resumed run's) and count them."""
+        if result.carried:
+            self._writer.write_records(result.carried)
+        else:
+            self._writer.write(result.rows)
+        self.carried.pop(table_text(result.item.name), None)
+        self.folders.add(result.item.relative.parent)
+        self.counts[result.outcome] += 1
+        self.tally.add(*_labelled(result))
+        _add_figures(self.means, result)
+
+    def stopping(self) -> bool:
+        """Whether to start no more work: the caller's ``stop`` gave a reason (e.g. 'SIGINT'), or
+        ``--fail-fast`` and an image failed. The reason goes into ``status``."""
+        reason = self._stop() or ("the first failure (--fail-fast)"
+                                  if self._prepared.config.fail_fast and self.counts["failed"] else None)
+        if reason:
+            self.status = f"stopped by {reason}"
+        return reason is not None
+
+    def close(self) -> None:
+        """A stopped run keeps the resumed run's rows of the images it did not reach. A complete
+        run, with no write under way, removes what writers killed mid-write left in its folders."""
+        if self.status != "complete":
+            self._writer.write_records(record for rows in self.carried.values() for record in rows)
+            return
+        out_dir = self._prepared.config.out_dir
+        remove_temporary_files(folder for relative in self.folders
+                               for folder in (out_dir / relative, out_dir / THUMBNAIL_DIR / relative))
+
+
+@contextlib.contextmanager
+def recorded(prepared: Prepared, engine: str, stop: Callable[[], str | None] = lambda: None) -> Iterator[Record]:
+    """Open the run's table and write ``run.json`` ('running'); on leaving, the table is complete
+    and ``run.json`` records how the run ended, with counts, figures and timing. ``engine``
+    names the loop that explained the images, for ``run.json``."""
+    config = prepared.config
+    started = time.monotonic()
+    carried = previous_rows(config)
+    try:
+        config.out_dir.mkdir(parents=True, exist_ok=True)
+        write_json(config.out_dir / MANIFEST_NAME, manifest(prepared, dict.fromkeys(OUTCOMES, 0), "running", 0.0,
+                                                            engine=engine))
+        table = config.predictions_path
+        stream = open_table(table) if table is not None else _on_stdout_and_kept(config.kept_table_path)
+    except OSError as exc:
+        raise UsageError(f"cannot write to output folder {config.out_dir}: {exc.strerror or exc}") from None
+    with stream as table_stream:
+        writer = PredictionsWriter(table_stream, config.table_format, config.top_k, prepared.truth is not None,
+                                   config.figures, ranked=config.target == "topk")
+        record = Record(prepared, writer, carried, stop)
+        yield record
+        record.close()
+    write_json(config.out_dir / MANIFEST_NAME, manifest(prepared, record.counts, record.status,
+                                                        time.monotonic() - started, record.tally, record.means, engine,
+                                                        record.engine_details))
+
+
+@contextlib.contextmanager
+def _on_stdout_and_kept(kept: Path) -> Iterator[Tee]:
+    """The table on standard output, and the copy kept in OUT for the page and ``--resume``."""
+    with open_table(kept) as copy:
+        yield Tee(sys.stdout, copy)
+
+
+def _add_figures(means: Means, result: ImageResult) -> None:
+    """The figures of an explained image's rows (or of the rows a resumed run carried)."""
+    for row in result.rows:
+        if row.status == "ok":
+            means.add(row.method, row.figures)
+    for record in result.carried:
+        if record.get("status") == "ok":
+            means.add(str(record["method"]), {name: figure_from_cell(record.get(column))
+                                              for name, column in FIGURE_COLUMNS.items() if column in record})
+
+
+def _labelled(result: ImageResult) -> tuple[str, str]:
+    """(true label, predicted class) of an explained image, for the accuracy; ('', '') otherwise."""
+    if result.rows and result.rows[0].status == "ok":
+        row = result.rows[0]
+        return row.true_label, predicted_name(row.pred_label, row.pred_index)
+    if result.carried and result.carried[0].get("status") == "ok":
+        record = result.carried[0]
+        return str(record.get("true_label") or ""), predicted_name(str(record.get("pred_label") or ""),
+                                                                   record.get("pred_index"))
+    return "", ""
+
+
+def manifest(prepared: Prepared, counts: dict[str, int], status: str, seconds: float,
+             tally: Tally | None = None, means: Means | None = None, engine: str = "local",
+             engine_details: dict[str, object] | None = None) -> dict:
+    """What ``OUT/run.json`` records: versions, the model's SHA-256, what was resolved, every
+    option's value, the engine (and, under its name, what it reports of itself: Ray's pool), how
+    the run ended, counts per outcome, the accuracy and confusion matrix (with --true-labels) and
+    timing."""
+    config = prepared.config
+    accuracy = {"accuracy": (tally or Tally()).as_dict()} if prepared.truth is not None else {}
+    figures = {"metrics": (means or Means.empty()).as_dict(config.methods, config.figures)} if config.figures else {}
+    return {
+        **accuracy,
+        **figures,
+        "tool": {"name": "xaicli", "version": __version__},
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "model": prepared.model_file,
+        "resolved": {
+            "layer": prepared.layer.path if prepared.layer else None,
+            "layer_reason": prepared.layer_reason,
+            "attention_layers": list(prepared.info.attention_layers),
+            "explained_output": prepared.info.head_path,
+            "output_choice": prepared.info.output_reason,
+            "final_activation": prepared.info.final_activation,
+            "classes": prepared.info.num_classes,
+            "preprocess": prepared.preprocess,
+            "preprocess_reason": prepared.preprocess_reason,
+            "target_class": prepared.target_class,
+        },
+        "options": option_values(config),
+        "engine": engine,
+        **({engine: engine_details} if engine_details else {}),
+        "status": status,
+        "counts": {"images": sum(counts.values()), **counts},
+        "seconds": round(seconds, 3),
+    }
