@@ -419,12 +419,12 @@ def test_the_predicted_class_is_the_top_score_even_where_probabilities_tie():
     """Nearly tied logits can round to equal float32 probabilities; the row's predicted class is
     then the one the top-class explanation explains, not the first of the tie."""
     from xaicli._explain.explainer import BatchExplanation
-    from xaicli._engines.local import _predicted
+    from xaicli._runs.rows import predicted_class
 
     explanation = BatchExplanation(probabilities=np.full((1, 4), 0.25, np.float32),
                                    scores=np.array([[0.0, 0.0, 1e-7, 0.0]], np.float32),
                                    classes=np.array([2]), maps={})
-    assert _predicted(explanation, 0) == 2
+    assert predicted_class(explanation, 0) == 2
 
 
 def test_image_format_and_max_size_name_size_and_record_the_outputs(tiny_model, image_folder, tmp_path):

@@ -1,3 +1,20 @@
-"""xaicli: batch heatmaps (Grad-CAM and friends) for Keras image classifiers."""
+"""xaicli: batch heatmaps (Grad-CAM and friends) for Keras image classifiers, from the command line
+(``xai``) or from Python.
 
-__version__ = "0.1.0"
+    >>> import xaicli
+    >>> explainer = xaicli.Explainer("model.keras", methods="gradcam")  # doctest: +SKIP
+    >>> explanation = explainer.explain(["scan.png"])  # doctest: +SKIP
+    >>> explanation.maps["gradcam"].shape  # doctest: +SKIP
+    (1, 7, 7)
+
+Everything public is importable from here (and ``xaicli.keras`` for the training callback);
+modules whose names start with an underscore are the implementation and may change.
+"""
+
+__version__ = "0.1.0"  # before the imports: the modules below record it
+
+from ._api import Explainer, Explanation, ImageLike
+from ._errors import ImageError, ModelError, UsageError, XaiError
+from ._runs.run import RunSummary, run
+__all__ = ["Explainer", "Explanation", "ImageError", "ImageLike", "ModelError", "RunSummary", "UsageError",
+           "XaiError", "run", "__version__"]

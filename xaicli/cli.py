@@ -7,7 +7,6 @@ TensorFlow is imported only inside the commands that need a model, so ``xai --he
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import io
 import itertools
 import json
@@ -16,7 +15,6 @@ import os
 import shlex
 import signal
 import sys
-import time
 import traceback
 import warnings
 from pathlib import Path
@@ -25,28 +23,28 @@ from typing import IO, Callable, Iterator
 import click
 
 from . import __version__
-from ._runs.config import (AUTO, ENGINES, HEAD_FUSIONS, IG_BASELINES, TARGETS, RunConfig, parse_names, parse_numbers,
-                           parse_size, read_config_file)
-from ._engines import Watch, check_engine
-from ._errors import (EXIT_BROKEN_PIPE, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_REQUIREMENT_UNMET,
-                      EXIT_SOME_FAILED, EXIT_USAGE, InterruptedRunError, XaiError, first_line)
-from ._evaluation.faithfulness import PERTURBATION_METRICS, failed_requirements, parse_requirements
+from ._engines import Watch
+from ._errors import (EXIT_BROKEN_PIPE, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, InterruptedRunError,
+                      XaiError, first_line)
+from ._evaluation.faithfulness import PERTURBATION_METRICS
 from ._explain.registry import REGISTRY
-from ._inputs.raster import DEFAULT_MAX_PIXELS
-from ._inputs.discover import IMAGE_SUFFIXES, discover, expand_stdin
-from ._inputs.scaling import PRESET_HELP
+from ._inputs.discover import discover, expand_stdin
 from ._inputs.geometry import RESIZE_MODES
 from ._inputs.intensity import KINDS
 from ._inputs.nifti import SLICE_AXES, SLICE_AXIS_HELP
+from ._inputs.raster import DEFAULT_MAX_PIXELS
+from ._inputs.scaling import PRESET_HELP
 from ._inputs.stacks import SLICE_CHOICES
-from ._budget import return_large_blocks_to_the_system
-from ._runs.lock import output_lock
 from ._models.files import check_model_path
 from ._outputs.naming import IMAGE_FORMATS
+from ._outputs.render import COLORMAPS
+from ._outputs.report import write_report, write_summary
 from ._outputs.table import TABLE_FORMATS
 from ._quiet import stderr_silenced
-from ._outputs.report import write_report, write_summary
-from ._outputs.render import COLORMAPS
+from ._runs.config import (AUTO, ENGINES, HEAD_FUSIONS, IG_BASELINES, TARGETS, RunConfig, parse_names, parse_numbers,
+                           parse_size, read_config_file)
+from ._runs.run import RunSummary
+from ._runs.run import run as xaicli_run
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -254,119 +252,69 @@ def run(model: Path, inputs: tuple[Path, ...], config_file: Path | None, quiet: 
     standard output's reader went away (`| head`; stopped the same way),
     70 an internal error (a bug: run with --debug and report it).
     """
-    def say(message: str) -> None:
-        if not quiet and stop.reason != "SIGPIPE":  # a pipeline's end is told in one line, below
-            click.echo(f"xai: {message}", err=True)
-
-    stop = _StopSignals(say)
+    stop = _StopSignals(lambda message: watch.note(message))
+    watch = _Watched(quiet, debug, lambda: stop.reason != "SIGPIPE")  # a pipeline's end is told in one line, below
     with _errors_reported(debug):
-        config = _run_config(model, inputs, config_file, options)
-        with output_lock(config.out_dir, say), stop:
-            progress = _explain_all(config, stop, say, quiet, debug)
+        options = _run_options(inputs, config_file, options)
+        with stop, _table_on_stdout(options.get("predictions") == "-", stop.stdout_closed):
+            summary = _run(model, options, watch, stop)
     if stop.reason:
         cause = "a closed standard output (its reader went away)" if stop.reason == "SIGPIPE" else stop.reason
         if not quiet:
-            click.echo(f"xai: stopped by {cause} after {progress.done} of {progress.total} images; "
+            click.echo(f"xai: stopped by {cause} after {summary.done} of {summary.images} images; "
                        "run again with --resume to finish", err=True)
         sys.exit(128 + signal.Signals[stop.reason].value)
-    if config.fail_fast and progress.first_failure and progress.done < progress.total:
-        say(f"stopped at the first failure (--fail-fast): {progress.first_failure}")
-    for failure in progress.unmet:  # said even with --quiet: it is why the job fails
+    if summary.status == "stopped by the first failure (--fail-fast)":
+        watch.note(f"stopped at the first failure (--fail-fast): {summary.first_failure}")
+    for failure in summary.unmet:  # said even with --quiet: it is why the job fails
         click.echo(f"xai: requirement {failure}", err=True)
-    if progress.unmet:
-        sys.exit(EXIT_REQUIREMENT_UNMET)
-    sys.exit(EXIT_SOME_FAILED if progress.counts["failed"] else EXIT_OK)
+    sys.exit(summary.exit_status)
 
 
-def _run_config(model: Path, inputs: tuple[Path, ...], config_file: Path | None,
-                options: dict[str, object]) -> RunConfig:
-    """The run's settings from the command line, the config file and the defaults, checked."""
+def _run_options(inputs: tuple[Path, ...], config_file: Path | None, options: dict[str, object]) -> dict[str, object]:
+    """The run's options from the command line, the config file and the defaults: the output
+    folder required, paths read from standard input for an input of '-'."""
     if config_file is not None:
         options = _with_config_file(click.get_current_context(), options, config_file)
     if options["out_dir"] is None:
         raise XaiError("no output folder: give -o/--out, or out = \"...\" in the --config file")
     inputs = tuple(expand_stdin(inputs, sys.stdin if Path("-") in inputs else ()))
-    return RunConfig(model=model, inputs=inputs, existing=_existing_mode(options),
-                     **{**options, "methods": parse_names(str(options["methods"])),
-                        "save": parse_names(str(options["save"])),
-                        "metrics": parse_names(str(options["metrics"])) if options["metrics"] else ()})
+    return {**options, "inputs": inputs}
 
 
-def _explain_all(config: RunConfig, stop: _StopSignals, say: Callable[[str], None], quiet: bool,
-                 debug: bool) -> _Progress:
-    """Find the images, settle the run's choices, and explain every image under a progress bar."""
-    def images() -> Iterator:
-        """The inputs' images, streamed: each call walks the folders anew."""
-        return discover(config.inputs, exclude=[config.out_dir], dicom=config.dicom)
-
-    check_model_path(config.model)
-    check_engine(config)
-    total = sum(1 for _ in images())
-    if not total:
-        raise XaiError(f"no images found in {', '.join(map(str, config.inputs))} "
-                       f"(looked for {' '.join(sorted(IMAGE_SUFFIXES))})")
-    if sys.stderr.isatty():  # someone is watching: say why nothing moves for a few seconds
-        say(f"loading {config.model} (TensorFlow takes a few seconds to start)")
-    modules = _tensorflow(debug)
+def _run(model: Path, options: dict[str, object], watch: _Watched, stop: _StopSignals) -> RunSummary:
+    """``xaicli.run`` with the command line's options; its summary said in a line or two. An
+    interrupted run in OUT is answered with the command that resumes it."""
+    options = dict(options)
+    inputs, out_dir = options.pop("inputs"), options.pop("out_dir")
     try:
-        modules.resume.check_existing(config, images())
+        summary = xaicli_run(model, inputs, out_dir, watch=watch, stop=stop, **options)
     except InterruptedRunError as exc:
         raise XaiError(exc.advice(shlex.join(["xai", *sys.argv[1:], "--resume"]))) from None
-    prepared = modules.decisions.prepare(config)
-    layer = prepared.layer
-    target = (f"layer {layer.path} ({layer.type_name}; {prepared.layer_reason})"
-              if layer else "input gradients")
-    explained = (f"; output {prepared.info.head_path} ({prepared.info.output_reason})"
-                 if len(prepared.info.outputs) > 1 else "")
-    say(f"{total} images; {target}{explained}; preprocess {prepared.preprocess} ({prepared.preprocess_reason})")
-    _pillow_pixel_limit(config.max_pixels)
-    return_large_blocks_to_the_system()
-    started = time.monotonic()
-    with _table_on_stdout(config.predictions == "-", stop.stdout_closed):
-        progress = _explain_with_progress(lambda watch: modules.engines.run(prepared, images(), stop, watch),
-                                          total, quiet)
-    figures = _run_figures(config)
-    say(_summary(progress, time.monotonic() - started, config) + _accuracy(figures.get("accuracy"))
-        + _on_ray(figures.get("ray")))
-    if figures.get("metrics"):
-        say("; ".join(f"{method}: " + ", ".join(f"{name} {value:.3f}" for name, value in means.items() if value is not None)
-                      for method, means in figures["metrics"].items()))
-    if config.require:
-        progress.unmet = failed_requirements(parse_requirements(config.require), figures.get("metrics", {}),
-                                             (figures.get("accuracy") or {}).get("accuracy"))
-    if config.report:
-        say(f"report: {write_report(config.out_dir)}")
-    if config.summary is not None:
-        say(f"summary: {write_summary(config.out_dir, config.summary)}")
-    return progress
+    finally:
+        watch.end()  # before any line on stderr: the bar's own line stays whole
+    watch.note(_summary_line(summary) + _accuracy(summary.accuracy)
+               + (_on_ray(summary.engine_details) if summary.engine == "ray" else ""))
+    if summary.metrics:
+        watch.note("; ".join(f"{method}: " + ", ".join(f"{name} {value:.3f}" for name, value in means.items()
+                                                          if value is not None)
+                             for method, means in summary.metrics.items()))
+    if summary.report is not None:
+        watch.note(f"report: {summary.report}")
+    if summary.summary is not None:
+        watch.note(f"summary: {summary.summary}")
+    return summary
 
 
-def _existing_mode(options: dict[str, object]) -> str:
-    """What to do with outputs already in OUT, from the one flag given (popped from ``options``)."""
-    flags = {"overwrite": options.pop("overwrite"), "skip": options.pop("skip_existing"), "resume": options.pop("resume")}
-    chosen = [mode for mode, given in flags.items() if given]
-    if len(chosen) > 1:
-        raise XaiError("--overwrite, --skip-existing and --resume contradict each other; give one")
-    return chosen[0] if chosen else "refuse"
-
-
-def _summary(progress: _Progress, elapsed: float, config: RunConfig) -> str:
-    counts, total = progress.counts, progress.total
+def _summary_line(summary: RunSummary) -> str:
+    counts, total = summary.counts, summary.images
     explained = counts["explained"] + counts["resumed"]
     resumed = f" ({counts['resumed']} by the earlier run)" if counts["resumed"] else ""
     kept = f", {counts['skipped']} skipped (outputs already there)" if counts["skipped"] else ""
-    where = f" (see status=error rows in {config.predictions_path or 'the table on stdout'})" if counts["failed"] else ""
-    return (f"{explained} of {total} images explained{resumed}{kept}, {counts['failed']} failed, in {elapsed:.1f} s "
-            f"({progress.done / max(elapsed, 1e-9):.1f} img/s); outputs in {config.out_dir}{where}")
-
-
-def _run_figures(config: RunConfig) -> dict:
-    """What run.json says of accuracy, metrics and the Ray pool ({} when it cannot be read)."""
-    try:
-        manifest = json.loads((config.out_dir / "run.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return {key: manifest[key] for key in ("accuracy", "metrics", "ray") if key in manifest}
+    where = f" (see status=error rows in {summary.table or 'the table on stdout'})" if counts["failed"] else ""
+    return (f"{explained} of {total} images explained{resumed}{kept}, {counts['failed']} failed, in "
+            f"{summary.seconds:.1f} s ({summary.done / max(summary.seconds, 1e-9):.1f} img/s); outputs in "
+            f"{summary.out_dir}{where}")
 
 
 def _on_ray(pool: dict | None) -> str:
@@ -386,14 +334,6 @@ def _accuracy(accuracy: dict | None) -> str:
     if not accuracy["images"]:
         return "; no image with a true label was explained"
     return f"; accuracy {accuracy['accuracy']:.1%} ({accuracy['correct']} of {accuracy['images']} labelled images)"
-
-
-def _pillow_pixel_limit(max_pixels: int) -> None:
-    """Pillow refuses images over twice its own limit before ours is checked; --max-pixels is
-    the user's decision, so Pillow's guard follows it."""
-    from PIL import Image
-
-    Image.MAX_IMAGE_PIXELS = max_pixels
 
 
 @contextlib.contextmanager
@@ -515,55 +455,42 @@ def _with_config_file(ctx: click.Context, options: dict[str, object], path: Path
     return merged
 
 
-@dataclasses.dataclass
-class _Progress:
-    """What the run has done so far, as the command reports it."""
-
-    counts: dict[str, int]
-    total: int
-    done: int = 0
-    first_failure: str = ""
-    unmet: list[str] = dataclasses.field(default_factory=list)  # --require terms not met
-
-
-def _explain_with_progress(results: Callable[[Watch], Iterator], total: int, quiet: bool) -> _Progress:
-    """Drive the run (``results`` given the watch to tell) under a progress bar, counting each
-    image's outcome."""
-    from ._runs.record import OUTCOMES
-
-    progress = _Progress(dict.fromkeys(OUTCOMES, 0), total)
-    with _ProgressBar(total, quiet) as bar:
-        for result in results(bar):
-            part = result.item.part
-            if part and part.position == 0 and part.count > 1:  # a volume's slices: known once it is read
-                progress.total += part.count - 1
-            progress.counts[result.outcome] += 1
-            progress.done += 1
-            if result.outcome == "failed" and not progress.first_failure:
-                progress.first_failure = f"{result.item.name}: {next(r.error for r in result.rows if r.error)}"
-    return progress
-
-
-class _ProgressBar(Watch):
-    """The tqdm bar on stderr, told by the engine: it moves as each batch's methods finish, says
-    what is under way (compiling for the first batch, then the method), and estimates the time
-    left from the batches after the first, whose tracing and compiling would inflate it."""
+class _Watched(Watch):
+    """What the person at the terminal sees of a run: one-line notes on stderr, and a tqdm bar that
+    moves as each batch's methods finish, says what is under way (compiling for the first batch,
+    then the method), and estimates the time left from the batches after the first, whose
+    tracing and compiling would inflate it. ``--quiet`` shows neither."""
 
     BAR_FORMAT = "{l_bar}{bar}| {n:.0f}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]{postfix}"
 
-    def __init__(self, total: int, quiet: bool) -> None:
-        from tqdm import tqdm
-
-        self._bar = tqdm(total=total, unit="img", file=sys.stderr, disable=quiet, dynamic_ncols=True,
-                         bar_format=self.BAR_FORMAT)
+    def __init__(self, quiet: bool, debug: bool, telling: Callable[[], bool] = lambda: True) -> None:
+        self._quiet = quiet
+        self._debug = debug
+        self._telling = telling  # notes are said only while this holds
+        self._bar = None
         self._warm = False
 
-    def __enter__(self) -> "_ProgressBar":
-        return self
+    def loading(self, model: object) -> None:
+        if sys.stderr.isatty():  # someone is watching: say why nothing moves for a few seconds
+            self.note(f"loading {model} (TensorFlow takes a few seconds to start)")
+        _tensorflow(self._debug)
 
-    def __exit__(self, *_exc: object) -> None:
-        self._bar.set_postfix_str("", refresh=False)  # the last line tells the count, not a stage long past
-        self._bar.close()
+    def note(self, text: str) -> None:
+        if not self._quiet and self._telling():
+            click.echo(f"xai: {text}", err=True)
+
+    def begin(self, images: int) -> None:
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=images, unit="img", file=sys.stderr, disable=self._quiet, dynamic_ncols=True,
+                         bar_format=self.BAR_FORMAT)
+
+    def end(self) -> None:
+        """The bar's last line stays, telling the count, not a stage long past."""
+        if self._bar is not None:
+            self._bar.set_postfix_str("", refresh=False)
+            self._bar.close()
+            self._bar = None
 
     def stage(self, text: str) -> None:
         self._bar.set_postfix_str(text)

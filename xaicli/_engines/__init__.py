@@ -4,24 +4,45 @@ and files, and the same table and ``run.json`` (but for the engine's name and th
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import socket
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 from .._errors import UsageError
 
 CONNECT_SECONDS = 5  # how long a cluster's address may take to answer
 
 if TYPE_CHECKING:
-    from .._runs.config import RunConfig
     from .._inputs.discover import InputImage
-    from .._runs.record import ImageResult
+    from .._runs.config import RunConfig
     from .._runs.decisions import Prepared
+    from .._runs.record import ImageResult, Record
+
+# The registry of engines: each is the module of that name in this package, with a ``run`` like
+# ``local.run``; ``--engine`` and its help read this.
+ENGINES = {
+    "local": "this machine: threads decode and write while the model explains the batch before",
+    "ray": "Ray Data: an actor pool of model replicas on a local Ray or a cluster (the ray extra)",
+}
 
 
 class Watch:
-    """What an engine tells the person waiting; this one tells no one (the CLI's progress bar
-    tells). Calls come from the thread that iterates the engine's results."""
+    """What a run tells the person waiting; this one tells no one (the CLI's progress bar and
+    notes tell). Calls come from the thread that runs ``xaicli.run`` and iterates the engine's
+    results."""
+
+    def loading(self, model: object) -> None:
+        """The model is about to be loaded (TensorFlow starts first: seconds with nothing to show)."""
+
+    def note(self, text: str) -> None:
+        """A one-line note for whoever watches: the run's choices, where the report went."""
+
+    def begin(self, images: int) -> None:
+        """Explaining starts: the run has this many images (a volume counts once until it is read)."""
+
+    def end(self) -> None:
+        """Every image is done (the page and the summary may follow)."""
 
     def stage(self, text: str) -> None:
         """What is under way, e.g. 'compiling gradcam for the first batch'."""
@@ -63,12 +84,8 @@ def check_reachable(address: str | None) -> None:
                          "first (ray start --head) or give its address") from None
 
 
-def run(prepared: Prepared, items: Iterable[InputImage], stop: Callable[[], str | None] = lambda: None,
-        watch: Watch | None = None) -> Iterator[ImageResult]:
-    """Explain ``items`` with the run's engine; results come in input order (see ``local.run``),
-    and ``watch`` is told how the work goes."""
-    if prepared.config.engine == "ray":
-        from . import ray
-        return ray.run(prepared, items, stop, watch or Watch())
-    from . import local
-    return local.run(prepared, items, stop, watch=watch or Watch())
+def run(prepared: Prepared, items: Iterable[InputImage], record: Record, watch: Watch | None = None) -> Iterator[ImageResult]:
+    """Explain ``items`` with the run's engine into ``record``; results come in input order (see
+    ``local.run``), and ``watch`` is told how the work goes."""
+    engine = importlib.import_module(f"{__name__}.{prepared.config.engine}")
+    return engine.run(prepared, items, record, watch=watch or Watch())

@@ -17,25 +17,26 @@ import tensorflow as tf
 from PIL import Image
 
 from .._budget import MemoryBudget, render_estimate
-from .._runs.config import RunConfig, default_workers
 from .._errors import ImageError, first_line
-from .._explain.explainer import TOP_CLASS, BatchExplanation, rank_request
-from .._inputs.raster import PICTURE_BYTES_PER_PIXEL, decode_bytes, open_image
-from .._inputs.geometry import VIEWING_SIDE, View, fit_view, output_size, shown_at, to_model_input, view_at
-from .._inputs.discover import InputImage
 from .._evaluation.faithfulness import (PERTURBATION_METRICS, CurveJob, blurred, curve_areas, energy_in, iou, perturbed,
                                         pixel_order, pointing_hit)
-from .._outputs.mosaic import Sheet, tile_size
-from .._outputs.table import Ranked, Row, table_text
-from .._outputs.naming import output_path, thumbnail_path
-from .._outputs.writers import write_image, write_npy
-from .._runs.record import ImageResult, recorded
-from .._runs.decisions import Prepared, layer_label
-from .._outputs.naming import mosaic_path, planned_outputs, wants_mosaic
-from .._outputs.render import draw_heatmap, draw_overlay, draw_panel, overlay, upsample
-from .._outputs.report import thumbnail_size
-from .._inputs.stacks import StackCache, parse_slices
 from .._evaluation.truth import MaskError, predicted_name
+from .._explain.explainer import BatchExplanation
+from .._inputs.discover import InputImage
+from .._inputs.geometry import View, drawn_picture, output_size, shown_at, to_model_input
+from .._inputs.raster import PICTURE_BYTES_PER_PIXEL, decode_bytes, open_image
+from .._inputs.stacks import StackCache, parse_slices
+from .._outputs.mosaic import Sheet, tile_size
+from .._outputs.naming import mosaic_path, planned_outputs, wants_mosaic
+from .._outputs.naming import output_path, thumbnail_path
+from .._outputs.render import Shrunk, draw_kind, overlay, upsample
+from .._outputs.report import thumbnail_size
+from .._outputs.table import Row, table_text
+from .._outputs.writers import write_image, write_npy
+from .._runs.rows import caption, class_label, class_requests, error_row, explained_row, predicted_class
+from .._runs.config import RunConfig, default_workers
+from .._runs.decisions import Prepared
+from .._runs.record import ImageResult, Record
 from . import Watch
 
 FILES_AHEAD = 3  # files split into their images (volumes read whole) ahead of the one being explained
@@ -44,19 +45,20 @@ T = TypeVar("T")
 Carried = dict[str, list[dict[str, object]]]  # --resume: the earlier run's rows of finished images, by input
 
 
-def run(prepared: Prepared, items: Iterable[InputImage], stop: Callable[[], str | None] = lambda: None,
+def run(prepared: Prepared, items: Iterable[InputImage], record: Record | None = None,
         budget: MemoryBudget | None = None, watch: Watch | None = None) -> Iterator[ImageResult]:
     """Explain ``items`` in order, writing the files under the output folder, the predictions
     table (to its file or standard output) and ``run.json`` (at the start, then at the end).
 
-    ``stop`` is asked before each batch; when it returns a reason (e.g. 'SIGINT') the run
-    finishes the batches under way, keeps the rows of a resumed run it did not reach, records
+    The results go into ``record`` (by default a new one that never stops); its ``stop`` is asked
+    before each batch, and when it gives a reason (e.g. 'SIGINT') the run finishes the batches under way, keeps the rows of a resumed run it did not reach, records
     the reason in ``run.json`` and ends. ``--fail-fast`` ends it the same way after a failure.
     Decoded originals and the work under way are bounded by ``budget`` (by default one of
     ``--memory-budget``), whose accounting the caller can read afterwards. ``watch`` is told
     of each batch's stages and progress.
     """
-    with recorded(prepared, "local", stop) as record:
+    record = record or Record(prepared)
+    with record.opened("local"):
         for result in explained(prepared, items, record.carried, record.stopping, budget, watch or Watch()):
             record.add(result)
             yield result
@@ -211,7 +213,7 @@ def _decode(prepared: Prepared, item: InputImage, may_pass: bool, carried: dict[
                                          prepared.config.resize)
         except ImageError as exc:
             return _Decoded(item, None, None, error=str(exc))
-        shown, view = _shown(prepared, picture)
+        shown, view = drawn_picture(picture, info.input_size, prepared.config.resize, prepared.config.max_size)
         original_size = (picture.height, picture.width)
         del picture  # the full-size original, when the outputs are drawn smaller
     # The original is kept for rendering only while it fits the budget; otherwise it is read again.
@@ -231,14 +233,6 @@ def _opened(prepared: Prepared, item: InputImage, stacks: StackCache) -> tuple[I
 def _decode_bytes(item: InputImage) -> int:
     """What opening the item holds at its peak: a part is a slice of a stack in memory."""
     return 0 if item.part else decode_bytes(item.path)
-
-
-def _shown(prepared: Prepared, picture: Image.Image) -> tuple[Image.Image, View]:
-    """The original at its output size (``--max-size``) and the view of it the model had: the
-    model saw the original at its full size."""
-    size = (picture.height, picture.width)
-    view = fit_view(size, prepared.info.input_size, prepared.config.resize)
-    return shown_at(picture, view, output_size(size, prepared.config.max_size))
 
 
 def _read_ahead(pool: ThreadPoolExecutor, work: Callable, items: Iterable, ahead: int) -> Iterator:
@@ -269,7 +263,8 @@ def _explain_batch(prepared: Prepared, batch: list[_Decoded], workers: _Workers,
     explanations, failure = (), ""
     if good:
         inputs = np.stack([d.model_input for d in good])
-        requests = _requests(prepared, len(good))
+        requests = class_requests(prepared, len(good), prepared.config.target, prepared.config.top_k,
+                                 prepared.target_class)
         watch.runs(len(good), len(requests) * len(prepared.config.methods))
         try:
             explanations = tuple(prepared.explainer.explain(inputs, requested, watch.on_stage) for requested in requests)
@@ -369,13 +364,6 @@ def _faithfulness(prepared: Prepared, inputs: np.ndarray,
     return figures
 
 
-def _requests(prepared: Prepared, count: int) -> list[np.ndarray]:
-    """The classes to explain for ``count`` images, one array per target tag."""
-    if prepared.config.target == "topk":
-        return [np.full(count, rank_request(rank)) for rank in range(1, prepared.config.top_k + 1)]
-    return [np.full(count, TOP_CLASS if prepared.target_class is None else prepared.target_class)]
-
-
 def _schedule(prepared: Prepared, decoded: _Decoded, explanations: tuple[BatchExplanation, ...], index: int,
               workers: _Workers, faithfulness: dict[tuple[int, str, int], Figures]) -> _Pending:
     if not np.all(np.isfinite(explanations[0].scores[index])):
@@ -389,8 +377,8 @@ def _schedule(prepared: Prepared, decoded: _Decoded, explanations: tuple[BatchEx
                      for kind in config.save}
             if config.report:
                 paths[THUMBNAIL] = thumbnail_path(config.out_dir, item.output_relative, method, tag)
-            caption = _caption(prepared, explanation, index)
-            jobs.append(_Job(explanation.maps[method][index], paths, f"{caption} | {method}",
+            text = caption(prepared, explanation, index)
+            jobs.append(_Job(explanation.maps[method][index], paths, f"{text} | {method}",
                              item.part.count if wants_mosaic(config, item) else 0))
             writes.append((method, tag, explanation, paths[config.save[0]], faithfulness.get((position, method, index), {})))
     done = workers.pool.submit(_render_image, prepared, decoded, jobs, workers)
@@ -420,7 +408,8 @@ def _render_image(prepared: Prepared, decoded: _Decoded, jobs: list[_Job], worke
         with workers.budget.working(estimate):
             image, view = decoded.image, decoded.view
             if image is None:
-                image, view = _shown(prepared, _opened(prepared, decoded.item, workers.stacks)[0])
+                image, view = drawn_picture(_opened(prepared, decoded.item, workers.stacks)[0],
+                                            prepared.info.input_size, prepared.config.resize, prepared.config.max_size)
             # The small copies for the thumbnail, the mosaic tile and the figures against the
             # object, made once for every method.
             small = functools.cache(lambda size: shown_at(image, view, size))
@@ -430,9 +419,6 @@ def _render_image(prepared: Prepared, decoded: _Decoded, jobs: list[_Job], worke
         return [_Outcome(exc)] * len(jobs)
     finally:
         workers.budget.release(decoded.kept)
-
-
-Shrunk = Callable[[tuple[int, int]], tuple[Image.Image, View]]  # (height, width) -> the image and view at that size
 
 
 def _written(prepared: Prepared, image: Image.Image, view: View, job: _Job, small: Shrunk,
@@ -472,40 +458,19 @@ def _object_measure(prepared: Prepared, decoded: _Decoded, small: Shrunk) -> Cal
     return measure
 
 
-def _caption(prepared: Prepared, explanation: BatchExplanation, index: int) -> str:
-    """'label 0.93' for the predicted class, and the explained class when it differs."""
-    probabilities = explanation.probabilities[index]
-    predicted, explained = _predicted(explanation, index), int(explanation.classes[index])
-    name = lambda i: _label(prepared, i) or f"class {i}"  # noqa: E731
-    text = f"{name(predicted)} {probabilities[predicted]:.2f}"
-    return text if explained == predicted else f"{text}; explaining {name(explained)}"
-
-
 def _render(image: Image.Image, view: View, heatmap: np.ndarray, prepared: Prepared, paths: dict[str, Path],
             caption: str, small: Shrunk) -> None:
-    """Write ``image``'s files of one map: the overlay at ``image``'s size (the original's, or
-    ``--max-size``'s), panels and heatmaps at most ``VIEWING_SIDE`` unless ``--max-size`` says."""
+    """Write ``image``'s files of one map (see ``draw_kind``), its raw values and thumbnail."""
     config = prepared.config
-    size = (image.height, image.width)
-    viewing = output_size(size, None if config.max_size else VIEWING_SIDE)
-
-    def panel_file(path: Path) -> None:
-        picture, picture_view = small(viewing)
-        write_image(path, draw_panel(picture, heatmap, config.alpha, prepared.lut, caption, picture_view),
-                    config.image_format)
-
-    writers = {
-        "overlay": lambda path: write_image(path, draw_overlay(image, heatmap, config.alpha, prepared.lut, view),
-                                            config.image_format),
-        "heatmap": lambda path: write_image(path, draw_heatmap(heatmap, viewing, view_at(view, size, viewing)),
-                                            config.image_format),
-        "raw": lambda path: write_npy(path, heatmap),
-        "panel": panel_file,
-        THUMBNAIL: lambda path: write_image(path, _small_overlay(small(thumbnail_size((image.height, image.width))),
-                                                                 heatmap, prepared), "jpeg"),
-    }
     for kind, path in paths.items():
-        writers[kind](path)
+        if kind == "raw":
+            write_npy(path, heatmap)
+        elif kind == THUMBNAIL:
+            write_image(path, _small_overlay(small(thumbnail_size((image.height, image.width))), heatmap, prepared),
+                        "jpeg")
+        else:
+            write_image(path, draw_kind(kind, image, view, heatmap, config.alpha, prepared.lut, caption,
+                                        config.max_size, small), config.image_format)
 
 
 def _small_overlay(shrunk: tuple[Image.Image, View], heatmap: np.ndarray, prepared: Prepared) -> np.ndarray:
@@ -544,8 +509,8 @@ class _Mosaics:
         outcomes = {(w.method, w.tag): (w, w.done.result()[w.index]) for w in entry.writes}
         for (method, tag), sheet in self._sheets.items():
             write, outcome = outcomes.get((method, tag), (None, None))
-            caption = _caption(self._prepared, write.explanation, entry.index) if write else "failed"
-            sheet.add(f"{part.label} {caption}", outcome.tile if outcome else None)
+            text = caption(self._prepared, write.explanation, entry.index) if write else "failed"
+            sheet.add(f"{part.label} {text}", outcome.tile if outcome else None)
         if not part.last:
             return rows
         failed = {}
@@ -587,33 +552,6 @@ def _rows(prepared: Prepared, pending: _Pending) -> Iterator[Row]:
         yield replace(_error_row(prepared, pending.item, write.method, reason), rank=config.tag_rank(write.tag))
 
 
-def _ok_row(prepared: Prepared, pending: _Pending, write: _Write, outcome: _Outcome) -> Row:
-    explanation, i, method = write.explanation, pending.index, write.method
-    probabilities = explanation.probabilities[i]
-    predicted = _predicted(explanation, i)
-    explained = int(explanation.classes[i])
-    return Row(
-        input=pending.item.name,
-        status="ok",
-        error="",
-        note=pending.note,
-        pred_index=predicted,
-        pred_label=_label(prepared, predicted),
-        pred_prob=float(probabilities[predicted]),
-        class_index=explained,
-        class_label=_label(prepared, explained),
-        class_prob=float(probabilities[explained]),
-        class_score=float(explanation.scores[i, explained]),
-        method=method,
-        layer=layer_label(prepared, method),
-        output=str(write.path),
-        rank=prepared.config.tag_rank(write.tag),
-        top=_top_classes(prepared, explanation, i),
-        **_true(prepared, pending.item, predicted_name(_label(prepared, predicted), predicted)),
-        figures={**write.figures, **outcome.figures},
-    )
-
-
 def _true(prepared: Prepared, item: InputImage, predicted: str = "") -> dict[str, object]:
     """The row's true_label and correct (whether ``predicted`` is it), with --true-labels."""
     if prepared.truth is None:
@@ -622,28 +560,15 @@ def _true(prepared: Prepared, item: InputImage, predicted: str = "") -> dict[str
     return {"true_label": label, "correct": (label == predicted) if label and predicted else None}
 
 
-def _predicted(explanation: BatchExplanation, index: int) -> int:
-    """The top class by score, as the explained top class is chosen: probabilities of nearly tied
-    classes can round to the same float32 value where their scores still differ."""
-    return int(np.argmax(explanation.scores[index]))
-
-
-def _top_classes(prepared: Prepared, explanation: BatchExplanation, index: int) -> tuple[Ranked, ...]:
-    """The image's ``--top-k`` classes, best first, ranked by score as ``--target topk`` ranks them."""
-    order = np.argsort(-explanation.scores[index], kind="stable")[:prepared.config.top_k]
-    probabilities = explanation.probabilities[index]
-    return tuple(Ranked(int(c), _label(prepared, int(c)), float(probabilities[c])) for c in order)
+def _ok_row(prepared: Prepared, pending: _Pending, write: _Write, outcome: _Outcome) -> Row:
+    explanation, index = write.explanation, pending.index
+    predicted = predicted_class(explanation, index)
+    return explained_row(
+        prepared, explanation, index, write.method, name=pending.item.name, note=pending.note,
+        output=str(write.path), rank=prepared.config.tag_rank(write.tag), top_k=prepared.config.top_k,
+        figures={**write.figures, **outcome.figures},
+        true=_true(prepared, pending.item, predicted_name(class_label(prepared, predicted), predicted)))
 
 
 def _error_row(prepared: Prepared, item: InputImage, method: str, error: str) -> Row:
-    return Row(
-        input=item.name, status="error", error=error, note="",
-        pred_index=None, pred_label="", pred_prob=None,
-        class_index=None, class_label="", class_prob=None, class_score=None,
-        method=method, layer=layer_label(prepared, method), output="", **_true(prepared, item),
-    )
-
-
-def _label(prepared: Prepared, index: int) -> str:
-    return prepared.labels[index] if index < len(prepared.labels) else ""
-
+    return error_row(prepared, item.name, method, error, _true(prepared, item))

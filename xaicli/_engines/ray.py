@@ -33,7 +33,7 @@ from .._inputs.discover import InputImage
 from .._outputs.table import table_text
 from .._quiet import stderr_silenced
 from .._runs.decisions import Decisions, Prepared, prepare_decided
-from .._runs.record import ImageResult, recorded
+from .._runs.record import ImageResult, Record
 from . import Watch
 from .local import Carried, batched, explained
 
@@ -44,12 +44,13 @@ FILES_PER_DATASET = 500_000
 PART_LABEL = re.compile(r"(frame|[xyz])=\d+")  # what follows '#' in the table's name of a volume's slice
 
 
-def run(prepared: Prepared, items: Iterable[InputImage], stop: Callable[[], str | None] = lambda: None,
+def run(prepared: Prepared, items: Iterable[InputImage], record: Record | None = None,
         watch: Watch | None = None) -> Iterator[ImageResult]:
     """Explain ``items`` on Ray (``--ray-address``, or a Ray started here and stopped after), with
     the same results, files, table and ``run.json`` as ``local.run``.
 
-    ``stop`` is asked as each block comes back; when it gives a reason (or ``--fail-fast`` has
+    The results go into ``record`` (by default a new one that never stops); its ``stop`` is asked
+    as each block comes back; when it gives a reason (or ``--fail-fast`` has
     met a failure) that block and those under way are dropped: their images have no rows (their
     files may be written), and ``--resume`` explains them again. A node that cannot write the
     output folder stops the run before any image is explained. ``watch`` is told of each image
@@ -59,7 +60,8 @@ def run(prepared: Prepared, items: Iterable[InputImage], stop: Callable[[], str 
     watch = watch or Watch()
     with _ray_session(config.ray_address):
         check_shared(config.out_dir)
-        with recorded(prepared, "ray", stop) as record:
+        record = record or Record(prepared)
+        with record.opened("ray"):
             pool = pool_for(config.workers, config.gpus_per_worker)
             record.engine_details = pool.as_dict()
             carried = _carried_by_file(record.carried)

@@ -19,11 +19,11 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .._errors import ImageError
-from .._inputs.raster import open_image
 from .._inputs.geometry import to_model_input
-from .faithfulness import spearman, ssim
-from .._outputs.writers import write_image
+from .._inputs.raster import open_image
 from .._outputs.render import overlay, upsample
+from .._outputs.writers import write_image
+from .faithfulness import spearman, ssim
 
 DEPENDENT_BELOW = 0.5  # a method whose mean Spearman stays at or above this when all is randomized is called out
 FIGURE_CELL = 128  # pixels of each map in the figure

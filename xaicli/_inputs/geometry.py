@@ -132,3 +132,13 @@ def to_model_input(
     if channels == 1:
         pixels = pixels[:, :, None]
     return np.ascontiguousarray(scaling(pixels), dtype=np.float32)
+
+
+def drawn_picture(picture: Image.Image, input_size: tuple[int, int], resize: str,
+                  max_size: int | None) -> tuple[Image.Image, View]:
+    """The original at the size its outputs are drawn at (long side at most ``max_size``; the
+    original's own when None), and the view of it the model had: the model saw the original at
+    its full size, fitted to ``input_size`` (height, width) as ``resize`` says."""
+    size = (picture.height, picture.width)
+    view = fit_view(size, input_size, resize)
+    return shown_at(picture, view, output_size(size, max_size))

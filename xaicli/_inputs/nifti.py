@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .dicom import MEDICAL_EXTRA
 from .._errors import ImageError, first_line
+from .dicom import MEDICAL_EXTRA
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 # --slice-axis -> (the RAS voxel axis held fixed, the letter rows and file names use)

@@ -89,6 +89,37 @@ def open_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS,
         raise ImageError(f"cannot decode image: {reason}") from None
 
 
+def picture_of(img: Image.Image, max_pixels: int = DEFAULT_MAX_PIXELS,
+               intensity: Intensity = Intensity("auto")) -> tuple[Image.Image, str]:
+    """An image already open in Pillow as ``open_image`` makes a file's: upright, RGB, deep images
+    through ``intensity``, with the same note. The caller's image is left as it is."""
+    check_pixel_limit(img.width, img.height, max_pixels)
+    frames = getattr(img, "n_frames", 1)
+    picture, mapped = _rgb_picture(ImageOps.exif_transpose(img), intensity)  # a copy, turned upright
+    animated = f"animated image: explained its first frame of {frames}" if frames > 1 else ""
+    return picture, joined_notes(animated, mapped)
+
+
+def array_picture(pixels: np.ndarray, max_pixels: int = DEFAULT_MAX_PIXELS,
+                  intensity: Intensity = Intensity("auto")) -> tuple[Image.Image, str]:
+    """An array as an RGB picture, as a file of the same pixels would be read: (H, W), (H, W, 1),
+    (H, W, 3) or (H, W, 4) (alpha dropped); uint8 as it is, deeper values (uint16, float, any
+    range) brought to 0..255 by ``intensity`` over the whole array, channels together."""
+    if pixels.ndim == 3 and pixels.shape[-1] == 1:
+        pixels = pixels[..., 0]
+    if pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[-1] not in (3, 4)):
+        raise ImageError(f"an image array is (H, W) or (H, W, C) with C of 1, 3 or 4; got {pixels.shape}")
+    if not (np.issubdtype(pixels.dtype, np.integer) or np.issubdtype(pixels.dtype, np.floating)):
+        raise ImageError(f"image arrays hold integers or floats, not {pixels.dtype}")
+    check_pixel_limit(pixels.shape[1], pixels.shape[0], max_pixels)
+    if pixels.ndim == 3:
+        pixels = pixels[..., :3]
+    if pixels.dtype == np.uint8:
+        return rgb_picture(np.ascontiguousarray(pixels)), ""
+    eight, note = to_8bit(pixels, intensity)
+    return rgb_picture(eight), note
+
+
 def _dicom_picture(path: Path, max_pixels: int, intensity: Intensity) -> tuple[Image.Image, str]:
     """The first frame of a DICOM file as an RGB picture (``dicom.to_pictures``)."""
     pixels = read_dicom(path)

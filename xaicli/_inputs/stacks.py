@@ -13,12 +13,12 @@ import numpy as np
 from PIL import Image
 
 from .._budget import MemoryBudget
-from .dicom import dicom_frame_count, dicom_pixel_count, read_dicom, to_pictures
 from .._errors import ImageError, UsageError
-from .raster import DEFAULT_MAX_PIXELS, check_pixel_limit, joined_notes, rgb_picture
+from .dicom import dicom_frame_count, dicom_pixel_count, read_dicom, to_pictures
 from .discover import InputImage, Part, is_dicom
 from .intensity import Intensity, to_8bit
 from .nifti import SLICE_AXES, is_nifti_name, read_volume, slices_of, volume_voxels
+from .raster import DEFAULT_MAX_PIXELS, check_pixel_limit, joined_notes, rgb_picture
 
 SLICE_CHOICES = {
     "nonzero": "every slice (or frame) holding any non-zero value",

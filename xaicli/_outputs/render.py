@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Union
+from typing import Callable, Iterable, Iterator, Union
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .._inputs.geometry import VIEWING_SIDE, View, output_size, shown_at, view_at
 from . import colormap_data
-from .._inputs.geometry import View
 
 LUT_SIZE = 256
 
@@ -275,3 +275,26 @@ def panel(image: Original, heatmap: np.ndarray, alpha: float, lut: np.ndarray, c
           view: View | None = None) -> np.ndarray:
     """``draw_panel`` as one (H + bar, 3 W, 3) uint8 array."""
     return draw_panel(image, heatmap, alpha, lut, caption, view).pixels()
+
+
+PICTURE_KINDS = ("overlay", "heatmap", "panel")  # the image outputs of a map, as --save names them
+Shrunk = Callable[[tuple[int, int]], tuple[Image.Image, View]]  # (height, width) -> the image and view at that size
+
+
+def draw_kind(kind: str, image: Image.Image, view: View, heatmap: np.ndarray, alpha: float, lut: np.ndarray,
+              caption: str, max_size: int | None, small: Shrunk | None = None) -> Drawing:
+    """One image output of ``heatmap`` over ``image`` (the original at its output size, and the
+    model's ``view`` of it): the overlay at ``image``'s size; the heatmap (grayscale) and the panel
+    (image | heatmap | overlay, ``caption`` below) at most ``VIEWING_SIDE`` on their long side
+    unless ``max_size`` was given. ``small`` shrinks ``image`` with its view (cached by callers
+    that draw several kinds)."""
+    size = (image.height, image.width)
+    viewing = output_size(size, None if max_size else VIEWING_SIDE)
+    if kind == "overlay":
+        return draw_overlay(image, heatmap, alpha, lut, view)
+    if kind == "heatmap":
+        return draw_heatmap(heatmap, viewing, view_at(view, size, viewing))
+    if kind == "panel":
+        picture, picture_view = (small or (lambda at: shown_at(image, view, at)))(viewing)
+        return draw_panel(picture, heatmap, alpha, lut, caption, picture_view)
+    raise ValueError(f"not a picture kind: {kind!r} (one of {', '.join(PICTURE_KINDS)})")

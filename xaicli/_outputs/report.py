@@ -20,8 +20,8 @@ from PIL import Image
 
 from .._errors import UsageError
 from .._evaluation.faithfulness import figure_from_cell
-from .table import FIGURE_COLUMNS, read_table
 from .naming import FILE_KINDS, IMAGE_FORMATS, MANIFEST_NAME, THUMBNAIL_DIR, table_path
+from .table import FIGURE_COLUMNS, read_table
 
 REPORT_NAME = "index.html"
 THUMBNAIL_LONG_SIDE = 256

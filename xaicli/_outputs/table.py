@@ -90,6 +90,12 @@ def _cells(row: Row, top_k: int, truth: bool, figures: tuple[str, ...], ranked: 
     return values
 
 
+def row_record(row: Row, top_k: int = 0, truth: bool = False, figures: tuple[str, ...] = (),
+               ranked: bool = False) -> dict[str, object]:
+    """The row as a JSON Lines table holds it: column -> value (numbers rounded to 6 decimals)."""
+    return {column: _json_value(value) for column, value in _cells(row, top_k, truth, figures, ranked).items()}
+
+
 def _cell(value: object) -> str:
     if value is None:
         return ""
@@ -134,11 +140,12 @@ class PredictionsWriter:
 
     def write(self, rows: Iterable[Row]) -> None:
         for row in rows:
-            cells = _cells(row, self._top_k, self._truth, self._figures, self._ranked)
             if self._format == "csv":
+                cells = _cells(row, self._top_k, self._truth, self._figures, self._ranked)
                 self._csv.writerow([_cell(value) for value in cells.values()])
             else:
-                self._stream.write(json.dumps({c: _json_value(v) for c, v in cells.items()}) + "\n")
+                record = row_record(row, self._top_k, self._truth, self._figures, self._ranked)
+                self._stream.write(json.dumps(record) + "\n")
         self._stream.flush()
 
 

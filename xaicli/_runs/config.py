@@ -8,23 +8,24 @@ import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from .._errors import UsageError
-
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10: the same parser, published as tomli
     import tomli as tomllib
+
+from .._engines import ENGINES
+from .._errors import UsageError
+from .._evaluation.faithfulness import PERTURBATION_METRICS, TRUTH_METRICS, parse_requirements
 from .._explain.registry import REGISTRY
-from .._inputs.scaling import COLOUR_ONLY_PRESETS, PRESETS
-from .._inputs.raster import DEFAULT_MAX_PIXELS
 from .._inputs.geometry import RESIZE_MODES
 from .._inputs.intensity import parse_intensity
-from .._evaluation.faithfulness import PERTURBATION_METRICS, TRUTH_METRICS, parse_requirements
 from .._inputs.nifti import SLICE_AXES
+from .._inputs.raster import DEFAULT_MAX_PIXELS
+from .._inputs.scaling import COLOUR_ONLY_PRESETS, PRESETS
 from .._inputs.stacks import parse_slices
 from .._outputs.naming import IMAGE_FORMATS, SAVE_KINDS, table_path
-from .._outputs.table import TABLE_FORMATS
 from .._outputs.render import COLORMAPS
+from .._outputs.table import TABLE_FORMATS
 
 AUTO = "auto"
 CUSTOM = "custom"
@@ -42,10 +43,6 @@ TARGETS = {
 }
 
 
-ENGINES = {
-    "local": "this machine: threads decode and write while the model explains the batch before",
-    "ray": "Ray Data: an actor pool of model replicas on a local Ray or a cluster (the ray extra)",
-}
 
 
 def default_workers() -> int:
@@ -53,13 +50,12 @@ def default_workers() -> int:
     return max(2, min(8, os.cpu_count() or 2))
 
 
-@dataclass(frozen=True)
-class RunConfig:
-    """Everything one ``xai run`` needs. Build it with keyword arguments; it checks itself."""
+@dataclass(frozen=True, kw_only=True)
+class ExplainOptions:
+    """How images are explained and drawn, wherever they come from: ``xaicli.Explainer``'s options, and
+    the part of a run's ``RunConfig`` about explaining. Built with keyword arguments; it checks itself
+    (a ``UsageError`` with the command line's message for a bad value)."""
 
-    model: Path
-    inputs: tuple[Path, ...]
-    out_dir: Path
     methods: tuple[str, ...] = ("gradcam",)
     layer: str = AUTO
     layer_regex: str = "conv"
@@ -77,25 +73,9 @@ class RunConfig:
     output: str = AUTO  # 'auto', or the index or name of the model output to explain
     unsafe: bool = False  # allow Lambda layers holding Python code
     custom_objects: str | None = None  # a .py file or module defining custom layers
-    labels: Path | None = None
+    labels: Path | tuple[str, ...] | None = None  # a file of class names, or the names
     max_pixels: int = DEFAULT_MAX_PIXELS
     intensity: str = "auto"  # how images deeper than 8 bits reach 0..255 (intensity.KINDS)
-    dicom: bool = False  # also find files without an image suffix whose DICOM preamble is there
-    slices: str = "nonzero"  # which slices of a volume (frames of a DICOM) to explain (stacks.SLICE_CHOICES)
-    slice_axis: str = "axial"  # NIfTI volumes are cut across this axis (nifti.SLICE_AXES)
-    report: bool = True  # write OUT/index.html and the thumbnails it shows
-    true_labels: str | None = None  # 'folder' (the parent folder's name) or a CSV of path,label
-    summary: Path | None = None  # a Markdown summary of the run for a CI job page
-    metrics: tuple[str, ...] = ()  # deletion, insertion (metrics.PERTURBATION_METRICS)
-    metric_steps: int = 20  # steps of the deletion and insertion curves
-    truth_masks: Path | None = None  # a folder of object masks mirroring the inputs
-    truth_boxes: Path | None = None  # a JSON file: relative path -> [[x0, y0, x1, y1], ...]
-    pointing_tolerance: float = 15.0  # pixels around the map's peak that still hit the object
-    require: str | None = None  # CI gates on the figures' means, e.g. 'pointing>=0.9,deletion<=0.2'
-    workers: int | None = None  # local: decode/write threads (None: default_workers()); ray: model replicas
-    engine: str = "local"  # the loop around the images: local threads, or Ray Data (engines.ENGINES)
-    ray_address: str | None = None  # --engine ray: None starts Ray here; 'auto' or 'ray://host:port' joins a cluster
-    gpus_per_worker: float = 0.0  # --engine ray: the GPU share each replica asks for
     smoothgrad_samples: int = 25
     smoothgrad_noise: float = 0.15
     ig_steps: int = 32
@@ -103,18 +83,9 @@ class RunConfig:
     scorecam_max_channels: int | None = None  # None = every channel
     head_fusion: str = "mean"
     discard_ratio: float = 0.0
-    save: tuple[str, ...] = ("overlay",)  # which files to write per image and method
-    image_format: str = "png"  # overlays, heatmaps and panels: png, jpeg or webp
     max_size: int | None = None  # long side of image outputs at most this; None = the original size
-    memory_budget: int = 256  # MiB of decoded originals and decode/render work in flight
-    existing: str = "refuse"  # outputs already there: refuse, overwrite, skip those images, or resume the run
-    fail_fast: bool = False  # stop after the batch of the first image that fails
-    table_format: str = "csv"  # predictions table: csv or jsonl
-    predictions: str | None = None  # where the table goes: a path, '-' for stdout, None for OUT
 
     def __post_init__(self) -> None:
-        if not self.inputs:
-            raise UsageError("no inputs: give image files or folders after the model")
         unknown = [m for m in self.methods if m not in REGISTRY]
         if unknown or not self.methods:
             raise UsageError(f"unknown method {unknown[0] if unknown else '(empty)'!r}; choose from {', '.join(REGISTRY)}")
@@ -132,21 +103,12 @@ class RunConfig:
             raise UsageError("--preprocess custom goes with both --mean and --std, and they with it")
         if self.std is not None and any(value <= 0 for value in self.std):
             raise UsageError(f"--std values must be positive, got {','.join(map(str, self.std))}")
-        if self.workers is not None and self.workers < 1:
-            raise UsageError(f"--workers must be at least 1, got {self.workers}")
-        self._check_engine()
         parse_intensity(self.intensity)  # a one-line error for a bad choice, before the model loads
-        parse_slices(self.slices)
-        self._check_metrics()
-        if self.labels is not None and not Path(self.labels).is_file():
+        if isinstance(self.labels, Path) and not self.labels.is_file():
             raise UsageError(f"--labels {self.labels}: no such file; give a text file of class names, one per line, "
                              "or a JSON list")
         if self.custom_objects and self.custom_objects.endswith(".py") and not Path(self.custom_objects).is_file():
             raise UsageError(f"--custom-objects {self.custom_objects}: no such file; give a Python file or a module name")
-        if self.true_labels is not None and self.true_labels != "folder" and not Path(self.true_labels).is_file():
-            raise UsageError(f"--true-labels {self.true_labels}: give 'folder' or an existing CSV file of path,label")
-        if self.slice_axis not in SLICE_AXES:
-            raise UsageError(f"unknown --slice-axis {self.slice_axis!r}; choose from {', '.join(SLICE_AXES)}")
         if self.max_pixels < 1:
             raise UsageError(f"--max-pixels must be at least 1, got {self.max_pixels}")
         if self.smoothgrad_samples < 1:
@@ -157,19 +119,8 @@ class RunConfig:
             raise UsageError(f"--ig-steps must be at least 1, got {self.ig_steps}")
         if self.scorecam_max_channels is not None and self.scorecam_max_channels < 1:
             raise UsageError(f"--scorecam-max-channels must be at least 1, got {self.scorecam_max_channels}")
-        unknown_kinds = [kind for kind in self.save if kind not in SAVE_KINDS]
-        if unknown_kinds or not self.save:
-            raise UsageError(f"--save {','.join(self.save) or '(empty)'}: choose from {', '.join(SAVE_KINDS)}")
-        if self.image_format not in IMAGE_FORMATS:
-            raise UsageError(f"unknown --image-format {self.image_format!r}; choose from {', '.join(IMAGE_FORMATS)}")
         if self.max_size is not None and self.max_size < 16:
             raise UsageError(f"--max-size must be at least 16 pixels, got {self.max_size}")
-        if self.memory_budget < 16:
-            raise UsageError(f"--memory-budget must be at least 16 (MiB), got {self.memory_budget}")
-        if self.existing not in EXISTING:
-            raise UsageError(f"unknown handling of existing outputs {self.existing!r}")
-        if self.table_format not in TABLE_FORMATS:
-            raise UsageError(f"unknown --format {self.table_format!r}; choose from {', '.join(TABLE_FORMATS)}")
         if self.head_fusion not in HEAD_FUSIONS:
             raise UsageError(f"unknown --head-fusion {self.head_fusion!r}; choose from {', '.join(HEAD_FUSIONS)}")
         if not 0.0 <= self.discard_ratio < 1.0:
@@ -185,6 +136,69 @@ class RunConfig:
                              "and no --class")
         if self.ig_baseline not in IG_BASELINES:
             raise UsageError(f"unknown --ig-baseline {self.ig_baseline!r}; choose from {', '.join(IG_BASELINES)}")
+
+    @property
+    def needs_layer(self) -> bool:
+        """True when a method that works on a convolutional layer is asked for."""
+        return any(REGISTRY[name].needs_layer for name in self.methods)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig(ExplainOptions):
+    """Everything one ``xai run`` needs: the explaining options, and the model file, the inputs, the output
+    folder and how the run goes. Built with keyword arguments; it checks itself."""
+
+    model: Path
+    inputs: tuple[Path, ...]
+    out_dir: Path
+    dicom: bool = False  # also find files without an image suffix whose DICOM preamble is there
+    slices: str = "nonzero"  # which slices of a volume (frames of a DICOM) to explain (stacks.SLICE_CHOICES)
+    slice_axis: str = "axial"  # NIfTI volumes are cut across this axis (nifti.SLICE_AXES)
+    report: bool = True  # write OUT/index.html and the thumbnails it shows
+    true_labels: str | None = None  # 'folder' (the parent folder's name) or a CSV of path,label
+    summary: Path | None = None  # a Markdown summary of the run for a CI job page
+    metrics: tuple[str, ...] = ()  # deletion, insertion (metrics.PERTURBATION_METRICS)
+    metric_steps: int = 20  # steps of the deletion and insertion curves
+    truth_masks: Path | None = None  # a folder of object masks mirroring the inputs
+    truth_boxes: Path | None = None  # a JSON file: relative path -> [[x0, y0, x1, y1], ...]
+    pointing_tolerance: float = 15.0  # pixels around the map's peak that still hit the object
+    require: str | None = None  # CI gates on the figures' means, e.g. 'pointing>=0.9,deletion<=0.2'
+    workers: int | None = None  # local: decode/write threads (None: default_workers()); ray: model replicas
+    engine: str = "local"  # the loop around the images: local threads, or Ray Data (engines.ENGINES)
+    ray_address: str | None = None  # --engine ray: None starts Ray here; 'auto' or 'ray://host:port' joins a cluster
+    gpus_per_worker: float = 0.0  # --engine ray: the GPU share each replica asks for
+    save: tuple[str, ...] = ("overlay",)  # which files to write per image and method
+    image_format: str = "png"  # overlays, heatmaps and panels: png, jpeg or webp
+    memory_budget: int = 256  # MiB of decoded originals and decode/render work in flight
+    existing: str = "refuse"  # outputs already there: refuse, overwrite, skip those images, or resume the run
+    fail_fast: bool = False  # stop after the batch of the first image that fails
+    table_format: str = "csv"  # predictions table: csv or jsonl
+    predictions: str | None = None  # where the table goes: a path, '-' for stdout, None for OUT
+
+    def __post_init__(self) -> None:
+        if not self.inputs:
+            raise UsageError("no inputs: give image files or folders after the model")
+        super().__post_init__()
+        if self.workers is not None and self.workers < 1:
+            raise UsageError(f"--workers must be at least 1, got {self.workers}")
+        self._check_engine()
+        parse_slices(self.slices)
+        self._check_metrics()
+        if self.true_labels is not None and self.true_labels != "folder" and not Path(self.true_labels).is_file():
+            raise UsageError(f"--true-labels {self.true_labels}: give 'folder' or an existing CSV file of path,label")
+        if self.slice_axis not in SLICE_AXES:
+            raise UsageError(f"unknown --slice-axis {self.slice_axis!r}; choose from {', '.join(SLICE_AXES)}")
+        unknown_kinds = [kind for kind in self.save if kind not in SAVE_KINDS]
+        if unknown_kinds or not self.save:
+            raise UsageError(f"--save {','.join(self.save) or '(empty)'}: choose from {', '.join(SAVE_KINDS)}")
+        if self.image_format not in IMAGE_FORMATS:
+            raise UsageError(f"unknown --image-format {self.image_format!r}; choose from {', '.join(IMAGE_FORMATS)}")
+        if self.memory_budget < 16:
+            raise UsageError(f"--memory-budget must be at least 16 (MiB), got {self.memory_budget}")
+        if self.existing not in EXISTING:
+            raise UsageError(f"unknown handling of existing outputs {self.existing!r}")
+        if self.table_format not in TABLE_FORMATS:
+            raise UsageError(f"unknown --format {self.table_format!r}; choose from {', '.join(TABLE_FORMATS)}")
 
     def _check_engine(self) -> None:
         if self.engine not in ENGINES:
@@ -255,10 +269,6 @@ class RunConfig:
         """The rank a ``target_tags`` entry stands for (None for '')."""
         return int(tag.removeprefix("top")) if tag else None
 
-    @property
-    def needs_layer(self) -> bool:
-        """True when a method that works on a convolutional layer is asked for."""
-        return any(REGISTRY[name].needs_layer for name in self.methods)
 
 
 def option_values(config: RunConfig) -> dict[str, object]:

@@ -3,7 +3,7 @@ ground truth), and the model and explainer built to follow them. Never prints.""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -17,15 +17,16 @@ from .._explain.registry import REGISTRY
 from .._inputs.discover import discover
 from .._inputs.intensity import Intensity, parse_intensity
 from .._inputs.scaling import PRESETS, Scaling, custom_scaling
+from .._models.files import check_model_path
 from .._models.info import LayerInfo, ModelInfo
-from .._models.inspect import open_model
+from .._models.inspect import inspect_model, open_model
 from .._models.layers import auto_layer, candidate_layers, resolve_layer
 from .._models.load import model_format
 from .._models.preprocessing import Preprocessing, choose_preprocessing
 from .._models.probe import build_probe
 from .._outputs.render import COLORMAPS
 from .._outputs.writers import file_digest
-from .config import AUTO, CUSTOM, RunConfig, check_preset_channels, load_labels, resolve_class
+from .config import AUTO, CUSTOM, ExplainOptions, RunConfig, check_preset_channels, load_labels, resolve_class
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class Decisions:
     """A run's choices as plain data, settled once before any image is read: what every engine,
     and every replica of the model on a cluster, follows."""
 
-    config: RunConfig
+    config: ExplainOptions  # a RunConfig for a run
     layer_path: str | None  # None when no method needs a layer
     layer_reason: str  # why that layer ('auto: end of the last conv block ...' or 'as requested')
     preprocessing: Preprocessing
@@ -58,7 +59,7 @@ class Prepared:
     intensity: Intensity  # --intensity, parsed
 
     @property
-    def config(self) -> RunConfig:
+    def config(self) -> ExplainOptions:
         return self.decisions.config
 
     @property
@@ -95,16 +96,28 @@ class Prepared:
 
 
 def prepare(config: RunConfig) -> Prepared:
-    """Load and inspect the model and settle every choice before any image is read."""
+    """Load and inspect the run's model and settle every choice before any image is read."""
     model, info = _open(config)
-    return _built(model, info, _decide(config, info))
+    return build(model, info, decide_run(config, info))
 
 
 def prepare_decided(decisions: Decisions) -> Prepared:
     """The model loaded again to follow choices made elsewhere (a replica of the run's model on
     a Ray worker): the same loading options, layer, preprocessing and classes."""
     model, info = _open(decisions.config)
-    return _built(model, info, decisions)
+    return build(model, info, decisions)
+
+
+def prepare_model(model: keras.Model | Path, options: ExplainOptions) -> Prepared:
+    """A model file, or a ``keras.Model`` in memory (used as it is), inspected and ready to explain
+    with ``options``: the API's ``Explainer``."""
+    if isinstance(model, keras.Model):
+        info = inspect_model(model, options.input_size, options.output)
+        return build(model, info, decide(options, info, {"path": "", "sha256": "", "format": "keras.Model in memory"}))
+    check_model_path(model)
+    loaded, info = open_model(model, input_size=options.input_size, output=options.output, unsafe=options.unsafe,
+                              custom_objects=options.custom_objects)
+    return build(loaded, info, decide(options, info, _model_file(model)))
 
 
 def _open(config: RunConfig) -> tuple[keras.Model, ModelInfo]:
@@ -112,36 +125,59 @@ def _open(config: RunConfig) -> tuple[keras.Model, ModelInfo]:
                       custom_objects=config.custom_objects)
 
 
-def _decide(config: RunConfig, info: ModelInfo) -> Decisions:
-    """Every choice of the run, checked against the model: a one-line error for a bad one."""
-    layer, layer_reason = _choose_layer(config, info) if config.needs_layer else (None, "")
-    preprocessing = choose_preprocessing(config.preprocess, info, config.mean, config.std)
+def _model_file(path: Path) -> dict[str, str]:
+    """What run.json says of the model file: its path, SHA-256 and format."""
+    return {"path": str(path), "sha256": file_digest(path), "format": model_format(path)}
+
+
+def decide(options: ExplainOptions, info: ModelInfo, model_file: dict[str, str]) -> Decisions:
+    """Every choice about explaining, checked against the model: a one-line error for a bad one."""
+    layer, layer_reason = _choose_layer(options, info) if options.needs_layer else (None, "")
+    preprocessing = choose_preprocessing(options.preprocess, info, options.mean, options.std)
     check_preset_channels(preprocessing.preset, info.channels, preprocessing.mean, preprocessing.std)
-    labels = load_labels(config.labels) if config.labels else ()
-    if labels and len(labels) != info.num_classes:
-        raise UsageError(
-            f"labels file {config.labels} has {len(labels)} names but the model has "
-            f"{info.num_classes} classes"
-        )
-    if config.top_k > info.num_classes:
-        raise UsageError(f"--top-k {config.top_k} is more than the model's {info.num_classes} classes")
-    attention_methods = [name for name in config.methods if REGISTRY[name].family == "attention"]
+    labels = _labels(options.labels, info.num_classes)
+    check_targets(options, info)
+    attention_methods = [name for name in options.methods if REGISTRY[name].family == "attention"]
     if attention_methods:
         check_attention(info, attention_methods)
     return Decisions(
-        config=config,
+        config=options,
         layer_path=layer.path if layer else None,
         layer_reason=layer_reason,
         preprocessing=preprocessing,
         labels=labels,
-        target_class=resolve_class(config.target_class, labels, info.num_classes),
-        truth=_truth(config, labels, info.num_classes),
-        ground=load_ground_truth(config.truth_masks, config.truth_boxes),
-        model_file={"path": str(config.model), "sha256": file_digest(config.model), "format": model_format(config.model)},
+        target_class=resolve_class(options.target_class, labels, info.num_classes),
+        truth=None,
+        ground=None,
+        model_file=model_file,
     )
 
 
-def _built(model: keras.Model, info: ModelInfo, decisions: Decisions) -> Prepared:
+def check_targets(options: ExplainOptions, info: ModelInfo) -> None:
+    """The classes asked for exist in the model."""
+    if options.top_k > info.num_classes:
+        raise UsageError(f"--top-k {options.top_k} is more than the model's {info.num_classes} classes")
+
+
+def decide_run(config: RunConfig, info: ModelInfo) -> Decisions:
+    """A run's choices: those about explaining, and the ground truth read and checked."""
+    decisions = decide(config, info, _model_file(config.model))
+    return replace(decisions, truth=_truth(config, decisions.labels, info.num_classes),
+                   ground=load_ground_truth(config.truth_masks, config.truth_boxes))
+
+
+def _labels(given: Path | tuple[str, ...] | None, classes: int) -> tuple[str, ...]:
+    """The class names from a file or as given, one per class of the model."""
+    if given is None:
+        return ()
+    labels = load_labels(given) if isinstance(given, Path) else tuple(given)
+    if labels and len(labels) != classes:
+        where = f"labels file {given}" if isinstance(given, Path) else "labels"
+        raise UsageError(f"{where} has {len(labels)} names but the model has {classes} classes")
+    return labels
+
+
+def build(model: keras.Model, info: ModelInfo, decisions: Decisions) -> Prepared:
     """The explainer of ``model`` for the methods, layer and preprocessing decided."""
     config, preprocessing = decisions.config, decisions.preprocessing
     scaling = (custom_scaling(preprocessing.mean, preprocessing.std) if preprocessing.preset == CUSTOM
@@ -178,7 +214,7 @@ def _truth(config: RunConfig, labels: tuple[str, ...], classes: int) -> Truth | 
     return truth
 
 
-def _choose_layer(config: RunConfig, info: ModelInfo) -> tuple[LayerInfo, str]:
+def _choose_layer(config: ExplainOptions, info: ModelInfo) -> tuple[LayerInfo, str]:
     """The target layer and why: ``--layer auto``'s structural choice, or the one asked for."""
     if config.layer == AUTO:
         layer, reason = auto_layer(info, config.layer_regex)
@@ -232,13 +268,3 @@ def baseline_input(name: str, info: ModelInfo, scaling: Scaling) -> np.ndarray:
         return np.zeros(shape, np.float32)
     pixel = {"black": 0.0, "white": 255.0, "gray": 127.5}[name]
     return scaling(np.full(shape, pixel, np.float32)).astype(np.float32)
-
-
-def layer_label(prepared: Prepared, method: str) -> str:
-    """What the CSV's layer column says: the target layer, the attention layers rolled out
-    ('first..last'), or 'input' for gradient methods."""
-    family = REGISTRY[method].family
-    if family == "attention":
-        attention = prepared.info.attention_layers
-        return attention[0] if len(attention) == 1 else f"{attention[0]}..{attention[-1]}"
-    return prepared.layer.path if REGISTRY[method].needs_layer else "input"

@@ -56,20 +56,50 @@ OUTCOMES = ("explained", "failed", "skipped", "resumed")
 class Record:
     """The run's predictions table and counts as results come in, whatever engine explains the
     images: rows in input order, the resumed run's rows carried over, outcomes counted, the
-    accuracy tallied and the figures averaged for ``run.json``."""
+    accuracy tallied and the figures averaged for ``run.json``. Made by whoever starts the run,
+    opened by the engine when it is ready to explain, and read by the starter afterwards."""
 
-    def __init__(self, prepared: Prepared, writer: PredictionsWriter, carried: dict[str, list[dict[str, object]]],
-                 stop: Callable[[], str | None]) -> None:
+    def __init__(self, prepared: Prepared, stop: Callable[[], str | None] = lambda: None) -> None:
+        """``stop`` gives a reason to stop (e.g. 'SIGINT') or None; it is asked before each batch."""
         self._prepared = prepared
-        self._writer = writer
+        self._writer: PredictionsWriter | None = None
         self._stop = stop
-        self.carried = carried  # the resumed run's rows of images not reached yet, by input
+        self.carried: dict[str, list[dict[str, object]]] = {}  # the resumed run's rows of images not reached yet, by input
         self.counts = dict.fromkeys(OUTCOMES, 0)
         self.folders: set[PurePosixPath] = set()  # of the inputs, relative: OUT mirrors them
         self.tally = Tally()
         self.means = Means.empty()
         self.status = "complete"
+        self.engine = ""
         self.engine_details: dict[str, object] = {}  # what run.json records under the engine's name
+        self.seconds = 0.0  # from opening to closing
+
+    @contextlib.contextmanager
+    def opened(self, engine: str) -> Iterator[Record]:
+        """Open the run's table and write ``run.json`` ('running'); on leaving, the table is complete
+        and ``run.json`` records how the run ended, with counts, figures and timing. ``engine``
+        names the loop that explains the images, for ``run.json``."""
+        config = self._prepared.config
+        started = time.monotonic()
+        self.engine = engine
+        self.carried = previous_rows(config)
+        try:
+            config.out_dir.mkdir(parents=True, exist_ok=True)
+            write_json(config.out_dir / MANIFEST_NAME, manifest(self._prepared, dict.fromkeys(OUTCOMES, 0), "running",
+                                                                0.0, engine=engine))
+            table = config.predictions_path
+            stream = open_table(table) if table is not None else _on_stdout_and_kept(config.kept_table_path)
+        except OSError as exc:
+            raise UsageError(f"cannot write to output folder {config.out_dir}: {exc.strerror or exc}") from None
+        with stream as table_stream:
+            self._writer = PredictionsWriter(table_stream, config.table_format, config.top_k,
+                                             self._prepared.truth is not None, config.figures,
+                                             ranked=config.target == "topk")
+            yield self
+            self._close()
+        self.seconds = time.monotonic() - started
+        write_json(config.out_dir / MANIFEST_NAME, manifest(self._prepared, self.counts, self.status, self.seconds,
+                                                            self.tally, self.means, engine, self.engine_details))
 
     def add(self, result: ImageResult) -> None:
         """Write the image's rows (or the resumed run's) and count them."""
@@ -92,7 +122,7 @@ class Record:
             self.status = f"stopped by {reason}"
         return reason is not None
 
-    def close(self) -> None:
+    def _close(self) -> None:
         """A stopped run keeps the resumed run's rows of the images it did not reach. A complete
         run, with no write under way, removes what writers killed mid-write left in its folders."""
         if self.status != "complete":
@@ -101,33 +131,6 @@ class Record:
         out_dir = self._prepared.config.out_dir
         remove_temporary_files(folder for relative in self.folders
                                for folder in (out_dir / relative, out_dir / THUMBNAIL_DIR / relative))
-
-
-@contextlib.contextmanager
-def recorded(prepared: Prepared, engine: str, stop: Callable[[], str | None] = lambda: None) -> Iterator[Record]:
-    """Open the run's table and write ``run.json`` ('running'); on leaving, the table is complete
-    and ``run.json`` records how the run ended, with counts, figures and timing. ``engine``
-    names the loop that explained the images, for ``run.json``."""
-    config = prepared.config
-    started = time.monotonic()
-    carried = previous_rows(config)
-    try:
-        config.out_dir.mkdir(parents=True, exist_ok=True)
-        write_json(config.out_dir / MANIFEST_NAME, manifest(prepared, dict.fromkeys(OUTCOMES, 0), "running", 0.0,
-                                                            engine=engine))
-        table = config.predictions_path
-        stream = open_table(table) if table is not None else _on_stdout_and_kept(config.kept_table_path)
-    except OSError as exc:
-        raise UsageError(f"cannot write to output folder {config.out_dir}: {exc.strerror or exc}") from None
-    with stream as table_stream:
-        writer = PredictionsWriter(table_stream, config.table_format, config.top_k, prepared.truth is not None,
-                                   config.figures, ranked=config.target == "topk")
-        record = Record(prepared, writer, carried, stop)
-        yield record
-        record.close()
-    write_json(config.out_dir / MANIFEST_NAME, manifest(prepared, record.counts, record.status,
-                                                        time.monotonic() - started, record.tally, record.means, engine,
-                                                        record.engine_details))
 
 
 @contextlib.contextmanager

@@ -1,0 +1,271 @@
+"""The Python API for images in memory: ``Explainer`` (a model, its decisions made once and its steps
+compiled once) and ``Explanation`` (what one call found: maps, the table's rows, the pictures).
+They never print or exit; bad options and images raise ``XaiError`` subclasses with the command
+line's one-line messages."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence, Union
+
+import numpy as np
+from PIL import Image
+
+from ._errors import ImageError, UsageError
+from ._inputs.intensity import parse_intensity
+from ._inputs.raster import array_picture, open_image, picture_of
+from ._runs.config import ExplainOptions
+from ._runs.options import as_fields
+
+if TYPE_CHECKING:
+    import keras
+
+    from ._explain.explainer import BatchExplanation
+    from ._inputs.geometry import View
+    from ._runs.decisions import Prepared
+
+ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
+"""One image: a file (anything ``xai run`` reads as one image), a PIL image, or an array (H, W) or (H, W, C)."""
+
+# Options of ``explain`` that change neither the compiled steps nor the methods' settings.
+PER_CALL = ("target_class", "target", "top_k", "alpha", "colormap", "resize", "intensity", "max_size", "max_pixels")
+
+
+class Explainer:
+    """A model ready to explain images: its decisions made once, its steps compiled on first use
+    and kept for every later call.
+
+    Args:
+        model: a model file or SavedModel folder (anything ``xai run`` loads), or a ``keras.Model``
+            in memory (used as it is, never changed).
+        **options: ``xai run``'s options about explaining, in snake_case: ``methods`` ("gradcam",
+            "gradcam,saliency" or a list), ``layer``, ``layer_regex``, ``target`` ("predicted" or
+            "topk"), ``target_class`` (``--class``: an index or a label), ``top_k``, ``labels`` (a
+            file, or the class names), ``batch_size``, ``preprocess``, ``mean``, ``std``,
+            ``resize``, ``input_size`` ((height, width) or "HxW"), ``output``, ``unsafe``,
+            ``custom_objects``, ``alpha``, ``colormap``, ``max_size``, ``max_pixels``,
+            ``intensity``, and the methods' own (``smoothgrad_samples``, ``ig_steps``, ...).
+
+    Raises:
+        UsageError: an option out of range or not fitting the model, with the command line's message.
+        ModelError: the model cannot be loaded or explained.
+
+    Example:
+        >>> explainer = xaicli.Explainer("model.keras", methods="gradcam,saliency")  # doctest: +SKIP
+        >>> explanation = explainer.explain(["a.png", "b.png"])  # doctest: +SKIP
+        >>> explanation.overlay(0, "gradcam").save("a.gradcam.png")  # doctest: +SKIP
+    """
+
+    def __init__(self, model: str | os.PathLike | keras.Model, **options: Any) -> None:
+        from ._runs.decisions import prepare_model
+
+        self._options = ExplainOptions(**as_fields(options))
+        self._prepared = prepare_model(model if _is_model(model) else Path(model), self._options)
+
+    @property
+    def layer(self) -> str | None:
+        """The explained layer's path (e.g. 'base/conv5_block3_out'); None when no method needs one."""
+        return self._prepared.layer.path if self._prepared.layer else None
+
+    @property
+    def layer_reason(self) -> str:
+        """Why that layer: 'auto: ...' (``layer="auto"``'s structural choice) or 'as requested'."""
+        return self._prepared.layer_reason
+
+    @property
+    def preprocess(self) -> str:
+        """The pixel scaling applied before the model: 'none', 'unit', 'symmetric', 'torch', 'caffe' or 'custom'."""
+        return self._prepared.preprocess
+
+    @property
+    def preprocess_reason(self) -> str:
+        """Why that scaling (e.g. the model's own Rescaling layer)."""
+        return self._prepared.preprocess_reason
+
+    @property
+    def output(self) -> str:
+        """The path of the layer whose output is explained."""
+        return self._prepared.info.head_path
+
+    @property
+    def output_reason(self) -> str:
+        """Why that output (the only one, the first classifier output, or as requested)."""
+        return self._prepared.info.output_reason
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The methods every call computes, in order."""
+        return self._options.methods
+
+    @property
+    def classes(self) -> int:
+        """How many classes the explained output has."""
+        return self._prepared.info.num_classes
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The class names given with ``labels``; () without them."""
+        return self._prepared.labels
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(height, width) of the model input every image is fitted to."""
+        return self._prepared.info.input_size
+
+    def explain(self, images: ImageLike | Sequence[ImageLike], **options: Any) -> Explanation:
+        """Explain images with every method, ``batch_size`` at a time.
+
+        Args:
+            images: one image or several: file paths, PIL images, arrays (H, W) or (H, W, C)
+                each, or one array (N, H, W, C). uint8 pixels are taken as they are; deeper ones
+                (uint16, float) go through ``intensity``, as a 16-bit or float file's would.
+            **options: for this call only, any of ``target_class``, ``target``, ``top_k``,
+                ``alpha``, ``colormap``, ``resize``, ``intensity``, ``max_size``, ``max_pixels``.
+
+        Returns:
+            The maps, the table's rows and the pictures to draw them on, in the order given.
+
+        Raises:
+            UsageError: an option this call cannot change, or a bad value.
+            ImageError: an image that cannot be read, named with its position.
+        """
+        fixed = sorted(set(options) - set(PER_CALL))
+        if fixed:
+            raise UsageError(f"{fixed[0]} is settled when the Explainer is made; make another Explainer for "
+                             f"another value (each call may change {', '.join(PER_CALL)})")
+        current = replace(self._options, **as_fields(options)) if options else self._options
+        from ._runs.batch import explain_pictures
+
+        return explain_pictures(self._prepared, current, _pictures(_listed(images), current))
+
+
+def _is_model(model: object) -> bool:
+    """Whether ``model`` is a Keras model object rather than a path (without importing Keras for a path)."""
+    return not isinstance(model, (str, os.PathLike))
+
+
+@dataclass(frozen=True)
+class Picture:
+    """One image to explain: its name in the table, the RGB original and what to note of its reading."""
+
+    name: str
+    picture: Image.Image
+    note: str = ""
+
+
+def _listed(images: ImageLike | Sequence[ImageLike]) -> list[ImageLike]:
+    """The images as a list: one image, a sequence of them, or a batch array (N, H, W, C)."""
+    if isinstance(images, np.ndarray):
+        if images.ndim == 4:
+            return list(images)
+        if images.ndim == 2 or (images.ndim == 3 and images.shape[-1] in (1, 3, 4)):
+            return [images]
+        raise ImageError(f"images array of shape {images.shape}: give (H, W), (H, W, C) with C of 1, 3 or 4, "
+                         "or a batch (N, H, W, C)")
+    if isinstance(images, (str, os.PathLike, Image.Image)):
+        return [images]
+    return list(images)
+
+
+def _pictures(images: list[ImageLike], options: ExplainOptions) -> list[Picture]:
+    """Each image read as ``xai run`` reads a file: upright RGB, deep values through ``intensity``."""
+    intensity = parse_intensity(options.intensity)
+    pictures = []
+    for position, image in enumerate(images):
+        try:
+            if isinstance(image, (str, os.PathLike)):
+                pictures.append(Picture(str(image), *open_image(Path(image), options.max_pixels, intensity)))
+            elif isinstance(image, Image.Image):
+                name = getattr(image, "filename", "") or f"<image {position}>"
+                pictures.append(Picture(name, *picture_of(image, options.max_pixels, intensity)))
+            elif isinstance(image, np.ndarray):
+                pictures.append(Picture(f"<array {position}>", *array_picture(image, options.max_pixels, intensity)))
+            else:
+                raise ImageError(f"not an image: a {type(image).__name__}; give a path, a PIL image or an array")
+        except ImageError as exc:
+            raise ImageError(f"image {position} ({_shown_name(image)}): {exc}") from None
+    if not pictures:
+        raise UsageError("no images to explain")
+    return pictures
+
+
+def _shown_name(image: object) -> str:
+    return str(image) if isinstance(image, (str, os.PathLike)) else type(image).__name__
+
+
+class Explanation:
+    """What one ``Explainer.explain`` call found, in the order the images were given.
+
+    Attributes:
+        maps: method -> float32 maps in [0, 1], exactly what ``--save raw`` writes: (N, h, w), or
+            (N, K, h, w) with ``target="topk"`` (rank k at [:, k - 1]); (h, w) is the method's own
+            grid (the layer's for the CAM family, the model input's for gradient methods).
+        predictions: the rows the predictions table gets, as JSON Lines would hold them: image by
+            image, then method, then rank; ``input`` is the path, or '<array i>' / '<image i>'.
+        probabilities: (N, classes) float32, the explained output's probabilities.
+        names: each image's name, as in ``predictions``.
+    """
+
+    def __init__(self, prepared: Prepared, options: ExplainOptions, pictures: list[Picture],
+                 explained: list[BatchExplanation], predictions: list[dict[str, object]],
+                 views: list[tuple[Image.Image, View]]) -> None:
+        self._prepared = prepared
+        self._options = options
+        self._explained = explained  # one per explained class: the predicted/given one, or ranks 1..K
+        self._views = views  # each original at its output size, and the model's view of it
+        self.names = tuple(picture.name for picture in pictures)
+        self.notes = tuple(picture.note for picture in pictures)
+        self.predictions = predictions
+        self.probabilities = explained[0].probabilities
+        ranked = options.target == "topk"
+        self.maps = {method: (np.stack([e.maps[method] for e in explained], axis=1) if ranked
+                              else explained[0].maps[method]) for method in options.methods}
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def classes(self, rank: int = 1) -> np.ndarray:
+        """(N,) int: the class explained for each image (with ``target="topk"``, at ``rank``)."""
+        return self._at(rank).classes
+
+    def overlay(self, index: int, method: str, rank: int = 1) -> Image.Image:
+        """Image ``index``'s map by ``method`` over the image, at the original size (or ``max_size``):
+        pixel for pixel the overlay ``xai run`` writes."""
+        return self._drawn("overlay", index, method, rank)
+
+    def heatmap(self, index: int, method: str, rank: int = 1) -> Image.Image:
+        """The map alone, grayscale, at the original size (long side at most 1280 unless
+        ``max_size``): pixel for pixel ``--save heatmap``'s file."""
+        return self._drawn("heatmap", index, method, rank)
+
+    def panel(self, index: int, method: str, rank: int = 1) -> Image.Image:
+        """Image | heatmap | overlay with the caption below: pixel for pixel ``--save panel``'s file."""
+        return self._drawn("panel", index, method, rank)
+
+    def _drawn(self, kind: str, index: int, method: str, rank: int) -> Image.Image:
+        from ._outputs.render import draw_kind
+        from ._runs.rows import caption
+
+        if method not in self.maps:
+            raise UsageError(f"method {method!r} was not computed; this explanation has {', '.join(self.maps)}")
+        if not 0 <= index < len(self):
+            raise IndexError(f"image {index} of {len(self)}")
+        explained = self._at(rank)
+        image, view = self._views[index]
+        options = self._options
+        text = f"{caption(self._prepared, explained, index)} | {method}"
+        drawing = draw_kind(kind, image, view, explained.maps[method][index], options.alpha, self._lut(), text,
+                            options.max_size)
+        return Image.fromarray(drawing.pixels())
+
+    def _at(self, rank: int) -> BatchExplanation:
+        if not 1 <= rank <= len(self._explained):
+            raise UsageError(f"rank {rank}: this explanation has ranks 1..{len(self._explained)}")
+        return self._explained[rank - 1]
+
+    def _lut(self) -> np.ndarray:
+        from ._outputs.render import COLORMAPS
+
+        return COLORMAPS[self._options.colormap]()

@@ -1,0 +1,192 @@
+"""``xaicli.run``: the whole ``xai run`` (the lock, earlier outputs, the decisions, the engine, the
+record, the gates, the page and the summary) as a function that returns what happened instead of
+printing it. The command line is a shell around it."""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+
+from .._budget import return_large_blocks_to_the_system
+from .._engines import Watch, check_engine
+from .._errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_REQUIREMENT_UNMET, EXIT_SOME_FAILED, UsageError
+from .._evaluation.faithfulness import failed_requirements, parse_requirements
+from .._inputs.discover import IMAGE_SUFFIXES, InputImage, discover
+from .._models.files import check_model_path
+from .._outputs.report import write_report, write_summary
+from .config import RunConfig
+from .lock import output_lock
+from .options import as_fields, existing_mode
+
+if TYPE_CHECKING:
+    from .decisions import Prepared
+    from .record import Record
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a run did, from its record in memory (``run.json`` says the same).
+
+    Attributes:
+        out_dir: the output folder.
+        status: 'complete', or 'stopped by REASON' (a signal's name, 'the first failure (--fail-fast)').
+        images: images found (a volume's slices each count).
+        counts: images by outcome: explained, failed, skipped (outputs already there), resumed
+            (finished by the interrupted run ``resume`` continued).
+        seconds: from the first batch to the last.
+        first_failure: 'name: reason' of the first image that failed, '' when none did.
+        accuracy: with ``true_labels``: images, correct, accuracy, classes, confusion; else None.
+        metrics: method -> figure -> mean over the images (``metrics``, ``truth_masks``/``truth_boxes``).
+        unmet: the ``require`` gates not met, one line each.
+        table: where the predictions table went; None for standard output.
+        report: the page written (``report``), or None.
+        summary: the Markdown summary written (``summary``), or None.
+        engine: 'local' or 'ray'; ``engine_details``: what the engine reports of itself (Ray's pool).
+    """
+
+    out_dir: Path
+    status: str
+    images: int
+    counts: dict[str, int]
+    seconds: float
+    first_failure: str = ""
+    accuracy: dict[str, Any] | None = None
+    metrics: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    unmet: tuple[str, ...] = ()
+    table: Path | None = None
+    report: Path | None = None
+    summary: Path | None = None
+    engine: str = "local"
+    engine_details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def done(self) -> int:
+        """Images with an outcome (the others were not reached: a stopped run)."""
+        return sum(self.counts.values())
+
+    @property
+    def exit_status(self) -> int:
+        """What ``xai run`` exits with: 128 + the signal that stopped the run, 3 for a gate not met,
+        1 when an image failed, else 0."""
+        reason = self.status.removeprefix("stopped by ").split(" ", 1)[0]
+        if self.status != "complete" and reason.startswith("SIG") and reason in signal.Signals.__members__:
+            return 128 + signal.Signals[reason].value
+        if self.status != "complete" and self.status != "stopped by the first failure (--fail-fast)":
+            return EXIT_INTERRUPTED
+        if self.unmet:
+            return EXIT_REQUIREMENT_UNMET
+        return EXIT_SOME_FAILED if self.counts.get("failed") else EXIT_OK
+
+
+def run(model: str | os.PathLike, inputs: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.PathLike,
+        *, watch: Watch | None = None, stop: Callable[[], str | None] | None = None, **options: Any) -> RunSummary:
+    """Explain every image in ``inputs`` with ``model`` and write the run to ``out``, as ``xai run``.
+
+    Args:
+        model: a model file or SavedModel folder.
+        inputs: image files and folders (searched recursively, in sorted order).
+        out: the output folder: overlays mirroring the inputs, the predictions table, ``run.json``
+            and the page.
+        watch: told of the run's progress and notes (the command line's progress bar is one).
+        stop: asked before each batch; a reason it gives (e.g. 'SIGINT') stops the run after the
+            batches under way, as a signal does ``xai run``; continue with ``resume=True``.
+        **options: ``xai run``'s options in snake_case (``methods``, ``layer``, ``batch_size``,
+            ``save``, ``metrics``, ``require``, ``engine``, ...); for outputs already in ``out``,
+            ``overwrite=True``, ``skip_existing=True`` or ``resume=True``.
+
+    Returns:
+        The counts, figures, gates and files of the run; ``exit_status`` is what ``xai run`` exits with.
+
+    Raises:
+        UsageError: a bad option, no images, outputs in the way, or ``out`` in use by another run.
+        ModelError: the model cannot be loaded or explained.
+    """
+    options = dict(options)
+    existing = existing_mode(options) if not options.get("existing") else options.pop("existing")
+    paths = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    config = RunConfig(**as_fields({**options, "model": model}, RunConfig), inputs=tuple(Path(p) for p in paths),
+                       out_dir=Path(out), existing=existing)
+    return run_config(config, watch or Watch(), stop or (lambda: None))
+
+
+def run_config(config: RunConfig, watch: Watch, stop: Callable[[], str | None]) -> RunSummary:
+    """``run`` of a checked configuration."""
+    with output_lock(config.out_dir, watch.note):
+        return _locked_run(config, watch, stop)
+
+
+def _locked_run(config: RunConfig, watch: Watch, stop: Callable[[], str | None]) -> RunSummary:
+    check_model_path(config.model)
+    check_engine(config)
+    total = sum(1 for _ in _images(config))
+    if not total:
+        raise UsageError(f"no images found in {', '.join(map(str, config.inputs))} "
+                         f"(looked for {' '.join(sorted(IMAGE_SUFFIXES))})")
+    watch.loading(config.model)
+    from .._engines import run as run_engine
+    from .decisions import prepare
+    from .record import Record
+    from .resume import check_existing
+
+    check_existing(config, _images(config))
+    prepared = prepare(config)
+    watch.note(f"{total} images; {_choices(prepared)}")
+    _pillow_pixel_limit(config.max_pixels)
+    return_large_blocks_to_the_system()
+    record = Record(prepared, stop)
+    watch.begin(total)
+    total, first_failure = _counted(run_engine(prepared, _images(config), record, watch), total)
+    watch.end()
+    return _summary(config, record, total, first_failure, watch)
+
+
+def _images(config: RunConfig) -> Iterator[InputImage]:
+    """The inputs' images, streamed: each call walks the folders anew."""
+    return discover(config.inputs, exclude=[config.out_dir], dicom=config.dicom)
+
+
+def _choices(prepared: Prepared) -> str:
+    """'layer conv5 (Conv2D; auto: ...); preprocess unit (...)': the run's decisions, in one line."""
+    layer = prepared.layer
+    target = f"layer {layer.path} ({layer.type_name}; {prepared.layer_reason})" if layer else "input gradients"
+    info = prepared.info
+    explained = f"; output {info.head_path} ({info.output_reason})" if len(info.outputs) > 1 else ""
+    return f"{target}{explained}; preprocess {prepared.preprocess} ({prepared.preprocess_reason})"
+
+
+def _counted(results: Iterator, total: int) -> tuple[int, str]:
+    """Drive the engine to the end: the images found (a volume's slices count once it is read) and
+    the first failure ('name: reason')."""
+    first_failure = ""
+    for result in results:
+        part = result.item.part
+        if part and part.position == 0 and part.count > 1:
+            total += part.count - 1
+        if result.outcome == "failed" and not first_failure:
+            first_failure = f"{result.item.name}: {next(r.error for r in result.rows if r.error)}"
+    return total, first_failure
+
+
+def _summary(config: RunConfig, record: Record, total: int, first_failure: str, watch: Watch) -> RunSummary:
+    """The run's summary from its record; the gates checked, the page and the Markdown summary written."""
+    metrics = record.means.as_dict(config.methods, config.figures) if config.figures else {}
+    accuracy = record.tally.as_dict() if config.true_labels else None
+    unmet = tuple(failed_requirements(parse_requirements(config.require), metrics, (accuracy or {}).get("accuracy"))
+                  if config.require else ())
+    report = write_report(config.out_dir) if config.report else None
+    summary = write_summary(config.out_dir, config.summary) if config.summary is not None else None
+    return RunSummary(out_dir=config.out_dir, status=record.status, images=total, counts=dict(record.counts),
+                      seconds=record.seconds, first_failure=first_failure, accuracy=accuracy, metrics=metrics,
+                      unmet=unmet, table=config.predictions_path, report=report, summary=summary,
+                      engine=record.engine, engine_details=dict(record.engine_details))
+
+
+def _pillow_pixel_limit(max_pixels: int) -> None:
+    """Pillow refuses images over twice its own limit before ours is checked; ``max_pixels`` is
+    the user's decision, so Pillow's guard follows it."""
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = max_pixels
