@@ -237,14 +237,13 @@ def _time_inference(model, batches: list[np.ndarray]) -> dict:
 def _time_step(args: argparse.Namespace, batches: list[np.ndarray], method: str) -> dict:
     """xaicli's compiled explanation step alone: no decoding, rendering or writing."""
     from xaicli._runs.config import RunConfig
-    from xaicli._explain.explainer import TOP_CLASS
+    from xaicli._explain.targets import BEST
     from xaicli._runs.decisions import prepare
 
     config = RunConfig(model=args.model_path, inputs=(args.image_dir,), out_dir=args.workdir / "unused",
                        methods=(method,), batch_size=args.batch_size, preprocess="symmetric")
     explainer = prepare(config).explainer
-    wanted = np.full(args.batch_size, TOP_CLASS)
-    return _timed_batches(lambda batch: explainer.explain(batch, wanted), batches)
+    return _timed_batches(lambda batch: explainer.explain(batch, BEST), batches)
 
 
 def _time_recipe(model, batches: list[np.ndarray]) -> dict:

@@ -15,6 +15,17 @@ REPO = Path(__file__).resolve().parent.parent
 SIZE = 16  # tiny models take 16x16 RGB inputs
 
 
+def xai(*args, **invoke):
+    """``xai ARGS`` run in this process by click's runner (``invoke``: its options, e.g. ``input``):
+    the result has ``exit_code``, ``output`` and ``stderr``. Every command goes through the API, so
+    a test of the command tests it too."""
+    from click.testing import CliRunner
+
+    from xaicli.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args], **invoke)
+
+
 def _variant_builders():
     """Models that compute the same function with the same weights, in every shape users have."""
     import keras

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 import xaicli
+from PIL import Image
 from xaicli._outputs.writers import encode_image
 
 from .conftest import SIZE

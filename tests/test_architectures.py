@@ -11,9 +11,8 @@ from typing import Callable
 
 import numpy as np
 import pytest
-
+from xaicli._explain.targets import BEST
 from xaicli._runs.config import RunConfig
-from xaicli._explain.explainer import TOP_CLASS
 from xaicli._runs.decisions import prepare
 
 pytestmark = pytest.mark.architectures
@@ -140,5 +139,5 @@ def test_auto_layer_preprocessing_and_gradcam(family, flat):
     assert run.layer_reason.startswith("auto: ")
     assert run.preprocess == spec.preprocess, run.preprocess_reason
     images = np.random.default_rng(1).uniform(-1, 1, size=(2, spec.size, spec.size, 3)).astype(np.float32)
-    maps = run.explainer.explain(images, np.full(2, TOP_CLASS)).maps["gradcam"]
+    maps = run.explainer.explain(images, BEST).maps["gradcam"]
     np.testing.assert_allclose(maps, built.reference(images), atol=2e-3)

@@ -4,10 +4,9 @@ import csv
 
 import numpy as np
 import pytest
-
-from xaicli._runs.config import RunConfig
 from xaicli._errors import UsageError
-from xaicli._explain.explainer import TOP_CLASS
+from xaicli._explain.targets import BEST, GivenClass
+from xaicli._runs.config import RunConfig
 from xaicli._runs.decisions import prepare
 
 from .conftest import build_vit
@@ -18,7 +17,7 @@ IMAGES = np.random.default_rng(31).uniform(0, 1, size=(4, 12, 16, 3)).astype(np.
 def _run(path, method="attention", **options):
     run = prepare(RunConfig(model=path, inputs=(path,), out_dir=path.parent / "out", methods=(method,),
                             preprocess="none", **options))
-    return run, run.explainer.explain(IMAGES, np.full(len(IMAGES), TOP_CLASS))
+    return run, run.explainer.explain(IMAGES, BEST)
 
 
 def eager_forward(model, images, class_token=True, blocks=2, tensors=False):
@@ -106,7 +105,7 @@ def test_gradient_rollout_depends_on_the_class_and_plain_rollout_does_not(tmp_pa
     build_vit(seed=6).save(tmp_path / "vit.keras")
     run = prepare(RunConfig(model=tmp_path / "vit.keras", inputs=(tmp_path,), out_dir=tmp_path / "out",
                             methods=("attention", "grad-rollout"), preprocess="none"))
-    by_class = [run.explainer.explain(IMAGES, np.full(len(IMAGES), c)).maps for c in (0, 1)]
+    by_class = [run.explainer.explain(IMAGES, GivenClass(c)).maps for c in (0, 1)]
     np.testing.assert_array_equal(by_class[0]["attention"], by_class[1]["attention"])
     assert not np.allclose(by_class[0]["grad-rollout"], by_class[1]["grad-rollout"], atol=1e-3)
 
@@ -138,7 +137,7 @@ def test_rigged_attention_peaks_at_each_images_own_patch(tmp_path):
     images[0, 8:12, 4:8] = 1.0  # grid cell (row 2, column 1): tests rows vs columns on a 3x4 grid
     images[1, 0:4, 12:16] = 1.0  # grid cell (row 0, column 3)
     run = prepare(RunConfig(model=path, inputs=(path,), out_dir=tmp_path / "o", methods=("attention",), preprocess="none"))
-    maps = run.explainer.explain(images, np.full(2, TOP_CLASS)).maps["attention"]
+    maps = run.explainer.explain(images, BEST).maps["attention"]
     assert maps.shape == (2, 3, 4)
     assert np.unravel_index(np.argmax(maps[0]), (3, 4)) == (2, 1)
     assert np.unravel_index(np.argmax(maps[1]), (3, 4)) == (0, 3)

@@ -1,14 +1,13 @@
-"""explainers/cam.py: Grad-CAM against hand-computed weights and an independent numpy computation."""
+"""_explain/methods/cam.py: Grad-CAM against hand-computed weights and an independent numpy computation."""
 
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-from xaicli._runs.config import RunConfig
+from xaicli._explain.targets import BEST, GivenClass
+from xaicli._explain.methods.cam import eigencam, gradcam, gradcam_plus_plus
 from xaicli._explain.registry import REGISTRY
-from xaicli._explain.cam import eigencam, gradcam, gradcam_plus_plus
-from xaicli._explain.explainer import TOP_CLASS
+from xaicli._runs.config import RunConfig
 from xaicli._runs.decisions import prepare
 
 from .numpy_reference import Reference, cam_maps, forward_and_gradients, scorecam_maps
@@ -59,7 +58,7 @@ def test_gradcam_hand_computed_map_peaks_on_the_bright_pixel(gap_model):
     image = np.arange(16, dtype=np.float32).reshape(1, 4, 4, 1) / 4
     image[0, 2, 1, 0] = 20.0  # the "object"
     run = _explainer(gap_model)
-    result = run.explainer.explain(image, np.array([0]))
+    result = run.explainer.explain(image, GivenClass(0))
     expected = (image[0, :, :, 0] - image.min()) / (image.max() - image.min())  # x/32, min-max
     np.testing.assert_allclose(result.maps["gradcam"][0], expected, atol=1e-6)
     assert np.unravel_index(np.argmax(result.maps["gradcam"][0]), (4, 4)) == (2, 1)
@@ -67,7 +66,7 @@ def test_gradcam_hand_computed_map_peaks_on_the_bright_pixel(gap_model):
 
 def test_map_without_positive_evidence_is_zeros_not_nan(gap_model):
     image = np.arange(1, 17, dtype=np.float32).reshape(1, 4, 4, 1)
-    result = _explainer(gap_model).explainer.explain(image, np.array([1]))
+    result = _explainer(gap_model).explainer.explain(image, GivenClass(1))
     assert result.classes[0] == 1
     np.testing.assert_array_equal(result.maps["gradcam"][0], np.zeros((4, 4)))
 
@@ -121,7 +120,7 @@ def test_every_cam_method_matches_its_numpy_formula(reference_model, requested):
         assert _signed_somewhere(np.einsum("nijk,nk->nij", activations, gradients.mean(axis=(1, 2))))
     run = _explainer(path, methods=tuple(CAM_METHODS))
     assert run.layer.path == layer
-    result = run.explainer.explain(images, np.full(6, TOP_CLASS if requested is None else requested))
+    result = run.explainer.explain(images, BEST if requested is None else GivenClass(requested))
     np.testing.assert_array_equal(result.classes, classes)
     for method in CAM_METHODS:
         expected = cam_maps(method, activations, gradients)
@@ -133,7 +132,7 @@ def test_scorecam_matches_numpy(reference_model, max_channels):
     path, reference, _ = reference_model
     images = np.random.default_rng(6).normal(size=(3, 8, 8, 3)).astype(np.float32)
     run = _explainer(path, methods=("scorecam",), batch_size=2, scorecam_max_channels=max_channels)
-    results = [run.explainer.explain(images[s], np.full(len(images[s]), TOP_CLASS)) for s in (slice(0, 2), slice(2, 3))]
+    results = [run.explainer.explain(images[s], BEST) for s in (slice(0, 2), slice(2, 3))]
     classes = np.concatenate([r.classes for r in results])
     maps = np.concatenate([r.maps["scorecam"] for r in results])
     np.testing.assert_allclose(maps, scorecam_maps(images, reference, classes, max_channels), atol=1e-4)
@@ -181,7 +180,7 @@ def test_gradcam_plus_plus_weights_by_hand():
 def test_gradcam_plus_plus_does_not_overflow_for_large_logits(gap_model):
     image = np.full((1, 4, 4, 1), 500.0, np.float32)  # logits far above float32's exp range (~88)
     image[0, 0, 3, 0] = 900.0
-    result = _explainer(gap_model, methods=("gradcam++",)).explainer.explain(image, np.array([0]))
+    result = _explainer(gap_model, methods=("gradcam++",)).explainer.explain(image, GivenClass(0))
     assert np.all(np.isfinite(result.maps["gradcam++"]))
     assert np.unravel_index(np.argmax(result.maps["gradcam++"][0]), (4, 4)) == (0, 3)
 
@@ -202,7 +201,7 @@ def test_mixed_precision_model_gives_the_float32_map(tmp_path):
     full.save(tmp_path / "full.keras")
     half.save(tmp_path / "half.keras")
     images = np.random.default_rng(2).uniform(size=(3, 8, 8, 3)).astype(np.float32)
-    maps = [_explainer(tmp_path / name).explainer.explain(images, np.full(3, 0)).maps["gradcam"]
+    maps = [_explainer(tmp_path / name).explainer.explain(images, GivenClass(0)).maps["gradcam"]
             for name in ("full.keras", "half.keras")]
     assert maps[1].max() == 1.0
     np.testing.assert_allclose(maps[1], maps[0], atol=2e-2)
@@ -220,4 +219,4 @@ def test_layer_that_does_not_feed_the_explained_output_is_an_error(tmp_path):
     keras.Model(inputs, [main, side]).save(tmp_path / "two_heads.keras")
     run = _explainer(tmp_path / "two_heads.keras", layer="conv_side")
     with pytest.raises(LayerError, match="'conv_side' does not feed the model's output"):
-        run.explainer.explain(np.zeros((1, 8, 8, 3), np.float32), np.array([TOP_CLASS]))
+        run.explainer.explain(np.zeros((1, 8, 8, 3), np.float32), BEST)

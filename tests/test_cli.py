@@ -9,20 +9,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
-
-from xaicli.cli import main
+from click.testing import CliRunner
 from xaicli._outputs.table import COLUMNS
+from xaicli.cli import main
 
+from .conftest import xai
 from .test_report import _page_data
 
 EXPECTED_COLUMNS = ["input", "status", "error", "note", "pred_index", "pred_label", "pred_prob", "class_index",
                     "class_label", "class_prob", "class_score", "method", "layer", "output"]
-
-
-def _xai(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def _rows(out: Path) -> list[dict]:
@@ -34,7 +30,7 @@ def test_run_writes_overlays_at_original_size_and_a_csv_row_per_image(tiny_model
     labels = tmp_path / "labels.txt"
     labels.write_text("red\ngreen\nblue\n")
     out = tmp_path / "out"
-    result = _xai("run", tiny_model, image_folder, "-o", out, "--labels", labels, "--batch-size", 2)
+    result = xai("run", tiny_model, image_folder, "-o", out, "--labels", labels, "--batch-size", 2)
     assert result.exit_code == 1, result.output  # broken.jpg failed, the rest explained
     assert list(COLUMNS) == EXPECTED_COLUMNS
     rows = _rows(out)
@@ -60,7 +56,7 @@ def test_all_good_images_exit_zero_and_runs_are_byte_identical(tiny_model, image
     (image_folder / "broken.jpg").unlink()
     outputs = []
     for name in ("first", "second"):
-        result = _xai("run", tiny_model, image_folder, "-o", tmp_path / name, "-q")
+        result = xai("run", tiny_model, image_folder, "-o", tmp_path / name, "-q")
         assert result.exit_code == 0, result.output
         assert result.stderr == ""
         outputs.append({p.relative_to(tmp_path / name): p.read_bytes()
@@ -77,7 +73,7 @@ def test_all_good_images_exit_zero_and_runs_are_byte_identical(tiny_model, image
 
 
 def test_class_option_explains_the_requested_class(tiny_model, image_folder, tmp_path):
-    result = _xai("run", tiny_model, image_folder / "a.png", "-o", tmp_path / "out", "--class", "2", "-q")
+    result = xai("run", tiny_model, image_folder / "a.png", "-o", tmp_path / "out", "--class", "2", "-q")
     assert result.exit_code == 0, result.output
     (row,) = _rows(tmp_path / "out")
     assert row["class_index"] == "2"
@@ -85,7 +81,7 @@ def test_class_option_explains_the_requested_class(tiny_model, image_folder, tmp
 
 def test_several_methods_give_one_overlay_and_one_row_each(tiny_model, image_folder, tmp_path):
     out = tmp_path / "out"
-    result = _xai("run", tiny_model, image_folder / "a.png", "-o", out, "--method", "layercam,saliency,gradcam", "-q")
+    result = xai("run", tiny_model, image_folder / "a.png", "-o", out, "--method", "layercam,saliency,gradcam", "-q")
     assert result.exit_code == 0, result.output
     rows = _rows(out)
     assert [r["method"] for r in rows] == ["layercam", "saliency", "gradcam"]  # as asked, across families
@@ -105,7 +101,7 @@ def test_usage_and_model_errors_are_one_line_with_exit_2(tiny_model, image_folde
     (tmp_path / "empty").mkdir()
     names = {"MODEL": tiny_model, "MISSING": tmp_path / "missing.keras",
              "IMAGES": image_folder, "EMPTY": tmp_path / "empty"}
-    result = _xai("run", *[names.get(a, a) for a in args], "-o", tmp_path / "out")
+    result = xai("run", *[names.get(a, a) for a in args], "-o", tmp_path / "out")
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("xai: error: ") and message in lines[0]
@@ -114,23 +110,23 @@ def test_usage_and_model_errors_are_one_line_with_exit_2(tiny_model, image_folde
 
 @pytest.mark.parametrize("option,value", [("--preprocess", "weird"), ("--input-size", "big")])
 def test_bad_option_value_is_a_click_usage_error(tiny_model, image_folder, tmp_path, option, value):
-    result = _xai("run", tiny_model, image_folder, "-o", tmp_path / "out", option, value)
+    result = xai("run", tiny_model, image_folder, "-o", tmp_path / "out", option, value)
     assert result.exit_code == 2 and f"Invalid value for '{option}'" in result.stderr
 
 
 def test_layers_command_marks_the_auto_choice(variant_models):
-    result = _xai("layers", variant_models["nested.keras"])
+    result = xai("layers", variant_models["nested.keras"])
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert any(l.startswith("*") and "base/conv_b" in l and "Conv2D" in l and "(None, 12, 12, 6)" in l
                for l in lines)
     assert any("base/conv_a" in l and not l.startswith("*") for l in lines)
-    everything = _xai("layers", variant_models["nested.keras"], "--all").stdout
+    everything = xai("layers", variant_models["nested.keras"], "--all").stdout
     assert "gap" in everything and "GlobalAveragePooling2D" in everything
 
 
 def test_methods_lists_the_registry():
-    result = _xai("methods")
+    result = xai("methods")
     assert result.exit_code == 0 and "gradcam" in result.stdout and "Selvaraju" in result.stdout
 
 
@@ -180,21 +176,21 @@ def test_gradient_methods_need_no_convolutional_layer(image_folder, tmp_path):
     inputs = keras.Input((12, 12, 3))
     keras.Model(inputs, layers.Dense(2)(layers.Flatten()(inputs))).save(tmp_path / "mlp.keras")
     out = tmp_path / "out"
-    result = _xai("run", tmp_path / "mlp.keras", image_folder / "a.png", "-o", out,
+    result = xai("run", tmp_path / "mlp.keras", image_folder / "a.png", "-o", out,
                   "--method", "saliency,integrated-gradients", "--ig-steps", 4)
     assert result.exit_code == 0, result.output
     rows = _rows(out)
     assert [(r["method"], r["layer"]) for r in rows] == [("saliency", "input"), ("integrated-gradients", "input")]
     assert Image.open(rows[0]["output"]).size == (40, 30)  # full-resolution map on the original
     assert "input gradients" in result.stderr
-    cam = _xai("run", tmp_path / "mlp.keras", image_folder / "a.png", "-o", tmp_path / "cam", "--method", "gradcam")
+    cam = xai("run", tmp_path / "mlp.keras", image_folder / "a.png", "-o", tmp_path / "cam", "--method", "gradcam")
     assert cam.exit_code == 2 and "no layer of this model outputs a feature map" in cam.stderr
 
 
 def test_config_file_fills_options_and_the_command_line_wins(tiny_model, image_folder, tmp_path):
     config = tmp_path / "run.toml"
     config.write_text(f'out = "{tmp_path / "from_config"}"\nmethod = ["gradcam", "saliency"]\nclass = 1\nbatch_size = 2\n')
-    result = _xai("run", tiny_model, image_folder / "a.png", "-c", config, "--class", "2", "-q")
+    result = xai("run", tiny_model, image_folder / "a.png", "-c", config, "--class", "2", "-q")
     assert result.exit_code == 0, result.output
     rows = _rows(tmp_path / "from_config")
     assert [r["method"] for r in rows] == ["gradcam", "saliency"]  # from the file
@@ -211,14 +207,14 @@ def test_config_file_fills_options_and_the_command_line_wins(tiny_model, image_f
 def test_config_file_errors_name_the_key_and_the_file(tiny_model, image_folder, tmp_path, content, message):
     config = tmp_path / "bad.toml"
     config.write_text(content)
-    result = _xai("run", tiny_model, image_folder, "-c", config, "-o", tmp_path / "out")
+    result = xai("run", tiny_model, image_folder, "-c", config, "-o", tmp_path / "out")
     assert result.exit_code == 2
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(f"xai: error: config file {config}") and message in line
 
 
 def test_missing_output_folder_is_a_usage_error(tiny_model, image_folder):
-    result = _xai("run", tiny_model, image_folder)
+    result = xai("run", tiny_model, image_folder)
     assert result.exit_code == 2 and "no output folder: give -o/--out" in result.stderr
 
 
@@ -227,7 +223,7 @@ def test_shipped_configs_run(tiny_model, image_folder, tmp_path, name):
     from .conftest import REPO
 
     (image_folder / "broken.jpg").unlink()
-    result = _xai("run", tiny_model, image_folder / "a.png", "-c", REPO / "configs" / name, "-o", tmp_path / "out",
+    result = xai("run", tiny_model, image_folder / "a.png", "-c", REPO / "configs" / name, "-o", tmp_path / "out",
                   "--ig-steps", 2, "--smoothgrad-samples", 2, "-q")
     assert result.exit_code == 0, result.output
 
@@ -242,7 +238,7 @@ def test_run_manifest_records_versions_model_hash_choices_options_and_counts(tin
     from xaicli import __version__
 
     out = tmp_path / "out"
-    result = _xai("run", tiny_model, image_folder, "-o", out, "--batch-size", 3, "--method", "gradcam,saliency", "-q")
+    result = xai("run", tiny_model, image_folder, "-o", out, "--batch-size", 3, "--method", "gradcam,saliency", "-q")
     assert result.exit_code == 1
     manifest = json.loads((out / "run.json").read_text())
     volatile = manifest.pop("seconds")
@@ -285,7 +281,7 @@ def test_jsonl_table_has_the_columns_in_order_and_stable_numbers(tiny_model, ima
     import json
 
     out = tmp_path / "out"
-    result = _xai("run", tiny_model, image_folder, "-o", out, "--format", "jsonl", "-q")
+    result = xai("run", tiny_model, image_folder, "-o", out, "--format", "jsonl", "-q")
     assert result.exit_code == 1
     records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert [list(r) for r in records] == [EXPECTED_COLUMNS] * 4
@@ -298,7 +294,7 @@ def test_jsonl_table_has_the_columns_in_order_and_stable_numbers(tiny_model, ima
 
 def test_save_writes_every_kind_and_the_csv_points_at_the_first(tiny_model, image_folder, tmp_path):
     out = tmp_path / "out"
-    result = _xai("run", tiny_model, image_folder / "a.png", "-o", out, "--save", "panel,overlay,heatmap,raw",
+    result = xai("run", tiny_model, image_folder / "a.png", "-o", out, "--save", "panel,overlay,heatmap,raw",
                   "--labels", _labels(tmp_path), "--colormap", "viridis", "-q")
     assert result.exit_code == 0, result.output
     (row,) = _rows(out)
@@ -313,7 +309,7 @@ def test_save_writes_every_kind_and_the_csv_points_at_the_first(tiny_model, imag
 
 
 def test_unknown_save_kind_is_a_usage_error(tiny_model, image_folder, tmp_path):
-    result = _xai("run", tiny_model, image_folder, "-o", tmp_path / "out", "--save", "overlay,movie")
+    result = xai("run", tiny_model, image_folder, "-o", tmp_path / "out", "--save", "overlay,movie")
     assert result.exit_code == 2 and "--save overlay,movie: choose from overlay, heatmap, raw, panel" in result.stderr
 
 
@@ -328,15 +324,15 @@ def test_existing_outputs_are_refused_replaced_or_kept(tiny_model, image_folder,
 
     (image_folder / "broken.jpg").unlink()
     out = tmp_path / "out"
-    assert _xai("run", tiny_model, image_folder, "-o", out, "-q").exit_code == 0
+    assert xai("run", tiny_model, image_folder, "-o", out, "-q").exit_code == 0
     overlay = out / "a.png.gradcam.png"
-    refused = _xai("run", tiny_model, image_folder, "-o", out, "-q")
+    refused = xai("run", tiny_model, image_folder, "-o", out, "-q")
     assert refused.exit_code == 2
     assert "exists and 4 more outputs; pass --overwrite to replace them or --skip-existing" in refused.stderr
 
     overlay.write_bytes(b"marker")  # an output an earlier run left
     (out / "sub" / "b.JPG.gradcam.png").unlink()  # and one that is missing
-    kept = _xai("run", tiny_model, image_folder, "-o", out, "--skip-existing")
+    kept = xai("run", tiny_model, image_folder, "-o", out, "--skip-existing")
     assert kept.exit_code == 0, kept.output
     assert "1 of 3 images explained, 2 skipped (outputs already there), 0 failed" in kept.stderr
     assert overlay.read_bytes() == b"marker" and (out / "sub" / "b.JPG.gradcam.png").exists()
@@ -344,15 +340,15 @@ def test_existing_outputs_are_refused_replaced_or_kept(tiny_model, image_folder,
     assert statuses["a.png"] == ("skipped", str(overlay)) and statuses["b.JPG"][0] == "ok"
     assert json.loads((out / "run.json").read_text())["counts"] == {"images": 3, "explained": 1, "failed": 0, "skipped": 2, "resumed": 0}
 
-    replaced = _xai("run", tiny_model, image_folder, "-o", out, "--overwrite", "-q")
+    replaced = xai("run", tiny_model, image_folder, "-o", out, "--overwrite", "-q")
     assert replaced.exit_code == 0 and overlay.read_bytes().startswith(b"\x89PNG")
-    both = _xai("run", tiny_model, image_folder, "-o", out, "--overwrite", "--skip-existing")
+    both = xai("run", tiny_model, image_folder, "-o", out, "--overwrite", "--skip-existing")
     assert both.exit_code == 2 and "contradict" in both.stderr
 
 
 def test_target_topk_explains_each_ranked_class_like_an_explicit_class(tiny_model, image_folder, tmp_path):
     out = tmp_path / "out"
-    result = _xai("run", tiny_model, image_folder, "-o", out, "--top-k", 3, "--target", "topk", "--save", "raw",
+    result = xai("run", tiny_model, image_folder, "-o", out, "--top-k", 3, "--target", "topk", "--save", "raw",
                   "--labels", _labels(tmp_path), "-q")
     assert result.exit_code == 1, result.output
     rows = _rows(out)
@@ -375,21 +371,20 @@ def test_target_topk_explains_each_ranked_class_like_an_explicit_class(tiny_mode
     # the rank-3 map is the map of that class asked for by --class
     third = ranked[2]["class_index"]
     single = tmp_path / "single"
-    assert _xai("run", tiny_model, image_folder / "a.png", "-o", single, "--class", third, "--save", "raw",
+    assert xai("run", tiny_model, image_folder / "a.png", "-o", single, "--class", third, "--save", "raw",
                 "-q").exit_code == 0
     np.testing.assert_allclose(np.load(out / "a.png.gradcam.top3.npy"), np.load(single / "a.png.gradcam.npy"), atol=1e-6)
 
 
-def test_topk_names_sort_by_rank_past_nine_classes(tmp_path):
-    from xaicli._runs.config import RunConfig
+def test_topk_names_sort_by_rank_past_nine_classes():
+    from xaicli._explain.targets import BEST, GivenClass, targets_of
 
-    config = RunConfig(model=tmp_path / "m.keras", inputs=(tmp_path,), out_dir=tmp_path / "out", top_k=14,
-                       target="topk")
-    assert config.target_tags[:2] == ("top01", "top02") and config.target_tags[-1] == "top14"
-    assert sorted(config.target_tags) == list(config.target_tags)
-    assert [config.tag_rank(tag) for tag in config.target_tags] == list(range(1, 15))
-    assert RunConfig(model=tmp_path / "m.keras", inputs=(tmp_path,), out_dir=tmp_path / "out", top_k=3,
-                     target="topk").target_tags == ("top1", "top2", "top3")
+    tags = [target.tag for target in targets_of("topk", 14, None)]
+    assert tags[:2] == ["top01", "top02"] and tags[-1] == "top14" and sorted(tags) == tags
+    assert [target.rank for target in targets_of("topk", 14, None)] == list(range(1, 15))
+    assert [target.tag for target in targets_of("topk", 3, None)] == ["top1", "top2", "top3"]
+    assert targets_of("predicted", 0, None) == (BEST,) and targets_of("predicted", 5, 2) == (GivenClass(2),)
+    assert BEST.tag == GivenClass(2).tag == "" and BEST.rank is None
 
 
 @pytest.mark.parametrize("args, message", [
@@ -399,13 +394,13 @@ def test_topk_names_sort_by_rank_past_nine_classes(tmp_path):
     (["--top-k", "-1"], "--top-k must be 0 or more"),
 ])
 def test_top_k_errors(tiny_model, image_folder, tmp_path, args, message):
-    result = _xai("run", tiny_model, image_folder, "-o", tmp_path / "out", *args)
+    result = xai("run", tiny_model, image_folder, "-o", tmp_path / "out", *args)
     assert result.exit_code == 2 and message in result.stderr, result.output
 
 
 def test_crop_overlay_covers_the_original_and_leaves_unseen_sides_untouched(tiny_model, image_folder, tmp_path):
     out = tmp_path / "out"
-    result = _xai("run", tiny_model, image_folder / "a.png", "-o", out, "--resize", "crop", "--alpha", 1.0, "-q")
+    result = xai("run", tiny_model, image_folder / "a.png", "-o", out, "--resize", "crop", "--alpha", 1.0, "-q")
     assert result.exit_code == 0, result.output
     source = np.asarray(Image.open(image_folder / "a.png").convert("RGB"))  # 30 x 40; the model saw columns 5..35
     overlay = np.asarray(Image.open(out / "a.png.gradcam.png"))
@@ -433,7 +428,7 @@ def test_image_format_and_max_size_name_size_and_record_the_outputs(tiny_model, 
     from PIL import Image
 
     out = tmp_path / "out"
-    result = _xai("run", tiny_model, image_folder, "-o", out, "--image-format", "jpeg", "--max-size", 24,
+    result = xai("run", tiny_model, image_folder, "-o", out, "--image-format", "jpeg", "--max-size", 24,
                   "--save", "overlay,heatmap,panel,raw", "-q")
     assert result.exit_code == 1, result.output  # the folder's broken image
     overlay = Image.open(out / "sub" / "b.JPG.gradcam.jpg")  # 20 x 50 -> long side 24, aspect kept
@@ -444,7 +439,7 @@ def test_image_format_and_max_size_name_size_and_record_the_outputs(tiny_model, 
     assert (out / "a.png.gradcam.npy").exists()
     options = json.loads((out / "run.json").read_text())["options"]
     assert (options["image_format"], options["max_size"]) == ("jpeg", 24)
-    again = _xai("run", tiny_model, image_folder, "-o", out, "--resume", "--image-format", "webp", "--max-size", 24,
+    again = xai("run", tiny_model, image_folder, "-o", out, "--resume", "--image-format", "webp", "--max-size", 24,
                  "--save", "overlay,heatmap,panel,raw")
     assert again.exit_code == 2 and "used other settings (image_format)" in again.stderr
 
@@ -457,14 +452,14 @@ def test_a_16_bit_scan_is_windowed_as_asked_and_the_table_and_run_json_say_so(ti
     Image.fromarray(np.linspace(100, 3000, 64 * 48).reshape(48, 64).astype(np.uint16)).save(scans / "mri.png")
     Image.fromarray(np.full((48, 64, 3), 90, np.uint8)).save(scans / "photo.png")
     out = tmp_path / "out"
-    result = _xai("run", tiny_model, scans, "-o", out, "--intensity", "window:1000,800", "-q")
+    result = xai("run", tiny_model, scans, "-o", out, "--intensity", "window:1000,800", "-q")
     assert result.exit_code == 0, result.output
     notes = {Path(row["input"]).name: row["note"] for row in _rows(out)}
     assert notes == {"mri.png": "intensity: window 1000,800", "photo.png": ""}
     assert json.loads((out / "run.json").read_text())["options"]["intensity"] == "window:1000,800"
     overlay = np.asarray(Image.open(out / "mri.png.gradcam.png").convert("L"), np.float64)
     assert overlay.shape == (48, 64)
-    bad = _xai("run", tiny_model, scans, "-o", tmp_path / "other", "--intensity", "window:1000")
+    bad = xai("run", tiny_model, scans, "-o", tmp_path / "other", "--intensity", "window:1000")
     assert bad.exit_code == 2 and "--intensity" in bad.output
 
 
@@ -477,7 +472,7 @@ def test_dicom_runs_and_no_patient_data_reaches_any_output(tiny_model, tmp_path)
     stored = (np.arange(48 * 64).reshape(48, 64) % 2000).astype(np.uint16)
     write_dicom(scans / "ct.dcm", stored, RescaleSlope=1, RescaleIntercept=-1024, WindowCenter=40, WindowWidth=400)
     out = tmp_path / "out"
-    result = _xai("run", tiny_model, scans, "-o", out, "--save", "overlay,heatmap,raw,panel", "--labels",
+    result = xai("run", tiny_model, scans, "-o", out, "--save", "overlay,heatmap,raw,panel", "--labels",
                   _labels(tmp_path), "-q")
     assert result.exit_code == 0, result.output
     (row,) = _rows(out)

@@ -4,9 +4,8 @@ import json
 from pathlib import Path
 
 import pytest
-
-from xaicli._runs.config import RunConfig, load_labels, parse_names, parse_size, resolve_class
 from xaicli._errors import UsageError
+from xaicli._runs.config import RunConfig, load_labels, parse_names, parse_size, resolve_class
 
 
 def _config(**overrides):

@@ -4,14 +4,13 @@ import json
 
 import numpy as np
 import pytest
-
-from xaicli._runs.config import RunConfig
+from xaicli._explain.targets import BEST
 from xaicli._explain.registry import REGISTRY
-from xaicli._explain.explainer import TOP_CLASS
-from xaicli._inputs.raster import read_image
 from xaicli._inputs.geometry import to_model_input
-from xaicli._runs.decisions import prepare
+from xaicli._inputs.raster import read_image
 from xaicli._outputs.render import upsample
+from xaicli._runs.config import RunConfig
+from xaicli._runs.decisions import prepare
 
 from .conftest import REPO
 
@@ -27,7 +26,7 @@ def demo_result():
                             labels=SAMPLES / "labels.txt", methods=tuple(CNN_METHODS)))
     images = [read_image(SAMPLES / "shapes" / name)[0] for name in NAMES]
     batch = np.stack([to_model_input(i, run.info.input_size, 3, run.scaling) for i in images])
-    return images, run.explainer.explain(batch, np.full(len(NAMES), TOP_CLASS))
+    return images, run.explainer.explain(batch, BEST)
 
 
 def test_demo_model_classifies_the_sample_shapes(demo_result):
@@ -75,7 +74,7 @@ def test_16_bit_versions_of_the_demo_images_give_the_same_maps_under_minmax(tmp_
             images.append(image)
         batches[depth] = np.stack([to_model_input(i, run.info.input_size, 3, run.scaling) for i in images])
     np.testing.assert_array_equal(batches[16], batches[8])
-    maps = {depth: run.explainer.explain(batch, np.full(len(NAMES), TOP_CLASS)).maps["gradcam"]
+    maps = {depth: run.explainer.explain(batch, BEST).maps["gradcam"]
             for depth, batch in batches.items()}
     np.testing.assert_array_equal(maps[16], maps[8])
 

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
-
+from click.testing import CliRunner
 from xaicli.cli import main
 
 from .conftest import build_vit

@@ -11,19 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from xaicli.cli import main
-
-from .conftest import REPO
+from .conftest import REPO, xai
 
 SAMPLES = REPO / "sample_images"
 SIDE, STEPS = 6, 4
-
-
-def _xai(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def _rows(out: Path) -> list[dict]:
@@ -71,7 +64,7 @@ def _area(values: list[float]) -> float:
 def test_deletion_and_insertion_match_a_numpy_computation(linear, tmp_path):
     root, weights, bias, image = linear
     out = tmp_path / "out"
-    result = _xai("run", root / "linear.keras", root / "image.png", "-o", out, "-m", "saliency", "--preprocess",
+    result = xai("run", root / "linear.keras", root / "image.png", "-o", out, "-m", "saliency", "--preprocess",
                   "unit", "--metrics", "deletion,insertion", "--metric-steps", STEPS, "-q")
     assert result.exit_code == 0, result.output
     (row,) = _rows(out)
@@ -96,7 +89,7 @@ def test_the_demo_models_grad_cam_beats_a_random_map(tmp_path):
     """Deleting Grad-CAM's top pixels (to gray: the demo's shapes are dark, so black would leave
     them in place) lowers the probability sooner than a random order; inserting them raises it sooner."""
     from xaicli._runs.config import RunConfig
-    from xaicli._explain.explainer import TOP_CLASS
+    from xaicli._explain.targets import BEST
     from xaicli._inputs.raster import read_image
     from xaicli._inputs.geometry import to_model_input
     from xaicli._evaluation.faithfulness import CurveJob, blurred, curve_areas, perturbed, pixel_order
@@ -107,7 +100,7 @@ def test_the_demo_models_grad_cam_beats_a_random_map(tmp_path):
     names = sorted(json.loads((SAMPLES / "shapes" / "boxes.json").read_text()))
     images = np.stack([to_model_input(read_image(SAMPLES / "shapes" / name)[0], run.info.input_size, 3, run.scaling)
                        for name in names])
-    explanation = run.explainer.explain(images, np.full(len(names), TOP_CLASS))
+    explanation = run.explainer.explain(images, BEST)
     gray = baseline_input("gray", run.info, run.scaling)
     random_maps = np.random.default_rng(0).random((len(names), 8, 8)).astype(np.float32)
     means = {}
@@ -134,7 +127,7 @@ def boxes(tmp_path_factory) -> Path:
 
 def test_figures_against_boxes_and_their_means_in_run_json(boxes, tmp_path):
     out = tmp_path / "out"
-    result = _xai("run", SAMPLES / "demo_model.keras", SAMPLES / "shapes", "-o", out, "--truth-boxes", boxes,
+    result = xai("run", SAMPLES / "demo_model.keras", SAMPLES / "shapes", "-o", out, "--truth-boxes", boxes,
                   "--ig-baseline", "gray", "--metrics", "deletion", "--metric-steps", 5)
     assert result.exit_code == 0, result.output
     rows = _rows(out)
@@ -151,16 +144,16 @@ def test_figures_against_boxes_and_their_means_in_run_json(boxes, tmp_path):
 
 def test_requirements_pass_fail_with_exit_3_or_are_refused_before_the_run(boxes, tmp_path):
     common = [SAMPLES / "demo_model.keras", SAMPLES / "shapes", "--truth-boxes", boxes, "-q"]
-    met = _xai("run", *common, "-o", tmp_path / "met", "--require", "pointing>=0.8,energy>=0.1")
+    met = xai("run", *common, "-o", tmp_path / "met", "--require", "pointing>=0.8,energy>=0.1")
     assert met.exit_code == 0, met.output
-    unmet = _xai("run", *common, "-o", tmp_path / "unmet", "--require", "pointing>=0.8,iou>=0.99")
+    unmet = xai("run", *common, "-o", tmp_path / "unmet", "--require", "pointing>=0.8,iou>=0.99")
     assert unmet.exit_code == 3
     assert "requirement iou>=0.99 not met: gradcam" in unmet.output and "short" in unmet.output
     assert len(_rows(tmp_path / "unmet")) == 12 and (tmp_path / "unmet" / "index.html").exists()
     assert len(list((tmp_path / "unmet").glob("*.gradcam.png"))) == 12  # everything is still written
-    unknown = _xai("run", *common, "-o", tmp_path / "unknown", "--require", "beauty>=1")
+    unknown = xai("run", *common, "-o", tmp_path / "unknown", "--require", "beauty>=1")
     assert unknown.exit_code == 2 and "--require 'beauty>=1'" in unknown.output
-    absent = _xai("run", *common, "-o", tmp_path / "absent", "--require", "deletion<=0.3")
+    absent = xai("run", *common, "-o", tmp_path / "absent", "--require", "deletion<=0.3")
     assert absent.exit_code == 2 and "does not compute deletion; add --metrics deletion" in absent.output
     assert not (tmp_path / "unknown").exists() and not (tmp_path / "absent").exists()
 
@@ -174,7 +167,7 @@ def test_the_page_sorts_by_a_figure_and_filters_missed_objects(boxes, browser, t
     moved = tmp_path / "moved.json"
     moved.write_text(json.dumps(wrong))
     out = tmp_path / "out"
-    result = _xai("run", SAMPLES / "demo_model.keras", SAMPLES / "shapes", "-o", out, "--truth-boxes", moved,
+    result = xai("run", SAMPLES / "demo_model.keras", SAMPLES / "shapes", "-o", out, "--truth-boxes", moved,
                   "--metrics", "deletion", "--metric-steps", 4, "--pointing-tolerance", 0, "-q")
     assert result.exit_code == 0, result.output
     rows = {row["input"]: row for row in _rows(out)}

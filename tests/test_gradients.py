@@ -1,10 +1,10 @@
-"""explainers/gradients.py: saliency, SmoothGrad and Integrated Gradients against numpy."""
+"""_explain/methods/gradients.py: saliency, SmoothGrad and Integrated Gradients against numpy."""
 
 import numpy as np
 import pytest
-
+from xaicli._explain.methods.gradients import smoothgrad_noise
+from xaicli._explain.targets import BEST, GivenClass
 from xaicli._runs.config import RunConfig
-from xaicli._explain.gradients import smoothgrad_noise
 from xaicli._runs.decisions import prepare
 
 from .numpy_reference import (forward_and_gradients, integrated_gradients_maps, saliency_maps,
@@ -17,9 +17,9 @@ IMAGES = np.random.default_rng(9).normal(size=(5, 8, 8, 3)).astype(np.float32)
 def _explain(path, method, classes=None, **options):
     run = prepare(RunConfig(model=path, inputs=(path,), out_dir=path.parent / "out", methods=(method,),
                             preprocess="none", batch_size=4, **options))
-    requested = np.full(len(IMAGES), -1 if classes is None else classes)
+    target = BEST if classes is None else GivenClass(classes)
     chunks = [slice(0, 4), slice(4, 5)]  # a full batch and a padded one
-    results = [run.explainer.explain(IMAGES[c], requested[c]) for c in chunks]
+    results = [run.explainer.explain(IMAGES[c], target) for c in chunks]
     return (np.concatenate([r.maps[method] for r in results]),
             np.concatenate([r.classes for r in results]))
 

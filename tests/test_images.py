@@ -5,16 +5,15 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pytest
+from PIL import Image
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from PIL import Image
-
 from xaicli._errors import ImageError, UsageError
-from xaicli._inputs.scaling import PRESETS
-from xaicli._inputs.geometry import View, fit_view, to_model_input
 from xaicli._inputs.discover import discover
+from xaicli._inputs.geometry import View, fit_view, to_model_input
 from xaicli._inputs.raster import read_image
+from xaicli._inputs.scaling import PRESETS
 
 
 def _save(path: Path, array: np.ndarray, **kwargs) -> Path:

@@ -6,10 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
-
 from xaicli._errors import UsageError
-from xaicli._inputs.raster import read_image
 from xaicli._inputs.intensity import Intensity, parse_intensity, to_8bit
+from xaicli._inputs.raster import read_image
 
 
 def test_window_follows_the_dicom_linear_formula():

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from xaicli._runs.config import RunConfig
-from xaicli._explain.explainer import TOP_CLASS
+from xaicli._explain.targets import BEST
 from xaicli._inputs.geometry import to_model_input
+from xaicli._runs.config import RunConfig
 from xaicli._runs.decisions import prepare
 
 keras_hub = pytest.importorskip("keras_hub", reason="keras-hub is in the test extra (Python 3.11+)")
@@ -63,5 +62,5 @@ def test_resnet_classifier_layer_scaling_and_gradcam(resnet):
     theirs = np.asarray(classifier.preprocessor.image_converter(pixels.astype(np.float32)))
     np.testing.assert_allclose(ours, theirs, atol=1e-4)
     images = np.random.default_rng(3).normal(size=(2, SIZE, SIZE, 3)).astype(np.float32)
-    maps = run.explainer.explain(images, np.full(2, TOP_CLASS)).maps["gradcam"]
+    maps = run.explainer.explain(images, BEST).maps["gradcam"]
     np.testing.assert_allclose(maps, _gradcam_reference(classifier, "stack2_block0_out", images), atol=2e-3)

@@ -2,9 +2,8 @@
 
 import numpy as np
 import pytest
-
+from xaicli._explain.targets import BEST
 from xaicli._runs.config import RunConfig
-from xaicli._explain.explainer import TOP_CLASS
 from xaicli._runs.decisions import prepare
 
 k2 = pytest.importorskip("tf_keras", reason="tf_keras (Keras 2) is needed to write legacy files; "
@@ -58,7 +57,7 @@ def legacy_files(tmp_path_factory):
 
 def _gradcam(path):
     run = prepare(RunConfig(model=path, inputs=(path,), out_dir=path.parent / "out", layer="conv_a"))
-    return run, run.explainer.explain(IMAGES, np.full(len(IMAGES), TOP_CLASS))
+    return run, run.explainer.explain(IMAGES, BEST)
 
 
 def test_keras2_files_say_so_and_pick_the_same_layer(legacy_files):
@@ -131,9 +130,9 @@ def test_keras2_sequential_over_a_backbone_explains_like_the_keras3_model(legacy
     model.save(tmp_path / "recipe.h5")
     run = prepare(RunConfig(model=tmp_path / "recipe.h5", inputs=(tmp_path,), out_dir=tmp_path / "out"))
     assert run.layer.path == "base/dw_conv" and run.preprocess == "none"
-    result = run.explainer.explain(IMAGES, np.full(len(IMAGES), TOP_CLASS))
+    result = run.explainer.explain(IMAGES, BEST)
     reference_run = prepare(RunConfig(model=legacy_files / "keras3.keras", inputs=(tmp_path,), out_dir=tmp_path / "o"))
-    reference = reference_run.explainer.explain(IMAGES, np.full(len(IMAGES), TOP_CLASS))
+    reference = reference_run.explainer.explain(IMAGES, BEST)
     np.testing.assert_allclose(result.probabilities, reference.probabilities, atol=1e-6)
     np.testing.assert_allclose(result.maps["gradcam"], reference.maps["gradcam"], atol=1e-5)
 

@@ -10,7 +10,6 @@ import subprocess
 
 import pytest
 from click.testing import CliRunner
-
 from xaicli._errors import UsageError
 from xaicli._runs.lock import LOCK_NAME, output_lock
 

@@ -8,11 +8,10 @@ from dataclasses import replace
 
 import numpy as np
 from PIL import Image
-
 from xaicli._budget import MemoryBudget
-from xaicli._runs.config import RunConfig
-from xaicli._inputs.discover import discover
 from xaicli._engines.local import run
+from xaicli._inputs.discover import discover
+from xaicli._runs.config import RunConfig
 from xaicli._runs.decisions import prepare
 
 

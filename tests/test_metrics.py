@@ -10,13 +10,12 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pytest
 from PIL import Image
-
 from xaicli._errors import UsageError
-from xaicli._inputs.discover import InputImage
 from xaicli._evaluation.faithfulness import (CurveJob, Means, Requirement, area_under, blurred, box_mask, curve_areas,
                                              energy_in, failed_requirements, iou, parse_requirements, perturbed,
                                              pixel_order, pointing_hit)
 from xaicli._evaluation.truth import load_ground_truth
+from xaicli._inputs.discover import InputImage
 
 
 def test_area_under_equal_steps_is_the_trapezoid_rule():

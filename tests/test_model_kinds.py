@@ -5,18 +5,13 @@ import textwrap
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
-
-from xaicli.cli import main
-from xaicli._runs.config import RunConfig
 from xaicli._errors import ModelError, UsageError
-from xaicli._explain.explainer import TOP_CLASS
+from xaicli._explain.targets import BEST, GivenClass
 from xaicli._models.inspect import open_model
+from xaicli._runs.config import RunConfig
 from xaicli._runs.decisions import prepare
 
-
-def _xai(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
+from .conftest import xai
 
 
 def _small_cnn(inputs, name_prefix=""):
@@ -46,9 +41,9 @@ def test_lambda_layers_are_refused_unless_unsafe(lambda_model):
 
 
 def test_lambda_error_on_the_command_line_is_one_line(lambda_model, tmp_path):
-    result = _xai("info", lambda_model)
+    result = xai("info", lambda_model)
     assert result.exit_code == 2 and "--unsafe" in result.stderr and len(result.stderr.strip().splitlines()) == 1
-    assert _xai("info", lambda_model, "--unsafe").exit_code == 0
+    assert xai("info", lambda_model, "--unsafe").exit_code == 0
 
 
 CUSTOM_LAYER = '''
@@ -132,7 +127,7 @@ def test_multi_label_sigmoid_output_explains_the_chosen_label(two_heads):
     run = prepare(RunConfig(model=path, inputs=(path,), out_dir=path.parent / "o", output="tags",
                             target_class="2", preprocess="none"))
     assert run.info.num_classes == 4 and run.info.final_activation == "sigmoid"
-    result = run.explainer.explain(IMAGES, np.full(3, run.target_class))
+    result = run.explainer.explain(IMAGES, GivenClass(run.target_class))
     np.testing.assert_array_equal(result.classes, [2, 2, 2])
     np.testing.assert_allclose(result.probabilities, np.asarray(model(IMAGES)[1]), atol=1e-6)
     # the explained score is the label's own logit: sigmoid(score) is its probability
@@ -144,7 +139,7 @@ def test_first_output_is_the_default_and_its_maps_differ_from_the_second(two_hea
     maps = {}
     for output in ("0", "1"):
         run = prepare(RunConfig(model=path, inputs=(path,), out_dir=path.parent / "o", output=output, preprocess="none"))
-        maps[output] = run.explainer.explain(IMAGES, np.full(3, TOP_CLASS)).maps["gradcam"]
+        maps[output] = run.explainer.explain(IMAGES, BEST).maps["gradcam"]
     assert not np.allclose(maps["0"], maps["1"])
 
 
@@ -155,7 +150,7 @@ def test_grayscale_model_explains_colour_images(image_folder, tmp_path):
     inputs = keras.Input((10, 10, 1))
     keras.Model(inputs, layers.Dense(2, activation="softmax")(_small_cnn(inputs))).save(tmp_path / "gray.keras")
     out = tmp_path / "out"
-    result = _xai("run", tmp_path / "gray.keras", image_folder / "a.png", image_folder / "sub" / "b.JPG", "-o", out, "-q")
+    result = xai("run", tmp_path / "gray.keras", image_folder / "a.png", image_folder / "sub" / "b.JPG", "-o", out, "-q")
     assert result.exit_code == 0, result.output
     assert (out / "a.png.gradcam.png").exists() and (out / "sub" / "b.JPG.gradcam.png").exists()
 
@@ -171,10 +166,10 @@ def test_more_than_one_input_is_refused(tmp_path):
 
 
 def test_info_text_and_json(two_heads):
-    text = _xai("info", two_heads[0], "--output", "tags")
+    text = xai("info", two_heads[0], "--output", "tags")
     assert text.exit_code == 0, text.output
     assert "explained output" in text.stdout and "1: tags (N, 4), sigmoid, can be explained" in text.stdout
-    data = json.loads(_xai("info", two_heads[0], "--json").stdout)
+    data = json.loads(xai("info", two_heads[0], "--json").stdout)
     assert data["format"].startswith("HDF5 (.h5) written by Keras 3")
     assert data["input_shape"] == [8, 8, 3] and data["classes"] == 3 and data["final_activation"] == "softmax"
     assert data["outputs"][1] == {"index": 1, "layer": "tags", "shape": [None, 4], "activation": "sigmoid",
@@ -189,7 +184,7 @@ def test_info_lists_only_input_gradient_methods_without_a_conv_layer(tmp_path):
 
     inputs = keras.Input((6, 6, 3))
     keras.Model(inputs, layers.Dense(2)(layers.Flatten()(inputs))).save(tmp_path / "flat.keras")
-    data = json.loads(_xai("info", tmp_path / "flat.keras", "--json").stdout)
+    data = json.loads(xai("info", tmp_path / "flat.keras", "--json").stdout)
     assert data["auto_layer"] is None
     assert data["methods"] == ["saliency", "smoothgrad", "integrated-gradients"]
 
@@ -220,7 +215,7 @@ def test_backbone_nested_two_levels_with_a_dropout_batchnorm_head(tmp_path):
     maps = {}
     for name in ("nested", "flat"):
         run = prepare(RunConfig(model=tmp_path / f"{name}.keras", inputs=(tmp_path,), out_dir=tmp_path / "o", preprocess="none"))
-        maps[name] = (run.layer.path, run.explainer.explain(IMAGES.repeat(2, 1).repeat(2, 2)[:, :16, :16], np.full(3, TOP_CLASS)))
+        maps[name] = (run.layer.path, run.explainer.explain(IMAGES.repeat(2, 1).repeat(2, 2)[:, :16, :16], BEST))
     assert maps["nested"][0] == "base/block/conv_b" and maps["flat"][0] == "conv_b"
     np.testing.assert_allclose(maps["nested"][1].probabilities, maps["flat"][1].probabilities, atol=1e-6)
     np.testing.assert_allclose(maps["nested"][1].maps["gradcam"], maps["flat"][1].maps["gradcam"], atol=1e-5)
@@ -275,27 +270,27 @@ def test_feature_map_output_beside_the_classifier_is_ignored(recipe):
     for name, path in recipe.items():
         run = prepare(RunConfig(model=path, inputs=(path,), out_dir=path.parent / "o", preprocess="none"))
         assert run.layer.path == "backbone/conv_b"
-        maps[name] = run.explainer.explain(images, np.full(3, TOP_CLASS))
+        maps[name] = run.explainer.explain(images, BEST)
     np.testing.assert_allclose(maps["both"].maps["gradcam"], maps["classifier"].maps["gradcam"], atol=1e-6)
     np.testing.assert_allclose(maps["both"].probabilities, maps["classifier"].probabilities, atol=1e-6)
     assert maps["both"].maps["gradcam"].max() > 0
 
 
 def test_recipe_model_runs_and_says_which_output(recipe, image_folder, tmp_path):
-    result = _xai("run", recipe["both"], image_folder / "a.png", "-o", tmp_path / "out")
+    result = xai("run", recipe["both"], image_folder / "a.png", "-o", tmp_path / "out")
     assert result.exit_code == 0, result.output
     assert "output predictions (the only (N, classes) output of 2)" in result.stderr
     manifest = json.loads((tmp_path / "out" / "run.json").read_text())
     assert manifest["resolved"]["explained_output"] == "predictions"
     assert manifest["resolved"]["output_choice"] == "the only (N, classes) output of 2"
-    info = _xai("info", recipe["both"])
+    info = xai("info", recipe["both"])
     assert "0: backbone/conv_b (N, 8, 8, 5), linear, not a classifier output (N, classes)" in info.stdout
     assert "1: predictions (N, 3), softmax, can be explained" in info.stdout
 
 
 def test_naming_the_feature_map_output_is_one_line(recipe, image_folder, tmp_path):
     for spec in ("0", "conv_b"):
-        result = _xai("run", recipe["both"], image_folder / "a.png", "-o", tmp_path / "out", "--output", spec)
+        result = xai("run", recipe["both"], image_folder / "a.png", "-o", tmp_path / "out", "--output", spec)
         assert result.exit_code == 2, result.output
         (line,) = result.stderr.strip().splitlines()
         assert (f"--output '{spec}' is 0: backbone/conv_b (N, 8, 8, 5), linear, not a classifier output shaped "
@@ -312,7 +307,7 @@ def test_segmentation_model_is_one_line(image_folder, tmp_path):
     keras.Model(inputs, layers.Conv2D(2, 1, activation="softmax", name="mask")(x)).save(tmp_path / "seg.keras")
     for command in (["run", tmp_path / "seg.keras", image_folder / "a.png", "-o", tmp_path / "out"],
                     ["info", tmp_path / "seg.keras"], ["layers", tmp_path / "seg.keras"]):
-        result = _xai(*command)
+        result = xai(*command)
         assert result.exit_code == 2, result.output
         (line,) = result.stderr.strip().splitlines()
         assert ("the model has no classifier output shaped (N, classes) to explain; its outputs: "

@@ -4,14 +4,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from xaicli._runs.config import RunConfig
 from xaicli._errors import LayerError, ModelError, UsageError
-from xaicli._explain.explainer import TOP_CLASS
+from xaicli._explain.targets import BEST
+from xaicli._inputs.geometry import to_model_input
 from xaicli._models.inspect import inspect_model
 from xaicli._models.layers import candidate_layers, resolve_layer
 from xaicli._models.load import load_model
-from xaicli._inputs.geometry import to_model_input
+from xaicli._runs.config import RunConfig
 from xaicli._runs.decisions import prepare
 
 from .conftest import SIZE
@@ -26,7 +25,7 @@ def _prepare(path: Path, **options):
 @pytest.fixture(scope="module")
 def reference(variant_models):
     run = _prepare(variant_models["functional.keras"])
-    return run.explainer.explain(IMAGES, np.full(4, TOP_CLASS))
+    return run.explainer.explain(IMAGES, BEST)
 
 
 VARIANTS = ["functional", "sequential", "nested", "activation_layer", "softmax_layer", "linear_head"]
@@ -39,7 +38,7 @@ def test_every_model_shape_gives_the_same_gradcam(variant_models, reference, var
     run = _prepare(path)
     assert run.layer.path == ("base/conv_b" if variant == "nested" else "conv_b")
     assert run.preprocess == "none"  # each variant has a Rescaling layer inside
-    result = run.explainer.explain(IMAGES, np.full(4, TOP_CLASS))
+    result = run.explainer.explain(IMAGES, BEST)
     np.testing.assert_array_equal(result.classes, reference.classes)
     np.testing.assert_allclose(result.scores, reference.scores, atol=1e-5)
     np.testing.assert_allclose(result.maps["gradcam"], reference.maps["gradcam"], atol=1e-5)
@@ -53,7 +52,7 @@ def test_probe_explains_logits_not_probabilities(variant_models, variant):
     path = variant_models[f"{variant}.keras"]
     model = keras.models.load_model(path, compile=False)
     probabilities = np.asarray(model(IMAGES))
-    result = _prepare(path).explainer.explain(IMAGES, np.full(4, TOP_CLASS))
+    result = _prepare(path).explainer.explain(IMAGES, BEST)
     np.testing.assert_allclose(result.probabilities, probabilities, atol=1e-6)
     # softmax(scores) reproduces the model's output, and the scores are not probabilities
     shifted = np.exp(result.scores - result.scores.max(axis=1, keepdims=True))
@@ -73,7 +72,7 @@ def test_binary_sigmoid_has_two_classes_with_negated_logit(tmp_path):
     run = _prepare(tmp_path / "binary.keras", preprocess="unit")
     assert run.info.num_classes == 2
     images = IMAGES / 255
-    result = run.explainer.explain(images, np.full(4, TOP_CLASS))
+    result = run.explainer.explain(images, BEST)
     positive = np.asarray(model(images))[:, 0]
     np.testing.assert_allclose(result.probabilities[:, 1], positive, atol=1e-6)
     np.testing.assert_allclose(result.probabilities[:, 0], 1 - positive, atol=1e-6)
@@ -161,7 +160,7 @@ def test_custom_mean_std_equals_the_symmetric_preset(variant_models):
     for options in ({"preprocess": "symmetric"}, {"preprocess": "custom", "mean": (0.5,), "std": (0.5, 0.5, 0.5)}):
         run = _prepare(path, **options)
         batch = np.stack([to_model_input(i.astype(np.uint8), run.info.input_size, 3, run.scaling) for i in images])
-        maps.append(run.explainer.explain(batch, np.full(2, TOP_CLASS)).maps["gradcam"])
+        maps.append(run.explainer.explain(batch, BEST).maps["gradcam"])
     np.testing.assert_array_equal(maps[0], maps[1])
 
 

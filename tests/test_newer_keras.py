@@ -8,12 +8,11 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-
-from xaicli._runs.config import RunConfig
 from xaicli._errors import ModelError
-from xaicli._explain.explainer import TOP_CLASS
+from xaicli._explain.targets import BEST
 from xaicli._models.load import load_model
 from xaicli._models.versions import version_tuple, written_by
+from xaicli._runs.config import RunConfig
 from xaicli._runs.decisions import prepare
 
 FIXTURES = Path(__file__).parent / "fixtures" / "newer_keras"
@@ -36,7 +35,7 @@ def test_every_layer_type_loads_and_gives_the_newer_keras_maps(name, caplog):
     if OLDER_HERE:  # the options this Keras lacks were dropped, and --debug says which
         assert "dropped BatchNormalization.renorm=false" in caplog.text
         assert "dropped GlorotUniform.input_axes=null" in caplog.text
-    result = run.explainer.explain(EXPECTED["images"], np.full(4, TOP_CLASS))
+    result = run.explainer.explain(EXPECTED["images"], BEST)
     np.testing.assert_allclose(result.probabilities, EXPECTED["probabilities"], atol=1e-5)
     for method in ("gradcam", "saliency", "scorecam"):
         np.testing.assert_allclose(result.maps[method], EXPECTED[method], atol=1e-4, err_msg=method)

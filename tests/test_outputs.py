@@ -13,12 +13,11 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
-
-from xaicli.cli import main
-from xaicli._outputs.table import PredictionsWriter, Ranked, Row, top_columns
+from click.testing import CliRunner
 from xaicli._outputs.naming import output_path
+from xaicli._outputs.table import PredictionsWriter, Ranked, Row, top_columns
+from xaicli.cli import main
 
 GOLDEN = Path(__file__).parent / "golden"
 

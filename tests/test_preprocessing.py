@@ -4,7 +4,6 @@ recognized, by name or by layer names, at which level, and what it is fed."""
 from dataclasses import replace
 
 import pytest
-
 from xaicli._models.info import LayerInfo, ModelInfo
 from xaicli._models.preprocessing import FAMILIES, Preprocessing, choose_preprocessing
 

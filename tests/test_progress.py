@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 from PIL import Image
-
-from xaicli._runs.config import RunConfig
 from xaicli._engines import Watch
 from xaicli._engines.local import run
 from xaicli._inputs.discover import discover
+from xaicli._runs.config import RunConfig
 from xaicli._runs.decisions import prepare
 
 

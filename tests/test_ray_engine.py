@@ -15,15 +15,14 @@ import time
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 pytest.importorskip("ray")
 pytest.importorskip("nibabel")
 
-from xaicli.cli import main  # noqa: E402
 from xaicli._engines import ray as ray_engine  # noqa: E402
 from xaicli._errors import UsageError  # noqa: E402
 
+from .conftest import xai  # noqa: E402
 from .test_reliability import _many_images  # noqa: E402
 from .test_volumes_cli import _volume  # noqa: E402
 
@@ -45,10 +44,6 @@ def ray_cluster():
              object_store_memory=256 * 2**20)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
-
-
-def _xai(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def _files(out: Path) -> dict[str, bytes]:
@@ -93,8 +88,8 @@ def sample_runs(ray_cluster, tiny_model, tmp_path_factory) -> tuple[Path, Path, 
     (scans / "broken.jpg").write_bytes(b"this is not a jpeg")
     _volume(scans)
     local, on_ray = folder / "local", folder / "ray"
-    assert _xai("run", tiny_model, scans, "-o", local, *KINDS, "-q").exit_code == 1
-    result = _xai("run", tiny_model, scans, "-o", on_ray, *KINDS, "--engine", "ray", "--workers", 2)
+    assert xai("run", tiny_model, scans, "-o", local, *KINDS, "-q").exit_code == 1
+    result = xai("run", tiny_model, scans, "-o", on_ray, *KINDS, "--engine", "ray", "--workers", 2)
     assert result.exit_code == 1, result.output  # the broken image, as locally
     (folder / "ray-stderr.txt").write_text(result.stderr)
     return scans, local, on_ray
@@ -126,7 +121,7 @@ def test_a_run_resumed_by_the_other_engine_gives_the_same_outputs(sample_runs, t
         table = out / "predictions.csv"
         table.write_text("".join(table.read_text().splitlines(keepends=True)[:1 + 6 * 3]))
         (out / "sub" / "b.JPG.saliency.top2.png").unlink()
-        resumed = _xai("run", tiny_model, scans, "-o", out, *KINDS, "--engine", then, "--resume", "-q")
+        resumed = xai("run", tiny_model, scans, "-o", out, *KINDS, "--engine", then, "--resume", "-q")
         assert resumed.exit_code == 1, resumed.output
         _same_outputs(whole, out)
         counts = json.loads((out / "run.json").read_text())["counts"]
@@ -236,9 +231,9 @@ def test_a_node_that_cannot_see_the_output_folder_is_named(tmp_path):
 
 
 def test_the_ray_options_go_with_the_ray_engine_and_need_its_extra(tiny_model, image_folder, tmp_path, monkeypatch):
-    result = _xai("run", tiny_model, image_folder, "-o", tmp_path / "out", "--ray-address", "auto")
+    result = xai("run", tiny_model, image_folder, "-o", tmp_path / "out", "--ray-address", "auto")
     assert result.exit_code == 2 and "--ray-address goes with --engine ray" in result.stderr
-    result = _xai("run", tiny_model, image_folder, "-o", tmp_path / "out", "--engine", "ray", "--gpus-per-worker", 1.5)
+    result = xai("run", tiny_model, image_folder, "-o", tmp_path / "out", "--engine", "ray", "--gpus-per-worker", 1.5)
     assert result.exit_code == 2 and "whole number" in result.stderr
     with socket.socket() as closed:  # a port nothing listens at
         closed.bind(("127.0.0.1", 0))
@@ -246,7 +241,7 @@ def test_the_ray_options_go_with_the_ray_engine_and_need_its_extra(tiny_model, i
     addresses = {f"127.0.0.1:{port}": "nothing answers at", f"ray://127.0.0.1:{port}": "nothing answers at",
                  "headnode": "give 'auto', HOST:PORT"}
     for address, says in addresses.items():
-        result = _xai("run", tiny_model, image_folder, "-o", tmp_path / "out", "--engine", "ray",
+        result = xai("run", tiny_model, image_folder, "-o", tmp_path / "out", "--engine", "ray",
                       "--ray-address", address)
         assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1 and says in result.stderr
     import importlib.util
@@ -254,7 +249,7 @@ def test_the_ray_options_go_with_the_ray_engine_and_need_its_extra(tiny_model, i
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name.startswith("ray") else real(name, *a))
-    result = _xai("run", tiny_model, image_folder, "-o", tmp_path / "out", "--engine", "ray")
+    result = xai("run", tiny_model, image_folder, "-o", tmp_path / "out", "--engine", "ray")
     assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
     assert re.search(r"pip install 'xaicli\[ray\]'", result.stderr)
     assert not (tmp_path / "out").exists()
@@ -264,7 +259,7 @@ def test_a_replica_that_cannot_build_the_model_stops_the_run_with_one_line(ray_c
                                                                            tmp_path):
     driver_only = tmp_path / "driver_only.py"  # custom objects that import on the driver alone
     driver_only.write_text(f"import os\nif os.getpid() != {os.getpid()}:\n    raise ImportError('not on this node')\n")
-    result = _xai("run", tiny_model, image_folder, "-o", tmp_path / "out", "--engine", "ray",
+    result = xai("run", tiny_model, image_folder, "-o", tmp_path / "out", "--engine", "ray",
                   "--custom-objects", driver_only)
     assert result.exit_code == 2, result.output
     last = result.stderr.strip().splitlines()[-1]
@@ -281,7 +276,7 @@ def test_skip_existing_passes_by_the_same_images_on_both_engines(sample_runs, ti
         shutil.copytree(local, out)
         for path in out.glob("c.webp.*"):  # one image lost its files
             path.unlink()
-        result = _xai("run", tiny_model, scans, "-o", out, *KINDS, "--engine", engine, "--skip-existing", "-q")
+        result = xai("run", tiny_model, scans, "-o", out, *KINDS, "--engine", engine, "--skip-existing", "-q")
         assert result.exit_code == 1, result.output
     _same_outputs(outs["local"], outs["ray"])
     statuses = {}
@@ -294,7 +289,7 @@ def test_skip_existing_passes_by_the_same_images_on_both_engines(sample_runs, ti
 def test_fail_fast_on_ray_takes_no_block_after_the_failure(sample_runs, tiny_model, tmp_path):
     scans = sample_runs[0]
     out = tmp_path / "out"
-    result = _xai("run", tiny_model, scans, "-o", out, *KINDS, "--engine", "ray", "--fail-fast")
+    result = xai("run", tiny_model, scans, "-o", out, *KINDS, "--engine", "ray", "--fail-fast")
     assert result.exit_code == 1, result.output
     assert "stopped at the first failure (--fail-fast)" in result.stderr
     assert json.loads((out / "run.json").read_text())["status"] == "stopped by the first failure (--fail-fast)"

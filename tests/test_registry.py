@@ -2,10 +2,9 @@
 
 import numpy as np
 import pytest
-
-from xaicli._runs.config import RunConfig
+from xaicli._explain.targets import BEST
 from xaicli._explain.registry import REGISTRY
-from xaicli._explain.explainer import TOP_CLASS
+from xaicli._runs.config import RunConfig
 from xaicli._runs.decisions import prepare
 
 from .conftest import model_for
@@ -18,7 +17,7 @@ def _maps(model, method, batch_size, images):
     run = prepare(RunConfig(model=model, inputs=(model,), out_dir=model.parent / "out",
                             methods=(method,), batch_size=batch_size))
     chunks = [images[i:i + batch_size] for i in range(0, len(images), batch_size)]
-    return np.concatenate([run.explainer.explain(c, np.full(len(c), TOP_CLASS)).maps[method] for c in chunks])
+    return np.concatenate([run.explainer.explain(c, BEST).maps[method] for c in chunks])
 
 
 @pytest.mark.parametrize("method", sorted(REGISTRY))
@@ -38,4 +37,4 @@ def test_method_contract(tiny_model, tiny_vit, method):
 def test_every_method_has_its_metadata():
     for name, spec in REGISTRY.items():
         assert spec.name == name and spec.family and spec.summary and spec.paper
-        assert callable(spec.load())
+        assert callable(spec.compute)

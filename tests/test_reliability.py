@@ -16,16 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from xaicli.cli import main
+from .conftest import xai
+
 
 RNG = np.random.default_rng(11)
-
-
-def _xai(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def _table(path: Path) -> list[dict]:
@@ -104,7 +100,7 @@ def test_every_bad_file_is_an_error_row_with_a_reason_and_the_rest_are_explained
     corpus = tmp_path / "corpus"
     expected = _write_corpus(corpus)
     out = tmp_path / "out"
-    result = _xai("run", tiny_model, corpus, "-o", out, "--max-pixels", 10_000, "-b", 4, "-q")
+    result = xai("run", tiny_model, corpus, "-o", out, "--max-pixels", 10_000, "-b", 4, "-q")
     assert result.exit_code == 1, result.output
     rows = {Path(r["input"]).name: r for r in _table(out / "predictions.csv")}
     assert set(rows) == set(expected)
@@ -127,7 +123,7 @@ def test_max_pixels_raises_pillows_own_limit_too(tiny_model, tmp_path):
     folder.mkdir()
     (folder / "huge.png").write_bytes(_png_header_only(100_000, 100_000))
     out = tmp_path / "out"
-    assert _xai("run", tiny_model, folder, "-o", out, "--max-pixels", 10**11, "-q").exit_code == 1
+    assert xai("run", tiny_model, folder, "-o", out, "--max-pixels", 10**11, "-q").exit_code == 1
     # past the pixel limit, the file is read, and its missing pixel data is the reason now
     assert _table(out / "predictions.csv")[0]["error"].startswith("cannot decode image")
 
@@ -157,7 +153,7 @@ def test_non_finite_scores_fail_only_their_images(overflowing_model, tmp_path):
     Image.fromarray(_noise(8, 8)).save(folder / "b_noise.png")
     Image.new("RGB", (8, 8)).save(folder / "c_black.png")
     out = tmp_path / "out"
-    result = _xai("run", overflowing_model, folder, "-o", out, "-b", 3, "-q")
+    result = xai("run", overflowing_model, folder, "-o", out, "-b", 3, "-q")
     assert result.exit_code == 1
     statuses = [(Path(r["input"]).name, r["status"], r["error"]) for r in _table(out / "predictions.csv")]
     assert statuses == [("a_black.png", "ok", ""),
@@ -172,7 +168,7 @@ def test_fail_fast_stops_after_the_batch_of_the_first_failure(tiny_model, tmp_pa
     for i in range(8):
         Image.fromarray(_noise(16, 16)).save(folder / f"b{i}.png")
     out = tmp_path / "out"
-    result = _xai("run", tiny_model, folder, "-o", out, "-b", 2, "--fail-fast")
+    result = xai("run", tiny_model, folder, "-o", out, "-b", 2, "--fail-fast")
     assert result.exit_code == 1
     assert "stopped at the first failure (--fail-fast): " in result.stderr and "a_broken.jpg" in result.stderr
     rows = _table(out / "predictions.csv")
@@ -188,7 +184,7 @@ def test_corrupt_model_files_are_one_line_errors(tmp_path, make, message):
     model = tmp_path / "model.h5"
     make(model)
     (tmp_path / "a.png").write_bytes(b"")
-    result = _xai("run", model, tmp_path / "a.png", "-o", tmp_path / "out")
+    result = xai("run", model, tmp_path / "a.png", "-o", tmp_path / "out")
     assert result.exit_code == 2
     assert result.stderr.startswith("xai: error: ") and result.stderr.count("\n") == 1 and message in result.stderr
 
@@ -198,7 +194,7 @@ def test_unwritable_output_folder_is_a_one_line_error(tiny_model, image_folder, 
     locked = tmp_path / "locked"
     locked.mkdir()
     os.chmod(locked, 0o500)
-    result = _xai("run", tiny_model, image_folder, "-o", locked / "out")
+    result = xai("run", tiny_model, image_folder, "-o", locked / "out")
     assert result.exit_code == 2 and "cannot write to output folder" in result.stderr
 
 
@@ -209,7 +205,7 @@ def test_symlink_loops_and_an_output_folder_inside_the_inputs_are_not_walked(tin
     os.symlink(folder, folder / "sub" / "loop")
     out = folder / "out"
     for _ in range(2):  # the second run must not find the first run's overlays
-        result = _xai("run", tiny_model, folder, "-o", out, "--overwrite", "-q")
+        result = xai("run", tiny_model, folder, "-o", out, "--overwrite", "-q")
         assert result.exit_code == 0, result.output
         assert [Path(r["input"]).name for r in _table(out / "predictions.csv")] == ["a.png"]
 
@@ -274,7 +270,7 @@ def test_sigterm_stops_after_the_batch_with_exit_143(tiny_model, tmp_path):
     out = tmp_path / "out"
     process = _start(tiny_model, images, out)
     _wait_for_rows(out / "predictions.csv", 4, process)
-    second = _xai("run", tiny_model, images, "-o", out, "--resume")  # the same OUT while the first runs
+    second = xai("run", tiny_model, images, "-o", out, "--resume")  # the same OUT while the first runs
     assert second.exit_code == 2 and len(second.stderr.strip().splitlines()) == 1
     assert f"in use by another xai run (process {process.pid} on host" in second.stderr
     process.send_signal(signal.SIGTERM)
@@ -288,11 +284,11 @@ def test_sigterm_stops_after_the_batch_with_exit_143(tiny_model, tmp_path):
 
 def test_resume_refuses_other_options(tiny_model, image_folder, tmp_path):
     out = tmp_path / "out"
-    assert _xai("run", tiny_model, image_folder, "-o", out, "-q").exit_code == 1
-    result = _xai("run", tiny_model, image_folder, "-o", out, "--resume", "--method", "saliency")
+    assert xai("run", tiny_model, image_folder, "-o", out, "-q").exit_code == 1
+    result = xai("run", tiny_model, image_folder, "-o", out, "--resume", "--method", "saliency")
     assert result.exit_code == 2 and "used other settings (methods)" in result.stderr
-    assert _xai("run", tiny_model, image_folder, "-o", out, "--resume", "-b", 3, "-q").exit_code == 1
-    both = _xai("run", tiny_model, image_folder, "-o", out, "--resume", "--overwrite")
+    assert xai("run", tiny_model, image_folder, "-o", out, "--resume", "-b", 3, "-q").exit_code == 1
+    both = xai("run", tiny_model, image_folder, "-o", out, "--resume", "--overwrite")
     assert both.exit_code == 2 and "contradict" in both.stderr
 
 
@@ -300,11 +296,11 @@ def test_resume_redoes_images_whose_files_are_missing_and_drops_images_no_longer
                                                                                       tmp_path):
     (image_folder / "broken.jpg").unlink()
     out = tmp_path / "out"
-    assert _xai("run", tiny_model, image_folder, "-o", out, "-q").exit_code == 0
+    assert xai("run", tiny_model, image_folder, "-o", out, "-q").exit_code == 0
     before = (out / "predictions.csv").read_text()
     (out / "a.png.gradcam.png").unlink()
     (image_folder / "c.webp").unlink()
-    result = _xai("run", tiny_model, image_folder, "-o", out, "--resume")
+    result = xai("run", tiny_model, image_folder, "-o", out, "--resume")
     assert result.exit_code == 0, result.output
     assert "2 of 2 images explained (1 by the earlier run)" in result.stderr
     assert (out / "a.png.gradcam.png").exists()
@@ -318,8 +314,8 @@ def test_debug_shows_the_traceback_behind_a_one_line_error(tmp_path):
     model = tmp_path / "model.keras"
     model.write_text("not a model")
     (tmp_path / "a.png").write_bytes(b"")
-    plain = _xai("run", model, tmp_path / "a.png", "-o", tmp_path / "out")
-    debug = _xai("run", model, tmp_path / "a.png", "-o", tmp_path / "out", "--debug")
+    plain = xai("run", model, tmp_path / "a.png", "-o", tmp_path / "out")
+    debug = xai("run", model, tmp_path / "a.png", "-o", tmp_path / "out", "--debug")
     assert plain.exit_code == debug.exit_code == 2
     assert "Traceback" not in plain.stderr and "Traceback (most recent call last)" in debug.stderr
     assert plain.stderr.strip().splitlines()[-1] == debug.stderr.strip().splitlines()[-1]

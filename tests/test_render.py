@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 from xaicli._inputs.geometry import View
 from xaicli._outputs.render import UNSEEN_GRAY, colorize, heatmap_image, jet_lut, normalize_maps, overlay, upsample
 

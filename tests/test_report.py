@@ -13,12 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
-
-from xaicli.cli import main
+from click.testing import CliRunner
 from xaicli._errors import UsageError
 from xaicli._outputs.report import REPORT_NAME, write_report
+from xaicli.cli import main
 
 from .conftest import REPO, wait_until as _wait_until
 

@@ -9,9 +9,8 @@ import hashlib
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
-
+from click.testing import CliRunner
 from xaicli._evaluation.faithfulness import spearman, ssim
 from xaicli._evaluation.sanity import DEPENDENT_BELOW, cascade, means_by_step, verdicts
 
@@ -42,7 +41,7 @@ def test_cascade_steps_and_verdicts():
 
 def test_grad_cam_depends_on_the_model_and_an_edge_map_does_not(tmp_path):
     from xaicli._runs.config import RunConfig
-    from xaicli._explain.explainer import TOP_CLASS
+    from xaicli._explain.targets import BEST, EachClass, Target
     from xaicli._inputs.discover import discover
     from xaicli._inputs.raster import read_image
     from xaicli._inputs.geometry import to_model_input
@@ -58,14 +57,14 @@ def test_grad_cam_depends_on_the_model_and_an_edge_map_does_not(tmp_path):
         gray = images.mean(axis=-1)
         return normalize_maps(np.hypot(np.diff(gray, axis=1, prepend=0), np.diff(gray, axis=2, prepend=0)))
 
-    def explain(requested: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        result = run.explainer.explain(batch, requested)
+    def explain(target: Target) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        result = run.explainer.explain(batch, target)
         return {"gradcam": result.maps["gradcam"], "edges": edges(batch)}, result.classes
 
     names = [item.name for item in items]
-    trained, classes = explain(np.full(len(batch), TOP_CLASS))
+    trained, classes = explain(BEST)
     comparisons = compare(names, trained, trained, run.info.input_size, 0, "")
-    steps = run_cascade(lambda: explain(classes)[0], run.explainer.probe.weighted_layers(), 4,
+    steps = run_cascade(lambda: explain(EachClass(tuple(classes)))[0], run.explainer.probe.weighted_layers(), 4,
                         on_step=lambda step, maps: comparisons.extend(
                             compare(names, trained, maps, run.info.input_size, step.count, step.layer)))
     assert [step.count for step in steps] == cascade(len(run.explainer.probe.weighted_layers()), 4)

@@ -2,10 +2,9 @@
 
 import numpy as np
 import pytest
-
-from xaicli._runs.config import RunConfig
 from xaicli._errors import LayerError
-from xaicli._explain.explainer import TOP_CLASS
+from xaicli._explain.targets import BEST
+from xaicli._runs.config import RunConfig
 from xaicli._runs.decisions import prepare
 
 IMAGES = np.random.default_rng(12).uniform(0, 1, size=(3, 10, 10, 3)).astype(np.float32)
@@ -26,7 +25,7 @@ def _model(head_units, activation):
 def _run(path, method="saliency"):
     run = prepare(RunConfig(model=path, inputs=(path,), out_dir=path.parent / "out", methods=(method,),
                             preprocess="none", ig_steps=8))
-    return run, run.explainer.explain(IMAGES, np.full(len(IMAGES), TOP_CLASS))
+    return run, run.explainer.explain(IMAGES, BEST)
 
 
 @pytest.mark.parametrize("units,activation", [(3, None), (1, "sigmoid")])

@@ -6,10 +6,9 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 
 import pytest
-
 from xaicli._errors import UsageError
-from xaicli._inputs.discover import InputImage
 from xaicli._evaluation.truth import Tally, check_known, load_truth, predicted_name
+from xaicli._inputs.discover import InputImage
 
 
 def _item(path: Path, relative: str) -> InputImage:

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
+from xaicli._explain.targets import BEST
 from xaicli._runs.config import RunConfig
-from xaicli._explain.explainer import TOP_CLASS
 from xaicli._runs.decisions import prepare
 
 from .test_attention import numpy_gradient_rollout, numpy_rollout
@@ -49,7 +48,7 @@ def hub_deit(tmp_path_factory):
 def _explain(path, methods, **options):
     run = prepare(RunConfig(model=path, inputs=(path,), out_dir=path.parent / "out", methods=methods,
                             preprocess="none", **options))
-    return run, run.explainer.explain(IMAGES, np.full(len(IMAGES), TOP_CLASS))
+    return run, run.explainer.explain(IMAGES, BEST)
 
 
 def _vit_by_hand(classifier):
@@ -123,7 +122,7 @@ def test_attention_maps_do_not_depend_on_the_batch(hub_vit):
         run = prepare(RunConfig(model=path, inputs=(path,), out_dir=path.parent / "o", batch_size=batch_size,
                                 methods=("attention", "grad-rollout"), preprocess="none"))
         maps.append({name: np.concatenate([run.explainer.explain(IMAGES[i:i + batch_size],
-                                                                 np.full(len(IMAGES[i:i + batch_size]), TOP_CLASS)).maps[name]
+                                                                 BEST).maps[name]
                                            for i in range(0, 3, batch_size)]) for name in ("attention", "grad-rollout")})
     for name in maps[0]:
         np.testing.assert_allclose(maps[0][name], maps[1][name], atol=1e-5)
@@ -229,5 +228,5 @@ def test_keras_hub_dinov2_backbone_under_a_head_with_register_tokens(tmp_path):
                             methods=("attention", "grad-rollout", "gradcam"), preprocess="none"))
     assert (run.info.token_grid, run.info.extra_tokens) == ((4, 4), 5)
     assert len(run.info.attention_layers) == 2 and run.layer.path.endswith("layers_1/norm1")
-    maps = run.explainer.explain(IMAGES[:, :32, :32], np.full(3, TOP_CLASS)).maps
+    maps = run.explainer.explain(IMAGES[:, :32, :32], BEST).maps
     assert all(m.shape == (3, 4, 4) and np.isfinite(m).all() for m in maps.values())

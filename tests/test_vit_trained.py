@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
+from xaicli._explain.targets import BEST
 from xaicli._runs.config import RunConfig
-from xaicli._explain.explainer import TOP_CLASS
 from xaicli._runs.decisions import prepare
 
 from .conftest import build_vit
@@ -49,7 +48,7 @@ def test_rollouts_point_at_the_object(trained_vit):
                             methods=("attention", "grad-rollout"), preprocess="none"))
     hits = dict.fromkeys(("attention", "grad-rollout"), 0)
     for start in range(0, 100, 50):
-        maps = run.explainer.explain(images[start:start + 50], np.full(50, TOP_CLASS)).maps
+        maps = run.explainer.explain(images[start:start + 50], BEST).maps
         for name in hits:
             peaks = [np.unravel_index(np.argmax(m), m.shape) for m in maps[name]]
             hits[name] += sum(peak == tuple(cell) for peak, cell in zip(peaks, cells[start:start + 50]))

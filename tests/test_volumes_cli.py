@@ -10,22 +10,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
-
-from xaicli.cli import main
 from xaicli._outputs.mosaic import GAP, grid_columns, tile_size
 
 nibabel = pytest.importorskip("nibabel")
 pytest.importorskip("pydicom")
 
 from .test_dicom import write_dicom  # noqa: E402
+from .conftest import xai
 
 SLICE = (24, 32)  # (rows, columns) of an axial slice below: J anterior-posterior, I right-left
-
-
-def _xai(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def _rows(out: Path) -> list[dict]:
@@ -50,7 +44,7 @@ def test_a_volume_is_explained_slice_by_slice_with_a_mosaic(tiny_model, tmp_path
     scans.mkdir()
     _volume(scans)
     out = tmp_path / "out"
-    result = _xai("run", tiny_model, scans, "-o", out, "--save", "overlay,raw")
+    result = xai("run", tiny_model, scans, "-o", out, "--save", "overlay,raw")
     assert result.exit_code == 0, result.output
     assert "4 of 4 images explained" in result.output  # the empty slices 0 and 5 are left out
     rows = _rows(out)
@@ -77,12 +71,12 @@ def test_slice_choices_and_axes_pick_the_rows(tiny_model, tmp_path):
              ("--slices", "4:99"): ["z=4", "z=5"], ("--slice-axis", "sagittal", "--slices", "30:40"): ["x=30", "x=31"]}
     for number, (options, expected) in enumerate(cases.items()):
         out = tmp_path / f"out{number}"
-        result = _xai("run", tiny_model, scans, "-o", out, "-q", *options)
+        result = xai("run", tiny_model, scans, "-o", out, "-q", *options)
         assert result.exit_code == 0, result.output
         assert [row["input"].rsplit("#", 1)[1] for row in _rows(out)] == expected
     sagittal = Image.open(tmp_path / "out3" / "brain.nii.gz.x030.gradcam.png")
     assert sagittal.size == (SLICE[0], 6)  # anterior-posterior across, superior-inferior down
-    bad = _xai("run", tiny_model, scans, "-o", tmp_path / "bad", "--slices", "9:2")
+    bad = xai("run", tiny_model, scans, "-o", tmp_path / "bad", "--slices", "9:2")
     assert bad.exit_code == 2 and "--slices" in bad.output
 
 
@@ -93,7 +87,7 @@ def test_multi_frame_dicom_gives_one_row_per_frame_and_no_patient_data_anywhere(
     write_dicom(scans / "cine.dcm", frames, NumberOfFrames=3)
     write_dicom(scans / "1.2.826.0.1.3680043.8.498.1", frames[0])  # a scanner's suffix-less file name
     out = tmp_path / "out"
-    result = _xai("run", tiny_model, scans, "-o", out, "--dicom", "--save", "overlay,heatmap,raw,panel", "-q")
+    result = xai("run", tiny_model, scans, "-o", out, "--dicom", "--save", "overlay,heatmap,raw,panel", "-q")
     assert result.exit_code == 0, result.output
     inputs = [Path(row["input"]).name for row in _rows(out)]
     assert inputs == ["1.2.826.0.1.3680043.8.498.1", "cine.dcm#frame=1", "cine.dcm#frame=2", "cine.dcm#frame=3"]
@@ -105,7 +99,7 @@ def test_multi_frame_dicom_gives_one_row_per_frame_and_no_patient_data_anywhere(
             content = path.read_bytes()
             for secret in (b"Doe^Jane", b"PID-7731", b"19610412"):
                 assert secret not in content, f"{secret!r} in {path.name}"
-    without = _xai("run", tiny_model, scans, "-o", tmp_path / "plain", "-q")
+    without = xai("run", tiny_model, scans, "-o", tmp_path / "plain", "-q")
     assert [Path(row["input"]).name for row in _rows(tmp_path / "plain")][0] == "cine.dcm#frame=1"
     assert without.exit_code == 0
 
@@ -122,7 +116,7 @@ def test_medical_files_that_cannot_be_used_are_error_rows_and_the_rest_goes_on(t
     whole = write_dicom(scans / "cut.dcm", np.ones((3, 24, 32), np.uint16), NumberOfFrames=3).read_bytes()
     (scans / "cut.dcm").write_bytes(whole[:-100])
     out = tmp_path / "out"
-    result = _xai("run", tiny_model, scans, "-o", out)
+    result = xai("run", tiny_model, scans, "-o", out)
     assert result.exit_code == 1, result.output
     errors = {Path(row["input"]).name: row["error"] for row in _rows(out) if row["status"] == "error"}
     assert set(errors) == {"flat.nii", "holes.nii.gz", "blank.nii.gz", "cut.dcm"}
@@ -137,13 +131,13 @@ def test_skip_existing_and_resume_take_a_volume_as_a_whole(tiny_model, tmp_path)
     _volume(scans)
     Image.fromarray(np.full((20, 20, 3), 90, np.uint8)).save(scans / "photo.png")
     out = tmp_path / "out"
-    assert _xai("run", tiny_model, scans, "-o", out, "-q").exit_code == 0
+    assert xai("run", tiny_model, scans, "-o", out, "-q").exit_code == 0
     first = _rows(out)
     mosaic = out / "brain.nii.gz.gradcam.mosaic.png"
     whole_mosaic = mosaic.read_bytes()
     (out / "brain.nii.gz.z003.gradcam.png").unlink()
     mosaic.unlink()
-    again = _xai("run", tiny_model, scans, "-o", out, "--skip-existing", "-q")
+    again = xai("run", tiny_model, scans, "-o", out, "--skip-existing", "-q")
     assert again.exit_code == 0, again.output
     statuses = {Path(row["input"]).name: row["status"] for row in _rows(out)}
     assert statuses.pop("photo.png") == "skipped" and set(statuses.values()) == {"ok"}  # every slice again
@@ -154,7 +148,7 @@ def test_skip_existing_and_resume_take_a_volume_as_a_whole(tiny_model, tmp_path)
     lines = table.read_text().splitlines(keepends=True)
     table.write_text("".join(lines[:3]))  # header and the rows of z=1 and z=2
     mosaic.unlink()
-    resumed = _xai("run", tiny_model, scans, "-o", out, "--resume", "-q")
+    resumed = xai("run", tiny_model, scans, "-o", out, "--resume", "-q")
     assert resumed.exit_code == 0, resumed.output
     assert [row["input"] for row in _rows(out)] == [row["input"] for row in first]
     assert mosaic.read_bytes() == whole_mosaic  # every slice's tile is there again

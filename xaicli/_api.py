@@ -269,3 +269,98 @@ class Explanation:
         from ._outputs.render import COLORMAPS
 
         return COLORMAPS[self._options.colormap]()
+
+
+@dataclass(frozen=True)
+class LayerRow:
+    """One layer of a model as ``xai layers`` lists it."""
+
+    path: str  # 'base/conv5_block3_out' for a layer of a nested model
+    type_name: str
+    output_shape: tuple[int | None, ...] | None  # None when the layer has several outputs
+    candidate: int | None  # its index among the candidates (``layer=INDEX``), None when it is not one
+    picked: bool  # what ``layer="auto"`` takes
+
+
+@dataclass(frozen=True)
+class Layers:
+    """A model's layers for choosing ``layer``: every layer in graph order, the candidates among
+    them, ``layer="auto"``'s pick and why (``reason``), or why there is none (``missing``)."""
+
+    rows: tuple[LayerRow, ...]
+    picked: str | None
+    reason: str
+    missing: str = ""
+
+
+def describe(model: str | os.PathLike | keras.Model, layer_regex: str = "conv", **model_options: Any) -> dict[str, Any]:
+    """What ``xai info --json`` reports of a model: format, input, outputs, classes, activation,
+    preprocessing, the layer ``layer="auto"`` takes and the methods that apply, JSON-ready.
+    ``model_options``: ``input_size``, ``output``, ``unsafe``, ``custom_objects``."""
+    from ._runs.decisions import describe as described, opened_model
+
+    path = "(in memory)" if _is_model(model) else Path(model)
+    return described(path, opened_model(_model_source(model), **_model_options(model_options))[1], layer_regex)
+
+
+def layers(model: str | os.PathLike | keras.Model, layer_regex: str = "conv", **model_options: Any) -> Layers:
+    """The model's layers as ``xai layers --all`` lists them, with ``layer="auto"``'s pick.
+    ``model_options`` as ``describe``'s."""
+    from ._models.layers import auto_layer, candidate_layers, no_candidates
+    from ._runs.decisions import opened_model
+
+    info = opened_model(_model_source(model), **_model_options(model_options))[1]
+    candidates = candidate_layers(info, layer_regex)
+    picked, reason = auto_layer(info, layer_regex) if candidates else (None, "")
+    index = {layer.path: position for position, layer in enumerate(candidates)}
+    rows = tuple(LayerRow(layer.path, layer.type_name, layer.output_shape, index.get(layer.path),
+                          picked is not None and layer.path == picked.path) for layer in info.layers)
+    return Layers(rows, picked.path if picked else None, reason, "" if candidates else no_candidates(info, layer_regex))
+
+
+def sanity(model: str | os.PathLike, inputs: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.PathLike,
+           methods: str | Sequence[str] = "gradcam", steps: int = 5, max_images: int = 16, **options: Any) -> list[str]:
+    """``xai sanity``: randomize the model's weighted layers from the output down (in memory) and
+    compare each image's maps with the trained model's (Spearman, SSIM), for the first
+    ``max_images`` images of ``inputs``; writes ``out/sanity.csv`` and ``out/sanity.png`` and
+    returns the verdict lines (Adebayo et al. 2018). ``options``: ``layer``, ``preprocess`` and
+    the model options."""
+    import itertools
+
+    from ._evaluation.sanity import check
+    from ._inputs.discover import discover
+    from ._runs.config import RunConfig
+    from ._runs.decisions import prepare
+
+    if steps < 1 or max_images < 1:
+        raise UsageError("--steps and --max-images must be at least 1")
+    paths = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    config = RunConfig(**as_fields({**options, "model": model, "methods": methods}, RunConfig),
+                       inputs=tuple(Path(p) for p in paths), out_dir=Path(out), existing="overwrite", report=False)
+    items = list(itertools.islice(discover(config.inputs, exclude=[config.out_dir]), max_images))
+    if not items:
+        raise UsageError(f"no images found in {', '.join(map(str, config.inputs))}")
+    return check(prepare(config), items, steps, config.out_dir)
+
+
+def _model_source(model: str | os.PathLike | keras.Model) -> Any:
+    return model if _is_model(model) else Path(model)
+
+
+def _model_options(options: dict[str, Any]) -> dict[str, Any]:
+    """How to read a model (``input_size``, ``output``, ``unsafe``, ``custom_objects``), as config values."""
+    allowed = ("input_size", "output", "unsafe", "custom_objects")
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise UsageError(f"unknown option {unknown[0]!r}; a model is read with {', '.join(allowed)}")
+    return as_fields({key: value for key, value in options.items() if value is not None})
+
+
+def report(out: str | os.PathLike, summary: str | os.PathLike | None = None) -> tuple[Path, Path | None]:
+    """``xai report``: write ``out/index.html`` again from the run in ``out`` (thumbnails that are
+    missing are made from the overlays) and, with ``summary``, the run's Markdown summary there.
+    Returns the page's path and the summary's (or None)."""
+    from ._outputs.report import write_report, write_summary
+
+    page = write_report(Path(out))
+    return page, (write_summary(Path(out), Path(summary)) if summary is not None else None)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import itertools
 import json
 import logging
 import os
@@ -23,12 +22,16 @@ from typing import IO, Callable, Iterator
 import click
 
 from . import __version__
+from ._api import describe
+from ._api import layers as xaicli_layers
+from ._api import report as xaicli_report
+from ._api import sanity as xaicli_sanity
 from ._engines import Watch
 from ._errors import (EXIT_BROKEN_PIPE, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, InterruptedRunError,
                       XaiError, first_line)
 from ._evaluation.faithfulness import PERTURBATION_METRICS
-from ._explain.registry import REGISTRY
-from ._inputs.discover import discover, expand_stdin
+from ._explain.registry import METHOD_OPTIONS
+from ._inputs.discover import expand_stdin
 from ._inputs.geometry import RESIZE_MODES
 from ._inputs.intensity import KINDS
 from ._inputs.nifti import SLICE_AXES, SLICE_AXIS_HELP
@@ -38,13 +41,12 @@ from ._inputs.stacks import SLICE_CHOICES
 from ._models.files import check_model_path
 from ._outputs.naming import IMAGE_FORMATS
 from ._outputs.render import COLORMAPS
-from ._outputs.report import write_report, write_summary
 from ._outputs.table import TABLE_FORMATS
 from ._quiet import stderr_silenced
-from ._runs.config import (AUTO, ENGINES, HEAD_FUSIONS, IG_BASELINES, TARGETS, RunConfig, parse_names, parse_numbers,
-                           parse_size, read_config_file)
+from ._runs.config import AUTO, ENGINES, TARGETS, parse_numbers, parse_size, read_config_file
 from ._runs.run import RunSummary
 from ._runs.run import run as xaicli_run
+from .methods import REGISTRY
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -94,6 +96,17 @@ def _model_options(func: Callable) -> Callable:
     ]
     for option in reversed(options):
         func = option(func)
+    return func
+
+
+def _method_options(func: Callable) -> Callable:
+    """An option for each option a method declares (``registry.METHOD_OPTIONS``), in registry order."""
+    for method_name, option in reversed(METHOD_OPTIONS):
+        kind = click.Choice(list(option.choices)) if option.choices else option.type
+        meanings = ": " + "; ".join(f"{k}: {v}" for k, v in option.choices.items()) if option.choices else ""
+        func = click.option(option.flag, option.name, type=kind, default=option.default,
+                            show_default=option.default is not None,
+                            help=f"{method_name}: {option.help}{meanings}.")(func)
     return func
 
 
@@ -222,20 +235,7 @@ def _layer_regex_option(func: Callable) -> Callable:
                    "(the head's GCS) or 'ray://HOST:PORT' (Ray Client); default: start Ray on this machine.")
 @click.option("--gpus-per-worker", type=float, default=0.0, show_default=True, metavar="SHARE",
               help="--engine ray: GPUs each replica asks for (0.5 puts two on a GPU); where the cluster has GPUs.")
-@click.option("--smoothgrad-samples", type=int, default=25, show_default=True,
-              help="smoothgrad: noisy copies averaged per image.")
-@click.option("--smoothgrad-noise", type=float, default=0.15, show_default=True,
-              help="smoothgrad: noise std as a fraction of each image's input value range.")
-@click.option("--ig-steps", type=int, default=32, show_default=True,
-              help="integrated-gradients: steps on the path from the baseline to the image.")
-@click.option("--ig-baseline", type=click.Choice(list(IG_BASELINES)), default="black", show_default=True,
-              help="integrated-gradients start: " + "; ".join(f"{k}: {v}" for k, v in IG_BASELINES.items()) + ".")
-@click.option("--scorecam-max-channels", type=int, default=None,
-              help="scorecam: score only the N most active channels (faster); default every channel.")
-@click.option("--head-fusion", type=click.Choice(list(HEAD_FUSIONS)), default="mean", show_default=True,
-              help="attention: how each block's heads are combined.")
-@click.option("--discard-ratio", type=float, default=0.0, show_default=True,
-              help="attention: fraction of the lowest attention weights set to 0 in each block.")
+@_method_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line.")
 @_debug_option
 def run(model: Path, inputs: tuple[Path, ...], config_file: Path | None, quiet: bool, debug: bool,
@@ -527,23 +527,19 @@ def layers(model: Path, layer_regex: str, show_all: bool, debug: bool, **model_o
     """List MODEL's candidate target layers; '*' marks the one `--layer auto` picks."""
     with _errors_reported(debug):
         check_model_path(model)
-        modules = _tensorflow(debug)
-        _, info = modules.inspect.open_model(model, **model_options)
-        candidates = modules.layers.candidate_layers(info, layer_regex)
-        picked, why = modules.layers.auto_layer(info, layer_regex) if candidates else (None, "")
-        index = {layer.path: i for i, layer in enumerate(candidates)}
-        shown = info.layers if show_all else candidates
-        width = max([len(l.path) for l in shown] + [4])
+        _tensorflow(debug)
+        listing = xaicli_layers(model, layer_regex, **model_options)
+        shown = [row for row in listing.rows if show_all or row.candidate is not None]
+        width = max([len(row.path) for row in shown] + [4])
         click.echo(f"  {'idx':>4}  {'path':<{width}}  {'type':<22}  output shape")
-        for layer in shown:
-            mark = "*" if picked is not None and layer.path == picked.path else " "
-            idx = str(index[layer.path]) if layer.path in index else ""
-            shape = "(multiple)" if layer.output_shape is None else str(layer.output_shape)
-            click.echo(f"{mark} {idx:>4}  {layer.path:<{width}}  {layer.type_name:<22}  {shape}")
-        if picked is not None:
-            click.echo(f"* --layer auto: {picked.path}, {why}")
+        for row in shown:
+            idx = "" if row.candidate is None else str(row.candidate)
+            shape = "(multiple)" if row.output_shape is None else str(row.output_shape)
+            click.echo(f"{'*' if row.picked else ' '} {idx:>4}  {row.path:<{width}}  {row.type_name:<22}  {shape}")
+        if listing.picked is not None:
+            click.echo(f"* --layer auto: {listing.picked}, {listing.reason}")
         else:
-            click.echo(f"xai: {modules.layers.no_candidates(info, layer_regex)}", err=True)
+            click.echo(f"xai: {listing.missing}", err=True)
     sys.exit(EXIT_OK)
 
 
@@ -554,9 +550,8 @@ def info(model: Path, layer_regex: str, as_json: bool, debug: bool, **model_opti
     `--layer auto` picks, and the methods that apply."""
     with _errors_reported(debug):
         check_model_path(model)
-        modules = _tensorflow(debug)
-        _, details = modules.inspect.open_model(model, **model_options)
-        summary = modules.decisions.describe(model, details, layer_regex)
+        _tensorflow(debug)
+        summary = describe(model, layer_regex, **model_options)
         if as_json:
             click.echo(json.dumps(summary, indent=2))
         else:
@@ -585,9 +580,10 @@ def report(out: Path, summary: Path | None, debug: bool) -> None:
     """Write OUT/index.html again from the run in OUT (after --resume, or for a run made with
     --no-report or by an older xai); thumbnails that are missing are made from the overlays."""
     with _errors_reported(debug):
-        click.echo(write_report(out))
-        if summary is not None:
-            click.echo(write_summary(out, summary))
+        page, written = xaicli_report(out, summary)
+        click.echo(page)
+        if written is not None:
+            click.echo(written)
 
 
 @main.command(context_settings=CONTEXT)
@@ -613,18 +609,9 @@ def sanity(model: Path, inputs: tuple[Path, ...], out_dir: Path, methods: str, s
     memory; the file is never touched) and compare each image's maps with the trained model's
     (Spearman, SSIM): OUT/sanity.csv, OUT/sanity.png, and a verdict per method (Adebayo et al. 2018)."""
     with _errors_reported(debug):
-        if steps < 1 or max_images < 1:
-            raise XaiError("--steps and --max-images must be at least 1")
-        config = RunConfig(model=model, inputs=inputs, out_dir=out_dir, methods=parse_names(methods),
-                           existing="overwrite", report=False, **options)
         check_model_path(model)
-        modules = _tensorflow(debug)
-        items = list(itertools.islice(discover(config.inputs, exclude=[out_dir]), max_images))
-        if not items:
-            raise XaiError(f"no images found in {', '.join(map(str, config.inputs))}")
-        from ._evaluation.sanity import check
-
-        for line in check(modules.decisions.prepare(config), items, steps, out_dir):
+        _tensorflow(debug)
+        for line in xaicli_sanity(model, inputs, out_dir, methods, steps, max_images, **options):
             click.echo(f"xai: {line}", err=True)
         click.echo(out_dir / "sanity.csv")
 
@@ -671,22 +658,8 @@ def _errors_reported(debug: bool) -> Iterator[None]:
         sys.exit(EXIT_INTERNAL)
 
 
-class _TensorFlowModules:
-    """The TensorFlow-backed modules, imported on first use."""
-
-    def __init__(self) -> None:
-        from . import _engines as engines
-        from ._runs import decisions, resume
-        from ._models import inspect, layers
-
-        self.engines = engines
-        self.inspect = inspect
-        self.layers = layers
-        self.decisions = decisions
-        self.resume = resume
-
-
-def _tensorflow(debug: bool) -> _TensorFlowModules:
+def _tensorflow(debug: bool) -> None:
+    """TensorFlow imported with its start-up lines silenced (all of them with --debug), before a model is read."""
     if debug:  # what the library notes for the curious, e.g. options dropped from a newer Keras's file
         logging.basicConfig(format="xai: debug: %(message)s")
         logging.getLogger("xaicli").setLevel(logging.DEBUG)
@@ -701,6 +674,5 @@ def _tensorflow(debug: bool) -> _TensorFlowModules:
         for name in ("tensorflow", "absl"):
             logging.getLogger(name).setLevel(logging.ERROR)
         logging.getLogger("pydicom").setLevel(logging.CRITICAL)
-    return _TensorFlowModules()
 
 

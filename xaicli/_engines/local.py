@@ -22,6 +22,7 @@ from .._evaluation.faithfulness import (PERTURBATION_METRICS, CurveJob, blurred,
                                         pixel_order, pointing_hit)
 from .._evaluation.truth import MaskError, predicted_name
 from .._explain.explainer import BatchExplanation
+from .._explain.targets import Target
 from .._inputs.discover import InputImage
 from .._inputs.geometry import View, drawn_picture, output_size, shown_at, to_model_input
 from .._inputs.raster import PICTURE_BYTES_PER_PIXEL, decode_bytes, open_image
@@ -33,10 +34,10 @@ from .._outputs.render import Shrunk, draw_kind, overlay, upsample
 from .._outputs.report import thumbnail_size
 from .._outputs.table import Row, table_text
 from .._outputs.writers import write_image, write_npy
-from .._runs.rows import caption, class_label, class_requests, error_row, explained_row, predicted_class
 from .._runs.config import RunConfig, default_workers
 from .._runs.decisions import Prepared
 from .._runs.record import ImageResult, Record
+from .._runs.rows import caption, class_label, error_row, explained_row, predicted_class
 from . import Watch
 
 FILES_AHEAD = 3  # files split into their images (volumes read whole) ahead of the one being explained
@@ -138,8 +139,8 @@ class _Write:
     """The files of one image, method and explained class, being written in the pool."""
 
     method: str
-    tag: str  # the explained class's tag ('' or 'top2', ...)
-    explanation: BatchExplanation  # of the batch, for this target tag's classes
+    target: Target  # what the map explains: its tag names the files, its rank goes in the row
+    explanation: BatchExplanation  # of the batch, for this target
     path: Path  # the first --save kind, named in the table
     figures: Figures  # --metrics deletion and insertion of this map
     done: Future[list[_Outcome]]  # the image's render: one outcome per write
@@ -263,11 +264,10 @@ def _explain_batch(prepared: Prepared, batch: list[_Decoded], workers: _Workers,
     explanations, failure = (), ""
     if good:
         inputs = np.stack([d.model_input for d in good])
-        requests = class_requests(prepared, len(good), prepared.config.target, prepared.config.top_k,
-                                 prepared.target_class)
-        watch.runs(len(good), len(requests) * len(prepared.config.methods))
+        watch.runs(len(good), len(prepared.targets) * len(prepared.config.methods))
         try:
-            explanations = tuple(prepared.explainer.explain(inputs, requested, watch.on_stage) for requested in requests)
+            explanations = tuple(prepared.explainer.explain(inputs, target, watch.on_stage)
+                                 for target in prepared.targets)
             if prepared.config.metrics:
                 watch.stage("deletion and insertion curves")
             faithfulness = _faithfulness(prepared, inputs, explanations)
@@ -348,7 +348,7 @@ def _faithfulness(prepared: Prepared, inputs: np.ndarray,
     blurry = [blurred(image) for image in inputs] if "insertion" in wanted else []
     starts = {"deletion": lambda index: (inputs[index], baseline), "insertion": lambda index: (blurry[index], inputs[index])}
     keys, jobs = [], []
-    for tag, explanation in enumerate(explanations):
+    for position, explanation in enumerate(explanations):
         for method, maps in explanation.maps.items():
             for index in range(len(inputs)):
                 order = pixel_order(upsample(maps[index], size))
@@ -356,11 +356,11 @@ def _faithfulness(prepared: Prepared, inputs: np.ndarray,
                     source, target = starts[name](index)
                     jobs.append(CurveJob(functools.partial(perturbed, source, target, order, config.metric_steps),
                                          int(explanation.classes[index]), config.metric_steps))
-                    keys.append((tag, method, index, name))
+                    keys.append((position, method, index, name))
     figures: dict[tuple[int, str, int], Figures] = {}
-    for (tag, method, index, name), area in zip(keys, curve_areas(jobs, prepared.explainer.probabilities,
+    for (position, method, index, name), area in zip(keys, curve_areas(jobs, prepared.explainer.probabilities,
                                                                   prepared.explainer.batch_size)):
-        figures.setdefault((tag, method, index), {})[name] = round(area, 6)
+        figures.setdefault((position, method, index), {})[name] = round(area, 6)
     return figures
 
 
@@ -372,15 +372,16 @@ def _schedule(prepared: Prepared, decoded: _Decoded, explanations: tuple[BatchEx
     item = decoded.item
     jobs, writes = [], []
     for method in config.methods:  # rows and files in the order the user asked for
-        for position, (tag, explanation) in enumerate(zip(config.target_tags, explanations)):
-            paths = {kind: output_path(config.out_dir, item.output_relative, method, kind, tag, config.image_format)
-                     for kind in config.save}
+        for position, (target, explanation) in enumerate(zip(prepared.targets, explanations)):
+            paths = {kind: output_path(config.out_dir, item.output_relative, method, kind, target.tag,
+                                       config.image_format) for kind in config.save}
             if config.report:
-                paths[THUMBNAIL] = thumbnail_path(config.out_dir, item.output_relative, method, tag)
+                paths[THUMBNAIL] = thumbnail_path(config.out_dir, item.output_relative, method, target.tag)
             text = caption(prepared, explanation, index)
             jobs.append(_Job(explanation.maps[method][index], paths, f"{text} | {method}",
                              item.part.count if wants_mosaic(config, item) else 0))
-            writes.append((method, tag, explanation, paths[config.save[0]], faithfulness.get((position, method, index), {})))
+            writes.append((method, target, explanation, paths[config.save[0]],
+                           faithfulness.get((position, method, index), {})))
     done = workers.pool.submit(_render_image, prepared, decoded, jobs, workers)
     return _Pending(decoded.item, "", decoded.note, index=index,
                     writes=tuple(_Write(*write, done, position) for position, write in enumerate(writes)))
@@ -497,7 +498,7 @@ class _Mosaics:
 
     def __init__(self, prepared: Prepared) -> None:
         self._prepared = prepared
-        self._sheets: dict[tuple[str, str], Sheet] = {}
+        self._sheets: dict[tuple[str, Target], Sheet] = {}
 
     def add(self, entry: _Pending, rows: list[Row]) -> list[Row]:
         """Add the part's tiles (a failed part leaves its cells empty); after the file's last part,
@@ -505,17 +506,17 @@ class _Mosaics:
         last part's row of its method into an error row."""
         config, part = self._prepared.config, entry.item.part
         if part.position == 0:
-            self._sheets = {(method, tag): Sheet() for method in config.methods for tag in config.target_tags}
-        outcomes = {(w.method, w.tag): (w, w.done.result()[w.index]) for w in entry.writes}
-        for (method, tag), sheet in self._sheets.items():
-            write, outcome = outcomes.get((method, tag), (None, None))
+            self._sheets = {(method, target): Sheet() for method in config.methods for target in self._prepared.targets}
+        outcomes = {(w.method, w.target): (w, w.done.result()[w.index]) for w in entry.writes}
+        for (method, target), sheet in self._sheets.items():
+            write, outcome = outcomes.get((method, target), (None, None))
             text = caption(self._prepared, write.explanation, entry.index) if write else "failed"
             sheet.add(f"{part.label} {text}", outcome.tile if outcome else None)
         if not part.last:
             return rows
         failed = {}
-        for (method, tag), sheet in self._sheets.items():
-            path = mosaic_path(config, entry.item, method, tag)
+        for (method, target), sheet in self._sheets.items():
+            path = mosaic_path(config, entry.item, method, target.tag)
             try:
                 write_image(path, sheet.compose(), config.image_format)
             except OSError as exc:
@@ -529,10 +530,10 @@ def _rows(prepared: Prepared, pending: _Pending) -> Iterator[Row]:
     config = prepared.config
     if pending.skipped or pending.error:
         for method in config.methods:
-            for tag in config.target_tags:
-                row = replace(_error_row(prepared, pending.item, method, pending.error), rank=config.tag_rank(tag))
+            for target in prepared.targets:
+                row = replace(_error_row(prepared, pending.item, method, pending.error), rank=target.rank)
                 if pending.skipped:
-                    path = output_path(config.out_dir, pending.item.output_relative, method, config.save[0], tag,
+                    path = output_path(config.out_dir, pending.item.output_relative, method, config.save[0], target.tag,
                                        config.image_format)
                     row = replace(row, status="skipped", output=str(path))
                 yield row
@@ -549,7 +550,7 @@ def _rows(prepared: Prepared, pending: _Pending) -> Iterator[Row]:
         else:
             yield _ok_row(prepared, pending, write, outcome)
             continue
-        yield replace(_error_row(prepared, pending.item, write.method, reason), rank=config.tag_rank(write.tag))
+        yield replace(_error_row(prepared, pending.item, write.method, reason), rank=write.target.rank)
 
 
 def _true(prepared: Prepared, item: InputImage, predicted: str = "") -> dict[str, object]:
@@ -565,7 +566,7 @@ def _ok_row(prepared: Prepared, pending: _Pending, write: _Write, outcome: _Outc
     predicted = predicted_class(explanation, index)
     return explained_row(
         prepared, explanation, index, write.method, name=pending.item.name, note=pending.note,
-        output=str(write.path), rank=prepared.config.tag_rank(write.tag), top_k=prepared.config.top_k,
+        output=str(write.path), rank=write.target.rank, top_k=prepared.config.top_k,
         figures={**write.figures, **outcome.figures},
         true=_true(prepared, pending.item, predicted_name(class_label(prepared, predicted), predicted)))
 

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .._errors import ImageError
+from .._explain.targets import BEST, EachClass, Target
 from .._inputs.geometry import to_model_input
 from .._inputs.raster import open_image
 from .._outputs.render import overlay, upsample
@@ -169,8 +170,6 @@ def check(prepared, items: Sequence, steps: int, out_dir: Path) -> list[str]:
     """Run the cascade on ``items`` (``images.InputImage``) with a prepared run's explainer and
     methods; write ``OUT/sanity.csv`` and ``OUT/sanity.png``. Returns the verdict lines. Images
     that cannot be read are left out and named in a line of their own."""
-    from .._explain.explainer import TOP_CLASS  # TensorFlow: only once a model is checked
-
     info, names, pictures, inputs, unreadable = prepared.info, [], [], [], []
     for item in items:
         try:
@@ -186,14 +185,14 @@ def check(prepared, items: Sequence, steps: int, out_dir: Path) -> list[str]:
     batch = np.stack(inputs)
     explainer = prepared.explainer
 
-    def explain(requested: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    def explain(target: Target) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        starts = range(0, len(batch), explainer.batch_size)
         parts = [explainer.explain(batch[start:start + explainer.batch_size],
-                                   requested[start:start + explainer.batch_size])
-                 for start in range(0, len(batch), explainer.batch_size)]
+                                   target.part(start, start + explainer.batch_size)) for start in starts]
         maps = {method: np.concatenate([part.maps[method] for part in parts]) for method in parts[0].maps}
         return maps, np.concatenate([part.classes for part in parts])
 
-    trained, classes = explain(np.full(len(batch), TOP_CLASS))
+    trained, classes = explain(BEST)
     comparisons = compare(names, trained, trained, info.input_size, 0, "")
     maps_by_step, headers = [trained], ["trained"]
 
@@ -202,7 +201,7 @@ def check(prepared, items: Sequence, steps: int, out_dir: Path) -> list[str]:
         maps_by_step.append(maps)
         headers.append(f"to {step.layer}")
 
-    run_cascade(lambda: explain(classes)[0], explainer.probe.weighted_layers(), steps, on_step=record,
+    run_cascade(lambda: explain(EachClass(tuple(int(c) for c in classes)))[0], explainer.probe.weighted_layers(), steps, on_step=record,
                 name=explainer.probe.layer_name)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_table(out_dir / "sanity.csv", comparisons)

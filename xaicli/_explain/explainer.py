@@ -8,7 +8,6 @@ Batches smaller than ``batch_size`` are padded so each step is traced once.
 from __future__ import annotations
 
 import contextlib
-import zlib
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -19,13 +18,8 @@ from .._errors import LayerError
 from .._models.info import ModelInfo
 from .._models.probe import Probe, class_scores
 from .._outputs.render import normalize_maps
-
-def rank_request(rank: int) -> int:
-    """The requested-class value meaning "this image's ``rank``-th best class" (1 = top)."""
-    return -rank
-
-
-TOP_CLASS = rank_request(1)  # requested class meaning "the top-scoring class of this image"
+from .contexts import AttentionContext, GradientContext, MethodOptions, ScoreContext
+from .targets import BEST, Target
 
 # Told of each stage of explaining a batch, for progress: (the methods it computes, () for the
 # prediction alone; whether a compiled step runs for the first time, i.e. is being traced and
@@ -35,60 +29,6 @@ StageCallback = Callable[[tuple[str, ...], bool, bool], None]
 
 def _untold(_methods: tuple[str, ...], _compiling: bool, _finished: bool) -> None:
     """The StageCallback that tells no one."""
-
-
-@dataclass(frozen=True)
-class MethodOptions:
-    """Settings of the methods that take any. ``baseline`` is the integrated-gradients
-    starting input, (H, W, C) float32 in model-input units (already preprocessed)."""
-
-    smoothgrad_samples: int = 25
-    smoothgrad_noise: float = 0.15  # noise std as a fraction of each image's input range
-    ig_steps: int = 32
-    baseline: np.ndarray | None = None
-    seed: int = 0
-    scorecam_max_channels: int | None = None
-    head_fusion: str = "mean"
-    discard_ratio: float = 0.0
-
-
-@dataclass(frozen=True)
-class GradientContext:
-    """What a gradient-family method gets: the padded batch, its classes, and a way to ask for
-    d score / d input at any other inputs (same classes)."""
-
-    images: np.ndarray  # (B, H, W, C) float32
-    classes: np.ndarray  # (B,) int32
-    options: MethodOptions
-    gradient: Callable[[np.ndarray], np.ndarray]  # (B, H, W, C) -> (B, H, W, C)
-    at_images: np.ndarray  # gradient(images), (B, H, W, C), taken in the prediction pass
-
-
-@dataclass(frozen=True)
-class ScoreContext:
-    """What a score-family method gets: the batch, its classes, the target layer's activations,
-    and a way to ask the model's probability of the class for one image under a stack of masks
-    drawn from them."""
-
-    images: np.ndarray  # (B, H, W, C) float32
-    classes: np.ndarray  # (B,) int32
-    activations: np.ndarray  # (B, h, w, k) float32
-    options: MethodOptions
-    # (image (H, W, C), channel maps (m, h, w), class) -> (m,) the class's probability in [0, 1]
-    # for each masked image (a one-unit sigmoid's probability of the explained sign)
-    masked_probabilities: Callable[[np.ndarray, np.ndarray, int], np.ndarray]
-
-
-@dataclass(frozen=True)
-class AttentionContext:
-    """What an attention-family method gets: each attention layer's scores, in block order,
-    and where the patch tokens are in the sequence."""
-
-    attention: list[np.ndarray]  # per layer (B, heads, T, T)
-    gradients: list[np.ndarray]  # per layer d score / d attention, (B, heads, T, T); [] when not asked for
-    grid: tuple[int, int]  # patch rows, columns
-    extra_tokens: int  # leading non-patch tokens (1 = class token)
-    options: MethodOptions
 
 
 @dataclass(frozen=True)
@@ -217,18 +157,19 @@ class Explainer:
             explained = tf.gather(scores, classes, batch_dims=1)
         return tape.gradient(explained, images)
 
-    def explain(self, images: np.ndarray, requested: np.ndarray, on_stage: StageCallback = _untold) -> BatchExplanation:
+    def explain(self, images: np.ndarray, target: Target = BEST, on_stage: StageCallback = _untold) -> BatchExplanation:
         """Explain up to ``batch_size`` images.
 
         Args:
             images: (n, H, W, C) float32 preprocessed model inputs, 1 <= n <= batch_size.
-            requested: (n,) int class per image, ``TOP_CLASS``, or ``rank_request(r)``.
+            target: what the maps explain: each image's best class, a given class, the r-th best,
+                or a class per image.
             on_stage: told as each stage (the prediction with every CAM method, then each other
                 method) starts and ends.
         """
         count = len(images)
         batch = _padded(images.astype(np.float32), self.batch_size, 0.0)
-        wanted = _padded(np.asarray(requested, np.int32), self.batch_size, TOP_CLASS)
+        wanted = np.concatenate([target.requested(count), BEST.requested(self.batch_size - count)])
         with self._stage(on_stage, tuple(self._cam_methods), self._step):
             (probabilities, scores, classes, cam_maps, activations, attention, attention_gradients,
              at_images) = self._step(tf.constant(batch), tf.constant(wanted))
@@ -288,7 +229,7 @@ class Explainer:
 
 def _chosen_classes(scores: tf.Tensor, requested: tf.Tensor) -> tf.Tensor:
     """(B,) int32 class per image: ``requested`` where it is an index, the image's r-th best
-    class where it is ``rank_request(r)``. Ties rank the lower index first, as argmax does."""
+    class where it is -r (see ``targets``). Ties rank the lower index first, as argmax does."""
     order = tf.argsort(scores, axis=-1, direction="DESCENDING", stable=True)
     rank = tf.clip_by_value(-requested - 1, 0, tf.shape(scores)[-1] - 1)
     return tf.where(requested < 0, tf.gather(order, rank, batch_dims=1), requested)
@@ -299,9 +240,3 @@ def _padded(rows: np.ndarray, size: int, fill: float) -> np.ndarray:
     sees one fixed batch shape and is traced once."""
     padding = np.full((size - len(rows), *rows.shape[1:]), fill, rows.dtype)
     return np.concatenate([rows, padding])
-
-
-def image_seed(image: np.ndarray, seed: int) -> np.random.Generator:
-    """A random generator that depends only on the image's content and ``seed``, so noise for
-    an image is the same whatever batch or position it is in."""
-    return np.random.default_rng([seed, zlib.crc32(np.ascontiguousarray(image).tobytes())])

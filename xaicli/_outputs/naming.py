@@ -6,9 +6,12 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
+from .._explain.targets import targets_of
+
 if TYPE_CHECKING:  # naming is what the run's configuration and inputs ask for; they import names from here
     from .._inputs.discover import InputImage
     from .._runs.config import RunConfig
+
 MANIFEST_NAME = "run.json"
 
 
@@ -35,34 +38,56 @@ IMAGE_FORMATS = {  # --image-format -> suffix of the overlay, heatmap and panel 
 }
 
 
+def output_stem(relative: PurePosixPath, method: str, tag: str = "") -> PurePosixPath:
+    """``<relative path>.<method>[.<tag>]``, inside OUT: what every file of one image, method and
+    explained class is named from. The source suffix stays in the name so a.jpg and a.png never
+    collide, and ``tag`` (e.g. 'top2') tells apart the classes of one image. ``relative`` never
+    holds '..', so the names stay inside OUT."""
+    tagged = f"{method}.{tag}" if tag else method
+    return relative.with_name(f"{relative.name}.{tagged}")
+
+
+def kind_name(stem: PurePosixPath, kind: str, image_format: str = "png") -> PurePosixPath:
+    """The file of a kind of ``FILE_KINDS`` for ``stem``: ``<stem>[.<kind>].<png|jpg|webp|npy>``."""
+    suffix = ".npy" if kind == "raw" else IMAGE_FORMATS[image_format]
+    return stem.with_name(f"{stem.name}{FILE_KINDS[kind]}{suffix}")
+
+
+def stem_of(name: PurePosixPath, kind: str, image_format: str = "png") -> PurePosixPath:
+    """``kind_name``'s inverse: the stem of a file of ``kind`` (the table's output column names the
+    first ``--save`` kind's file); the name itself when it is not such a file."""
+    ending = kind_name(PurePosixPath("x"), kind, image_format).name[1:]
+    return name.with_name(name.name[: -len(ending)]) if name.name.endswith(ending) and name.name != ending else name
+
+
+def thumbnail_name(stem: PurePosixPath) -> PurePosixPath:
+    """``.thumbs/<stem>.jpg``: the page's small overlay, named from the stem alone so that it is
+    found from any of the image's files."""
+    return PurePosixPath(THUMBNAIL_DIR, *stem.parts[:-1], f"{stem.name}.jpg")
+
+
 def output_path(out_dir: Path, relative: PurePosixPath, method: str, kind: str = "overlay", tag: str = "",
                 image_format: str = "png") -> Path:
-    """``OUT/<relative path>.<method>[.<tag>][.<kind>].<png|jpg|webp|npy>`` for a kind of
-    ``FILE_KINDS``; the source suffix
-    stays in the name so a.jpg and a.png never collide, and ``tag`` (e.g. 'top2') tells apart
-    the classes of one image. ``relative`` never holds '..', so the path stays inside OUT."""
-    tagged = f"{method}.{tag}" if tag else method
-    suffix = ".npy" if kind == "raw" else IMAGE_FORMATS[image_format]
-    return out_dir.joinpath(*relative.parts[:-1], f"{relative.name}.{tagged}{FILE_KINDS[kind]}{suffix}")
+    """``OUT/<relative path>.<method>[.<tag>][.<kind>].<png|jpg|webp|npy>`` (see ``output_stem``)."""
+    return out_dir / kind_name(output_stem(relative, method, tag), kind, image_format)
 
 
 THUMBNAIL_DIR = ".thumbs"  # small overlays for the report page, mirroring OUT's tree
 
 
 def thumbnail_path(out_dir: Path, relative: PurePosixPath, method: str, tag: str = "") -> Path:
-    """``OUT/.thumbs/<relative path>.<method>[.<tag>].jpg``: the overlay's name without its kind
-    and format, so the page finds it from any of the image's files."""
-    tagged = f"{method}.{tag}" if tag else method
-    return out_dir.joinpath(THUMBNAIL_DIR, *relative.parts[:-1], f"{relative.name}.{tagged}.jpg")
+    """``OUT/.thumbs/<relative path>.<method>[.<tag>].jpg`` (see ``thumbnail_name``)."""
+    return out_dir / thumbnail_name(output_stem(relative, method, tag))
 
 
 def planned_outputs(config: RunConfig, item: InputImage) -> list[Path]:
     """Every file the run writes for ``item``, in ``--method``, target rank, then ``--save``
     order; for a part of a volume, its file's mosaics too."""
+    tags = [target.tag for target in targets_of(config.target, config.top_k, None)]  # a class given tags nothing
     own = [output_path(config.out_dir, item.output_relative, method, kind, tag, config.image_format)
-           for method in config.methods for tag in config.target_tags for kind in config.save]
+           for method in config.methods for tag in tags for kind in config.save]
     mosaics = [mosaic_path(config, item, method, tag)
-               for method in config.methods for tag in config.target_tags] if wants_mosaic(config, item) else []
+               for method in config.methods for tag in tags] if wants_mosaic(config, item) else []
     return own + mosaics
 
 

@@ -20,7 +20,7 @@ from PIL import Image
 
 from .._errors import UsageError
 from .._evaluation.faithfulness import figure_from_cell
-from .naming import FILE_KINDS, IMAGE_FORMATS, MANIFEST_NAME, THUMBNAIL_DIR, table_path
+from .naming import IMAGE_FORMATS, MANIFEST_NAME, kind_name, stem_of, table_path, thumbnail_name
 from .table import FIGURE_COLUMNS, read_table
 
 REPORT_NAME = "index.html"
@@ -166,7 +166,8 @@ def _cards(records: list[dict[str, object]], options: dict, out_dir: Path) -> li
     cards: dict[str, Card] = {}
     run_out = str(options.get("out_dir", out_dir))
     kinds = list(options.get("save", ["overlay"]))
-    image_suffix = IMAGE_FORMATS.get(options.get("image_format", "png"), ".png")
+    image_format = options.get("image_format", "png")
+    image_format = image_format if image_format in IMAGE_FORMATS else "png"
     for record in records:
         name = str(record.get("input", ""))
         card = cards.setdefault(name, Card(name, true_label=str(record.get("true_label") or "")))
@@ -184,7 +185,7 @@ def _cards(records: list[dict[str, object]], options: dict, out_dir: Path) -> li
             card.correct = _truth_value(record.get("correct"))
         output = str(record.get("output") or "")
         if output:
-            card.maps.append(_map(record, _inside(output, run_out, out_dir), kinds, image_suffix, out_dir))
+            card.maps.append(_map(record, _inside(output, run_out, out_dir), kinds, image_format, out_dir))
     return list(cards.values())
 
 
@@ -202,13 +203,12 @@ def _inside(output: str, run_out: str, out_dir: Path) -> PurePosixPath:
     return PurePosixPath(posixpath.relpath(output, run_out))
 
 
-def _map(record: dict[str, object], output: PurePosixPath, kinds: list[str], image_suffix: str,
+def _map(record: dict[str, object], output: PurePosixPath, kinds: list[str], image_format: str,
          out_dir: Path) -> dict[str, str]:
     """A map's method, explained class, thumbnail and full-size links (relative URLs)."""
-    first_suffix = FILE_KINDS[kinds[0]] + (".npy" if kinds[0] == "raw" else image_suffix)
-    stem = output.name[: -len(first_suffix)] if output.name.endswith(first_suffix) else output.name
-    files = {kind: output.with_name(stem + FILE_KINDS[kind] + image_suffix) for kind in kinds if kind != "raw"}
-    thumbnail = PurePosixPath(THUMBNAIL_DIR, *output.parts[:-1], f"{stem}.jpg")
+    stem = stem_of(output, kinds[0], image_format)
+    files = {kind: kind_name(stem, kind, image_format) for kind in kinds if kind != "raw"}
+    thumbnail = thumbnail_name(stem)
     source = files.get("overlay") or files.get("panel") or files.get("heatmap")
     if source is not None and not (out_dir / thumbnail).exists():
         _make_thumbnail(out_dir / source, out_dir / thumbnail)

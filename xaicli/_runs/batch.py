@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .._explain.explainer import BatchExplanation
+from .._explain.targets import Target, targets_of
 from .._inputs.geometry import drawn_picture, to_model_input
 from .._outputs.table import row_record
 from . import rows
@@ -27,18 +28,19 @@ def explain_pictures(prepared: Prepared, options: ExplainOptions, pictures: list
 
     info = prepared.info
     check_targets(options, info)
-    target_class = resolve_class(options.target_class, prepared.labels, info.num_classes)
+    targets = targets_of(options.target, options.top_k,
+                         resolve_class(options.target_class, prepared.labels, info.num_classes))
     batch_size = prepared.explainer.batch_size
     parts: list[list[BatchExplanation]] = []
     for start in range(0, len(pictures), batch_size):
         chunk = pictures[start:start + batch_size]
         inputs = np.stack([to_model_input(p.picture, info.input_size, info.channels, prepared.scaling, options.resize)
                            for p in chunk])
-        requests = rows.class_requests(prepared, len(chunk), options.target, options.top_k, target_class)
-        parts.append([prepared.explainer.explain(inputs, requested) for requested in requests])
+        parts.append([prepared.explainer.explain(inputs, target) for target in targets])
     explained = [_joined([part[position] for part in parts]) for position in range(len(parts[0]))]
     views = [drawn_picture(p.picture, info.input_size, options.resize, options.max_size) for p in pictures]
-    return Explanation(prepared, options, pictures, explained, _records(prepared, options, pictures, explained), views)
+    return Explanation(prepared, options, pictures, explained, _records(prepared, options, pictures, targets, explained),
+                       views)
 
 
 def _joined(batches: list[BatchExplanation]) -> BatchExplanation:
@@ -51,7 +53,7 @@ def _joined(batches: list[BatchExplanation]) -> BatchExplanation:
     )
 
 
-def _records(prepared: Prepared, options: ExplainOptions, pictures: list[Picture],
+def _records(prepared: Prepared, options: ExplainOptions, pictures: list[Picture], targets: tuple[Target, ...],
              explained: list[BatchExplanation]) -> list[dict[str, object]]:
     """The table's rows: image by image, then method, then rank, as JSON Lines holds them."""
     ranked = options.target == "topk"
@@ -59,9 +61,9 @@ def _records(prepared: Prepared, options: ExplainOptions, pictures: list[Picture
     for index, picture in enumerate(pictures):
         finite = bool(np.all(np.isfinite(explained[0].scores[index])))
         for method in options.methods:
-            for rank, explanation in enumerate(explained, start=1):
+            for target, explanation in zip(targets, explained):
                 row = (rows.explained_row(prepared, explanation, index, method, name=picture.name, note=picture.note,
-                                          rank=rank if ranked else None, top_k=options.top_k) if finite
+                                          rank=target.rank, top_k=options.top_k) if finite
                        else rows.error_row(prepared, picture.name, method, NON_FINITE))
                 records.append(row_record(row, options.top_k, ranked=ranked))
     return records

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, make_dataclass
 from pathlib import Path
 
 try:
@@ -16,7 +16,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, published as tomli
 from .._engines import ENGINES
 from .._errors import UsageError
 from .._evaluation.faithfulness import PERTURBATION_METRICS, TRUTH_METRICS, parse_requirements
-from .._explain.registry import REGISTRY
+from .._explain.registry import METHOD_OPTIONS, REGISTRY
 from .._inputs.geometry import RESIZE_MODES
 from .._inputs.intensity import parse_intensity
 from .._inputs.nifti import SLICE_AXES
@@ -29,13 +29,6 @@ from .._outputs.table import TABLE_FORMATS
 
 AUTO = "auto"
 CUSTOM = "custom"
-HEAD_FUSIONS = ("mean", "max", "min")
-IG_BASELINES = {
-    "black": "an all-black image (pixels 0), preprocessed like the inputs",
-    "white": "an all-white image (pixels 255), preprocessed like the inputs",
-    "gray": "a mid-gray image (pixels 127.5), preprocessed like the inputs",
-    "zeros": "model input 0 everywhere, whatever the preprocessing",
-}
 EXISTING = ("refuse", "overwrite", "skip", "resume")
 TARGETS = {
     "predicted": "each image's top class, or the --class given",
@@ -51,10 +44,8 @@ def default_workers() -> int:
 
 
 @dataclass(frozen=True, kw_only=True)
-class ExplainOptions:
-    """How images are explained and drawn, wherever they come from: ``xaicli.Explainer``'s options, and
-    the part of a run's ``RunConfig`` about explaining. Built with keyword arguments; it checks itself
-    (a ``UsageError`` with the command line's message for a bad value)."""
+class _Explaining:
+    """The options about explaining that are not a method's own (``ExplainOptions`` adds those)."""
 
     methods: tuple[str, ...] = ("gradcam",)
     layer: str = AUTO
@@ -76,13 +67,6 @@ class ExplainOptions:
     labels: Path | tuple[str, ...] | None = None  # a file of class names, or the names
     max_pixels: int = DEFAULT_MAX_PIXELS
     intensity: str = "auto"  # how images deeper than 8 bits reach 0..255 (intensity.KINDS)
-    smoothgrad_samples: int = 25
-    smoothgrad_noise: float = 0.15
-    ig_steps: int = 32
-    ig_baseline: str = "black"
-    scorecam_max_channels: int | None = None  # None = every channel
-    head_fusion: str = "mean"
-    discard_ratio: float = 0.0
     max_size: int | None = None  # long side of image outputs at most this; None = the original size
 
     def __post_init__(self) -> None:
@@ -111,20 +95,8 @@ class ExplainOptions:
             raise UsageError(f"--custom-objects {self.custom_objects}: no such file; give a Python file or a module name")
         if self.max_pixels < 1:
             raise UsageError(f"--max-pixels must be at least 1, got {self.max_pixels}")
-        if self.smoothgrad_samples < 1:
-            raise UsageError(f"--smoothgrad-samples must be at least 1, got {self.smoothgrad_samples}")
-        if self.smoothgrad_noise < 0:
-            raise UsageError(f"--smoothgrad-noise must be 0 or more, got {self.smoothgrad_noise}")
-        if self.ig_steps < 1:
-            raise UsageError(f"--ig-steps must be at least 1, got {self.ig_steps}")
-        if self.scorecam_max_channels is not None and self.scorecam_max_channels < 1:
-            raise UsageError(f"--scorecam-max-channels must be at least 1, got {self.scorecam_max_channels}")
         if self.max_size is not None and self.max_size < 16:
             raise UsageError(f"--max-size must be at least 16 pixels, got {self.max_size}")
-        if self.head_fusion not in HEAD_FUSIONS:
-            raise UsageError(f"unknown --head-fusion {self.head_fusion!r}; choose from {', '.join(HEAD_FUSIONS)}")
-        if not 0.0 <= self.discard_ratio < 1.0:
-            raise UsageError(f"--discard-ratio must be in [0, 1), got {self.discard_ratio}")
         if self.resize not in RESIZE_MODES:
             raise UsageError(f"unknown --resize {self.resize!r}; choose from {', '.join(RESIZE_MODES)}")
         if self.top_k < 0:
@@ -134,13 +106,32 @@ class ExplainOptions:
         if self.target == "topk" and (self.top_k < 1 or self.target_class is not None):
             raise UsageError("--target topk explains each of the --top-k classes: give --top-k K (e.g. 3) "
                              "and no --class")
-        if self.ig_baseline not in IG_BASELINES:
-            raise UsageError(f"unknown --ig-baseline {self.ig_baseline!r}; choose from {', '.join(IG_BASELINES)}")
+
+        for _method, option in METHOD_OPTIONS:
+            option.check(getattr(self, option.name))
 
     @property
     def needs_layer(self) -> bool:
         """True when a method that works on a convolutional layer is asked for."""
         return any(REGISTRY[name].needs_layer for name in self.methods)
+
+    @property
+    def method_options(self) -> dict[str, object]:
+        """Every method's own options (``METHOD_OPTIONS``) with this configuration's values."""
+        return {option.name: getattr(self, option.name) for _method, option in METHOD_OPTIONS}
+
+
+# The methods declare their own options (registry.METHOD_OPTIONS); each becomes a field here, so a
+# new method's option is a keyword of the Python API, a config key and a run.json entry by itself.
+ExplainOptions = make_dataclass(
+    "ExplainOptions", [(option.name, option.type if option.default is not None else option.type | None,
+                        field(default=option.default)) for _method, option in METHOD_OPTIONS],
+    bases=(_Explaining,), frozen=True, kw_only=True)
+ExplainOptions.__module__ = __name__  # where pickle (Ray's replicas) finds it; make_dataclass's module= is 3.12's
+ExplainOptions.__doc__ = """How images are explained and drawn, wherever they come from: ``xaicli.Explainer``'s options,
+    and the part of a run's ``RunConfig`` about explaining, with a field for each method's own option.
+    Built with keyword arguments; it checks itself (a ``UsageError`` with the command line's message
+    for a bad value)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -254,20 +245,6 @@ class RunConfig(ExplainOptions):
         """Where the run's table is read back from (``--resume``, the page): the table itself, or
         the copy kept in OUT when it goes to standard output."""
         return table_path(self.out_dir, self.table_format, self.predictions)
-
-    @property
-    def target_tags(self) -> tuple[str, ...]:
-        """Output name tags, one per explained class of an image: ('',) or ('top1', 'top2', ...),
-        the rank zero-padded to K's width so that names sort by rank ('top01' ... 'top14')."""
-        if self.target != "topk":
-            return ("",)
-        width = len(str(self.top_k))
-        return tuple(f"top{rank:0{width}d}" for rank in range(1, self.top_k + 1))
-
-    @staticmethod
-    def tag_rank(tag: str) -> int | None:
-        """The rank a ``target_tags`` entry stands for (None for '')."""
-        return int(tag.removeprefix("top")) if tag else None
 
 
 

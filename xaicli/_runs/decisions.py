@@ -12,8 +12,10 @@ import numpy as np
 
 from .._errors import UsageError
 from .._evaluation.truth import GroundTruth, Truth, check_known, load_ground_truth, load_truth
-from .._explain.explainer import Explainer, MethodOptions
+from .._explain.contexts import MethodOptions
+from .._explain.explainer import Explainer
 from .._explain.registry import REGISTRY
+from .._explain.targets import Target, targets_of
 from .._inputs.discover import discover
 from .._inputs.intensity import Intensity, parse_intensity
 from .._inputs.scaling import PRESETS, Scaling, custom_scaling
@@ -40,6 +42,7 @@ class Decisions:
     preprocessing: Preprocessing
     labels: tuple[str, ...]
     target_class: int | None
+    targets: tuple[Target, ...]  # what each image's maps explain: its best class, the one given, or each of the top K
     truth: Truth | None  # --true-labels, read and checked against the model's classes
     ground: GroundTruth | None  # --truth-masks or --truth-boxes
     model_file: dict[str, str]  # path, SHA-256 and format, read once for run.json
@@ -83,6 +86,10 @@ class Prepared:
         return self.decisions.target_class
 
     @property
+    def targets(self) -> tuple[Target, ...]:
+        return self.decisions.targets
+
+    @property
     def truth(self) -> Truth | None:
         return self.decisions.truth
 
@@ -111,13 +118,21 @@ def prepare_decided(decisions: Decisions) -> Prepared:
 def prepare_model(model: keras.Model | Path, options: ExplainOptions) -> Prepared:
     """A model file, or a ``keras.Model`` in memory (used as it is), inspected and ready to explain
     with ``options``: the API's ``Explainer``."""
+    loaded, info = opened_model(model, input_size=options.input_size, output=options.output, unsafe=options.unsafe,
+                                custom_objects=options.custom_objects)
+    model_file = _model_file(model) if isinstance(model, Path) else {"path": "", "sha256": "",
+                                                                     "format": "keras.Model in memory"}
+    return build(loaded, info, decide(options, info, model_file))
+
+
+def opened_model(model: keras.Model | Path, input_size: tuple[int, int] | None = None, output: str = AUTO,
+                 unsafe: bool = False, custom_objects: str | None = None) -> tuple[keras.Model, ModelInfo]:
+    """A model file loaded (its path checked first, with the one-line reasons) or a model in
+    memory taken as it is, and inspected."""
     if isinstance(model, keras.Model):
-        info = inspect_model(model, options.input_size, options.output)
-        return build(model, info, decide(options, info, {"path": "", "sha256": "", "format": "keras.Model in memory"}))
+        return model, inspect_model(model, input_size, output)
     check_model_path(model)
-    loaded, info = open_model(model, input_size=options.input_size, output=options.output, unsafe=options.unsafe,
-                              custom_objects=options.custom_objects)
-    return build(loaded, info, decide(options, info, _model_file(model)))
+    return open_model(model, input_size=input_size, output=output, unsafe=unsafe, custom_objects=custom_objects)
 
 
 def _open(config: RunConfig) -> tuple[keras.Model, ModelInfo]:
@@ -140,13 +155,15 @@ def decide(options: ExplainOptions, info: ModelInfo, model_file: dict[str, str])
     attention_methods = [name for name in options.methods if REGISTRY[name].family == "attention"]
     if attention_methods:
         check_attention(info, attention_methods)
+    target_class = resolve_class(options.target_class, labels, info.num_classes)
     return Decisions(
         config=options,
         layer_path=layer.path if layer else None,
         layer_reason=layer_reason,
         preprocessing=preprocessing,
         labels=labels,
-        target_class=resolve_class(options.target_class, labels, info.num_classes),
+        target_class=target_class,
+        targets=targets_of(options.target, options.top_k, target_class),
         truth=None,
         ground=None,
         model_file=model_file,
@@ -185,7 +202,7 @@ def build(model: keras.Model, info: ModelInfo, decisions: Decisions) -> Prepared
     methods = {name: REGISTRY[name] for name in config.methods}
     by_family: dict[str, dict[str, Callable]] = {}
     for name, spec in methods.items():
-        by_family.setdefault(spec.family, {})[name] = spec.load()
+        by_family.setdefault(spec.family, {})[name] = spec.compute
     layer = next(layer for layer in info.layers if layer.path == decisions.layer_path) if decisions.layer_path else None
     wants_attention = any(spec.family == "attention" for spec in methods.values())
     baseline = baseline_input(config.ig_baseline, info, scaling)
@@ -194,12 +211,7 @@ def build(model: keras.Model, info: ModelInfo, decisions: Decisions) -> Prepared
         by_family,
         attention_gradients=any(spec.attention_gradients for spec in methods.values()),
         batch_size=config.batch_size,
-        options=MethodOptions(
-            smoothgrad_samples=config.smoothgrad_samples, smoothgrad_noise=config.smoothgrad_noise,
-            ig_steps=config.ig_steps, baseline=baseline,
-            scorecam_max_channels=config.scorecam_max_channels,
-            head_fusion=config.head_fusion, discard_ratio=config.discard_ratio,
-        ),
+        options=MethodOptions(config.method_options, baseline=baseline),
     )
     return Prepared(decisions=decisions, info=info, layer=layer, scaling=scaling, baseline=baseline,
                     explainer=explainer, lut=COLORMAPS[config.colormap](), intensity=parse_intensity(config.intensity))
@@ -233,7 +245,7 @@ def check_attention(info: ModelInfo, requested: list[str]) -> None:
         raise UsageError(f"{asked} cannot place this model's attention on the image: {info.attention_note}")
 
 
-def describe(path: Path, info: ModelInfo, layer_regex: str) -> dict:
+def describe(path: Path | str, info: ModelInfo, layer_regex: str) -> dict:
     """What ``xai info`` reports, as plain JSON-ready values."""
     candidates = candidate_layers(info, layer_regex)
     auto, auto_reason = auto_layer(info, layer_regex) if candidates else (None, "")
@@ -242,7 +254,7 @@ def describe(path: Path, info: ModelInfo, layer_regex: str) -> dict:
               if (candidates or not spec.needs_layer) and (spec.family != "attention" or info.token_grid)]
     return {
         "model": str(path),
-        "format": model_format(path),
+        "format": model_format(path) if isinstance(path, Path) else "keras.Model in memory",
         "input_shape": [*info.input_size, info.channels],
         "outputs": [{"index": o.index, "layer": o.head_path, "shape": list(o.shape), "activation": o.final_activation,
                      "explainable": o.explainable} for o in info.outputs],

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Iterable
 
 from .._errors import InterruptedRunError, UsageError
+from .._explain.registry import METHOD_OPTIONS
 from .._inputs.discover import InputImage
 from .._outputs.naming import MANIFEST_NAME
 from .._outputs.naming import planned_outputs
@@ -14,9 +15,11 @@ from .._outputs.table import read_table, table_columns
 from .._outputs.writers import file_digest
 from .config import RunConfig, option_values
 # Options that may differ between an interrupted run and its --resume without changing any row.
+# A method's own options say so themselves (Option.changes_results).
 RESUME_NEUTRAL = frozenset({"existing", "fail_fast", "workers", "batch_size", "inputs", "model", "memory_budget",
                             "dicom", "report", "summary", "require", "engine", "ray_address",
-                            "gpus_per_worker"})
+                            "gpus_per_worker"} | {option.name for _method, option in METHOD_OPTIONS
+                                                  if not option.changes_results})
 
 
 def check_existing(config: RunConfig, items: Iterable[InputImage]) -> None:

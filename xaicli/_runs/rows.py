@@ -6,18 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._explain.explainer import TOP_CLASS, BatchExplanation, rank_request
+from .._explain.explainer import BatchExplanation
 from .._explain.registry import REGISTRY
 from .._outputs.table import Ranked, Row
 from .decisions import Prepared
-
-
-def class_requests(prepared: Prepared, count: int, target: str, top_k: int, target_class: int | None) -> list[np.ndarray]:
-    """The classes to explain for ``count`` images, one (count,) array per target tag: each of the
-    ``top_k`` ranks for ``--target topk``, else the given class or each image's top class."""
-    if target == "topk":
-        return [np.full(count, rank_request(rank)) for rank in range(1, top_k + 1)]
-    return [np.full(count, TOP_CLASS if target_class is None else target_class)]
 
 
 def explained_row(prepared: Prepared, explanation: BatchExplanation, index: int, method: str, *, name: str,

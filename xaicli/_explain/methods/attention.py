@@ -5,11 +5,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from .explainer import AttentionContext
+from ..contexts import AttentionContext
+from ..registry import Option, method
 
 FUSE = {"mean": np.mean, "max": np.max, "min": np.min}
 
 
+@method("attention", family="attention",
+        summary="attention rollout through a Vision Transformer's blocks (--head-fusion, --discard-ratio)",
+        paper="Abnar & Zuidema 2020, Quantifying Attention Flow in Transformers, ACL, arXiv:2005.00928",
+        options=[Option("head_fusion", str, "mean", "how each block's heads are combined",
+                        choices={name: f"the heads' {name}" for name in FUSE}),
+                 Option("discard_ratio", float, 0.0, "fraction of the lowest attention weights set to 0 in each block",
+                        minimum=0, below=1)])
 def attention_rollout(context: AttentionContext) -> np.ndarray:
     """Attention rollout (Abnar & Zuidema 2020).
 
@@ -34,6 +42,11 @@ def attention_rollout(context: AttentionContext) -> np.ndarray:
     return _on_grid(rollout, context)
 
 
+@method("grad-rollout", family="attention",
+        summary="gradient-weighted rollout: per block mean_heads ReLU(dA * A), R <- R + that R from R = I; "
+                "class-specific",
+        paper="Chefer, Gur & Wolf 2021, Generic Attention-model Explainability, ICCV, arXiv:2103.15679",
+        attention_gradients=True)
 def gradient_rollout(context: AttentionContext) -> np.ndarray:
     """Gradient-weighted attention rollout (Chefer, Gur & Wolf 2021, the rule for self-attention).
 

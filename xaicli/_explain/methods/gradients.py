@@ -7,9 +7,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from .explainer import GradientContext, image_seed
+from ..contexts import GradientContext, image_seed
+from ..registry import Option, method
+
+IG_BASELINES = {
+    "black": "an all-black image (pixels 0), preprocessed like the inputs",
+    "white": "an all-white image (pixels 255), preprocessed like the inputs",
+    "gray": "a mid-gray image (pixels 127.5), preprocessed like the inputs",
+    "zeros": "model input 0 everywhere, whatever the preprocessing",
+}
 
 
+@method("saliency", family="gradient", summary="|d score / d input|, max over colour channels; full resolution",
+        paper="Simonyan et al. 2013, Deep Inside Convolutional Networks, arXiv:1312.6034")
 def saliency(context: GradientContext) -> np.ndarray:
     """Saliency (Simonyan et al. 2013): ``max_c |d y / d x_c|`` per pixel."""
     return np.abs(context.at_images).max(axis=-1)
@@ -21,6 +31,12 @@ def smoothgrad_noise(image: np.ndarray, samples: int, noise: float, seed: int) -
     return image_seed(image, seed).normal(0.0, sigma, size=(samples, *image.shape)).astype(np.float32)
 
 
+@method("smoothgrad", family="gradient",
+        summary="saliency averaged over noisy copies of the image (--smoothgrad-samples/-noise)",
+        paper="Smilkov et al. 2017, SmoothGrad, arXiv:1706.03825",
+        options=[Option("smoothgrad_samples", int, 25, "noisy copies averaged per image", minimum=1),
+                 Option("smoothgrad_noise", float, 0.15, "noise std as a fraction of each image's input value range",
+                        minimum=0)])
 def smoothgrad(context: GradientContext) -> np.ndarray:
     """SmoothGrad (Smilkov et al. 2017): the saliency map averaged over noisy copies,
     ``mean_s max_c |d y / d x_c (x + e_s)|``, ``e_s ~ N(0, (noise * (max x - min x))^2)``.
@@ -37,6 +53,12 @@ def smoothgrad(context: GradientContext) -> np.ndarray:
     return (total / options.smoothgrad_samples).astype(np.float32)
 
 
+@method("integrated-gradients", family="gradient",
+        summary="(input - baseline) x gradients averaged along the path from the baseline (--ig-steps/-baseline)",
+        paper="Sundararajan et al. 2017, Axiomatic Attribution for Deep Networks, arXiv:1703.01365",
+        options=[Option("ig_steps", int, 32, "steps on the path from the baseline to the image", minimum=1),
+                 Option("ig_baseline", str, "black", "the path's start (also deletion's end: what removed pixels become)",
+                        choices=IG_BASELINES)])
 def integrated_gradients(context: GradientContext) -> np.ndarray:
     """Integrated Gradients (Sundararajan et al. 2017) with a midpoint Riemann sum:
 

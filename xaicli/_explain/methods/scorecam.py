@@ -5,9 +5,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from .explainer import ScoreContext
+from ..contexts import ScoreContext
+from ..registry import Option, method
 
 
+@method("scorecam", family="score",
+        summary="channel weights = softmax over channels of the class probability with each channel as an input "
+                "mask; ReLU of the weighted sum (--scorecam-max-channels)",
+        paper="Wang et al. 2020, Score-CAM, CVPR Workshops, arXiv:1910.01279",
+        options=[Option("scorecam_max_channels", int, None,
+                        "score only the N most active channels (faster); default every channel", minimum=1)])
 def scorecam(context: ScoreContext) -> np.ndarray:
     """Score-CAM as the paper's Algorithm 1 states it (Wang et al. 2020).
 

@@ -1,14 +1,24 @@
 """Class activation maps: how each CAM method combines a layer's activations and gradients.
 
 Everything shared (the tape, class choice, ReLU, normalization, batching) lives in
-``engine.py``; a CAM method is only ``combine(activations, gradients) -> map before ReLU``.
+``explainer.py``; a CAM method is only ``combine(activations, gradients) -> map before ReLU``,
+run inside the compiled step. TensorFlow is imported inside each function, so that the registry
+reads this module without it.
 """
 
 from __future__ import annotations
 
-import tensorflow as tf
+from typing import TYPE_CHECKING
+
+from ..registry import method
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 
+@method("gradcam", family="cam",
+        summary="channel weights = spatial mean of the class-score gradient; ReLU of the weighted sum",
+        paper="Selvaraju et al. 2017, Grad-CAM, ICCV, arXiv:1610.02391")
 def gradcam(activations: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor:
     """Grad-CAM (Selvaraju et al. 2017) before the ReLU.
 
@@ -20,10 +30,15 @@ def gradcam(activations: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor:
     Returns:
         (N, h, w) float32, unnormalized.
     """
+    import tensorflow as tf
+
     weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
     return tf.reduce_sum(weights * activations, axis=-1)
 
 
+@method("gradcam++", family="cam",
+        summary="channel weights from positive gradients weighted by second/third-order alphas",
+        paper="Chattopadhay et al. 2018, Grad-CAM++, WACV, arXiv:1710.11063")
 def gradcam_plus_plus(activations: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor:
     """Grad-CAM++ (Chattopadhay et al. 2018) before the ReLU.
 
@@ -42,6 +57,8 @@ def gradcam_plus_plus(activations: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor
     Args:
         activations, gradients: (N, h, w, k) float32. Returns (N, h, w).
     """
+    import tensorflow as tf
+
     squared = tf.square(gradients)
     denominator = 2.0 * squared + tf.reduce_sum(activations, axis=(1, 2), keepdims=True) * squared * gradients
     usable = tf.abs(denominator) > 1e-12
@@ -50,12 +67,17 @@ def gradcam_plus_plus(activations: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor
     return tf.reduce_sum(weights * activations, axis=-1)
 
 
+@method("xgradcam", family="cam",
+        summary="channel weights = gradients averaged with the activations as weights",
+        paper="Fu et al. 2020, Axiom-based Grad-CAM, BMVC, arXiv:2008.02312")
 def xgradcam(activations: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor:
     """XGrad-CAM (Fu et al. 2020) before the ReLU.
 
     ``w_k = sum_ij (A_ijk / sum_ab A_abk) g_ijk`` and ``map_ij = sum_k w_k A_ijk``; a channel whose
     activations sum to 0 gets weight 0. Shapes as ``gradcam``.
     """
+    import tensorflow as tf
+
     totals = tf.reduce_sum(activations, axis=(1, 2), keepdims=True)
     usable = tf.abs(totals) > 1e-12
     share = tf.where(usable, activations / tf.where(usable, totals, 1.0), 0.0)
@@ -63,17 +85,30 @@ def xgradcam(activations: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor:
     return tf.reduce_sum(weights * activations, axis=-1)
 
 
+@method("layercam", family="cam",
+        summary="per-position weights: ReLU(gradient) times activation, summed over channels",
+        paper="Jiang et al. 2021, LayerCAM, IEEE TIP 30")
 def layercam(activations: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor:
     """LayerCAM (Jiang et al. 2021): ``map_ij = sum_k ReLU(g_ijk) A_ijk``, a per-position weight."""
+    import tensorflow as tf
+
     return tf.reduce_sum(tf.nn.relu(gradients) * activations, axis=-1)
 
 
+@method("hirescam", family="cam",
+        summary="gradient times activation, summed over channels (no spatial averaging)",
+        paper="Draelos & Carin 2020, HiResCAM, arXiv:2011.08891")
 def hirescam(activations: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor:
     """HiResCAM (Draelos & Carin 2020): ``map_ij = sum_k g_ijk A_ijk``, the element-wise product
     summed over channels, which equals the score's first-order attribution to each position."""
+    import tensorflow as tf
+
     return tf.reduce_sum(gradients * activations, axis=-1)
 
 
+@method("eigencam", family="cam",
+        summary="first principal component of the layer's activations (class-agnostic, no gradients)",
+        paper="Muhammad & Yeasin 2020, Eigen-CAM, IJCNN, arXiv:2008.00299")
 def eigencam(activations: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor:
     """Eigen-CAM (Muhammad & Yeasin 2020): the activations' first principal component.
 
@@ -82,6 +117,8 @@ def eigencam(activations: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor:
     arbitrary, so it is chosen to make the map correlate positively with the channel-summed
     activations: maps are never randomly inverted. Class-agnostic; ``gradients`` are unused.
     """
+    import tensorflow as tf
+
     del gradients
     batch, height, width, channels = tf.unstack(tf.shape(activations))
     positions = tf.reshape(activations, (batch, height * width, channels))
