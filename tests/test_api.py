@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import xaicli
 from PIL import Image
+
+import xaicli
 from xaicli._outputs.writers import encode_image
 
 from .conftest import SIZE

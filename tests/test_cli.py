@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 from click.testing import CliRunner
+
 from xaicli._outputs.table import COLUMNS
 from xaicli.cli import main
 
 from .conftest import xai
-from .test_report import _page_data
+from .outputs.test_report import _page_data
 
 EXPECTED_COLUMNS = ["input", "status", "error", "note", "pred_index", "pred_label", "pred_prob", "class_index",
                     "class_label", "class_prob", "class_score", "method", "layer", "output"]
@@ -465,7 +466,7 @@ def test_a_16_bit_scan_is_windowed_as_asked_and_the_table_and_run_json_say_so(ti
 
 def test_dicom_runs_and_no_patient_data_reaches_any_output(tiny_model, tmp_path):
     pytest.importorskip("pydicom")
-    from .test_dicom import write_dicom
+    from .inputs.test_dicom import write_dicom
 
     scans = tmp_path / "scans"
     scans.mkdir()

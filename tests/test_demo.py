@@ -4,8 +4,9 @@ import json
 
 import numpy as np
 import pytest
-from xaicli._explain.targets import BEST
+
 from xaicli._explain.registry import REGISTRY
+from xaicli._explain.targets import BEST
 from xaicli._inputs.geometry import to_model_input
 from xaicli._inputs.raster import read_image
 from xaicli._outputs.render import upsample

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import numpy as np
 from PIL import Image
+
 from xaicli._budget import MemoryBudget
 from xaicli._engines.local import run
 from xaicli._inputs.discover import discover

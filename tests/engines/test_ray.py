@@ -1,0 +1,297 @@
+"""--engine ray against a real local Ray (2 CPUs): the same bytes as the local engine, error rows,
+resume from one engine to the other, SIGINT, and a replica killed mid-run."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ray")
+pytest.importorskip("nibabel")
+
+from xaicli._engines import ray as ray_engine  # noqa: E402
+from xaicli._errors import UsageError  # noqa: E402
+
+from ..conftest import xai  # noqa: E402
+from ..runs.test_reliability import _many_images  # noqa: E402
+from ..inputs.test_volumes import _volume  # noqa: E402
+
+RUN_FILES = ("predictions.csv", "run.json", "index.html")
+KINDS = ("--method", "gradcam,saliency,integrated-gradients", "--save", "overlay,heatmap,raw,panel", "--top-k", "2",
+         "--target", "topk", "--ig-steps", "4", "-b", "1")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A real local Ray with 2 CPUs, as a small machine has: the runs in this process use it, and
+    runs in subprocesses join it at its address. Stopped after this module, so its processes do
+    not take CPU from the rest of the suite."""
+    import logging
+
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+             object_store_memory=256 * 2**20)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+def _files(out: Path) -> dict[str, bytes]:
+    """Every output but the run's own files, by path under OUT."""
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and p.name not in RUN_FILES}
+
+
+def _table(out: Path) -> str:
+    return (out / "predictions.csv").read_text(encoding="utf-8").replace(str(out), "OUT")
+
+
+def _manifest(out: Path) -> dict:
+    """run.json without what may differ between engines: the engine, the timing and OUT."""
+    manifest = json.loads((out / "run.json").read_text(encoding="utf-8"))
+    for key in ("engine", "seconds", "ray"):
+        manifest.pop(key, None)
+    for key in ("engine", "out_dir", "workers"):
+        manifest["options"].pop(key)
+    return manifest
+
+
+def _same_outputs(first: Path, second: Path) -> None:
+    first_files, second_files = _files(first), _files(second)
+    assert first_files.keys() == second_files.keys()
+    assert [name for name in first_files if first_files[name] != second_files[name]] == []
+    assert _table(first) == _table(second)
+
+
+@pytest.fixture(scope="module")
+def sample_runs(ray_cluster, tiny_model, tmp_path_factory) -> tuple[Path, Path, Path]:
+    """Three images, a broken file and a 6-slice volume (for a mosaic), explained by each engine
+    with several methods and every --save kind: (images, local OUT, Ray OUT)."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("samples")
+    scans = folder / "images"
+    (scans / "sub").mkdir(parents=True)
+    Image.new("RGB", (40, 30), (200, 40, 10)).save(scans / "a.png")
+    Image.linear_gradient("L").resize((20, 50)).save(scans / "sub" / "b.JPG")
+    Image.radial_gradient("L").convert("RGBA").resize((16, 16)).save(scans / "c.webp")
+    (scans / "broken.jpg").write_bytes(b"this is not a jpeg")
+    _volume(scans)
+    local, on_ray = folder / "local", folder / "ray"
+    assert xai("run", tiny_model, scans, "-o", local, *KINDS, "-q").exit_code == 1
+    result = xai("run", tiny_model, scans, "-o", on_ray, *KINDS, "--engine", "ray", "--workers", 2)
+    assert result.exit_code == 1, result.output  # the broken image, as locally
+    (folder / "ray-stderr.txt").write_text(result.stderr)
+    return scans, local, on_ray
+
+
+def test_two_replicas_write_the_same_bytes_as_the_local_engine(sample_runs):
+    _, local, on_ray = sample_runs
+    _same_outputs(local, on_ray)
+    assert _manifest(local) == _manifest(on_ray)
+    assert json.loads((on_ray / "run.json").read_text())["engine"] == "ray"
+    stderr = (on_ray.parent / "ray-stderr.txt").read_text()
+    assert "1 failed" in stderr and stderr.count("Ray") == 1  # Ray's own logging stays out
+    assert "; on Ray: 2 replicas (0.5 CPU each) on 1 node" in stderr
+    assert json.loads((on_ray / "run.json").read_text())["ray"] == {"replicas": 2, "cpus_per_replica": 0.5,
+                                                                     "gpus_per_replica": 0.0, "nodes": 1}
+    errors = [line for line in _table(on_ray).splitlines() if line.split(",")[1] == "error"]
+    assert len(errors) == 6 and all("broken.jpg" in line for line in errors)  # one per method and rank
+    assert (on_ray / "brain.nii.gz.gradcam.top1.mosaic.png").exists()
+
+
+def test_a_run_resumed_by_the_other_engine_gives_the_same_outputs(sample_runs, tiny_model, tmp_path):
+    scans, local, on_ray = sample_runs
+    for first, then, whole in ((on_ray, "local", local), (local, "ray", on_ray)):
+        out = tmp_path / f"then-{then}"
+        shutil.copytree(first, out)
+        for name in ("predictions.csv", "run.json"):  # as if the first run had written here
+            (out / name).write_text((out / name).read_text().replace(str(first), str(out)))
+        # Interrupted after the first image and two slices: the volume is done again whole.
+        table = out / "predictions.csv"
+        table.write_text("".join(table.read_text().splitlines(keepends=True)[:1 + 6 * 3]))
+        (out / "sub" / "b.JPG.saliency.top2.png").unlink()
+        resumed = xai("run", tiny_model, scans, "-o", out, *KINDS, "--engine", then, "--resume", "-q")
+        assert resumed.exit_code == 1, resumed.output
+        _same_outputs(whole, out)
+        counts = json.loads((out / "run.json").read_text())["counts"]
+        assert counts == {"images": 8, "explained": 6, "failed": 1, "skipped": 0, "resumed": 1}
+
+
+def _start(model: Path, images: Path, out: Path, *extra: object) -> subprocess.Popen:
+    command = [sys.executable, "-m", "xaicli", "run", model, images, "-o", out, "-b", 2, "--save", "overlay,raw",
+               "-q", *extra]
+    return subprocess.Popen([str(part) for part in command], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait(condition, process: subprocess.Popen, seconds: float = 180) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and process.poll() is None:
+        if condition():
+            return
+        time.sleep(0.05)
+    pytest.fail(f"the run ended or stalled first: {process.stderr.read() if process.poll() is not None else ''}")
+
+
+def _rows(out: Path) -> int:
+    table = out / "predictions.csv"
+    return table.read_text().count("\n") - 1 if table.exists() else 0
+
+
+def _replica_processes() -> list[int]:
+    """Process ids of the Ray workers holding a replica (Ray titles them after the actor)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and b"MapBatches(_Replica)" in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.fixture(scope="module")
+def many(tiny_model, tmp_path_factory) -> tuple[Path, Path]:
+    """300 small images (one broken) and the local engine's outputs of them."""
+    folder = tmp_path_factory.mktemp("many")
+    images, local = folder / "images", folder / "local"
+    _many_images(images, 300)
+    assert _start(tiny_model, images, local).wait() == 1  # the broken image
+    return images, local
+
+
+def test_a_replica_killed_mid_run_is_replaced_and_the_outputs_are_the_same(ray_cluster, many, tiny_model, tmp_path):
+    images, local = many
+    on_ray = tmp_path / "ray"
+    run = _start(tiny_model, images, on_ray, "--engine", "ray", "--ray-address", ray_cluster)
+    _wait(lambda: _rows(on_ray) >= 16 and _replica_processes(), run)
+    for pid in _replica_processes():
+        os.kill(pid, signal.SIGKILL)
+    assert _rows(on_ray) < 300  # killed mid-run
+    _, stderr = run.communicate(timeout=300)
+    assert run.returncode == 1, stderr
+    _same_outputs(local, on_ray)
+    assert json.loads((on_ray / "run.json").read_text())["counts"]["images"] == 300
+
+
+def test_sigint_stops_a_ray_run_and_the_local_engine_finishes_it(ray_cluster, many, tiny_model, tmp_path):
+    images, local = many
+    parts = tmp_path / "parts"
+    run = _start(tiny_model, images, parts, "--engine", "ray", "--ray-address", ray_cluster)
+    _wait(lambda: _rows(parts) >= 16, run)
+    run.send_signal(signal.SIGINT)
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode == 130, stderr
+    assert json.loads((parts / "run.json").read_text())["status"] == "stopped by SIGINT"
+    assert 16 <= _rows(parts) < 300
+    assert _start(tiny_model, images, parts, "--resume").wait() == 1
+    _same_outputs(local, parts)
+
+
+def test_replicas_leave_a_cpu_to_ray_data(monkeypatch):
+    def cluster(nodes: int, cpus: float) -> None:
+        monkeypatch.setattr(ray_engine.ray, "nodes", lambda: [{"Alive": True}] * nodes + [{"Alive": False}])
+        monkeypatch.setattr(ray_engine.ray, "cluster_resources", lambda: {"CPU": cpus})
+
+    def pool(workers, gpus=0.0):
+        arguments = ray_engine.pool_for(workers, gpus).arguments()
+        return arguments["compute"].min_size, arguments["num_cpus"], arguments.get("num_gpus")
+
+    cluster(1, 2)
+    assert pool(None) == (1, 1, None)  # one replica per node, one CPU left
+    assert pool(2) == (2, 0.5, None)
+    assert pool(3, 0.5) == (3, 0.33, 0.5)
+    cluster(4, 64)
+    assert pool(None) == (4, 15, None)
+    cluster(1, 1)
+    assert pool(None) == (1, 0.5, None)
+    with pytest.raises(UsageError, match="more replicas than Ray can place"):
+        pool(300)
+
+
+def test_a_node_that_cannot_see_the_output_folder_is_named(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "token").write_text("token")
+    assert ray_engine.sees(str(out), "token", str(tmp_path)) == ""
+    assert "No such file" in ray_engine.sees(str(tmp_path / "elsewhere"), "token", str(tmp_path))
+    assert "the driver's" in ray_engine.sees(str(out), "token", str(tmp_path / "gone"))
+    (out / "token").write_text("another run's")
+    assert "something else" in ray_engine.sees(str(out), "token", str(tmp_path))
+
+
+def test_the_ray_options_go_with_the_ray_engine_and_need_its_extra(tiny_model, image_folder, tmp_path, monkeypatch):
+    result = xai("run", tiny_model, image_folder, "-o", tmp_path / "out", "--ray-address", "auto")
+    assert result.exit_code == 2 and "--ray-address goes with --engine ray" in result.stderr
+    result = xai("run", tiny_model, image_folder, "-o", tmp_path / "out", "--engine", "ray", "--gpus-per-worker", 1.5)
+    assert result.exit_code == 2 and "whole number" in result.stderr
+    with socket.socket() as closed:  # a port nothing listens at
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    addresses = {f"127.0.0.1:{port}": "nothing answers at", f"ray://127.0.0.1:{port}": "nothing answers at",
+                 "headnode": "give 'auto', HOST:PORT"}
+    for address, says in addresses.items():
+        result = xai("run", tiny_model, image_folder, "-o", tmp_path / "out", "--engine", "ray",
+                      "--ray-address", address)
+        assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1 and says in result.stderr
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name.startswith("ray") else real(name, *a))
+    result = xai("run", tiny_model, image_folder, "-o", tmp_path / "out", "--engine", "ray")
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert re.search(r"pip install 'xaicli\[ray\]'", result.stderr)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_replica_that_cannot_build_the_model_stops_the_run_with_one_line(ray_cluster, tiny_model, image_folder,
+                                                                           tmp_path):
+    driver_only = tmp_path / "driver_only.py"  # custom objects that import on the driver alone
+    driver_only.write_text(f"import os\nif os.getpid() != {os.getpid()}:\n    raise ImportError('not on this node')\n")
+    result = xai("run", tiny_model, image_folder, "-o", tmp_path / "out", "--engine", "ray",
+                  "--custom-objects", driver_only)
+    assert result.exit_code == 2, result.output
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("xai: error: --engine ray: a replica could not prepare the model on its worker: "
+                           "--custom-objects "), result.stderr
+    assert last.endswith("cannot import it: not on this node") and "Traceback" not in result.stderr
+
+
+def test_skip_existing_passes_by_the_same_images_on_both_engines(sample_runs, tiny_model, tmp_path):
+    scans, local, _ = sample_runs
+    outs = {}
+    for engine in ("local", "ray"):
+        out = outs[engine] = tmp_path / engine
+        shutil.copytree(local, out)
+        for path in out.glob("c.webp.*"):  # one image lost its files
+            path.unlink()
+        result = xai("run", tiny_model, scans, "-o", out, *KINDS, "--engine", engine, "--skip-existing", "-q")
+        assert result.exit_code == 1, result.output
+    _same_outputs(outs["local"], outs["ray"])
+    statuses = {}
+    for line in _table(outs["ray"]).splitlines()[1:]:
+        statuses.setdefault(Path(line.split(",")[0]).name, set()).add(line.split(",")[1])
+    assert statuses.pop("c.webp") == {"ok"} and statuses.pop("broken.jpg") == {"error"}
+    assert set().union(*statuses.values()) == {"skipped"}
+
+
+def test_fail_fast_on_ray_takes_no_block_after_the_failure(sample_runs, tiny_model, tmp_path):
+    scans = sample_runs[0]
+    out = tmp_path / "out"
+    result = xai("run", tiny_model, scans, "-o", out, *KINDS, "--engine", "ray", "--fail-fast")
+    assert result.exit_code == 1, result.output
+    assert "stopped at the first failure (--fail-fast)" in result.stderr
+    assert json.loads((out / "run.json").read_text())["status"] == "stopped by the first failure (--fail-fast)"
+    inputs = [Path(line.split(",")[0]).name for line in _table(out).splitlines()[1:]]
+    assert "broken.jpg" in inputs and "b.JPG" not in inputs  # the block after the failure is dropped
