@@ -162,6 +162,8 @@ def test_bad_options_raise_the_command_lines_messages(tiny_model, photos):
         explainer.explain(np.zeros((5, 16, 16), np.uint8))
     with pytest.raises(xaicli.ModelError):
         xaicli.Explainer(photos[0])
+    with pytest.raises(xaicli.UsageError, match="^xaicli.run takes a model file"):
+        xaicli.run(_model_in_memory(), photos, photos[0].parent / "out")
 
 
 def test_run_returns_the_summary_the_command_prints(tiny_model, image_folder, tmp_path):

@@ -196,7 +196,8 @@ def _shown_name(image: object) -> str:
 
 
 class Explanation:
-    """What one ``Explainer.explain`` call found, in the order the images were given.
+    """What one ``Explainer.explain`` call found, in the order the images were given (made by
+    ``explain``, not by hand).
 
     Attributes:
         maps: method -> float32 maps in [0, 1], exactly what ``--save raw`` writes: (N, h, w), or

@@ -1,6 +1,6 @@
 """Errors that carry a message a person can act on.
 
-Library code raises these; only ``cli.py`` prints them and chooses the exit code.
+Library code raises these; only the command line (``xaicli.cli``) prints them and chooses the exit code.
 """
 
 from __future__ import annotations

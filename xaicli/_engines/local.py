@@ -7,41 +7,30 @@ from __future__ import annotations
 import functools
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
 from itertools import chain
-from pathlib import Path
 from typing import Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 import tensorflow as tf
-from PIL import Image
 
-from .._budget import MemoryBudget, render_estimate
-from .._errors import ImageError, first_line
-from .._evaluation.faithfulness import (PERTURBATION_METRICS, CurveJob, blurred, curve_areas, energy_in, iou, perturbed,
-                                        pixel_order, pointing_hit)
-from .._evaluation.truth import MaskError, predicted_name
+from .._budget import MemoryBudget
+from .._errors import first_line
+from .._evaluation.faithfulness import PERTURBATION_METRICS, CurveJob, blurred, curve_areas, perturbed, pixel_order
 from .._explain.explainer import BatchExplanation
-from .._explain.targets import Target
 from .._inputs.discover import InputImage
-from .._inputs.geometry import View, drawn_picture, output_size, shown_at, to_model_input
-from .._inputs.raster import PICTURE_BYTES_PER_PIXEL, decode_bytes, open_image
 from .._inputs.stacks import StackCache, parse_slices
-from .._outputs.mosaic import Sheet, tile_size
-from .._outputs.naming import mosaic_path, planned_outputs, wants_mosaic
-from .._outputs.naming import output_path, thumbnail_path
-from .._outputs.render import Shrunk, draw_kind, overlay, upsample
-from .._outputs.report import thumbnail_size
-from .._outputs.table import Row, table_text
-from .._outputs.writers import write_image, write_npy
-from .._runs.config import RunConfig, default_workers
+from .._outputs.naming import output_path, thumbnail_path, wants_mosaic
+from .._outputs.render import upsample
+from .._runs.config import default_workers
 from .._runs.decisions import Prepared
 from .._runs.record import ImageResult, Record
-from .._runs.rows import caption, class_label, error_row, explained_row, predicted_class
+from .._runs.rows import caption
 from . import Watch
+from .decoded import Decoded, Workers, decode, passable
+from .drawn import Figures, Job, THUMBNAIL, render_image
+from .finished import Mosaics, Pending, Write, finish
 
 FILES_AHEAD = 3  # files split into their images (volumes read whole) ahead of the one being explained
-THUMBNAIL = "thumbnail"  # the report page's small overlay, written beside the --save kinds
 T = TypeVar("T")
 Carried = dict[str, list[dict[str, object]]]  # --resume: the earlier run's rows of finished images, by input
 
@@ -86,12 +75,12 @@ def explained(prepared: Prepared, items: Iterable[InputImage], carried: Carried,
     with (ThreadPoolExecutor(threads, thread_name_prefix="xai-read") as readers,
           ThreadPoolExecutor(threads, thread_name_prefix="xai-write") as writers,
           ThreadPoolExecutor(1, thread_name_prefix="xai-split") as splitter):
-        workers = _Workers(writers, budget, stacks)
+        workers = Workers(writers, budget, stacks)
         parts = chain.from_iterable(_read_ahead(splitter, lambda item: list(stacks.split([item])), items, FILES_AHEAD))
-        decoded = _read_ahead(readers, lambda entry: _decode(prepared, *entry, carried, workers),
-                              _passable(config, parts, carried), 2 * config.batch_size)
-        mosaics = _Mosaics(prepared)
-        pending: deque[list[_Pending]] = deque()
+        decoded = _read_ahead(readers, lambda entry: decode(prepared, *entry, carried, workers),
+                              passable(config, parts, carried), 2 * config.batch_size)
+        mosaics = Mosaics(prepared)
+        pending: deque[list[Pending]] = deque()
         warm = False  # a batch has been explained: the compiled steps are ready
         for batch in batched(decoded, config.batch_size):
             if stopping():
@@ -103,137 +92,9 @@ def explained(prepared: Prepared, items: Iterable[InputImage], carried: Carried,
                 watch.warmed_up()
             # The previous batch's PNGs were encoding while this batch computed.
             if len(pending) > 1:
-                yield from _finish(prepared, pending.popleft(), mosaics, stacks)
+                yield from finish(prepared, pending.popleft(), mosaics, stacks)
         while pending:
-            yield from _finish(prepared, pending.popleft(), mosaics, stacks)
-
-
-@dataclass(frozen=True)
-class _Workers:
-    """Where rendering happens, the memory it shares with decoding, and the volumes whose
-    slices are under way."""
-
-    pool: ThreadPoolExecutor
-    budget: MemoryBudget
-    stacks: StackCache
-
-
-@dataclass(frozen=True)
-class _Decoded:
-    item: InputImage
-    image: Image.Image | None  # the RGB original at the output size; None when not kept (read again)
-    model_input: np.ndarray | None  # (h, w, c) float32
-    view: View | None = None  # how model_input was cut from image, at the output size
-    kept: int = 0  # bytes of ``image`` the memory budget accounts
-    shown_size: tuple[int, int] = (0, 0)  # (height, width) the outputs are drawn at
-    original_size: tuple[int, int] = (0, 0)  # (height, width) of the image as read
-    decode_bytes: int = 0  # what reading the original again holds at its peak
-    error: str = ""
-    skipped: bool = False  # --skip-existing and every output is already there
-    carried: tuple[dict[str, object], ...] = ()  # --resume: the earlier run's rows, outputs all there
-    note: str = ""  # what the user should know about how the image was read
-
-
-@dataclass(frozen=True)
-class _Write:
-    """The files of one image, method and explained class, being written in the pool."""
-
-    method: str
-    target: Target  # what the map explains: its tag names the files, its rank goes in the row
-    explanation: BatchExplanation  # of the batch, for this target
-    path: Path  # the first --save kind, named in the table
-    figures: Figures  # --metrics deletion and insertion of this map
-    done: Future[list[_Outcome]]  # the image's render: one outcome per write
-    index: int  # this write's place in that list
-
-
-@dataclass(frozen=True)
-class _Pending:
-    item: InputImage
-    error: str
-    note: str = ""
-    skipped: bool = False
-    carried: tuple[dict[str, object], ...] = ()
-    index: int = -1
-    writes: tuple[_Write, ...] = ()
-
-
-@dataclass(frozen=True)
-class _Outcome:
-    """One write of an image's render: None or the error that kept it from being written, and
-    the slice's mosaic tile when its file gets a mosaic."""
-
-    error: Exception | None
-    tile: np.ndarray | None = None
-    figures: Figures = field(default_factory=dict)  # pointing, energy, iou against the object
-
-
-def _passable(config: RunConfig, items: Iterable[InputImage],
-              carried: dict[str, list[dict[str, object]]]) -> Iterator[tuple[InputImage, bool]]:
-    """Each item, and whether ``--skip-existing`` or ``--resume`` may pass it by. The parts of a
-    volume are passed by together or not at all, since its mosaic shows every slice: when some
-    part is missing, the earlier rows of the others are dropped and the whole file is explained."""
-    for group in _by_file(items):
-        if config.existing not in ("skip", "resume") or group[0].part is None:
-            yield from ((item, True) for item in group)
-            continue
-        whole = all(all(p.exists() for p in planned_outputs(config, part))
-                    and (config.existing == "skip" or table_text(part.name) in carried) for part in group)
-        for part in group:
-            if not whole:
-                carried.pop(table_text(part.name), None)
-            yield part, whole
-
-
-def _by_file(items: Iterable[InputImage]) -> Iterator[list[InputImage]]:
-    """``items`` in lists: the parts of one file together, any other item alone."""
-    group: list[InputImage] = []
-    for item in items:
-        if group and not (item.part and item.path == group[0].path):
-            yield group
-            group = []
-        group.append(item)
-    if group:
-        yield group
-
-
-def _decode(prepared: Prepared, item: InputImage, may_pass: bool, carried: dict[str, list[dict[str, object]]],
-            workers: _Workers) -> _Decoded:
-    info = prepared.info
-    if item.error:
-        return _Decoded(item, None, None, error=item.error)
-    earlier = carried.get(table_text(item.name), ()) if may_pass else ()
-    if earlier or (prepared.config.existing == "skip" and may_pass):
-        if all(p.exists() for p in planned_outputs(prepared.config, item)):
-            return _Decoded(item, None, None, skipped=not earlier, carried=tuple(earlier))
-    decoding = _decode_bytes(item)
-    with workers.budget.working(decoding):
-        try:
-            picture, note = _opened(prepared, item, workers.stacks)
-            model_input = to_model_input(picture, info.input_size, info.channels, prepared.scaling,
-                                         prepared.config.resize)
-        except ImageError as exc:
-            return _Decoded(item, None, None, error=str(exc))
-        shown, view = drawn_picture(picture, info.input_size, prepared.config.resize, prepared.config.max_size)
-        original_size = (picture.height, picture.width)
-        del picture  # the full-size original, when the outputs are drawn smaller
-    # The original is kept for rendering only while it fits the budget; otherwise it is read again.
-    size = shown.width * shown.height * PICTURE_BYTES_PER_PIXEL
-    kept = size if workers.budget.try_keep(size) else 0
-    return _Decoded(item, shown if kept else None, model_input, view, note=note, kept=kept,
-                    shown_size=(shown.height, shown.width), original_size=original_size, decode_bytes=decoding)
-
-
-def _opened(prepared: Prepared, item: InputImage, stacks: StackCache) -> tuple[Image.Image, str]:
-    """The item's RGB picture and note: a file's own, or a part's from its file's stack."""
-    if item.part:
-        return stacks.picture(item)
-    return open_image(item.path, prepared.config.max_pixels, prepared.intensity)
-
-
-def _decode_bytes(item: InputImage) -> int:
-    """What opening the item holds at its peak: a part is a slice of a stack in memory."""
-    return 0 if item.part else decode_bytes(item.path)
+            yield from finish(prepared, pending.popleft(), mosaics, stacks)
 
 
 def _read_ahead(pool: ThreadPoolExecutor, work: Callable, items: Iterable, ahead: int) -> Iterator:
@@ -259,7 +120,7 @@ def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
         yield batch
 
 
-def _explain_batch(prepared: Prepared, batch: list[_Decoded], workers: _Workers, watch: _BatchWatch) -> list[_Pending]:
+def _explain_batch(prepared: Prepared, batch: list[Decoded], workers: Workers, watch: _BatchWatch) -> list[Pending]:
     good = [d for d in batch if not (d.error or d.skipped or d.carried)]
     explanations, failure = (), ""
     if good:
@@ -276,9 +137,9 @@ def _explain_batch(prepared: Prepared, batch: list[_Decoded], workers: _Workers,
     watch.done()
     position = {id(d): i for i, d in enumerate(good)}
     return [
-        _Pending(d.item, "", skipped=True) if d.skipped
-        else _Pending(d.item, "", carried=d.carried) if d.carried
-        else _Pending(d.item, d.error or failure) if d.error or failure
+        Pending(d.item, "", skipped=True) if d.skipped
+        else Pending(d.item, "", carried=d.carried) if d.carried
+        else Pending(d.item, d.error or failure) if d.error or failure
         else _schedule(prepared, d, explanations, position[id(d)], workers, faithfulness)
         for d in batch
     ]
@@ -289,7 +150,7 @@ class _BatchWatch:
     finish (a fraction per method and explained class), those that need no explaining (failed,
     skipped, resumed) at once, and whatever is left when the batch ends."""
 
-    def __init__(self, watch: Watch, batch: list[_Decoded], first: bool) -> None:
+    def __init__(self, watch: Watch, batch: list[Decoded], first: bool) -> None:
         self._watch = watch
         self._left = float(len(batch))
         self._first = first
@@ -330,9 +191,6 @@ class _BatchWatch:
             self._watch.advance(images)
 
 
-Figures = dict[str, "float | bool"]  # metric name -> value, for one image, method and explained class
-
-
 def _faithfulness(prepared: Prepared, inputs: np.ndarray,
                   explanations: tuple[BatchExplanation, ...]) -> dict[tuple[int, str, int], Figures]:
     """--metrics deletion, insertion for every image, method and explained class of a batch:
@@ -364,10 +222,10 @@ def _faithfulness(prepared: Prepared, inputs: np.ndarray,
     return figures
 
 
-def _schedule(prepared: Prepared, decoded: _Decoded, explanations: tuple[BatchExplanation, ...], index: int,
-              workers: _Workers, faithfulness: dict[tuple[int, str, int], Figures]) -> _Pending:
+def _schedule(prepared: Prepared, decoded: Decoded, explanations: tuple[BatchExplanation, ...], index: int,
+              workers: Workers, faithfulness: dict[tuple[int, str, int], Figures]) -> Pending:
     if not np.all(np.isfinite(explanations[0].scores[index])):
-        return _Pending(decoded.item, "the model produced non-finite scores (NaN or inf) for this image")
+        return Pending(decoded.item, "the model produced non-finite scores (NaN or inf) for this image")
     config = prepared.config
     item = decoded.item
     jobs, writes = [], []
@@ -378,198 +236,10 @@ def _schedule(prepared: Prepared, decoded: _Decoded, explanations: tuple[BatchEx
             if config.report:
                 paths[THUMBNAIL] = thumbnail_path(config.out_dir, item.output_relative, method, target.tag)
             text = caption(prepared, explanation, index)
-            jobs.append(_Job(explanation.maps[method][index], paths, f"{text} | {method}",
+            jobs.append(Job(explanation.maps[method][index], paths, f"{text} | {method}",
                              item.part.count if wants_mosaic(config, item) else 0))
             writes.append((method, target, explanation, paths[config.save[0]],
                            faithfulness.get((position, method, index), {})))
-    done = workers.pool.submit(_render_image, prepared, decoded, jobs, workers)
-    return _Pending(decoded.item, "", decoded.note, index=index,
-                    writes=tuple(_Write(*write, done, position) for position, write in enumerate(writes)))
-
-
-@dataclass(frozen=True)
-class _Job:
-    """The files of one image for one method and explained class."""
-
-    heatmap: np.ndarray  # the method's map at its own resolution
-    paths: dict[str, Path]  # --save kind -> file
-    caption: str  # the panel's caption
-    tiles: int  # tiles in the mosaic of the image's file; 0 when it gets none
-
-
-def _render_image(prepared: Prepared, decoded: _Decoded, jobs: list[_Job], workers: _Workers) -> list[_Outcome]:
-    """Draw and write every file of one image, within the memory budget; the original is read
-    again when it was not kept. Returns, per job, the outcome: None or the error that kept it
-    from being written (a file system error, or the image no longer readable), and its mosaic
-    tile when it has one."""
-    height, width = decoded.shown_size
-    estimate = render_estimate((height, width), prepared.config.save, prepared.config.image_format,
-                               decoded.decode_bytes if decoded.image is None else 0)
-    try:
-        with workers.budget.working(estimate):
-            image, view = decoded.image, decoded.view
-            if image is None:
-                image, view = drawn_picture(_opened(prepared, decoded.item, workers.stacks)[0],
-                                            prepared.info.input_size, prepared.config.resize, prepared.config.max_size)
-            # The small copies for the thumbnail, the mosaic tile and the figures against the
-            # object, made once for every method.
-            small = functools.cache(lambda size: shown_at(image, view, size))
-            measure = _object_measure(prepared, decoded, small)
-            return [_written(prepared, image, view, job, small, measure) for job in jobs]
-    except ImageError as exc:  # changed or removed since it was read
-        return [_Outcome(exc)] * len(jobs)
-    finally:
-        workers.budget.release(decoded.kept)
-
-
-def _written(prepared: Prepared, image: Image.Image, view: View, job: _Job, small: Shrunk,
-             measure: Callable[[np.ndarray], Figures]) -> _Outcome:
-    try:
-        _render(image, view, job.heatmap, prepared, job.paths, job.caption, small)
-    except OSError as exc:
-        return _Outcome(exc)
-    tile = (_small_overlay(small(tile_size((image.height, image.width), job.tiles)), job.heatmap, prepared)
-            if job.tiles else None)
-    return _Outcome(None, tile, measure(job.heatmap))
-
-
-MEASURE_LONG_SIDE = 1024  # maps are compared with objects at most this large: the figures barely move
-
-
-def _object_measure(prepared: Prepared, decoded: _Decoded, small: Shrunk) -> Callable[[np.ndarray], Figures]:
-    """A function of a map giving pointing, energy and IoU against the image's object (--truth-masks
-    or --truth-boxes), on the map and mask at no more than ``MEASURE_LONG_SIDE`` pixels; {} without
-    ground truth."""
-    ground = prepared.ground
-    if ground is None:
-        return lambda heatmap: {}
-    shown = decoded.shown_size
-    size = output_size(shown, MEASURE_LONG_SIDE)
-    mask = ground.mask(decoded.item, decoded.original_size, size)
-    if mask is None:
-        return lambda heatmap: {}
-    view = small(size)[1]
-    tolerance = prepared.config.pointing_tolerance * size[1] / decoded.original_size[1]
-
-    def measure(heatmap: np.ndarray) -> Figures:
-        saliency = upsample(heatmap, size, view)
-        return {"pointing": pointing_hit(saliency, mask, tolerance), "energy": round(energy_in(saliency, mask), 6),
-                "iou": round(iou(saliency, mask), 6)}
-
-    return measure
-
-
-def _render(image: Image.Image, view: View, heatmap: np.ndarray, prepared: Prepared, paths: dict[str, Path],
-            caption: str, small: Shrunk) -> None:
-    """Write ``image``'s files of one map (see ``draw_kind``), its raw values and thumbnail."""
-    config = prepared.config
-    for kind, path in paths.items():
-        if kind == "raw":
-            write_npy(path, heatmap)
-        elif kind == THUMBNAIL:
-            write_image(path, _small_overlay(small(thumbnail_size((image.height, image.width))), heatmap, prepared),
-                        "jpeg")
-        else:
-            write_image(path, draw_kind(kind, image, view, heatmap, config.alpha, prepared.lut, caption,
-                                        config.max_size, small), config.image_format)
-
-
-def _small_overlay(shrunk: tuple[Image.Image, View], heatmap: np.ndarray, prepared: Prepared) -> np.ndarray:
-    picture, view = shrunk
-    return overlay(picture, heatmap, prepared.config.alpha, prepared.lut, view)
-
-
-def _finish(prepared: Prepared, pending: list[_Pending], mosaics: _Mosaics, stacks: StackCache) -> Iterator[ImageResult]:
-    for entry in pending:
-        if entry.carried:
-            result = ImageResult(entry.item, (), entry.carried)
-        else:
-            rows = list(_rows(prepared, entry))
-            if wants_mosaic(prepared.config, entry.item) and not entry.skipped:
-                rows = mosaics.add(entry, rows)
-            result = ImageResult(entry.item, tuple(rows))
-        stacks.done(entry.item)
-        yield result
-
-
-class _Mosaics:
-    """The mosaic sheets of the file whose parts are being finished, one per method and
-    explained class; written when its last part is."""
-
-    def __init__(self, prepared: Prepared) -> None:
-        self._prepared = prepared
-        self._sheets: dict[tuple[str, Target], Sheet] = {}
-
-    def add(self, entry: _Pending, rows: list[Row]) -> list[Row]:
-        """Add the part's tiles (a failed part leaves its cells empty); after the file's last part,
-        write the mosaics. Returns ``rows``, where a mosaic that could not be written turns the
-        last part's row of its method into an error row."""
-        config, part = self._prepared.config, entry.item.part
-        if part.position == 0:
-            self._sheets = {(method, target): Sheet() for method in config.methods for target in self._prepared.targets}
-        outcomes = {(w.method, w.target): (w, w.done.result()[w.index]) for w in entry.writes}
-        for (method, target), sheet in self._sheets.items():
-            write, outcome = outcomes.get((method, target), (None, None))
-            text = caption(self._prepared, write.explanation, entry.index) if write else "failed"
-            sheet.add(f"{part.label} {text}", outcome.tile if outcome else None)
-        if not part.last:
-            return rows
-        failed = {}
-        for (method, target), sheet in self._sheets.items():
-            path = mosaic_path(config, entry.item, method, target.tag)
-            try:
-                write_image(path, sheet.compose(), config.image_format)
-            except OSError as exc:
-                failed[method] = f"cannot write the mosaic {path}: {exc.strerror or exc}"
-        self._sheets = {}
-        return [replace(_error_row(self._prepared, entry.item, row.method, failed[row.method]), rank=row.rank)
-                if row.method in failed and row.status == "ok" else row for row in rows]
-
-
-def _rows(prepared: Prepared, pending: _Pending) -> Iterator[Row]:
-    config = prepared.config
-    if pending.skipped or pending.error:
-        for method in config.methods:
-            for target in prepared.targets:
-                row = replace(_error_row(prepared, pending.item, method, pending.error), rank=target.rank)
-                if pending.skipped:
-                    path = output_path(config.out_dir, pending.item.output_relative, method, config.save[0], target.tag,
-                                       config.image_format)
-                    row = replace(row, status="skipped", output=str(path))
-                yield row
-        return
-    for write in pending.writes:
-        outcome = write.done.result()[write.index]
-        error = outcome.error
-        if isinstance(error, OSError):
-            reason = f"cannot write {write.path}: {error.strerror or error}"
-        elif isinstance(error, MaskError):
-            reason = str(error)
-        elif error is not None:
-            reason = f"cannot read the image again to draw it: {error}"
-        else:
-            yield _ok_row(prepared, pending, write, outcome)
-            continue
-        yield replace(_error_row(prepared, pending.item, write.method, reason), rank=write.target.rank)
-
-
-def _true(prepared: Prepared, item: InputImage, predicted: str = "") -> dict[str, object]:
-    """The row's true_label and correct (whether ``predicted`` is it), with --true-labels."""
-    if prepared.truth is None:
-        return {}
-    label = prepared.truth.label(item)
-    return {"true_label": label, "correct": (label == predicted) if label and predicted else None}
-
-
-def _ok_row(prepared: Prepared, pending: _Pending, write: _Write, outcome: _Outcome) -> Row:
-    explanation, index = write.explanation, pending.index
-    predicted = predicted_class(explanation, index)
-    return explained_row(
-        prepared, explanation, index, write.method, name=pending.item.name, note=pending.note,
-        output=str(write.path), rank=write.target.rank, top_k=prepared.config.top_k,
-        figures={**write.figures, **outcome.figures},
-        true=_true(prepared, pending.item, predicted_name(class_label(prepared, predicted), predicted)))
-
-
-def _error_row(prepared: Prepared, item: InputImage, method: str, error: str) -> Row:
-    return error_row(prepared, item.name, method, error, _true(prepared, item))
+    done = workers.pool.submit(render_image, prepared, decoded, jobs, workers)
+    return Pending(decoded.item, "", decoded.note, index=index,
+                    writes=tuple(Write(*write, done, position) for position, write in enumerate(writes)))

@@ -167,7 +167,7 @@ def run_cascade(explain: Callable[[], dict[str, np.ndarray]], layers: Sequence, 
 
 
 def check(prepared, items: Sequence, steps: int, out_dir: Path) -> list[str]:
-    """Run the cascade on ``items`` (``images.InputImage``) with a prepared run's explainer and
+    """Run the cascade on ``items`` (``InputImage``) with a prepared run's explainer and
     methods; write ``OUT/sanity.csv`` and ``OUT/sanity.png``. Returns the verdict lines. Images
     that cannot be read are left out and named in a line of their own."""
     info, names, pictures, inputs, unreadable = prepared.info, [], [], [], []

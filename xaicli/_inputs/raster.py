@@ -60,7 +60,7 @@ def open_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS,
     if is_dicom(path):
         return _dicom_picture(path, max_pixels, intensity)
     if is_nifti_name(path.name):
-        raise ImageError("a NIfTI volume holds many images: xai run explains it slice by slice (xaicli.stacks)")
+        raise ImageError("a NIfTI volume holds many images: xai run (or xaicli.run) explains it slice by slice")
     try:
         # Our own file object: closing it leaves the decoded picture usable (closing a picture
         # Pillow opened by name would destroy its pixels).

@@ -38,7 +38,7 @@ class Row:
     top: tuple["Ranked", ...] = ()  # the K best classes, for --top-k columns
     true_label: str = ""  # --true-labels: the image's label ('' when it has none)
     correct: bool | None = None  # --true-labels: the prediction is the true label (None: no label or prediction)
-    figures: dict[str, float | bool] = field(default_factory=dict)  # metric name -> value (metrics.COLUMN_OF)
+    figures: dict[str, float | bool] = field(default_factory=dict)  # metric name -> value (FIGURE_COLUMNS)
 
 
 @dataclass(frozen=True)

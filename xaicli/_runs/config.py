@@ -148,14 +148,14 @@ class RunConfig(ExplainOptions):
     report: bool = True  # write OUT/index.html and the thumbnails it shows
     true_labels: str | None = None  # 'folder' (the parent folder's name) or a CSV of path,label
     summary: Path | None = None  # a Markdown summary of the run for a CI job page
-    metrics: tuple[str, ...] = ()  # deletion, insertion (metrics.PERTURBATION_METRICS)
+    metrics: tuple[str, ...] = ()  # deletion, insertion (faithfulness.PERTURBATION_METRICS)
     metric_steps: int = 20  # steps of the deletion and insertion curves
     truth_masks: Path | None = None  # a folder of object masks mirroring the inputs
     truth_boxes: Path | None = None  # a JSON file: relative path -> [[x0, y0, x1, y1], ...]
     pointing_tolerance: float = 15.0  # pixels around the map's peak that still hit the object
     require: str | None = None  # CI gates on the figures' means, e.g. 'pointing>=0.9,deletion<=0.2'
     workers: int | None = None  # local: decode/write threads (None: default_workers()); ray: model replicas
-    engine: str = "local"  # the loop around the images: local threads, or Ray Data (engines.ENGINES)
+    engine: str = "local"  # the loop around the images: local threads, or Ray Data (_engines.ENGINES)
     ray_address: str | None = None  # --engine ray: None starts Ray here; 'auto' or 'ray://host:port' joins a cluster
     gpus_per_worker: float = 0.0  # --engine ray: the GPU share each replica asks for
     save: tuple[str, ...] = ("overlay",)  # which files to write per image and method

@@ -104,6 +104,9 @@ def run(model: str | os.PathLike, inputs: str | os.PathLike | Sequence[str | os.
         UsageError: a bad option, no images, outputs in the way, or ``out`` in use by another run.
         ModelError: the model cannot be loaded or explained.
     """
+    if not isinstance(model, (str, os.PathLike)):
+        raise UsageError("xaicli.run takes a model file (run.json records its SHA-256 and Ray's replicas load it); "
+                         "save the model first, or explain images of a model in memory with xaicli.Explainer")
     options = dict(options)
     existing = existing_mode(options) if not options.get("existing") else options.pop("existing")
     paths = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)

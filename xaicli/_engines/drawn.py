@@ -1,0 +1,130 @@
+"""Drawing and writing an image's files in the writer threads (the local engine's last stage): every
+--save kind of every method and target, the page's thumbnail, the mosaic tile, and the figures
+against the object."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from .._budget import render_estimate
+from .._errors import ImageError
+from .._evaluation.faithfulness import energy_in, iou, pointing_hit
+from .._inputs.geometry import View, drawn_picture, output_size, shown_at
+from .._outputs.mosaic import tile_size
+from .._outputs.render import Shrunk, draw_kind, overlay, upsample
+from .._outputs.report import thumbnail_size
+from .._outputs.writers import write_image, write_npy
+from .._runs.decisions import Prepared
+from .decoded import Decoded, Workers, opened_picture
+THUMBNAIL = "thumbnail"  # the report page's small overlay, written beside the --save kinds
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One write of an image's render: None or the error that kept it from being written, and
+    the slice's mosaic tile when its file gets a mosaic."""
+
+    error: Exception | None
+    tile: np.ndarray | None = None
+    figures: Figures = field(default_factory=dict)  # pointing, energy, iou against the object
+
+
+Figures = dict[str, "float | bool"]  # metric name -> value, for one image, method and explained class
+
+
+@dataclass(frozen=True)
+class Job:
+    """The files of one image for one method and explained class."""
+
+    heatmap: np.ndarray  # the method's map at its own resolution
+    paths: dict[str, Path]  # --save kind -> file
+    caption: str  # the panel's caption
+    tiles: int  # tiles in the mosaic of the image's file; 0 when it gets none
+
+
+def render_image(prepared: Prepared, decoded: Decoded, jobs: list[Job], workers: Workers) -> list[Outcome]:
+    """Draw and write every file of one image, within the memory budget; the original is read
+    again when it was not kept. Returns, per job, the outcome: None or the error that kept it
+    from being written (a file system error, or the image no longer readable), and its mosaic
+    tile when it has one."""
+    height, width = decoded.shown_size
+    estimate = render_estimate((height, width), prepared.config.save, prepared.config.image_format,
+                               decoded.decode_bytes if decoded.image is None else 0)
+    try:
+        with workers.budget.working(estimate):
+            image, view = decoded.image, decoded.view
+            if image is None:
+                image, view = drawn_picture(opened_picture(prepared, decoded.item, workers.stacks)[0],
+                                            prepared.info.input_size, prepared.config.resize, prepared.config.max_size)
+            # The small copies for the thumbnail, the mosaic tile and the figures against the
+            # object, made once for every method.
+            small = functools.cache(lambda size: shown_at(image, view, size))
+            measure = _object_measure(prepared, decoded, small)
+            return [_written(prepared, image, view, job, small, measure) for job in jobs]
+    except ImageError as exc:  # changed or removed since it was read
+        return [Outcome(exc)] * len(jobs)
+    finally:
+        workers.budget.release(decoded.kept)
+
+
+def _written(prepared: Prepared, image: Image.Image, view: View, job: Job, small: Shrunk,
+             measure: Callable[[np.ndarray], Figures]) -> Outcome:
+    try:
+        _render(image, view, job.heatmap, prepared, job.paths, job.caption, small)
+    except OSError as exc:
+        return Outcome(exc)
+    tile = (_small_overlay(small(tile_size((image.height, image.width), job.tiles)), job.heatmap, prepared)
+            if job.tiles else None)
+    return Outcome(None, tile, measure(job.heatmap))
+
+
+MEASURE_LONG_SIDE = 1024  # maps are compared with objects at most this large: the figures barely move
+
+
+def _object_measure(prepared: Prepared, decoded: Decoded, small: Shrunk) -> Callable[[np.ndarray], Figures]:
+    """A function of a map giving pointing, energy and IoU against the image's object (--truth-masks
+    or --truth-boxes), on the map and mask at no more than ``MEASURE_LONG_SIDE`` pixels; {} without
+    ground truth."""
+    ground = prepared.ground
+    if ground is None:
+        return lambda heatmap: {}
+    shown = decoded.shown_size
+    size = output_size(shown, MEASURE_LONG_SIDE)
+    mask = ground.mask(decoded.item, decoded.original_size, size)
+    if mask is None:
+        return lambda heatmap: {}
+    view = small(size)[1]
+    tolerance = prepared.config.pointing_tolerance * size[1] / decoded.original_size[1]
+
+    def measure(heatmap: np.ndarray) -> Figures:
+        saliency = upsample(heatmap, size, view)
+        return {"pointing": pointing_hit(saliency, mask, tolerance), "energy": round(energy_in(saliency, mask), 6),
+                "iou": round(iou(saliency, mask), 6)}
+
+    return measure
+
+
+def _render(image: Image.Image, view: View, heatmap: np.ndarray, prepared: Prepared, paths: dict[str, Path],
+            caption: str, small: Shrunk) -> None:
+    """Write ``image``'s files of one map (see ``draw_kind``), its raw values and thumbnail."""
+    config = prepared.config
+    for kind, path in paths.items():
+        if kind == "raw":
+            write_npy(path, heatmap)
+        elif kind == THUMBNAIL:
+            write_image(path, _small_overlay(small(thumbnail_size((image.height, image.width))), heatmap, prepared),
+                        "jpeg")
+        else:
+            write_image(path, draw_kind(kind, image, view, heatmap, config.alpha, prepared.lut, caption,
+                                        config.max_size, small), config.image_format)
+
+
+def _small_overlay(shrunk: tuple[Image.Image, View], heatmap: np.ndarray, prepared: Prepared) -> np.ndarray:
+    picture, view = shrunk
+    return overlay(picture, heatmap, prepared.config.alpha, prepared.lut, view)

@@ -1,0 +1,146 @@
+"""An image's rows once its files are written: ok, error or skipped rows in the table's order, and the
+mosaic of a volume's slices, written after its last one."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Iterator
+
+from .._evaluation.truth import MaskError, predicted_name
+from .._explain.explainer import BatchExplanation
+from .._explain.targets import Target
+from .._inputs.discover import InputImage
+from .._inputs.stacks import StackCache
+from .._outputs.mosaic import Sheet
+from .._outputs.naming import mosaic_path, output_path, wants_mosaic
+from .._outputs.table import Row
+from .._outputs.writers import write_image
+from .._runs.decisions import Prepared
+from .._runs.record import ImageResult
+from .._runs.rows import caption, class_label, error_row, explained_row, predicted_class
+from .drawn import Figures, Outcome
+
+
+@dataclass(frozen=True)
+class Write:
+    """The files of one image, method and explained class, being written in the pool."""
+
+    method: str
+    target: Target  # what the map explains: its tag names the files, its rank goes in the row
+    explanation: BatchExplanation  # of the batch, for this target
+    path: Path  # the first --save kind, named in the table
+    figures: Figures  # --metrics deletion and insertion of this map
+    done: Future[list[Outcome]]  # the image's render: one outcome per write
+    index: int  # this write's place in that list
+
+
+@dataclass(frozen=True)
+class Pending:
+    """An image of an explained batch whose files are being written: its writes, or why it has none."""
+
+    item: InputImage
+    error: str
+    note: str = ""
+    skipped: bool = False
+    carried: tuple[dict[str, object], ...] = ()
+    index: int = -1
+    writes: tuple[Write, ...] = ()
+
+
+def finish(prepared: Prepared, pending: list[Pending], mosaics: Mosaics, stacks: StackCache) -> Iterator[ImageResult]:
+    """Each image's result once its files are written, in order; a volume's slices go into its mosaics."""
+    for entry in pending:
+        if entry.carried:
+            result = ImageResult(entry.item, (), entry.carried)
+        else:
+            rows = list(_rows(prepared, entry))
+            if wants_mosaic(prepared.config, entry.item) and not entry.skipped:
+                rows = mosaics.add(entry, rows)
+            result = ImageResult(entry.item, tuple(rows))
+        stacks.done(entry.item)
+        yield result
+
+
+class Mosaics:
+    """The mosaic sheets of the file whose parts are being finished, one per method and
+    explained class; written when its last part is."""
+
+    def __init__(self, prepared: Prepared) -> None:
+        self._prepared = prepared
+        self._sheets: dict[tuple[str, Target], Sheet] = {}
+
+    def add(self, entry: Pending, rows: list[Row]) -> list[Row]:
+        """Add the part's tiles (a failed part leaves its cells empty); after the file's last part,
+        write the mosaics. Returns ``rows``, where a mosaic that could not be written turns the
+        last part's row of its method into an error row."""
+        config, part = self._prepared.config, entry.item.part
+        if part.position == 0:
+            self._sheets = {(method, target): Sheet() for method in config.methods for target in self._prepared.targets}
+        outcomes = {(w.method, w.target): (w, w.done.result()[w.index]) for w in entry.writes}
+        for (method, target), sheet in self._sheets.items():
+            write, outcome = outcomes.get((method, target), (None, None))
+            text = caption(self._prepared, write.explanation, entry.index) if write else "failed"
+            sheet.add(f"{part.label} {text}", outcome.tile if outcome else None)
+        if not part.last:
+            return rows
+        failed = {}
+        for (method, target), sheet in self._sheets.items():
+            path = mosaic_path(config, entry.item, method, target.tag)
+            try:
+                write_image(path, sheet.compose(), config.image_format)
+            except OSError as exc:
+                failed[method] = f"cannot write the mosaic {path}: {exc.strerror or exc}"
+        self._sheets = {}
+        return [replace(_error_row(self._prepared, entry.item, row.method, failed[row.method]), rank=row.rank)
+                if row.method in failed and row.status == "ok" else row for row in rows]
+
+
+def _rows(prepared: Prepared, pending: Pending) -> Iterator[Row]:
+    config = prepared.config
+    if pending.skipped or pending.error:
+        for method in config.methods:
+            for target in prepared.targets:
+                row = replace(_error_row(prepared, pending.item, method, pending.error), rank=target.rank)
+                if pending.skipped:
+                    path = output_path(config.out_dir, pending.item.output_relative, method, config.save[0], target.tag,
+                                       config.image_format)
+                    row = replace(row, status="skipped", output=str(path))
+                yield row
+        return
+    for write in pending.writes:
+        outcome = write.done.result()[write.index]
+        error = outcome.error
+        if isinstance(error, OSError):
+            reason = f"cannot write {write.path}: {error.strerror or error}"
+        elif isinstance(error, MaskError):
+            reason = str(error)
+        elif error is not None:
+            reason = f"cannot read the image again to draw it: {error}"
+        else:
+            yield _ok_row(prepared, pending, write, outcome)
+            continue
+        yield replace(_error_row(prepared, pending.item, write.method, reason), rank=write.target.rank)
+
+
+def _true(prepared: Prepared, item: InputImage, predicted: str = "") -> dict[str, object]:
+    """The row's true_label and correct (whether ``predicted`` is it), with --true-labels."""
+    if prepared.truth is None:
+        return {}
+    label = prepared.truth.label(item)
+    return {"true_label": label, "correct": (label == predicted) if label and predicted else None}
+
+
+def _ok_row(prepared: Prepared, pending: Pending, write: Write, outcome: Outcome) -> Row:
+    explanation, index = write.explanation, pending.index
+    predicted = predicted_class(explanation, index)
+    return explained_row(
+        prepared, explanation, index, write.method, name=pending.item.name, note=pending.note,
+        output=str(write.path), rank=write.target.rank, top_k=prepared.config.top_k,
+        figures={**write.figures, **outcome.figures},
+        true=_true(prepared, pending.item, predicted_name(class_label(prepared, predicted), predicted)))
+
+
+def _error_row(prepared: Prepared, item: InputImage, method: str, error: str) -> Row:
+    return error_row(prepared, item.name, method, error, _true(prepared, item))
