@@ -15,6 +15,15 @@ REPO = Path(__file__).resolve().parent.parent
 SIZE = 16  # tiny models take 16x16 RGB inputs
 
 
+def matches_golden(name: str, text: str) -> None:
+    """``text`` equals the golden file ``tests/golden/<name>``; with XAI_UPDATE_GOLDEN=1 it is
+    written there first (after an intended format change: review the diff)."""
+    path = REPO / "tests" / "golden" / name
+    if os.environ.get("XAI_UPDATE_GOLDEN"):
+        path.write_text(text, encoding="utf-8", newline="")
+    assert text == path.read_text(encoding="utf-8"), f"{name} differs from its golden file"
+
+
 def xai(*args, **invoke):
     """``xai ARGS`` run in this process by click's runner (``invoke``: its options, e.g. ``input``):
     the result has ``exit_code``, ``output`` and ``stderr``. Every command goes through the API, so

@@ -6,7 +6,6 @@ review the diff."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,17 +15,7 @@ from click.testing import CliRunner
 
 from xaicli.cli import main
 
-from ..conftest import REPO
-
-GOLDEN = REPO / "tests" / "golden"
-
-
-def _matches_golden(name: str, text: str) -> None:
-    path = GOLDEN / name
-    if os.environ.get("XAI_UPDATE_GOLDEN"):
-        path.write_text(text, encoding="utf-8", newline="")
-    assert text == path.read_text(encoding="utf-8"), f"{name} differs from its golden file"
-
+from ..conftest import REPO, matches_golden
 
 @pytest.fixture(scope="module")
 def colour_model(tmp_path_factory) -> Path:
@@ -72,20 +61,20 @@ def test_run_outputs_match_golden(colour_model, tmp_path, monkeypatch, table_for
         "run", str(model), "images", "-o", "out", "--labels", "labels.json", "--top-k", "2",
         "--format", table_format, "--workers", "2", "-q"])
     assert result.exit_code == 1, result.output  # the text file fails; the others are explained
-    _matches_golden(f"run.{table_format}", Path("out", f"predictions.{table_format}").read_text(encoding="utf-8"))
+    matches_golden(f"run.{table_format}", Path("out", f"predictions.{table_format}").read_text(encoding="utf-8"))
     manifest = json.loads(Path("out", "run.json").read_text())
     assert manifest.pop("seconds") >= 0
     manifest.update(tensorflow="<version>", keras="<version>", tool={**manifest["tool"], "version": "<version>"})
     manifest["model"]["sha256"] = "<sha256>"
     assert manifest["status"] == "complete"
-    _matches_golden(f"run.{table_format}.manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    matches_golden(f"run.{table_format}.manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
 def test_golden_run_numbers_follow_by_hand_from_the_colours():
     """The golden table is itself checked: logits 2 x channel means, softmax, six decimals."""
     import csv
 
-    with open(GOLDEN / "run.csv", newline="", encoding="utf-8") as stream:
+    with open(REPO / "tests" / "golden" / "run.csv", newline="", encoding="utf-8") as stream:
         rows = {Path(r["input"]).name: r for r in csv.DictReader(stream)}
     for name, colour in COLOURS.items():
         logits = 2 * np.array(colour) / 255.0

@@ -3,23 +3,12 @@
 from __future__ import annotations
 
 import io
-import os
 
 import pytest
 
 from xaicli._outputs.table import PredictionsWriter, Ranked, Row, top_columns
 
-from ..conftest import REPO
-
-GOLDEN = REPO / "tests" / "golden"
-
-
-def _matches_golden(name: str, text: str) -> None:
-    path = GOLDEN / name
-    if os.environ.get("XAI_UPDATE_GOLDEN"):
-        path.write_text(text, encoding="utf-8", newline="")
-    assert text == path.read_text(encoding="utf-8"), f"{name} differs from its golden file"
-
+from ..conftest import matches_golden
 
 def _hand_rows() -> list[Row]:
     top = (Ranked(2, "lesion, malignant", 0.8765435), Ranked(0, "naevus", 0.1234565))
@@ -37,7 +26,7 @@ def _hand_rows() -> list[Row]:
 def test_table_formats_match_golden(table_format):
     stream = io.StringIO()
     PredictionsWriter(stream, table_format, top_k=2).write(_hand_rows())
-    _matches_golden(f"hand.{table_format}", stream.getvalue())
+    matches_golden(f"hand.{table_format}", stream.getvalue())
 
 
 def test_top_columns_follow_rank_then_field():
