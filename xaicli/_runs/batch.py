@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .._explain.explainer import BatchExplanation
-from .._explain.targets import Target, targets_of
+from .._explain.targets import Target
 from .._inputs.geometry import drawn_picture, to_model_input
 from .._outputs.table import row_record
 from . import rows
-from .config import ExplainOptions, resolve_class
-from .decisions import Prepared, check_targets
+from .config import ExplainOptions
+from .decisions import Prepared, chosen_targets
 
 if TYPE_CHECKING:
     from .._api import Explanation, Picture
@@ -27,9 +27,7 @@ def explain_pictures(prepared: Prepared, options: ExplainOptions, pictures: list
     from .._api import Explanation
 
     info = prepared.info
-    check_targets(options, info)
-    targets = targets_of(options.target, options.top_k,
-                         resolve_class(options.target_class, prepared.labels, info.num_classes))
+    _, targets = chosen_targets(options, prepared.labels, info)
     batch_size = prepared.explainer.batch_size
     parts: list[list[BatchExplanation]] = []
     for start in range(0, len(pictures), batch_size):

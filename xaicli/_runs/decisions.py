@@ -151,11 +151,10 @@ def decide(options: ExplainOptions, info: ModelInfo, model_file: dict[str, str])
     preprocessing = choose_preprocessing(options.preprocess, info, options.mean, options.std)
     check_preset_channels(preprocessing.preset, info.channels, preprocessing.mean, preprocessing.std)
     labels = _labels(options.labels, info.num_classes)
-    check_targets(options, info)
     attention_methods = [name for name in options.methods if REGISTRY[name].family == "attention"]
     if attention_methods:
         check_attention(info, attention_methods)
-    target_class = resolve_class(options.target_class, labels, info.num_classes)
+    target_class, targets = chosen_targets(options, labels, info)
     return Decisions(
         config=options,
         layer_path=layer.path if layer else None,
@@ -163,17 +162,21 @@ def decide(options: ExplainOptions, info: ModelInfo, model_file: dict[str, str])
         preprocessing=preprocessing,
         labels=labels,
         target_class=target_class,
-        targets=targets_of(options.target, options.top_k, target_class),
+        targets=targets,
         truth=None,
         ground=None,
         model_file=model_file,
     )
 
 
-def check_targets(options: ExplainOptions, info: ModelInfo) -> None:
-    """The classes asked for exist in the model."""
+def chosen_targets(options: ExplainOptions, labels: tuple[str, ...],
+                   info: ModelInfo) -> tuple[int | None, tuple[Target, ...]]:
+    """``--class``'s index (None without it) and what each image's maps explain, the classes asked
+    for checked against the model's."""
     if options.top_k > info.num_classes:
         raise UsageError(f"--top-k {options.top_k} is more than the model's {info.num_classes} classes")
+    target_class = resolve_class(options.target_class, labels, info.num_classes)
+    return target_class, targets_of(options.target, options.top_k, target_class)
 
 
 def decide_run(config: RunConfig, info: ModelInfo) -> Decisions:
