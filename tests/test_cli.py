@@ -251,8 +251,8 @@ def test_run_manifest_records_versions_model_hash_choices_options_and_counts(tin
     assert manifest["resolved"] == {
         "layer": "conv_b", "layer_reason": "auto: the last convolution: every path to the output passes here",
         "attention_layers": [], "explained_output": "head",
-        "output_choice": "the model's only output", "final_activation": "softmax",
-        "classes": 3, "preprocess": "none", "preprocess_reason": "the model rescales inside: rescale",
+        "output_choice": "the model's only output", "kind": "classifier", "kind_reason": "a softmax over 3 classes",
+        "final_activation": "softmax", "classes": 3, "preprocess": "none", "preprocess_reason": "the model rescales inside: rescale",
         "target_class": None}
     assert manifest["options"]["batch_size"] == 3 and manifest["options"]["methods"] == ["gradcam", "saliency"]
     assert manifest["options"]["out_dir"] == str(out) and manifest["options"]["inputs"] == [str(image_folder)]

@@ -22,7 +22,7 @@ from ._runs.options import as_fields
 if TYPE_CHECKING:
     import keras
 
-    from ._explain.explainer import BatchExplanation
+    from ._explain.explainer import Explained
     from ._inputs.geometry import View
     from ._runs.decisions import Prepared
 
@@ -30,7 +30,8 @@ ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
 """One image: a file (anything ``xai run`` reads as one image), a PIL image, or an array (H, W) or (H, W, C)."""
 
 # Options of ``explain`` that change neither the compiled steps nor the methods' settings.
-PER_CALL = ("target_class", "target", "top_k", "alpha", "colormap", "resize", "intensity", "max_size", "max_pixels")
+PER_CALL = ("target_class", "target", "top_k", "threshold", "alpha", "colormap", "resize", "intensity", "max_size",
+            "max_pixels")
 
 
 class Explainer:
@@ -41,11 +42,12 @@ class Explainer:
         model: a model file or SavedModel folder (anything ``xai run`` loads), or a ``keras.Model``
             in memory (used as it is, never changed).
         **options: ``xai run``'s options about explaining, in snake_case: ``methods`` ("gradcam",
-            "gradcam,saliency" or a list), ``layer``, ``layer_regex``, ``target`` ("predicted" or
-            "topk"), ``target_class`` (``--class``: an index or a label), ``top_k``, ``labels`` (a
-            file, or the class names), ``batch_size``, ``preprocess``, ``mean``, ``std``,
-            ``resize``, ``input_size`` ((height, width) or "HxW"), ``output``, ``unsafe``,
-            ``custom_objects``, ``alpha``, ``colormap``, ``max_size``, ``max_pixels``,
+            "gradcam,saliency" or a list), ``layer``, ``layer_regex``, ``target`` ("auto",
+            "predicted", "topk" or "positive"), ``target_class`` (``--class``: an index or a
+            label), ``top_k``, ``threshold`` and ``sign`` (multi-label and regression models),
+            ``labels`` (a file, or the class names), ``batch_size``, ``preprocess``, ``mean``,
+            ``std``, ``resize``, ``input_size`` ((height, width) or "HxW"), ``output``, ``kind``,
+            ``unsafe``, ``custom_objects``, ``alpha``, ``colormap``, ``max_size``, ``max_pixels``,
             ``intensity``, and the methods' own (``smoothgrad_samples``, ``ig_steps``, ...).
 
     Raises:
@@ -202,38 +204,58 @@ class Explanation:
     Attributes:
         maps: method -> float32 maps in [0, 1], exactly what ``--save raw`` writes: (N, h, w), or
             (N, K, h, w) with ``target="topk"`` (rank k at [:, k - 1]); (h, w) is the method's own
-            grid (the layer's for the CAM family, the model input's for gradient methods).
+            grid (the layer's for the CAM family, the model input's for gradient methods). With
+            ``target="positive"`` (a multi-label model's default) each image has its own number
+            of labels: a tuple of one (k_i, h, w) array per image, in label order (``classes_of``).
         predictions: the rows the predictions table gets, as JSON Lines would hold them: image by
-            image, then method, then rank; ``input`` is the path, or '<array i>' / '<image i>'.
-        probabilities: (N, classes) float32, the explained output's probabilities.
+            image, then method, then explained class; ``input`` is the path, or '<array i>' /
+            '<image i>'.
+        probabilities: (N, classes) float32, the explained output's probabilities (a regression
+            model's values).
         names: each image's name, as in ``predictions``.
     """
 
     def __init__(self, prepared: Prepared, options: ExplainOptions, pictures: list[Picture],
-                 explained: list[BatchExplanation], predictions: list[dict[str, object]],
-                 views: list[tuple[Image.Image, View]]) -> None:
+                 explained: list[list[Explained]], predictions: list[dict[str, object]],
+                 views: list[tuple[Image.Image, View]], per_image: bool = False) -> None:
+        """``per_image``: the classes explained were chosen from each image's prediction."""
         self._prepared = prepared
+        self._per_image = per_image
         self._options = options
-        self._explained = explained  # one per explained class: the predicted/given one, or ranks 1..K
+        self._explained = explained  # per image, its explained classes (the predicted/given one, ranks, labels)
         self._views = views  # each original at its output size, and the model's view of it
         self.names = tuple(picture.name for picture in pictures)
         self.notes = tuple(picture.note for picture in pictures)
         self.predictions = predictions
-        self.probabilities = explained[0].probabilities
-        ranked = options.target == "topk"
-        self.maps = {method: (np.stack([e.maps[method] for e in explained], axis=1) if ranked
-                              else explained[0].maps[method]) for method in options.methods}
+        self.probabilities = np.stack([each[0].explanation.probabilities[each[0].index] for each in explained])
+        self.maps = {method: self._maps_of(method) for method in options.methods}
+
+    def _maps_of(self, method: str) -> np.ndarray | tuple[np.ndarray, ...]:
+        per_image = [np.stack([e.explanation.maps[method][e.index] for e in each if e.target.explains])
+                     if any(e.target.explains for e in each) else np.zeros((0, 0, 0), np.float32)
+                     for each in self._explained]
+        if self._per_image:
+            return tuple(per_image)
+        stacked = np.stack(per_image)
+        return stacked if self._options.target == "topk" else stacked[:, 0]
 
     def __len__(self) -> int:
         return len(self.names)
 
     def classes(self, rank: int = 1) -> np.ndarray:
         """(N,) int: the class explained for each image (with ``target="topk"``, at ``rank``)."""
-        return self._at(rank).classes
+        return np.array([self._at(index, rank).explanation.classes[self._at(index, rank).index]
+                         for index in range(len(self))])
+
+    def classes_of(self, index: int) -> tuple[int, ...]:
+        """The classes explained for image ``index``, in order (rank 1 first): with
+        ``target="positive"``, its labels at or above the threshold (none when it has none)."""
+        return tuple(int(e.explanation.classes[e.index]) for e in self._explained[index] if e.target.explains)
 
     def overlay(self, index: int, method: str, rank: int = 1) -> Image.Image:
         """Image ``index``'s map by ``method`` over the image, at the original size (or ``max_size``):
-        pixel for pixel the overlay ``xai run`` writes."""
+        pixel for pixel the overlay ``xai run`` writes. ``rank``: the image's ``rank``-th
+        explained class (a top-K rank, or one of its present labels)."""
         return self._drawn("overlay", index, method, rank)
 
     def heatmap(self, index: int, method: str, rank: int = 1) -> Image.Image:
@@ -253,18 +275,22 @@ class Explanation:
             raise UsageError(f"method {method!r} was not computed; this explanation has {', '.join(self.maps)}")
         if not 0 <= index < len(self):
             raise IndexError(f"image {index} of {len(self)}")
-        explained = self._at(rank)
+        explained = self._at(index, rank)
         image, view = self._views[index]
         options = self._options
-        text = f"{caption(self._prepared, explained, index)} | {method}"
-        drawing = draw_kind(kind, image, view, explained.maps[method][index], options.alpha, self._lut(), text,
-                            options.max_size)
+        text = f"{caption(self._prepared, explained.explanation, explained.index)} | {method}"
+        drawing = draw_kind(kind, image, view, explained.explanation.maps[method][explained.index], options.alpha,
+                            self._lut(), text, options.max_size)
         return Image.fromarray(drawing.pixels())
 
-    def _at(self, rank: int) -> BatchExplanation:
-        if not 1 <= rank <= len(self._explained):
-            raise UsageError(f"rank {rank}: this explanation has ranks 1..{len(self._explained)}")
-        return self._explained[rank - 1]
+    def _at(self, index: int, rank: int) -> Explained:
+        """Image ``index``'s ``rank``-th explained class."""
+        explained = [e for e in self._explained[index] if e.target.explains]
+        if not explained:
+            raise UsageError(f"image {index} has nothing explained: no label reached the threshold")
+        if not 1 <= rank <= len(explained):
+            raise UsageError(f"rank {rank}: image {index} has ranks 1..{len(explained)}")
+        return explained[rank - 1]
 
     def _lut(self) -> np.ndarray:
         from ._outputs.render import COLORMAPS
@@ -297,7 +323,7 @@ class Layers:
 def describe(model: str | os.PathLike | keras.Model, layer_regex: str = "conv", **model_options: Any) -> dict[str, Any]:
     """What ``xai info --json`` reports of a model: format, input, outputs, classes, activation,
     preprocessing, the layer ``layer="auto"`` takes and the methods that apply, JSON-ready.
-    ``model_options``: ``input_size``, ``output``, ``unsafe``, ``custom_objects``."""
+    ``model_options``: ``input_size``, ``output``, ``kind``, ``unsafe``, ``custom_objects``."""
     from ._runs.decisions import describe as described, opened_model
 
     path = "(in memory)" if _is_model(model) else Path(model)
@@ -349,8 +375,8 @@ def _model_source(model: str | os.PathLike | keras.Model) -> Any:
 
 
 def _model_options(options: dict[str, Any]) -> dict[str, Any]:
-    """How to read a model (``input_size``, ``output``, ``unsafe``, ``custom_objects``), as config values."""
-    allowed = ("input_size", "output", "unsafe", "custom_objects")
+    """How to read a model (``input_size``, ``output``, ``kind``, ``unsafe``, ``custom_objects``), as config values."""
+    allowed = ("input_size", "output", "kind", "unsafe", "custom_objects")
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise UsageError(f"unknown option {unknown[0]!r}; a model is read with {', '.join(allowed)}")

@@ -295,3 +295,29 @@ def test_fail_fast_on_ray_takes_no_block_after_the_failure(sample_runs, tiny_mod
     assert json.loads((out / "run.json").read_text())["status"] == "stopped by the first failure (--fail-fast)"
     inputs = [Path(line.split(",")[0]).name for line in _table(out).splitlines()[1:]]
     assert "broken.jpg" in inputs and "b.JPG" not in inputs  # the block after the failure is dropped
+
+
+def test_a_multilabel_model_gives_the_same_labels_and_files_on_both_engines(ray_cluster, tmp_path):
+    """Labels present differ from image to image (and slice to slice of a volume's mosaic): the
+    rows, maps and mosaics are the same whichever engine chose them."""
+    from PIL import Image
+
+    from ..explain.test_heads import _cnn_head
+
+    model = tmp_path / "multilabel.keras"
+    _cnn_head(4, "sigmoid", 1).save(model)
+    scans = tmp_path / "images"
+    scans.mkdir()
+    for index in range(5):
+        Image.effect_mandelbrot((16 + 4 * index, 16), (-2 + index / 4, -1.2, 0.8, 1.2), 50).convert("RGB").save(
+            scans / f"m{index}.png")
+    _volume(scans)
+    runs = {engine: tmp_path / engine for engine in ("local", "ray")}
+    for engine, out in runs.items():
+        result = xai("run", model, scans, "-o", out, "--threshold", "0.5", "--save", "overlay,raw", "-b", "2",
+                     "--engine", engine, *(("--workers", 2) if engine == "ray" else ()))
+        assert result.exit_code == 0, result.output
+    _same_outputs(runs["local"], runs["ray"])
+    rows = _table(runs["local"]).splitlines()
+    assert len(rows) > 1 + 5 + 6  # some image or slice has several labels present
+    assert list((runs["local"]).glob("brain.nii.gz.gradcam.label*.mosaic.png"))

@@ -112,7 +112,7 @@ def test_requirements_parse_and_say_how_far_a_figure_misses():
     assert gates == (Requirement("pointing", True, 0.9), Requirement("deletion", False, 0.2),
                      Requirement("accuracy", True, 0.95))
     means = {"gradcam": {"pointing": 0.95, "deletion": 0.25}, "saliency": {"pointing": 0.5, "deletion": None}}
-    assert failed_requirements(gates, means, 0.99) == [
+    assert failed_requirements(gates, means, {"accuracy": 0.99}) == [
         "pointing>=0.9 not met: saliency 0.500 (0.400 short)",
         "deletion<=0.2 not met: gradcam 0.250 (0.050 over)",
         "deletion<=0.2 not met: saliency has no deletion (no image had it)",

@@ -57,7 +57,8 @@ def test_accuracy_and_confusion_matrix_by_hand():
     for true, predicted in [("cat", "cat"), ("cat", "dog"), ("dog", "dog"), ("dog", "dog"), ("", "cat"),
                             ("bird", "cat")]:
         tally.add(true, predicted)
-    assert tally.as_dict() == {"images": 5, "correct": 3, "accuracy": 0.6, "classes": ["bird", "cat", "dog"],
-                               "confusion": [[0, 1, 0], [0, 1, 1], [0, 0, 2]]}
+    # F1 per true class, 2tp / (2tp + fp + fn): bird 0 / 1, cat 2 / (2 + 1 + 1), dog 4 / (4 + 1 + 0)
+    assert tally.as_dict() == {"images": 5, "correct": 3, "accuracy": 0.6, "f1": round((0 + 0.5 + 0.8) / 3, 6),
+                               "classes": ["bird", "cat", "dog"], "confusion": [[0, 1, 0], [0, 1, 1], [0, 0, 2]]}
     assert Tally().as_dict()["accuracy"] is None
     assert predicted_name("", 3) == "3" and predicted_name("cat", 0) == "cat" and predicted_name("", None) == ""

@@ -169,13 +169,13 @@ def test_more_than_one_input_is_refused(tmp_path):
 def test_info_text_and_json(two_heads):
     text = xai("info", two_heads[0], "--output", "tags")
     assert text.exit_code == 0, text.output
-    assert "explained output" in text.stdout and "1: tags (N, 4), sigmoid, can be explained" in text.stdout
+    assert "explained output" in text.stdout and "1: tags (N, 4), sigmoid, multilabel, can be explained" in text.stdout
     data = json.loads(xai("info", two_heads[0], "--json").stdout)
     assert data["format"].startswith("HDF5 (.h5) written by Keras 3")
     assert data["input_shape"] == [8, 8, 3] and data["classes"] == 3 and data["final_activation"] == "softmax"
     assert data["outputs"][1] == {"index": 1, "layer": "tags", "shape": [None, 4], "activation": "sigmoid",
-                                  "explainable": True}
-    assert data["explained_output"] == "kind" and data["output_choice"] == "the first of 2 (N, classes) outputs; choose another with --output"
+                                  "kind": "multilabel", "explainable": True}
+    assert data["explained_output"] == "kind" and data["output_choice"] == "the first of 2 (N, units) outputs; choose another with --output"
     assert data["auto_layer"] == "conv" and "gradcam" in data["methods"] and "saliency" in data["methods"]
 
 
@@ -265,7 +265,7 @@ def test_feature_map_output_beside_the_classifier_is_ignored(recipe):
     _, info = open_model(recipe["both"])
     assert [o.explainable for o in info.outputs] == [False, True]
     assert info.head_path == "predictions" and info.num_classes == 3
-    assert info.output_reason == "the only (N, classes) output of 2"
+    assert info.output_reason == "the only (N, units) output of 2"
     images = np.random.default_rng(12).uniform(0, 1, size=(3, 12, 12, 3)).astype(np.float32)
     maps = {}
     for name, path in recipe.items():
@@ -280,13 +280,13 @@ def test_feature_map_output_beside_the_classifier_is_ignored(recipe):
 def test_recipe_model_runs_and_says_which_output(recipe, image_folder, tmp_path):
     result = xai("run", recipe["both"], image_folder / "a.png", "-o", tmp_path / "out")
     assert result.exit_code == 0, result.output
-    assert "output predictions (the only (N, classes) output of 2)" in result.stderr
+    assert "output predictions (the only (N, units) output of 2)" in result.stderr
     manifest = json.loads((tmp_path / "out" / "run.json").read_text())
     assert manifest["resolved"]["explained_output"] == "predictions"
-    assert manifest["resolved"]["output_choice"] == "the only (N, classes) output of 2"
+    assert manifest["resolved"]["output_choice"] == "the only (N, units) output of 2"
     info = xai("info", recipe["both"])
-    assert "0: backbone/conv_b (N, 8, 8, 5), linear, not a classifier output (N, classes)" in info.stdout
-    assert "1: predictions (N, 3), softmax, can be explained" in info.stdout
+    assert "0: backbone/conv_b (N, 8, 8, 5), linear, not an (N, units) output" in info.stdout
+    assert "1: predictions (N, 3), softmax, classifier, can be explained" in info.stdout
 
 
 def test_naming_the_feature_map_output_is_one_line(recipe, image_folder, tmp_path):
@@ -294,8 +294,8 @@ def test_naming_the_feature_map_output_is_one_line(recipe, image_folder, tmp_pat
         result = xai("run", recipe["both"], image_folder / "a.png", "-o", tmp_path / "out", "--output", spec)
         assert result.exit_code == 2, result.output
         (line,) = result.stderr.strip().splitlines()
-        assert (f"--output '{spec}' is 0: backbone/conv_b (N, 8, 8, 5), linear, not a classifier output shaped "
-                "(N, classes); outputs that can be explained: 1: predictions (N, 3), softmax") in line
+        assert (f"--output '{spec}' is 0: backbone/conv_b (N, 8, 8, 5), linear, not an output shaped "
+                "(N, units); outputs that can be explained: 1: predictions (N, 3), softmax") in line
     assert not (tmp_path / "out").exists()  # a run refused before it began leaves nothing behind
 
 
@@ -311,7 +311,7 @@ def test_segmentation_model_is_one_line(image_folder, tmp_path):
         result = xai(*command)
         assert result.exit_code == 2, result.output
         (line,) = result.stderr.strip().splitlines()
-        assert ("the model has no classifier output shaped (N, classes) to explain; its outputs: "
+        assert ("the model has no output shaped (N, units) to explain; its outputs: "
                 "0: mask (N, 8, 8, 2), softmax") in line
 
 

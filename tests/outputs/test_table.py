@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from xaicli._outputs.table import PredictionsWriter, Ranked, Row, top_columns
+from xaicli._outputs.table import Layout, PredictionsWriter, Ranked, Row, top_columns
 
 from ..conftest import matches_golden
 
@@ -25,7 +25,7 @@ def _hand_rows() -> list[Row]:
 @pytest.mark.parametrize("table_format", ["csv", "jsonl"])
 def test_table_formats_match_golden(table_format):
     stream = io.StringIO()
-    PredictionsWriter(stream, table_format, top_k=2).write(_hand_rows())
+    PredictionsWriter(stream, Layout(table_format, top_k=2)).write(_hand_rows())
     matches_golden(f"hand.{table_format}", stream.getvalue())
 
 

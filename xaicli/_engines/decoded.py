@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -17,9 +17,8 @@ from .._inputs.discover import InputImage
 from .._inputs.geometry import View, drawn_picture, to_model_input
 from .._inputs.raster import PICTURE_BYTES_PER_PIXEL, decode_bytes, open_image
 from .._inputs.stacks import StackCache
-from .._outputs.naming import planned_outputs
+from .._outputs.naming import planned_outputs, recorded_outputs
 from .._outputs.table import table_text
-from .._runs.config import RunConfig
 from .._runs.decisions import Prepared
 
 
@@ -52,21 +51,30 @@ class Decoded:
     note: str = ""  # what the user should know about how the image was read
 
 
-def passable(config: RunConfig, items: Iterable[InputImage],
+def passable(prepared: Prepared, items: Iterable[InputImage],
               carried: dict[str, list[dict[str, object]]]) -> Iterator[tuple[InputImage, bool]]:
     """Each item, and whether ``--skip-existing`` or ``--resume`` may pass it by. The parts of a
     volume are passed by together or not at all, since its mosaic shows every slice: when some
     part is missing, the earlier rows of the others are dropped and the whole file is explained."""
+    config = prepared.config
     for group in _by_file(items):
         if config.existing not in ("skip", "resume") or group[0].part is None:
             yield from ((item, True) for item in group)
             continue
-        whole = all(all(p.exists() for p in planned_outputs(config, part))
+        whole = all(outputs_there(prepared, part, carried.get(table_text(part.name), ()))
                     and (config.existing == "skip" or table_text(part.name) in carried) for part in group)
         for part in group:
             if not whole:
                 carried.pop(table_text(part.name), None)
             yield part, whole
+
+
+def outputs_there(prepared: Prepared, item: InputImage, earlier: Sequence[dict[str, object]]) -> bool:
+    """Whether the files of ``item`` are all there: those the run plans, or, when the classes
+    explained depend on the prediction, those its ``earlier`` rows name (``--resume``)."""
+    if prepared.dynamic_targets:
+        return bool(earlier) and all(path.exists() for path in recorded_outputs(prepared.config, earlier))
+    return all(path.exists() for path in planned_outputs(prepared.config, item, prepared.output_tags))
 
 
 def _by_file(items: Iterable[InputImage]) -> Iterator[list[InputImage]]:
@@ -90,7 +98,7 @@ def decode(prepared: Prepared, item: InputImage, may_pass: bool, carried: dict[s
         return Decoded(item, None, None, error=item.error)
     earlier = carried.get(table_text(item.name), ()) if may_pass else ()
     if earlier or (prepared.config.existing == "skip" and may_pass):
-        if all(p.exists() for p in planned_outputs(prepared.config, item)):
+        if outputs_there(prepared, item, earlier):
             return Decoded(item, None, None, skipped=not earlier, carried=tuple(earlier))
     decoding = _decode_bytes(item)
     with workers.budget.working(decoding):

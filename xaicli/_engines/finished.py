@@ -8,9 +8,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
-from .._evaluation.truth import MaskError, predicted_name
-from .._explain.explainer import BatchExplanation
-from .._explain.targets import Target
+from .._evaluation.truth import MaskError
+from .._explain.explainer import Explained
 from .._inputs.discover import InputImage
 from .._inputs.stacks import StackCache
 from .._outputs.mosaic import Sheet
@@ -19,21 +18,25 @@ from .._outputs.table import Row
 from .._outputs.writers import write_image
 from .._runs.decisions import Prepared
 from .._runs.record import ImageResult
-from .._runs.rows import caption, class_label, error_row, explained_row, predicted_class
+from .._runs.rows import caption, error_row, explained_row, nothing_row
 from .drawn import Figures, Outcome
 
 
 @dataclass(frozen=True)
 class Write:
-    """The files of one image, method and explained class, being written in the pool."""
+    """The files of one image, method and explained class, being written in the pool; or, for
+    an image with nothing to explain (no label present), the row that says so (``done`` None)."""
 
     method: str
-    target: Target  # what the map explains: its tag names the files, its rank goes in the row
-    explanation: BatchExplanation  # of the batch, for this target
-    path: Path  # the first --save kind, named in the table
+    explained: Explained  # what the map explains (its tag names the files, its rank goes in the row) and the map
+    path: Path | None  # the first --save kind, named in the table
     figures: Figures  # --metrics deletion and insertion of this map
-    done: Future[list[Outcome]]  # the image's render: one outcome per write
+    done: Future[list[Outcome]] | None  # the image's render: one outcome per write
     index: int  # this write's place in that list
+
+    @property
+    def tag(self) -> str:
+        return self.explained.target.tag
 
 
 @dataclass(frozen=True)
@@ -69,25 +72,36 @@ class Mosaics:
 
     def __init__(self, prepared: Prepared) -> None:
         self._prepared = prepared
-        self._sheets: dict[tuple[str, Target], Sheet] = {}
+        self._sheets: dict[tuple[str, str], Sheet] = {}  # (method, tag) -> the file's sheet
+        self._parts: list[str] = []  # labels of the file's parts added so far
 
     def add(self, entry: Pending, rows: list[Row]) -> list[Row]:
-        """Add the part's tiles (a failed part leaves its cells empty); after the file's last part,
-        write the mosaics. Returns ``rows``, where a mosaic that could not be written turns the
-        last part's row of its method into an error row."""
+        """Add the part's tiles (a failed part leaves its cells empty, as does a part on which a
+        label is not present); after the file's last part, write the mosaics. Returns ``rows``,
+        where a mosaic that could not be written turns the last part's row of its method into an
+        error row."""
         config, part = self._prepared.config, entry.item.part
         if part.position == 0:
-            self._sheets = {(method, target): Sheet() for method in config.methods for target in self._prepared.targets}
-        outcomes = {(w.method, w.target): (w, w.done.result()[w.index]) for w in entry.writes}
-        for (method, target), sheet in self._sheets.items():
-            write, outcome = outcomes.get((method, target), (None, None))
-            text = caption(self._prepared, write.explanation, entry.index) if write else "failed"
+            self._sheets = {(method, tag): Sheet() for method in config.methods for tag in self._prepared.output_tags
+                            if not self._prepared.dynamic_targets}
+            self._parts = []
+        outcomes = {(w.method, w.tag): (w, w.done.result()[w.index]) for w in entry.writes if w.done is not None}
+        for key in outcomes:
+            if key not in self._sheets:  # a label first present on this part
+                self._sheets[key] = Sheet()
+                for label in self._parts:
+                    self._sheets[key].add(f"{label} not present", None)
+        for key, sheet in self._sheets.items():
+            write, outcome = outcomes.get(key, (None, None))
+            text = (caption(self._prepared, write.explained.explanation, write.explained.index) if write
+                    else "failed" if entry.error else "not present")
             sheet.add(f"{part.label} {text}", outcome.tile if outcome else None)
+        self._parts.append(part.label)
         if not part.last:
             return rows
         failed = {}
-        for (method, target), sheet in self._sheets.items():
-            path = mosaic_path(config, entry.item, method, target.tag)
+        for (method, tag), sheet in self._sheets.items():
+            path = mosaic_path(config, entry.item, method, tag)
             try:
                 write_image(path, sheet.compose(), config.image_format)
             except OSError as exc:
@@ -110,6 +124,11 @@ def _rows(prepared: Prepared, pending: Pending) -> Iterator[Row]:
                 yield row
         return
     for write in pending.writes:
+        if write.done is None:
+            explained = write.explained
+            yield nothing_row(prepared, explained.explanation, explained.index, write.method, name=pending.item.name,
+                              note=pending.note, true_label=_true_label(prepared, pending.item))
+            continue
         outcome = write.done.result()[write.index]
         error = outcome.error
         if isinstance(error, OSError):
@@ -121,26 +140,21 @@ def _rows(prepared: Prepared, pending: Pending) -> Iterator[Row]:
         else:
             yield _ok_row(prepared, pending, write, outcome)
             continue
-        yield replace(_error_row(prepared, pending.item, write.method, reason), rank=write.target.rank)
+        yield replace(_error_row(prepared, pending.item, write.method, reason), rank=write.explained.target.rank)
 
 
-def _true(prepared: Prepared, item: InputImage, predicted: str = "") -> dict[str, object]:
-    """The row's true_label and correct (whether ``predicted`` is it), with --true-labels."""
-    if prepared.truth is None:
-        return {}
-    label = prepared.truth.label(item)
-    return {"true_label": label, "correct": (label == predicted) if label and predicted else None}
+def _true_label(prepared: Prepared, item: InputImage) -> str | None:
+    """The image's true label(s) with --true-labels ('' when it has none), else None."""
+    return None if prepared.truth is None else prepared.truth.label(item)
 
 
 def _ok_row(prepared: Prepared, pending: Pending, write: Write, outcome: Outcome) -> Row:
-    explanation, index = write.explanation, pending.index
-    predicted = predicted_class(explanation, index)
+    explained = write.explained
     return explained_row(
-        prepared, explanation, index, write.method, name=pending.item.name, note=pending.note,
-        output=str(write.path), rank=write.target.rank, top_k=prepared.config.top_k,
-        figures={**write.figures, **outcome.figures},
-        true=_true(prepared, pending.item, predicted_name(class_label(prepared, predicted), predicted)))
+        prepared, explained.explanation, explained.index, write.method, name=pending.item.name, note=pending.note,
+        output=str(write.path), rank=explained.target.rank, top_k=prepared.config.top_k,
+        figures={**write.figures, **outcome.figures}, true_label=_true_label(prepared, pending.item))
 
 
 def _error_row(prepared: Prepared, item: InputImage, method: str, error: str) -> Row:
-    return error_row(prepared, item.name, method, error, _true(prepared, item))
+    return error_row(prepared, item.name, method, error, _true_label(prepared, item))

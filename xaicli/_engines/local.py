@@ -16,7 +16,7 @@ import tensorflow as tf
 from .._budget import MemoryBudget
 from .._errors import first_line
 from .._evaluation.faithfulness import PERTURBATION_METRICS, CurveJob, blurred, curve_areas, perturbed, pixel_order
-from .._explain.explainer import BatchExplanation
+from .._explain.explainer import Explained
 from .._inputs.discover import InputImage
 from .._inputs.stacks import StackCache, parse_slices
 from .._outputs.naming import output_path, thumbnail_path, wants_mosaic
@@ -78,7 +78,7 @@ def explained(prepared: Prepared, items: Iterable[InputImage], carried: Carried,
         workers = Workers(writers, budget, stacks)
         parts = chain.from_iterable(_read_ahead(splitter, lambda item: list(stacks.split([item])), items, FILES_AHEAD))
         decoded = _read_ahead(readers, lambda entry: decode(prepared, *entry, carried, workers),
-                              passable(config, parts, carried), 2 * config.batch_size)
+                              passable(prepared, parts, carried), 2 * config.batch_size)
         mosaics = Mosaics(prepared)
         pending: deque[list[Pending]] = deque()
         warm = False  # a batch has been explained: the compiled steps are ready
@@ -122,16 +122,15 @@ def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
 
 def _explain_batch(prepared: Prepared, batch: list[Decoded], workers: Workers, watch: _BatchWatch) -> list[Pending]:
     good = [d for d in batch if not (d.error or d.skipped or d.carried)]
-    explanations, failure = (), ""
+    explained, failure = [], ""
     if good:
         inputs = np.stack([d.model_input for d in good])
         watch.runs(len(good), len(prepared.targets) * len(prepared.config.methods))
         try:
-            explanations = tuple(prepared.explainer.explain(inputs, target, watch.on_stage)
-                                 for target in prepared.targets)
+            explained = prepared.explainer.explain_each(inputs, prepared.targets, watch.on_stage)
             if prepared.config.metrics:
                 watch.stage("deletion and insertion curves")
-            faithfulness = _faithfulness(prepared, inputs, explanations)
+            faithfulness = _faithfulness(prepared, inputs, explained)
         except tf.errors.OpError as exc:
             failure = f"the model failed on this batch: {first_line(exc)}"
     watch.done()
@@ -140,7 +139,7 @@ def _explain_batch(prepared: Prepared, batch: list[Decoded], workers: Workers, w
         Pending(d.item, "", skipped=True) if d.skipped
         else Pending(d.item, "", carried=d.carried) if d.carried
         else Pending(d.item, d.error or failure) if d.error or failure
-        else _schedule(prepared, d, explanations, position[id(d)], workers, faithfulness)
+        else _schedule(prepared, d, explained[position[id(d)]], position[id(d)], workers, faithfulness)
         for d in batch
     ]
 
@@ -192,10 +191,10 @@ class _BatchWatch:
 
 
 def _faithfulness(prepared: Prepared, inputs: np.ndarray,
-                  explanations: tuple[BatchExplanation, ...]) -> dict[tuple[int, str, int], Figures]:
+                  explained: list[list[Explained]]) -> dict[tuple[int, str, int], Figures]:
     """--metrics deletion, insertion for every image, method and explained class of a batch:
-    (tag position, method, image) -> {name: area}. The curves' inputs of all of them go through
-    the model together, a batch at a time."""
+    (image, method, the class's place among the image's) -> {name: area}. The curves' inputs of
+    all of them go through the model together, a batch at a time."""
     config = prepared.config
     wanted = [name for name in PERTURBATION_METRICS if name in config.metrics]
     if not wanted:
@@ -206,40 +205,48 @@ def _faithfulness(prepared: Prepared, inputs: np.ndarray,
     blurry = [blurred(image) for image in inputs] if "insertion" in wanted else []
     starts = {"deletion": lambda index: (inputs[index], baseline), "insertion": lambda index: (blurry[index], inputs[index])}
     keys, jobs = [], []
-    for position, explanation in enumerate(explanations):
-        for method, maps in explanation.maps.items():
-            for index in range(len(inputs)):
-                order = pixel_order(upsample(maps[index], size))
+    for index, image_explained in enumerate(explained):
+        for position, each in enumerate(image_explained):
+            explanation, at = each.explanation, each.index
+            for method, maps in explanation.maps.items():
+                order = pixel_order(upsample(maps[at], size))
                 for name in wanted:
                     source, target = starts[name](index)
                     jobs.append(CurveJob(functools.partial(perturbed, source, target, order, config.metric_steps),
-                                         int(explanation.classes[index]), config.metric_steps))
-                    keys.append((position, method, index, name))
+                                         int(explanation.classes[at]), config.metric_steps))
+                    keys.append((index, method, position, name))
     figures: dict[tuple[int, str, int], Figures] = {}
-    for (position, method, index, name), area in zip(keys, curve_areas(jobs, prepared.explainer.probabilities,
+    for (index, method, position, name), area in zip(keys, curve_areas(jobs, prepared.explainer.probabilities,
                                                                   prepared.explainer.batch_size)):
-        figures.setdefault((position, method, index), {})[name] = round(area, 6)
+        figures.setdefault((index, method, position), {})[name] = round(area, 6)
     return figures
 
 
-def _schedule(prepared: Prepared, decoded: Decoded, explanations: tuple[BatchExplanation, ...], index: int,
+def _schedule(prepared: Prepared, decoded: Decoded, explained: list[Explained], index: int,
               workers: Workers, faithfulness: dict[tuple[int, str, int], Figures]) -> Pending:
-    if not np.all(np.isfinite(explanations[0].scores[index])):
+    """The image's files drawn and written in the pool, one set per method and explained class;
+    ``explained``: the image's explained classes, ``index`` its place in the batch."""
+    if not all(np.all(np.isfinite(e.explanation.scores[e.index])) for e in explained):
         return Pending(decoded.item, "the model produced non-finite scores (NaN or inf) for this image")
     config = prepared.config
     item = decoded.item
     jobs, writes = [], []
     for method in config.methods:  # rows and files in the order the user asked for
-        for position, (target, explanation) in enumerate(zip(prepared.targets, explanations)):
-            paths = {kind: output_path(config.out_dir, item.output_relative, method, kind, target.tag,
-                                       config.image_format) for kind in config.save}
+        for position, each in enumerate(explained):
+            if not each.target.explains:
+                writes.append((method, each, None, {}))
+                continue
+            tag = each.target.tag
+            paths = {kind: output_path(config.out_dir, item.output_relative, method, kind, tag, config.image_format)
+                     for kind in config.save}
             if config.report:
-                paths[THUMBNAIL] = thumbnail_path(config.out_dir, item.output_relative, method, target.tag)
-            text = caption(prepared, explanation, index)
-            jobs.append(Job(explanation.maps[method][index], paths, f"{text} | {method}",
-                             item.part.count if wants_mosaic(config, item) else 0))
-            writes.append((method, target, explanation, paths[config.save[0]],
-                           faithfulness.get((position, method, index), {})))
-    done = workers.pool.submit(render_image, prepared, decoded, jobs, workers)
+                paths[THUMBNAIL] = thumbnail_path(config.out_dir, item.output_relative, method, tag)
+            text = caption(prepared, each.explanation, each.index)
+            jobs.append(Job(each.explanation.maps[method][each.index], paths, f"{text} | {method}",
+                            item.part.count if wants_mosaic(config, item) else 0))
+            writes.append((method, each, paths[config.save[0]], faithfulness.get((index, method, position), {})))
+    done = workers.pool.submit(render_image, prepared, decoded, jobs, workers) if jobs else None
+    placed = iter(range(len(jobs)))
     return Pending(decoded.item, "", decoded.note, index=index,
-                    writes=tuple(Write(*write, done, position) for position, write in enumerate(writes)))
+                   writes=tuple(Write(method, each, path, figures, done if path else None, next(placed) if path else -1)
+                                for method, each, path, figures in writes))

@@ -166,14 +166,15 @@ class Requirement:
         return f"{self.figure}{'>=' if self.at_least else '<='}{self.bound:g}"
 
 
-FIGURES = (*PERTURBATION_METRICS, *TRUTH_METRICS, "accuracy")
+LABEL_FIGURES = ("accuracy", "f1")  # from --true-labels, over all images: accuracy (exact match), macro F1
+FIGURES = (*PERTURBATION_METRICS, *TRUTH_METRICS, *LABEL_FIGURES)
 
 
 def parse_requirements(text: str) -> tuple[Requirement, ...]:
     """``'pointing>=0.9,deletion<=0.2,accuracy>=0.95'``; a one-line UsageError otherwise."""
     requirements = []
     for term in (part.strip() for part in text.split(",") if part.strip()):
-        match = re.fullmatch(r"([a-z]+)\s*(>=|<=)\s*([-+0-9.eE]+)", term)
+        match = re.fullmatch(r"([a-z][a-z0-9]*)\s*(>=|<=)\s*([-+0-9.eE]+)", term)
         if not match or match.group(1) not in FIGURES:
             raise UsageError(f"--require {term!r}: give FIGURE>=BOUND or FIGURE<=BOUND with a figure of "
                              f"{', '.join(FIGURES)} (e.g. pointing>=0.9,deletion<=0.2)")
@@ -186,12 +187,13 @@ def parse_requirements(text: str) -> tuple[Requirement, ...]:
 
 
 def failed_requirements(requirements: Iterable[Requirement], means: dict[str, dict[str, float | None]],
-                        accuracy: float | None) -> list[str]:
-    """One line per requirement a method's mean (or the accuracy) does not meet, saying by how much;
-    a figure with no value (no image had it) does not meet it."""
+                        labelled: dict[str, float | None]) -> list[str]:
+    """One line per requirement a method's mean (or the accuracy or F1 over the ``labelled``
+    images, ``LABEL_FIGURES``) does not meet, saying by how much; a figure with no value (no image
+    had it) does not meet it."""
     failures = []
     for requirement in requirements:
-        values = {"all images": accuracy} if requirement.figure == "accuracy" else {
+        values = {"all images": labelled.get(requirement.figure)} if requirement.figure in LABEL_FIGURES else {
             method: figures.get(requirement.figure) for method, figures in means.items()}
         for who, value in values.items():
             if value is None:

@@ -21,25 +21,40 @@ from .faithfulness import box_mask
 FOLDER = "folder"
 
 
+LABEL_SEPARATOR = ";"  # between the labels of one image of a multi-label model: 'Effusion;Edema'
+
+
 @dataclass(frozen=True)
 class Truth:
-    """Where true labels come from: the parent folder's name, or a CSV's rows by path."""
+    """Where true labels come from: the parent folder's name, or a CSV's rows by path. With
+    ``several`` (a multi-label model), a label cell may list several labels, ';'-separated."""
 
     from_folder: bool = False
     by_path: dict[str, str] = field(default_factory=dict)
+    several: bool = False
 
     def label(self, item: InputImage) -> str:
-        """The image's true label; '' when the CSV does not name it."""
+        """The image's true label (labels, ';'-joined in the order given); '' when the CSV does not name it."""
         if self.from_folder:
             return item.path.parent.name
         return self.by_path.get(_key(item.path)) or self.by_path.get(str(item.relative), "")
 
+    def labels(self, item: InputImage) -> tuple[str, ...]:
+        """The image's true labels: one, or for a multi-label model each listed one."""
+        return split_labels(self.label(item)) if self.several else tuple(filter(None, [self.label(item)]))
 
-def load_truth(spec: str) -> Truth:
+
+def split_labels(text: str) -> tuple[str, ...]:
+    """'Effusion; Edema' -> ('Effusion', 'Edema'); '' -> ()."""
+    return tuple(part.strip() for part in text.split(LABEL_SEPARATOR) if part.strip())
+
+
+def load_truth(spec: str, several: bool = False) -> Truth:
     """``folder``, or a CSV file of ``path,label`` rows (a header row is allowed; paths relative
-    to the current folder, to the CSV's own folder, or to the input folder); one-line errors."""
+    to the current folder, to the CSV's own folder, or to the input folder); one-line errors.
+    ``several``: a label cell may list several labels, ';'-separated (a multi-label model)."""
     if spec == FOLDER:
-        return Truth(from_folder=True)
+        return Truth(from_folder=True, several=several)
     path = Path(spec)
     try:
         with open(path, newline="", encoding="utf-8-sig") as stream:
@@ -56,7 +71,7 @@ def load_truth(spec: str) -> Truth:
         by_path[image.replace(os.sep, "/")] = label  # as the input folder's relative path
         by_path[_key(Path(image))] = label
         by_path.setdefault(_key(path.parent / image), label)
-    return Truth(by_path=by_path)
+    return Truth(by_path=by_path, several=several)
 
 
 def _key(path: Path) -> str:
@@ -68,8 +83,8 @@ def check_known(truth: Truth, items: Iterable[InputImage], class_names: tuple[st
     index when there is no labels file. A one-line UsageError names the first that is not."""
     known = set(class_names) if class_names else {str(index) for index in range(classes)}
     for item in items:
-        label = truth.label(item)
-        if label and label not in known:
+        label = next((label for label in truth.labels(item) if label not in known), "")
+        if label:
             where = f"the folder of {item.path}" if truth.from_folder else f"the row of {item.path}"
             shown = ", ".join(sorted(known)[:8]) + (", ..." if len(known) > 8 else "")
             hint = "" if class_names else " (without --labels, true labels are class indices)"
@@ -88,7 +103,7 @@ class Tally:
 
     pairs: dict[tuple[str, str], int] = field(default_factory=dict)  # (true, predicted) -> images
 
-    def add(self, true_label: str, predicted: str) -> None:
+    def add(self, true_label: str, predicted: str | None) -> None:
         if true_label and predicted:
             self.pairs[(true_label, predicted)] = self.pairs.get((true_label, predicted), 0) + 1
 
@@ -101,15 +116,82 @@ class Tally:
         return sum(count for (true, predicted), count in self.pairs.items() if true == predicted)
 
     def as_dict(self) -> dict[str, object]:
-        """JSON-ready: images counted, correct, accuracy, and the matrix (rows true, columns
-        predicted, over the classes seen on either side in sorted order)."""
+        """JSON-ready: images counted, correct, accuracy, macro F1 over the true classes, and the
+        matrix (rows true, columns predicted, over the classes seen on either side in sorted order)."""
         classes = sorted({name for pair in self.pairs for name in pair})
+        counts = LabelCounts()
+        for (true, predicted), images in self.pairs.items():
+            counts.add({true}, {predicted}, images)
         return {
             "images": self.labelled, "correct": self.correct,
-            "accuracy": round(self.correct / self.labelled, 6) if self.labelled else None,
+            "accuracy": _ratio(self.correct, self.labelled),
+            "f1": counts.macro_f1(sorted({true for true, _ in self.pairs})),
             "classes": classes,
             "confusion": [[self.pairs.get((true, predicted), 0) for predicted in classes] for true in classes],
         }
+
+
+@dataclass
+class LabelCounts:
+    """True positives, false positives and false negatives per label."""
+
+    counts: dict[str, list[int]] = field(default_factory=dict)  # label -> [tp, fp, fn]
+
+    def add(self, true: set[str], predicted: set[str], images: int = 1) -> None:
+        for label in true | predicted:
+            entry = self.counts.setdefault(label, [0, 0, 0])
+            entry[0 if label in true and label in predicted else 1 if label in predicted else 2] += images
+
+    def scores(self, label: str) -> dict[str, float | int | None]:
+        """precision, recall, F1 (None when undefined: nothing predicted, or nothing true) and support."""
+        tp, fp, fn = self.counts.get(label, [0, 0, 0])
+        precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
+        f1 = _ratio(2 * tp, 2 * tp + fp + fn)
+        return {"precision": precision, "recall": recall, "f1": f1, "support": tp + fn}
+
+    def macro_f1(self, labels: Iterable[str]) -> float | None:
+        """The mean F1 of ``labels`` (those with an F1)."""
+        values = [f1 for f1 in (self.scores(label)["f1"] for label in labels) if f1 is not None]
+        return round(sum(values) / len(values), 6) if values else None
+
+
+@dataclass
+class LabelTally:
+    """A multi-label model's images with true labels and a prediction: per-label precision,
+    recall and F1, their macro means, and the exact-match accuracy (every label right)."""
+
+    labels: tuple[str, ...]  # the model's labels (names, or indices), in order
+    images: int = 0
+    exact: int = 0
+    counts: LabelCounts = field(default_factory=LabelCounts)
+
+    def add(self, true_labels: str, predicted: str | None) -> None:
+        """``true_labels`` and the ``predicted`` positive labels ';'-joined; None: no prediction."""
+        true = set(split_labels(true_labels))
+        if not true or predicted is None:
+            return
+        positive = set(split_labels(predicted))
+        self.images += 1
+        self.exact += true == positive
+        self.counts.add(true, positive)
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON-ready: images counted, exact matches, accuracy (their share), macro precision,
+        recall and F1 over the labels that occur (true or predicted), and each label's scores."""
+        seen = [label for label in self.labels if label in self.counts.counts]
+        per_label = {label: self.counts.scores(label) for label in seen}
+
+        def macro(name: str) -> float | None:
+            values = [scores[name] for scores in per_label.values() if scores[name] is not None]
+            return round(sum(values) / len(values), 6) if values else None
+
+        return {"images": self.images, "correct": self.exact, "accuracy": _ratio(self.exact, self.images),
+                "precision": macro("precision"), "recall": macro("recall"), "f1": macro("f1"),
+                "labels": per_label}
+
+
+def _ratio(part: int, whole: int) -> float | None:
+    return round(part / whole, 6) if whole else None
 
 
 class MaskError(ImageError):

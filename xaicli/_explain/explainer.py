@@ -16,10 +16,10 @@ import tensorflow as tf
 
 from .._errors import LayerError
 from .._models.info import ModelInfo
-from .._models.probe import Probe, class_scores
+from .._models.probe import Probe, class_scores, explained_measure
 from .._outputs.render import normalize_maps
 from .contexts import AttentionContext, GradientContext, MethodOptions, ScoreContext
-from .targets import BEST, Target
+from .targets import BEST, EachClass, Target
 
 # Told of each stage of explaining a batch, for progress: (the methods it computes, () for the
 # prediction alone; whether a compiled step runs for the first time, i.e. is being traced and
@@ -35,9 +35,10 @@ def _untold(_methods: tuple[str, ...], _compiling: bool, _finished: bool) -> Non
 class BatchExplanation:
     """What one batch gives.
 
-    probabilities, scores: (n, classes) float32; classes: (n,) int explained class per image;
-    maps: method name -> (n, h, w) float32 in [0, 1] (h, w: the layer's grid for CAM methods,
-    the model input's size for gradient methods).
+    probabilities, scores: (n, classes) float32 (a regression's ``probabilities`` are its values,
+    see ``class_scores``); classes: (n,) int explained class per image; maps: method name ->
+    (n, h, w) float32 in [0, 1] (h, w: the layer's grid for CAM methods, the model input's size
+    for gradient methods); empty for a prediction alone.
     """
 
     probabilities: np.ndarray
@@ -46,16 +47,28 @@ class BatchExplanation:
     maps: dict[str, np.ndarray]
 
 
+@dataclass(frozen=True)
+class Explained:
+    """One explained target of one image: what it explains, and the explanation that holds its
+    maps at ``index`` (for a ``NoLabel`` target, the image's prediction alone)."""
+
+    target: Target
+    explanation: BatchExplanation
+    index: int
+
+
 class Explainer:
     """Runs the requested methods on batches of at most ``batch_size`` images."""
 
     def __init__(self, probe: Probe, info: ModelInfo, layer_path: str | None,
                  methods: dict[str, dict[str, Callable]], batch_size: int, options: MethodOptions,
-                 attention_gradients: bool = False):
+                 attention_gradients: bool = False, sign: float = 1.0):
         """``methods``: family ('cam', 'score', 'gradient', 'attention') -> name -> implementation;
-        ``attention_gradients``: an attention method needs d score / d attention weights."""
+        ``attention_gradients``: an attention method needs d score / d attention weights;
+        ``sign``: -1 explains what decreases a regression's value."""
         self._probe = probe
         self._info = info
+        self._sign = sign
         self._layer_path = layer_path
         self._cam_methods = methods.get("cam", {})
         self._gradient_methods = methods.get("gradient", {})
@@ -70,7 +83,7 @@ class Explainer:
         classes = tf.TensorSpec((batch_size,), tf.int32)
         self._step = tf.function(self._predict_and_cams, input_signature=[images, classes])
         self._input_gradient = tf.function(self._score_gradient, input_signature=[images, classes])
-        self._probabilities = tf.function(self._class_probabilities, input_signature=[images])
+        self._predict = tf.function(self._scores_and_probabilities, input_signature=[images])
         self._masked = None
         if self._score_methods:
             layer_shape = probe.activation_shape
@@ -91,7 +104,7 @@ class Explainer:
             if self._gradient_methods:
                 tape.watch(images)
             outputs = self._probe(images, training=False)
-            scores, probabilities = class_scores(tf.cast(outputs["logits"], tf.float32), self._info)
+            scores, probabilities = self._scores(outputs["logits"])
             classes = _chosen_classes(scores, requested)
             explained = tf.gather(scores, classes, batch_dims=1)
         activations = self._on_grid(outputs["activations"]) if "activations" in outputs else None
@@ -138,22 +151,32 @@ class Explainer:
         low = tf.reduce_min(masks, axis=(1, 2, 3), keepdims=True)
         span = tf.reduce_max(masks, axis=(1, 2, 3), keepdims=True) - low
         masks = tf.where(span > 0, (masks - low) / tf.where(span > 0, span, 1.0), 0.0)
-        _, probabilities = class_scores(tf.cast(self._probe.logits(image[None] * masks), tf.float32), self._info)
-        return probabilities[:, target]
+        scores, probabilities = self._scores(self._probe.logits(image[None] * masks))
+        return explained_measure(scores, probabilities, self._info)[:, target]
 
-    def _class_probabilities(self, images: tf.Tensor) -> tf.Tensor:
-        return class_scores(tf.cast(self._probe.logits(images), tf.float32), self._info)[1]
+    def _scores(self, logits: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        return class_scores(tf.cast(logits, tf.float32), self._info, self._sign)
+
+    def _scores_and_probabilities(self, images: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        return self._scores(self._probe.logits(images))
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """(n, classes) float32 probabilities of up to ``batch_size`` (n, H, W, C) model inputs,
         as the explained images' are computed (the final activation of the explained output)."""
+        return self.predict(images).probabilities
+
+    def predict(self, images: np.ndarray) -> BatchExplanation:
+        """The prediction alone of up to ``batch_size`` (n, H, W, C) model inputs: scores,
+        probabilities and each image's best class, no maps."""
         count = len(images)
-        return self._probabilities(tf.constant(_padded(images.astype(np.float32), self.batch_size, 0.0))).numpy()[:count]
+        scores, probabilities = self._predict(tf.constant(_padded(images.astype(np.float32), self.batch_size, 0.0)))
+        scores = scores.numpy()[:count]
+        return BatchExplanation(probabilities.numpy()[:count], scores, np.argmax(scores, axis=-1), {})
 
     def _score_gradient(self, images: tf.Tensor, classes: tf.Tensor) -> tf.Tensor:
         with tf.GradientTape() as tape:
             tape.watch(images)
-            scores, _ = class_scores(tf.cast(self._probe.logits(images), tf.float32), self._info)
+            scores, _ = self._scores(self._probe.logits(images))
             explained = tf.gather(scores, classes, batch_dims=1)
         return tape.gradient(explained, images)
 
@@ -199,6 +222,39 @@ class Explainer:
             classes=classes.numpy()[:count],
             maps={name: normalize_maps(raw[name][:count]) for name in raw},
         )
+
+    def explain_each(self, images: np.ndarray, targets: tuple[Target, ...],
+                     on_stage: StageCallback = _untold) -> list[list[Explained]]:
+        """Explain up to ``batch_size`` images for each of ``targets``: per image, its explained
+        targets in target order. A target that applies to the whole batch is one pass; one whose
+        classes depend on the prediction (the labels present) first predicts the batch, then
+        explains each (image, class) pair, ``batch_size`` pairs a pass.
+
+        Args:
+            images: (n, H, W, C) float32 preprocessed model inputs, 1 <= n <= batch_size.
+        """
+        explained: list[list[Explained]] = [[] for _ in images]
+        for target in targets:
+            if not target.depends_on_prediction:
+                explanation = self.explain(images, target, on_stage)
+                for index, each in enumerate(explained):
+                    each.append(Explained(target, explanation, index))
+                continue
+            prediction = self.predict(images)
+            pairs = []
+            for index, chosen in enumerate(target.per_image(prediction.probabilities)):
+                for each in chosen:
+                    if each.explains:
+                        pairs.append((index, each))
+                    else:
+                        explained[index].append(Explained(each, prediction, index))
+            for start in range(0, len(pairs), self.batch_size):
+                chunk = pairs[start:start + self.batch_size]
+                classes = EachClass(tuple(int(each.requested(1)[0]) for _, each in chunk))
+                explanation = self.explain(images[[index for index, _ in chunk]], classes, on_stage)
+                for position, (index, each) in enumerate(chunk):
+                    explained[index].append(Explained(each, explanation, position))
+        return explained
 
     @contextlib.contextmanager
     def _stage(self, on_stage: StageCallback, methods: tuple[str, ...], step: object) -> Iterator[None]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .kinds import IMAGE_LEVEL, detected_kind
+
 
 @dataclass(frozen=True)
 class LayerInfo:
@@ -39,10 +41,16 @@ class OutputInfo:
     final_activation: str
 
     @property
+    def kind(self) -> str | None:
+        """What the output is by its shape and activation (``kinds.KINDS``); None when it is
+        none of them (a token sequence, a feature vector of unknown width)."""
+        detected = detected_kind(self.shape, self.final_activation)
+        return detected[0] if detected else None
+
+    @property
     def explainable(self) -> bool:
-        """Only a classifier's (N, classes) output has a class score to explain; feature maps and
-        per-pixel (segmentation) outputs do not."""
-        return len(self.shape) == 2 and self.shape[1] is not None
+        """An image-level (N, units) output has a score to explain; feature maps do not."""
+        return self.kind in IMAGE_LEVEL
 
     @property
     def units(self) -> int:
@@ -76,12 +84,11 @@ class ModelInfo:
     image_converter: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # keras-hub (scale, offset)
     feeds_output: frozenset[str] = frozenset()  # paths of the layers the explained output depends on
     on_every_path: frozenset[str] = frozenset()  # paths every path from the input to that output passes
+    kind: str = "classifier"  # what the explained output is (kinds.KINDS)
+    kind_reason: str = ""  # why: its shape and activation, or --kind
 
     @property
     def num_classes(self) -> int:
-        """Classes a user can ask for; a one-unit sigmoid has two (0 = negative, 1 = positive)."""
-        return 2 if self.is_binary_sigmoid else self.units
-
-    @property
-    def is_binary_sigmoid(self) -> bool:
-        return self.final_activation == "sigmoid" and self.units == 1
+        """Classes (labels, values) a user can ask for; a binary output has two (0 = negative,
+        1 = positive)."""
+        return 2 if self.kind == "binary" else self.units

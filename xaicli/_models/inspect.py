@@ -14,6 +14,7 @@ from .._errors import ModelError, UsageError, first_line
 from .capture import Captured, capturing, inner_layers, is_attention
 from .graph import ancestors, on_every_path
 from .info import LayerInfo, ModelInfo, OutputInfo
+from .kinds import AUTO_KIND, resolved_kind
 from .load import load_custom_objects, load_model
 from .probe import INPUT, _Plan, _trace, final_activation
 
@@ -28,21 +29,23 @@ AUTO_OUTPUT = "auto"  # --output auto: the only, or first, classifier output
 
 
 def open_model(path: Path, *, input_size: tuple[int, int] | None = None, output: str = AUTO_OUTPUT,
-               unsafe: bool = False, custom_objects: str | None = None) -> tuple[keras.Model, ModelInfo]:
+               kind: str = AUTO_KIND, unsafe: bool = False,
+               custom_objects: str | None = None) -> tuple[keras.Model, ModelInfo]:
     """Load and inspect in one step, as every command does."""
     objects = load_custom_objects(custom_objects) if custom_objects else None
     model = load_model(path, unsafe=unsafe, custom_objects=objects)
-    return model, inspect_model(model, input_size, output)
+    return model, inspect_model(model, input_size, output, kind)
 
 
 def inspect_model(model: keras.Model, input_size: tuple[int, int] | None = None,
-                  output: str = AUTO_OUTPUT) -> ModelInfo:
+                  output: str = AUTO_OUTPUT, kind: str = AUTO_KIND) -> ModelInfo:
     """Trace the model once, symbolically, and describe its input, layers and outputs.
 
     Args:
         input_size: (height, width) for models whose input size is not fixed.
-        output: which output to explain: 'auto' (the only, or first, (N, classes) output), an
+        output: which output to explain: 'auto' (the only, or first, (N, units) output), an
             index, or the name or path of the layer that produces it (``xai info`` lists them).
+        kind: what that output is (``kinds.KINDS``); 'auto' tells it from its shape and activation.
     """
     size, channels = _input_geometry(model, input_size)
     traced = _trace(model, size, channels, _Plan(record=lambda _path: True))
@@ -60,6 +63,7 @@ def inspect_model(model: keras.Model, input_size: tuple[int, int] | None = None,
         for i, (head, tensor) in enumerate(zip(traced.heads, traced.outputs))
     )
     chosen, output_reason = choose_output(outputs, output)
+    kind, kind_reason = resolved_kind(kind, chosen.shape, chosen.final_activation)
     attention = tuple(dict.fromkeys(path for path, _ in seen.attention))
     grid, extra, attention_note = _token_layout(layers, attention, [tuple(w.shape) for _, w in seen.attention], size)
     return ModelInfo(
@@ -70,6 +74,8 @@ def inspect_model(model: keras.Model, input_size: tuple[int, int] | None = None,
         head_path=chosen.head_path,
         final_activation=chosen.final_activation,
         units=chosen.units,
+        kind=kind,
+        kind_reason=kind_reason,
         preprocessing=tuple(p for p, l in traced.layers.items() if isinstance(l, PREPROCESSING_LAYERS)),
         outputs=outputs,
         output_reason=output_reason,
@@ -175,26 +181,26 @@ def _patch_grid(tokens: int, size: tuple[int, int]) -> tuple[int, int] | None:
 
 
 def choose_output(outputs: tuple[OutputInfo, ...], spec: str) -> tuple[OutputInfo, str]:
-    """The output to explain and why: 'auto' takes the only (N, classes) output, or the first of
+    """The output to explain and why: 'auto' takes the only (N, units) output, or the first of
     several; an index or a head layer's name or path takes that output, which must be one."""
     explainable = [o for o in outputs if o.explainable]
     listing = "; ".join(o.describe() for o in outputs)
     if spec == AUTO_OUTPUT:
         if not explainable:
-            raise ModelError(f"the model has no classifier output shaped (N, classes) to explain; its outputs: "
-                             f"{listing}. xai explains image classifiers: save the model with its classification head")
+            raise ModelError(f"the model has no output shaped (N, units) to explain; its outputs: {listing}. "
+                             "xai explains classifiers, multi-label and regression heads: save the model with its head")
         chosen = explainable[0]
         if len(outputs) == 1:
             return chosen, "the model's only output"
         if len(explainable) == 1:
-            return chosen, f"the only (N, classes) output of {len(outputs)}"
-        return chosen, f"the first of {len(explainable)} (N, classes) outputs; choose another with --output"
+            return chosen, f"the only (N, units) output of {len(outputs)}"
+        return chosen, f"the first of {len(explainable)} (N, units) outputs; choose another with --output"
     chosen = _named_output(outputs, spec)
     if chosen is None:
         raise UsageError(f"--output {spec!r} does not name an output; the model has {listing}")
     if not chosen.explainable:
         choices = ", ".join(o.describe() for o in explainable) or "(none)"
-        raise UsageError(f"--output {spec!r} is {chosen.describe()}, not a classifier output shaped (N, classes); "
+        raise UsageError(f"--output {spec!r} is {chosen.describe()}, not an output shaped (N, units); "
                          f"outputs that can be explained: {choices}")
     return chosen, "as requested"
 

@@ -109,23 +109,32 @@ def build_probe(model: keras.Model, info: ModelInfo, layer_path: str | None, att
     return Probe(keras.Model(traced.inputs, outputs), inner_target, watched, shape, traced.twin_of)
 
 
-def class_scores(logits: tf.Tensor, info: ModelInfo) -> tuple[tf.Tensor, tf.Tensor]:
-    """Per-class scores to explain and probabilities to report.
+def class_scores(logits: tf.Tensor, info: ModelInfo, sign: float = 1.0) -> tuple[tf.Tensor, tf.Tensor]:
+    """Per-class scores to explain and what the table reports, by the output's kind.
 
     Args:
         logits: (N, units) pre-activation outputs.
+        sign: a regression's direction: 1 explains what increases the value, -1 what decreases it.
 
     Returns:
-        (scores, probabilities), both (N, num_classes). A one-unit sigmoid becomes two
-        classes: score (-z, z), probability (1 - s, s). Softmax and linear heads report
-        softmax probabilities; multi-label sigmoid heads report per-label sigmoids.
+        (scores, reported), both (N, classes). A classifier: logits and softmax probabilities.
+        Binary (one unit) becomes two classes: scores (-z, z), probabilities (1 - s, s).
+        Multi-label: logits and each label's sigmoid. Regression: ``sign`` x the pre-activation
+        value, and the values the model outputs (its own sigmoid applied, if it has one).
     """
-    if info.is_binary_sigmoid:
+    if info.kind == "binary":
         scores = tf.concat([-logits, logits], axis=-1)
         return scores, tf.sigmoid(scores)
-    if info.final_activation == "sigmoid":
+    if info.kind == "multilabel":
         return logits, tf.sigmoid(logits)
+    if info.kind == "regression":
+        return sign * logits, tf.sigmoid(logits) if info.final_activation == "sigmoid" else logits
     return logits, tf.nn.softmax(logits, axis=-1)
+
+
+def explained_measure(scores: tf.Tensor, reported: tf.Tensor, info: ModelInfo) -> tf.Tensor:
+    """What Score-CAM weighs a mask by: the class's probability, or a regression's signed score."""
+    return scores if info.kind == "regression" else reported
 
 
 @dataclass(frozen=True)

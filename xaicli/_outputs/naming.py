@@ -4,9 +4,7 @@ kind and explained class; thumbnails, mosaics, the table and run.json)."""
 from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
-
-from .._explain.targets import targets_of
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 if TYPE_CHECKING:  # naming is what the run's configuration and inputs ask for; they import names from here
     from .._inputs.discover import InputImage
@@ -80,15 +78,23 @@ def thumbnail_path(out_dir: Path, relative: PurePosixPath, method: str, tag: str
     return out_dir / thumbnail_name(output_stem(relative, method, tag))
 
 
-def planned_outputs(config: RunConfig, item: InputImage) -> list[Path]:
-    """Every file the run writes for ``item``, in ``--method``, target rank, then ``--save``
-    order; for a part of a volume, its file's mosaics too."""
-    tags = [target.tag for target in targets_of(config.target, config.top_k, None)]  # a class given tags nothing
+def planned_outputs(config: RunConfig, item: InputImage, tags: Sequence[str] = ("",)) -> list[Path]:
+    """Every file the run may write for ``item`` whose explained targets are named by ``tags``
+    (e.g. top1, top2), in ``--method``, tag, then ``--save`` order; for a part of a volume,
+    its file's mosaics too."""
     own = [output_path(config.out_dir, item.output_relative, method, kind, tag, config.image_format)
            for method in config.methods for tag in tags for kind in config.save]
     mosaics = [mosaic_path(config, item, method, tag)
                for method in config.methods for tag in tags] if wants_mosaic(config, item) else []
     return own + mosaics
+
+
+def recorded_outputs(config: RunConfig, records: Iterable[dict[str, object]]) -> list[Path]:
+    """The files an earlier run's table rows say it wrote: each ``--save`` kind of every
+    ``ok`` row's output (the first kind's file)."""
+    stems = [stem_of(PurePosixPath(str(record["output"])), config.save[0], config.image_format)
+             for record in records if record.get("status") == "ok" and record.get("output")]
+    return [Path(kind_name(stem, kind, config.image_format)) for stem in stems for kind in config.save]
 
 
 def wants_mosaic(config: RunConfig, item: InputImage) -> bool:

@@ -20,8 +20,9 @@ from PIL import Image
 
 from .._errors import UsageError
 from .._evaluation.faithfulness import figure_from_cell
+from .._evaluation.truth import split_labels
 from .naming import IMAGE_FORMATS, MANIFEST_NAME, kind_name, stem_of, table_path, thumbnail_name
-from .table import FIGURE_COLUMNS, read_table
+from .table import FIGURE_COLUMNS, read_table, unit_values
 
 REPORT_NAME = "index.html"
 THUMBNAIL_LONG_SIDE = 256
@@ -50,6 +51,8 @@ class Card:
     true_label: str = ""  # with --true-labels
     correct: bool | None = None
     maps: list[dict[str, str]] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)  # what it is filtered by: the predicted class, or the labels present
+    chips: list[str] = field(default_factory=list)  # a multi-label model's present labels, or a regression's values
 
 
 def write_report(out_dir: Path) -> Path:
@@ -88,25 +91,48 @@ def write_summary(out_dir: Path, path: Path) -> Path:
                  f"{float(manifest.get('seconds', 0)):.1f} s; the whole run: {_link('index.html', out_dir / REPORT_NAME, path)}")
     accuracy = manifest.get("accuracy")
     if accuracy and accuracy.get("images"):
-        lines += ["", f"**Accuracy {accuracy['accuracy']:.1%}** ({accuracy['correct']} of {accuracy['images']} "
-                      "labelled images)"]
+        lines += ["", _accuracy_line(accuracy)]
+        lines += _label_scores(accuracy)
     for method, means in (manifest.get("metrics") or {}).items():
         figures = ", ".join(f"{name} {value:.3f}" for name, value in means.items() if value is not None)
         lines += ["", f"Figures of {_md(method)}: {figures}"]
     shown = _worth_a_look(cards)
     if shown:
         truth = any(card.true_label for card in cards)
-        lines += ["", "| image | predicted | probability |" + (" true |" if truth else ""),
-                  "| --- | --- | --- |" + (" --- |" if truth else "")]
+        several = resolved.get("kind") in ("multilabel", "regression")
+        heading = {"multilabel": "| image | labels present |", "regression": "| image | values |"}.get(
+            resolved.get("kind"), "| image | predicted | probability |")
+        lines += ["", heading + (" true |" if truth else ""),
+                  "| --- " * heading.count("|", 1) + "|" + (" --- |" if truth else "")]
         for card in shown:
             target = card.maps[0]["full"] if card.maps and card.maps[0]["full"] else ""
             name = _link(card.input, out_dir / _unquoted(target), path) if target else _md(card.input)
-            row = f"| {name} | {_md(card.pred_label)} | {card.pred_prob:.3f} |"
+            row = (f"| {name} | {_md(', '.join(card.chips) or 'none')} |" if several
+                   else f"| {name} | {_md(card.pred_label)} | {card.pred_prob:.3f} |")
             lines.append(row + (f" {_md(card.true_label)}{'' if card.correct is not False else ' ✗'} |" if truth else ""))
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a" if _is_shared(path) else "w", encoding="utf-8") as stream:
         stream.write("\n".join(lines) + "\n")
     return path
+
+
+def _accuracy_line(accuracy: dict) -> str:
+    """'**Accuracy 90.0%** (9 of 10 labelled images)', with the macro F1 where there is one."""
+    f1 = f"; macro F1 {accuracy['f1']:.3f}" if accuracy.get("f1") is not None else ""
+    exact = " (every label right)" if "labels" in accuracy else ""
+    return (f"**Accuracy {accuracy['accuracy']:.1%}**{exact} ({accuracy['correct']} of {accuracy['images']} "
+            f"labelled images){f1}")
+
+
+def _label_scores(accuracy: dict) -> list[str]:
+    """A multi-label run's per-label precision, recall and F1 as a Markdown table."""
+    labels = accuracy.get("labels") or {}
+    if not labels:
+        return []
+    shown = lambda value: "–" if value is None else f"{value:.3f}"  # noqa: E731
+    return ["", "| label | precision | recall | F1 | images |", "| --- | --- | --- | --- | --- |"] + [
+        f"| {_md(label)} | {shown(s['precision'])} | {shown(s['recall'])} | {shown(s['f1'])} | {s['support']} |"
+        for label, s in labels.items()]
 
 
 def _is_shared(path: Path) -> bool:
@@ -115,7 +141,10 @@ def _is_shared(path: Path) -> bool:
 
 
 def _worth_a_look(cards: list[Card]) -> list[Card]:
-    """Misclassified images first, then the least confident, ``SUMMARY_IMAGES`` at most."""
+    """Misclassified images first, then the least confident, ``SUMMARY_IMAGES`` at most; for a
+    regression (no probabilities), the first images."""
+    if all(card.pred_prob is None for card in cards):
+        return [card for card in cards if card.chips][:SUMMARY_IMAGES]
     predicted = [card for card in cards if card.pred_prob is not None]
     ranked = sorted(predicted, key=lambda card: (card.correct is not False, card.pred_prob))
     return ranked[:SUMMARY_IMAGES]
@@ -145,7 +174,7 @@ def _run(out_dir: Path) -> tuple[dict, str, list[Card]]:
         raise UsageError(f"{out_dir} holds no run to report on (no readable {MANIFEST_NAME}); "
                          "give the -o folder of an `xai run`") from None
     table, records = _table(out_dir, options)
-    return manifest, table, _cards(records, options, out_dir)
+    return manifest, table, _cards(records, options, out_dir, str(manifest.get("resolved", {}).get("kind", "")))
 
 
 def _table(out_dir: Path, options: dict) -> tuple[str, list[dict[str, object]]]:
@@ -161,8 +190,9 @@ def _table(out_dir: Path, options: dict) -> tuple[str, list[dict[str, object]]]:
         return "", []
 
 
-def _cards(records: list[dict[str, object]], options: dict, out_dir: Path) -> list[Card]:
-    """One card per input, in table order, with one map per row that has an output file."""
+def _cards(records: list[dict[str, object]], options: dict, out_dir: Path, kind: str = "") -> list[Card]:
+    """One card per input, in table order, with one map per row that has an output file; the
+    prediction as the model's ``kind`` has it (a class, labels present, values)."""
     cards: dict[str, Card] = {}
     run_out = str(options.get("out_dir", out_dir))
     kinds = list(options.get("save", ["overlay"]))
@@ -179,14 +209,31 @@ def _cards(records: list[dict[str, object]], options: dict, out_dir: Path) -> li
         if status == "skipped" and card.status == "ok" and not card.maps:
             card.status = "skipped"
         card.note = card.note or str(record.get("note") or "")
-        if card.pred_prob is None and record.get("pred_prob") not in (None, ""):
-            card.pred_label = str(record.get("pred_label") or f"class {record.get('pred_index')}")
-            card.pred_prob = float(record["pred_prob"])
-            card.correct = _truth_value(record.get("correct"))
+        if not card.labels and not card.chips:
+            _predicted(card, record, kind)
         output = str(record.get("output") or "")
         if output:
             card.maps.append(_map(record, _inside(output, run_out, out_dir), kinds, image_format, out_dir))
     return list(cards.values())
+
+
+def _predicted(card: Card, record: dict[str, object], kind: str) -> None:
+    """The card's prediction from its image's first row: the predicted class and its
+    probability; for a multi-label model the labels present, each with its probability; for a
+    regression each value."""
+    card.correct = _truth_value(record.get("correct"))
+    if kind == "regression":
+        card.chips = [f"{'value ' + name if name.isdigit() else name} {value:.5g}"
+                      for name, value in unit_values(record, "value").items()]
+        return
+    if record.get("pred_prob") not in (None, ""):
+        card.pred_label = str(record.get("pred_label") or f"class {record.get('pred_index')}")
+        card.pred_prob = float(record["pred_prob"])
+        card.labels = [card.pred_label]
+    if kind == "multilabel":
+        probabilities = unit_values(record, "prob")
+        card.labels = list(split_labels(str(record.get("positive") or "")))
+        card.chips = [f"{label} {probabilities[label]:.2f}" if label in probabilities else label for label in card.labels]
 
 
 def _truth_value(cell: object) -> bool | None:
@@ -251,6 +298,7 @@ def _run_facts(manifest: dict, table: str) -> dict[str, object]:
         "preprocess": resolved.get("preprocess", ""), "preprocess_reason": resolved.get("preprocess_reason", ""),
         "methods": options.get("methods", []), "counts": manifest.get("counts", {}),
         "status": manifest.get("status", ""), "seconds": manifest.get("seconds", 0),
+        "kind": resolved.get("kind", "classifier"),
         "accuracy": manifest.get("accuracy"),
         "metrics": manifest.get("metrics"),
         "versions": f"xaicli {manifest.get('tool', {}).get('version', '')}, TensorFlow {manifest.get('tensorflow', '')}, "

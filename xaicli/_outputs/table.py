@@ -12,12 +12,14 @@ from typing import IO, Iterable
 
 @dataclass(frozen=True)
 class Row:
-    """One line of the predictions table: one image explained by one method.
+    """One line of the predictions table: one image explained by one method (and one target).
 
     ``status`` is ``ok``, ``error``, or ``skipped`` (``--skip-existing`` found every output);
     on ``error`` and ``skipped`` the prediction fields are ``None``. ``note`` says what the user
     should know of an image that was explained (e.g. only an animation's first frame).
-    Probabilities are in [0, 1]; ``class_score`` is the explained pre-activation score (logit).
+    Probabilities are in [0, 1]; ``class_score`` is the explained score: the pre-activation
+    logit, or for a regression the value (negated with ``--sign negative``). A regression has
+    no probabilities (``pred_*`` and ``class_prob`` are empty) and its values in ``units``.
     """
 
     input: str
@@ -36,9 +38,11 @@ class Row:
     output: str
     rank: int | None = None  # --target topk: the explained class's rank among the image's (1 = best)
     top: tuple["Ranked", ...] = ()  # the K best classes, for --top-k columns
-    true_label: str = ""  # --true-labels: the image's label ('' when it has none)
-    correct: bool | None = None  # --true-labels: the prediction is the true label (None: no label or prediction)
+    true_label: str = ""  # --true-labels: the image's label(s), ';'-joined for a multi-label model ('' when none)
+    correct: bool | None = None  # --true-labels: the prediction is the true label (set) (None: no label or prediction)
     figures: dict[str, float | bool] = field(default_factory=dict)  # metric name -> value (FIGURE_COLUMNS)
+    units: tuple[float, ...] = ()  # every label's probability (multi-label) or every unit's value (regression)
+    positive: tuple[str, ...] = ()  # multi-label: the labels at or above the threshold (names, or indices)
 
 
 @dataclass(frozen=True)
@@ -50,19 +54,74 @@ class Ranked:
     prob: float
 
 
+PER_UNIT = {"prob": "every label's probability (multi-label)", "value": "every unit's value (regression)"}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The columns of a run's table beyond the fixed ones (``COLUMNS``): ``top_k`` ranked classes,
+    true labels (``truth``), ``figures`` (names of ``FIGURE_COLUMNS``), the explained class's rank
+    (``ranked``, for ``--target topk``), and a column per unit of a multi-label model (``per_unit``
+    'prob', with its ``positive`` labels) or a regression ('value'), named by ``units``. JSON
+    Lines holds the units as one object column (``probs`` or ``values``), CSV as a column each
+    (``prob_<unit>``, ``value_<unit>``, or ``value`` for a single value)."""
+
+    table_format: str = "csv"
+    top_k: int = 0
+    truth: bool = False
+    figures: tuple[str, ...] = ()
+    ranked: bool = False
+    per_unit: str = ""
+    units: tuple[str, ...] = ()
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """Every column, in order."""
+        return (_with_rank(COLUMNS, self.ranked) + (("positive",) if self.per_unit == "prob" else ())
+                + (TRUTH_COLUMNS if self.truth else ()) + tuple(FIGURE_COLUMNS[f] for f in self.figures)
+                + self.unit_columns + top_columns(self.top_k))
+
+    @property
+    def unit_columns(self) -> tuple[str, ...]:
+        """The columns of the units: one object column in JSON Lines, one per unit in CSV."""
+        if not self.per_unit:
+            return ()
+        if self.per_unit == "value" and len(self.units) == 1:
+            return ("value",)
+        if self.table_format == "jsonl":
+            return (f"{self.per_unit}s",)
+        return tuple(f"{self.per_unit}_{name}" for name in self.units)
+
+    def cells(self, row: Row) -> dict[str, object]:
+        """The row's values by column, the --top-k and unit columns empty where there is no prediction."""
+        values: dict[str, object] = {c: getattr(row, c) for c in _with_rank(COLUMNS, self.ranked)}
+        if self.per_unit == "prob":
+            values["positive"] = ";".join(row.positive) if row.status == "ok" and row.units else ""
+        values.update({c: getattr(row, c) for c in (TRUTH_COLUMNS if self.truth else ())})
+        values.update({FIGURE_COLUMNS[f]: row.figures.get(f) for f in self.figures})
+        values.update(self._unit_cells(row))
+        for rank in range(self.top_k):
+            ranked = row.top[rank] if rank < len(row.top) else None
+            values[f"top{rank + 1}_index"] = ranked.index if ranked else None
+            values[f"top{rank + 1}_label"] = ranked.label if ranked else ""
+            values[f"top{rank + 1}_prob"] = ranked.prob if ranked else None
+        return values
+
+    def _unit_cells(self, row: Row) -> dict[str, object]:
+        columns = self.unit_columns
+        if not columns:
+            return {}
+        if len(columns) == 1 and len(self.units) > 1:  # JSON Lines: one object
+            return {columns[0]: dict(zip(self.units, map(_rounded, row.units))) if row.units else None}
+        return {column: (row.units[i] if i < len(row.units) else None) for i, column in enumerate(columns)}
+
+
 TRUTH_COLUMNS = ("true_label", "correct")
 RANK_COLUMN = "rank"
-COLUMNS = tuple(f.name for f in fields(Row) if f.name not in ("top", "figures", RANK_COLUMN, *TRUTH_COLUMNS))
+COLUMNS = tuple(f.name for f in fields(Row)
+                if f.name not in ("top", "figures", "units", "positive", RANK_COLUMN, *TRUTH_COLUMNS))
 FIGURE_COLUMNS = {"deletion": "deletion_auc", "insertion": "insertion_auc", "pointing": "pointing_hit",
                   "energy": "energy_in", "iou": "iou"}
-
-
-def table_columns(top_k: int, truth: bool = False, figures: tuple[str, ...] = (), ranked: bool = False) -> tuple[str, ...]:
-    """Every column of a table with ``top_k`` ranked classes, true labels, ``figures`` (names of
-    ``FIGURE_COLUMNS``) and, for ``--target topk`` (``ranked``), the explained class's rank, in
-    order."""
-    return (_with_rank(COLUMNS, ranked) + (TRUTH_COLUMNS if truth else ())
-            + tuple(FIGURE_COLUMNS[f] for f in figures) + top_columns(top_k))
 
 
 def _with_rank(columns: tuple[str, ...], ranked: bool) -> tuple[str, ...]:
@@ -78,22 +137,22 @@ def top_columns(top_k: int) -> tuple[str, ...]:
     return tuple(f"top{rank}_{part}" for rank in range(1, top_k + 1) for part in ("index", "label", "prob"))
 
 
-def _cells(row: Row, top_k: int, truth: bool, figures: tuple[str, ...], ranked: bool) -> dict[str, object]:
-    """The row's values by column name, the --top-k columns empty where there is no prediction."""
-    values: dict[str, object] = {c: getattr(row, c) for c in _with_rank(COLUMNS, ranked) + (TRUTH_COLUMNS if truth else ())}
-    values.update({FIGURE_COLUMNS[f]: row.figures.get(f) for f in figures})
-    for rank in range(top_k):
-        ranked = row.top[rank] if rank < len(row.top) else None
-        values[f"top{rank + 1}_index"] = ranked.index if ranked else None
-        values[f"top{rank + 1}_label"] = ranked.label if ranked else ""
-        values[f"top{rank + 1}_prob"] = ranked.prob if ranked else None
-    return values
+def unit_values(record: dict[str, object], per_unit: str) -> dict[str, float]:
+    """A table row's units read back (``Layout``): unit name -> probability (``per_unit`` 'prob')
+    or value ('value'), from the object column or the columns of either format."""
+    held = record.get(f"{per_unit}s")
+    if isinstance(held, dict):
+        return {str(name): float(value) for name, value in held.items() if value is not None}
+    if per_unit == "value" and record.get("value") not in (None, ""):
+        return {"value": float(record["value"])}
+    prefix = f"{per_unit}_"
+    return {column[len(prefix):]: float(value) for column, value in record.items()
+            if column.startswith(prefix) and value not in (None, "")}
 
 
-def row_record(row: Row, top_k: int = 0, truth: bool = False, figures: tuple[str, ...] = (),
-               ranked: bool = False) -> dict[str, object]:
+def row_record(row: Row, layout: Layout = Layout()) -> dict[str, object]:
     """The row as a JSON Lines table holds it: column -> value (numbers rounded to 6 decimals)."""
-    return {column: _json_value(value) for column, value in _cells(row, top_k, truth, figures, ranked).items()}
+    return {column: _json_value(value) for column, value in layout.cells(row).items()}
 
 
 def _cell(value: object) -> str:
@@ -110,29 +169,23 @@ TABLE_FORMATS = ("csv", "jsonl")
 
 
 class PredictionsWriter:
-    """Writes rows with fixed columns (``table_columns(top_k, truth, figures, ranked)``) as CSV (a
-    header line first) or JSON Lines (one object per row, keys in column order, numbers rounded
-    to 6 decimals, empty values as null). Each call writes whole lines and flushes, so a reader
-    never sees half a row."""
+    """Writes rows with the columns of ``layout`` as CSV (a header line first) or JSON Lines (one
+    object per row, keys in column order, numbers rounded to 6 decimals, empty values as null).
+    Each call writes whole lines and flushes, so a reader never sees half a row."""
 
-    def __init__(self, stream: IO[str], table_format: str = "csv", top_k: int = 0, truth: bool = False,
-                 figures: tuple[str, ...] = (), ranked: bool = False) -> None:
+    def __init__(self, stream: IO[str], layout: Layout = Layout()) -> None:
         self._stream = stream
-        self._format = table_format
-        self._top_k = top_k
-        self._truth = truth
-        self._figures = figures
-        self._ranked = ranked
-        self.columns = table_columns(top_k, truth, figures, ranked)
+        self._layout = layout
+        self.columns = layout.columns
         self._csv = csv.writer(stream, lineterminator="\n")
-        if table_format == "csv":
+        if layout.table_format == "csv":
             self._csv.writerow(self.columns)
         stream.flush()
 
     def write_records(self, records: Iterable[dict[str, object]]) -> None:
         """Write rows read back by ``read_table`` from a table with the same columns, unchanged."""
         for record in records:
-            if self._format == "csv":
+            if self._layout.table_format == "csv":
                 self._csv.writerow([record[c] for c in self.columns])
             else:
                 self._stream.write(json.dumps(record) + "\n")
@@ -140,12 +193,10 @@ class PredictionsWriter:
 
     def write(self, rows: Iterable[Row]) -> None:
         for row in rows:
-            if self._format == "csv":
-                cells = _cells(row, self._top_k, self._truth, self._figures, self._ranked)
-                self._csv.writerow([_cell(value) for value in cells.values()])
+            if self._layout.table_format == "csv":
+                self._csv.writerow([_cell(value) for value in self._layout.cells(row).values()])
             else:
-                record = row_record(row, self._top_k, self._truth, self._figures, self._ranked)
-                self._stream.write(json.dumps(record) + "\n")
+                self._stream.write(json.dumps(row_record(row, self._layout)) + "\n")
         self._stream.flush()
 
 
@@ -193,7 +244,11 @@ def read_table(path: Path, table_format: str) -> tuple[tuple[str, ...], list[dic
         return (tuple(records[0]) if records else ()), records
 
 
+def _rounded(value: float) -> float:
+    return round(float(value), 6)
+
+
 def _json_value(value: object) -> object:
     if isinstance(value, float):
-        return round(value, 6)
+        return _rounded(value)
     return None if value == "" else value

@@ -7,8 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._explain.explainer import BatchExplanation
-from .._explain.targets import Target
+from .._explain.explainer import Explained
 from .._inputs.geometry import drawn_picture, to_model_input
 from .._outputs.table import row_record
 from . import rows
@@ -29,39 +28,33 @@ def explain_pictures(prepared: Prepared, options: ExplainOptions, pictures: list
     info = prepared.info
     _, targets = chosen_targets(options, prepared.labels, info)
     batch_size = prepared.explainer.batch_size
-    parts: list[list[BatchExplanation]] = []
+    explained: list[list[Explained]] = []
     for start in range(0, len(pictures), batch_size):
         chunk = pictures[start:start + batch_size]
         inputs = np.stack([to_model_input(p.picture, info.input_size, info.channels, prepared.scaling, options.resize)
                            for p in chunk])
-        parts.append([prepared.explainer.explain(inputs, target) for target in targets])
-    explained = [_joined([part[position] for part in parts]) for position in range(len(parts[0]))]
+        explained += prepared.explainer.explain_each(inputs, targets)
     views = [drawn_picture(p.picture, info.input_size, options.resize, options.max_size) for p in pictures]
-    return Explanation(prepared, options, pictures, explained, _records(prepared, options, pictures, targets, explained),
-                       views)
+    return Explanation(prepared, options, pictures, explained, _records(prepared, options, pictures, explained), views,
+                       per_image=any(target.depends_on_prediction for target in targets))
 
 
-def _joined(batches: list[BatchExplanation]) -> BatchExplanation:
-    """Batches' explanations as one, images in order."""
-    return BatchExplanation(
-        probabilities=np.concatenate([b.probabilities for b in batches]),
-        scores=np.concatenate([b.scores for b in batches]),
-        classes=np.concatenate([b.classes for b in batches]),
-        maps={method: np.concatenate([b.maps[method] for b in batches]) for method in batches[0].maps},
-    )
-
-
-def _records(prepared: Prepared, options: ExplainOptions, pictures: list[Picture], targets: tuple[Target, ...],
-             explained: list[BatchExplanation]) -> list[dict[str, object]]:
-    """The table's rows: image by image, then method, then rank, as JSON Lines holds them."""
-    ranked = options.target == "topk"
+def _records(prepared: Prepared, options: ExplainOptions, pictures: list[Picture],
+             explained: list[list[Explained]]) -> list[dict[str, object]]:
+    """The table's rows: image by image, then method, then explained class, as JSON Lines holds them."""
+    layout = rows.table_layout(prepared, options)
     records = []
-    for index, picture in enumerate(pictures):
-        finite = bool(np.all(np.isfinite(explained[0].scores[index])))
+    for picture, image_explained in zip(pictures, explained):
+        finite = all(np.all(np.isfinite(e.explanation.scores[e.index])) for e in image_explained)
         for method in options.methods:
-            for target, explanation in zip(targets, explained):
-                row = (rows.explained_row(prepared, explanation, index, method, name=picture.name, note=picture.note,
-                                          rank=target.rank, top_k=options.top_k) if finite
-                       else rows.error_row(prepared, picture.name, method, NON_FINITE))
-                records.append(row_record(row, options.top_k, ranked=ranked))
+            for each in image_explained:
+                if not finite:
+                    row = rows.error_row(prepared, picture.name, method, NON_FINITE)
+                elif not each.target.explains:
+                    row = rows.nothing_row(prepared, each.explanation, each.index, method, name=picture.name,
+                                           note=picture.note)
+                else:
+                    row = rows.explained_row(prepared, each.explanation, each.index, method, name=picture.name,
+                                             note=picture.note, rank=each.target.rank, top_k=options.top_k)
+                records.append(row_record(row, layout))
     return records

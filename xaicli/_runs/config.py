@@ -15,7 +15,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, published as tomli
 
 from .._engines import ENGINES
 from .._errors import UsageError
-from .._evaluation.faithfulness import PERTURBATION_METRICS, TRUTH_METRICS, parse_requirements
+from .._evaluation.faithfulness import LABEL_FIGURES, PERTURBATION_METRICS, TRUTH_METRICS, parse_requirements
 from .._explain.registry import METHOD_OPTIONS, REGISTRY
 from .._inputs.geometry import RESIZE_MODES
 from .._inputs.intensity import parse_intensity
@@ -31,11 +31,14 @@ AUTO = "auto"
 CUSTOM = "custom"
 EXISTING = ("refuse", "overwrite", "skip", "resume")
 TARGETS = {
-    "predicted": "each image's top class, or the --class given",
+    "auto": "positive for a multi-label model, predicted for the others",
+    "predicted": "each image's top class (a regression's value), or the --class given",
     "topk": "each of the image's --top-k classes, one output per rank (name.<method>.top1.png, ...)",
+    "positive": "a multi-label model's labels at or above --threshold, one output per label "
+                "(name.<method>.<label>.png); an image with none gets one row that says so",
 }
-
-
+SIGNS = {"positive": "what increases the value", "negative": "what decreases it"}
+DEFAULT_THRESHOLD = 0.5
 
 
 def default_workers() -> int:
@@ -51,7 +54,9 @@ class _Explaining:
     layer: str = AUTO
     layer_regex: str = "conv"
     target_class: str | None = None  # index or label name; None = each image's top class
-    target: str = "predicted"  # or "topk": explain each of the top_k classes
+    target: str = AUTO  # TARGETS: predicted, topk (each of the top_k classes), positive (labels over threshold)
+    threshold: float | None = None  # multi-label: a label is present at this probability (None: DEFAULT_THRESHOLD)
+    sign: str | None = None  # regression: explain what increases (positive, the default) or decreases the value
     top_k: int = 0  # extra table columns for the K best classes
     batch_size: int = 16
     alpha: float = 0.4
@@ -62,6 +67,7 @@ class _Explaining:
     std: tuple[float, ...] | None = None
     input_size: tuple[int, int] | None = None
     output: str = AUTO  # 'auto', or the index or name of the model output to explain
+    kind: str = AUTO  # what that output is (kinds.KINDS), 'auto' from its shape and activation
     unsafe: bool = False  # allow Lambda layers holding Python code
     custom_objects: str | None = None  # a .py file or module defining custom layers
     labels: Path | tuple[str, ...] | None = None  # a file of class names, or the names
@@ -106,6 +112,13 @@ class _Explaining:
         if self.target == "topk" and (self.top_k < 1 or self.target_class is not None):
             raise UsageError("--target topk explains each of the --top-k classes: give --top-k K (e.g. 3) "
                              "and no --class")
+        if self.target == "positive" and self.target_class is not None:
+            raise UsageError("--target positive explains each label over --threshold; --class explains one label for "
+                             "every image: give one of them")
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
+            raise UsageError(f"--threshold must be between 0 and 1, got {self.threshold}")
+        if self.sign is not None and self.sign not in SIGNS:
+            raise UsageError(f"unknown --sign {self.sign!r}; choose from {', '.join(SIGNS)}")
 
         for _method, option in METHOD_OPTIONS:
             option.check(getattr(self, option.name))
@@ -218,11 +231,11 @@ class RunConfig(ExplainOptions):
                              "mirrors the inputs")
         if self.truth_boxes is not None and not self.truth_boxes.is_file():
             raise UsageError(f"--truth-boxes {self.truth_boxes}: no such file; give a JSON file of boxes")
-        computed = set(self.metrics) | ({"accuracy"} if self.true_labels else set()) | (
+        computed = set(self.metrics) | (set(LABEL_FIGURES) if self.true_labels else set()) | (
             set(TRUTH_METRICS) if self.truth_masks or self.truth_boxes else set())
         for requirement in parse_requirements(self.require or ""):
             if requirement.figure not in computed:
-                how = {"accuracy": "--true-labels", "deletion": "--metrics deletion",
+                how = {"accuracy": "--true-labels", "f1": "--true-labels", "deletion": "--metrics deletion",
                        "insertion": "--metrics insertion"}.get(requirement.figure, "--truth-masks or --truth-boxes")
                 raise UsageError(f"--require {requirement}: this run does not compute {requirement.figure}; "
                                  f"add {how}")

@@ -15,7 +15,7 @@ from .._evaluation.truth import GroundTruth, Truth, check_known, load_ground_tru
 from .._explain.contexts import MethodOptions
 from .._explain.explainer import Explainer
 from .._explain.registry import REGISTRY
-from .._explain.targets import Target, targets_of
+from .._explain.targets import Target, label_tags, targets_of
 from .._inputs.discover import discover
 from .._inputs.intensity import Intensity, parse_intensity
 from .._inputs.scaling import PRESETS, Scaling, custom_scaling
@@ -28,7 +28,8 @@ from .._models.preprocessing import Preprocessing, choose_preprocessing
 from .._models.probe import build_probe
 from .._outputs.render import COLORMAPS
 from .._outputs.writers import file_digest
-from .config import AUTO, CUSTOM, ExplainOptions, RunConfig, check_preset_channels, load_labels, resolve_class
+from .config import (AUTO, CUSTOM, DEFAULT_THRESHOLD, ExplainOptions, RunConfig, check_preset_channels, load_labels,
+                     resolve_class)
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,16 @@ class Prepared:
         return self.decisions.targets
 
     @property
+    def output_tags(self) -> tuple[str, ...]:
+        """Every tag the run's files may have (top1.., a label's name; '' for one map per method)."""
+        return tuple(tag for target in self.decisions.targets for tag in target.possible_tags)
+
+    @property
+    def dynamic_targets(self) -> bool:
+        """The classes explained depend on each image's prediction (the labels present)."""
+        return any(target.depends_on_prediction for target in self.decisions.targets)
+
+    @property
     def truth(self) -> Truth | None:
         return self.decisions.truth
 
@@ -118,26 +129,28 @@ def prepare_decided(decisions: Decisions) -> Prepared:
 def prepare_model(model: keras.Model | Path, options: ExplainOptions) -> Prepared:
     """A model file, or a ``keras.Model`` in memory (used as it is), inspected and ready to explain
     with ``options``: the API's ``Explainer``."""
-    loaded, info = opened_model(model, input_size=options.input_size, output=options.output, unsafe=options.unsafe,
-                                custom_objects=options.custom_objects)
+    loaded, info = opened_model(model, input_size=options.input_size, output=options.output, kind=options.kind,
+                                unsafe=options.unsafe, custom_objects=options.custom_objects)
     model_file = _model_file(model) if isinstance(model, Path) else {"path": "", "sha256": "",
                                                                      "format": "keras.Model in memory"}
     return build(loaded, info, decide(options, info, model_file))
 
 
 def opened_model(model: keras.Model | Path, input_size: tuple[int, int] | None = None, output: str = AUTO,
-                 unsafe: bool = False, custom_objects: str | None = None) -> tuple[keras.Model, ModelInfo]:
+                 kind: str = AUTO, unsafe: bool = False,
+                 custom_objects: str | None = None) -> tuple[keras.Model, ModelInfo]:
     """A model file loaded (its path checked first, with the one-line reasons) or a model in
     memory taken as it is, and inspected."""
     if isinstance(model, keras.Model):
-        return model, inspect_model(model, input_size, output)
+        return model, inspect_model(model, input_size, output, kind)
     check_model_path(model)
-    return open_model(model, input_size=input_size, output=output, unsafe=unsafe, custom_objects=custom_objects)
+    return open_model(model, input_size=input_size, output=output, kind=kind, unsafe=unsafe,
+                      custom_objects=custom_objects)
 
 
 def _open(config: RunConfig) -> tuple[keras.Model, ModelInfo]:
-    return open_model(config.model, input_size=config.input_size, output=config.output, unsafe=config.unsafe,
-                      custom_objects=config.custom_objects)
+    return open_model(config.model, input_size=config.input_size, output=config.output, kind=config.kind,
+                      unsafe=config.unsafe, custom_objects=config.custom_objects)
 
 
 def _model_file(path: Path) -> dict[str, str]:
@@ -173,16 +186,46 @@ def chosen_targets(options: ExplainOptions, labels: tuple[str, ...],
                    info: ModelInfo) -> tuple[int | None, tuple[Target, ...]]:
     """``--class``'s index (None without it) and what each image's maps explain, the classes asked
     for checked against the model's."""
+    check_kind_options(options, info)
     if options.top_k > info.num_classes:
         raise UsageError(f"--top-k {options.top_k} is more than the model's {info.num_classes} classes")
     target_class = resolve_class(options.target_class, labels, info.num_classes)
-    return target_class, targets_of(options.target, options.top_k, target_class)
+    threshold = DEFAULT_THRESHOLD if options.threshold is None else options.threshold
+    return target_class, targets_of(options.target, options.top_k, target_class, info.kind, threshold,
+                                    label_tags(labels, info.num_classes))
+
+
+def check_kind_options(options: ExplainOptions, info: ModelInfo) -> None:
+    """Options that only some kinds of output have (``--sign``, ``--threshold``, ``--target
+    positive``, ranking classes) refused in one line for the others."""
+    kind = f"this model's output is {info.kind} ({info.kind_reason})"
+    if options.sign is not None and info.kind != "regression":
+        raise UsageError(f"--sign says which way a regression's value is explained; {kind}")
+    if info.kind != "multilabel" and (options.threshold is not None or options.target == "positive"):
+        given = "--threshold" if options.threshold is not None else "--target positive"
+        raise UsageError(f"{given} goes with a multi-label model (several sigmoid units); {kind}; "
+                         "say --kind multilabel if its units are independent labels")
+    if info.kind == "regression" and (options.target == "topk" or options.top_k):
+        raise UsageError(f"--top-k ranks classes by probability; {kind}: explain one of its values with --class")
+
+
+def check_run_kind_options(config: RunConfig, info: ModelInfo, dynamic_targets: bool) -> None:
+    """A run's options that some kinds of output cannot follow, refused in one line."""
+    kind = f"this model's output is {info.kind} ({info.kind_reason})"
+    if info.kind == "regression" and config.metrics:
+        raise UsageError(f"--metrics {','.join(config.metrics)} follow a class's probability; {kind}, which has none")
+    if info.kind == "regression" and config.true_labels is not None:
+        raise UsageError(f"--true-labels gives classes; {kind}, whose values are not compared with true values")
+    if dynamic_targets and config.existing == "skip":
+        raise UsageError("--skip-existing cannot know which labels an image's files are for before the model "
+                         "predicts it; continue a stopped run with --resume, or replace the outputs with --overwrite")
 
 
 def decide_run(config: RunConfig, info: ModelInfo) -> Decisions:
     """A run's choices: those about explaining, and the ground truth read and checked."""
     decisions = decide(config, info, _model_file(config.model))
-    return replace(decisions, truth=_truth(config, decisions.labels, info.num_classes),
+    check_run_kind_options(config, info, any(t.depends_on_prediction for t in decisions.targets))
+    return replace(decisions, truth=_truth(config, decisions.labels, info),
                    ground=load_ground_truth(config.truth_masks, config.truth_boxes))
 
 
@@ -191,9 +234,12 @@ def _labels(given: Path | tuple[str, ...] | None, classes: int) -> tuple[str, ..
     if given is None:
         return ()
     labels = load_labels(given) if isinstance(given, Path) else tuple(given)
+    where = f"labels file {given}" if isinstance(given, Path) else "labels"
     if labels and len(labels) != classes:
-        where = f"labels file {given}" if isinstance(given, Path) else "labels"
         raise UsageError(f"{where} has {len(labels)} names but the model has {classes} classes")
+    repeated = next((name for position, name in enumerate(labels) if name in labels[:position]), None)
+    if repeated is not None:
+        raise UsageError(f"{where} names {repeated!r} twice; each class needs its own name")
     return labels
 
 
@@ -213,6 +259,7 @@ def build(model: keras.Model, info: ModelInfo, decisions: Decisions) -> Prepared
         build_probe(model, info, decisions.layer_path, attention=wants_attention), info, decisions.layer_path,
         by_family,
         attention_gradients=any(spec.attention_gradients for spec in methods.values()),
+        sign=-1.0 if config.sign == "negative" else 1.0,
         batch_size=config.batch_size,
         options=MethodOptions(config.method_options, baseline=baseline),
     )
@@ -220,12 +267,13 @@ def build(model: keras.Model, info: ModelInfo, decisions: Decisions) -> Prepared
                     explainer=explainer, lut=COLORMAPS[config.colormap](), intensity=parse_intensity(config.intensity))
 
 
-def _truth(config: RunConfig, labels: tuple[str, ...], classes: int) -> Truth | None:
-    """``--true-labels`` read, every image's label checked before any image is explained."""
+def _truth(config: RunConfig, labels: tuple[str, ...], info: ModelInfo) -> Truth | None:
+    """``--true-labels`` read (a multi-label model's rows may list several labels, ';'-separated),
+    every image's label checked before any image is explained."""
     if config.true_labels is None:
         return None
-    truth = load_truth(config.true_labels)
-    check_known(truth, discover(config.inputs, exclude=[config.out_dir], dicom=config.dicom), labels, classes)
+    truth = load_truth(config.true_labels, several=info.kind == "multilabel")
+    check_known(truth, discover(config.inputs, exclude=[config.out_dir], dicom=config.dicom), labels, info.num_classes)
     return truth
 
 
@@ -260,9 +308,11 @@ def describe(path: Path | str, info: ModelInfo, layer_regex: str) -> dict:
         "format": model_format(path) if isinstance(path, Path) else "keras.Model in memory",
         "input_shape": [*info.input_size, info.channels],
         "outputs": [{"index": o.index, "layer": o.head_path, "shape": list(o.shape), "activation": o.final_activation,
-                     "explainable": o.explainable} for o in info.outputs],
+                     "kind": o.kind, "explainable": o.explainable} for o in info.outputs],
         "explained_output": info.head_path,
         "output_choice": info.output_reason,
+        "kind": info.kind,
+        "kind_reason": info.kind_reason,
         "final_activation": info.final_activation,
         "classes": info.num_classes,
         "preprocessing_layers": list(info.preprocessing),

@@ -16,7 +16,7 @@ import tensorflow as tf
 from .. import __version__
 from .._errors import UsageError
 from .._evaluation.faithfulness import Means, figure_from_cell
-from .._evaluation.truth import Tally, predicted_name
+from .._evaluation.truth import LabelTally, Tally, predicted_name
 from .._inputs.discover import InputImage
 from .._outputs.naming import MANIFEST_NAME, THUMBNAIL_DIR
 from .._outputs.table import FIGURE_COLUMNS, PredictionsWriter, Row, Tee, open_table, table_text
@@ -24,6 +24,7 @@ from .._outputs.writers import remove_temporary_files, write_json
 from .config import option_values
 from .decisions import Prepared
 from .resume import previous_rows
+from .rows import table_layout, threshold, unit_names
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,8 @@ class Record:
         self.carried: dict[str, list[dict[str, object]]] = {}  # the resumed run's rows of images not reached yet, by input
         self.counts = dict.fromkeys(OUTCOMES, 0)
         self.folders: set[PurePosixPath] = set()  # of the inputs, relative: OUT mirrors them
-        self.tally = Tally()
+        self.tally: Tally | LabelTally = (LabelTally(unit_names(prepared)) if prepared.info.kind == "multilabel"
+                                          else Tally())
         self.means = Means.empty()
         self.status = "complete"
         self.engine = ""
@@ -82,7 +84,9 @@ class Record:
         config = self._prepared.config
         started = time.monotonic()
         self.engine = engine
-        self.carried = previous_rows(config)
+        layout = table_layout(self._prepared, config, config.table_format, self._prepared.truth is not None,
+                              config.figures)
+        self.carried = previous_rows(config, layout.columns)
         try:
             config.out_dir.mkdir(parents=True, exist_ok=True)
             write_json(config.out_dir / MANIFEST_NAME, manifest(self._prepared, dict.fromkeys(OUTCOMES, 0), "running",
@@ -92,9 +96,7 @@ class Record:
         except OSError as exc:
             raise UsageError(f"cannot write to output folder {config.out_dir}: {exc.strerror or exc}") from None
         with stream as table_stream:
-            self._writer = PredictionsWriter(table_stream, config.table_format, config.top_k,
-                                             self._prepared.truth is not None, config.figures,
-                                             ranked=config.target == "topk")
+            self._writer = PredictionsWriter(table_stream, layout)
             yield self
             self._close()
         self.seconds = time.monotonic() - started
@@ -110,7 +112,7 @@ class Record:
         self.carried.pop(table_text(result.item.name), None)
         self.folders.add(result.item.relative.parent)
         self.counts[result.outcome] += 1
-        self.tally.add(*_labelled(result))
+        self.tally.add(*_labelled(result, self._prepared.info.kind == "multilabel"))
         _add_figures(self.means, result)
 
     def stopping(self) -> bool:
@@ -151,16 +153,19 @@ def _add_figures(means: Means, result: ImageResult) -> None:
                                               for name, column in FIGURE_COLUMNS.items() if column in record})
 
 
-def _labelled(result: ImageResult) -> tuple[str, str]:
-    """(true label, predicted class) of an explained image, for the accuracy; ('', '') otherwise."""
+def _labelled(result: ImageResult, several: bool) -> tuple[str, str | None]:
+    """(true label, prediction) of an explained image, for the accuracy: the predicted class, or
+    with ``several`` (a multi-label model) the positive labels ';'-joined ('' for none); ('',
+    None) for an image that was not explained."""
     if result.rows and result.rows[0].status == "ok":
         row = result.rows[0]
-        return row.true_label, predicted_name(row.pred_label, row.pred_index)
+        return row.true_label, ";".join(row.positive) if several else predicted_name(row.pred_label, row.pred_index)
     if result.carried and result.carried[0].get("status") == "ok":
         record = result.carried[0]
-        return str(record.get("true_label") or ""), predicted_name(str(record.get("pred_label") or ""),
-                                                                   record.get("pred_index"))
-    return "", ""
+        predicted = (str(record.get("positive") or "") if several
+                     else predicted_name(str(record.get("pred_label") or ""), record.get("pred_index")))
+        return str(record.get("true_label") or ""), predicted
+    return "", None
 
 
 def manifest(prepared: Prepared, counts: dict[str, int], status: str, seconds: float,
@@ -186,8 +191,12 @@ def manifest(prepared: Prepared, counts: dict[str, int], status: str, seconds: f
             "attention_layers": list(prepared.info.attention_layers),
             "explained_output": prepared.info.head_path,
             "output_choice": prepared.info.output_reason,
+            "kind": prepared.info.kind,
+            "kind_reason": prepared.info.kind_reason,
             "final_activation": prepared.info.final_activation,
             "classes": prepared.info.num_classes,
+            **({"threshold": threshold(prepared)} if prepared.info.kind == "multilabel" else {}),
+            **({"sign": prepared.config.sign or "positive"} if prepared.info.kind == "regression" else {}),
             "preprocess": prepared.preprocess,
             "preprocess_reason": prepared.preprocess_reason,
             "target_class": prepared.target_class,

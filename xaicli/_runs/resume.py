@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from .._errors import InterruptedRunError, UsageError
 from .._explain.registry import METHOD_OPTIONS
 from .._inputs.discover import InputImage
 from .._outputs.naming import MANIFEST_NAME
 from .._outputs.naming import planned_outputs
-from .._outputs.table import read_table, table_columns
+from .._outputs.table import read_table
 from .._outputs.writers import file_digest
 from .config import RunConfig, option_values
 # Options that may differ between an interrupted run and its --resume without changing any row.
@@ -22,9 +22,10 @@ RESUME_NEUTRAL = frozenset({"existing", "fail_fast", "workers", "batch_size", "i
                                                   if not option.changes_results})
 
 
-def check_existing(config: RunConfig, items: Iterable[InputImage]) -> None:
+def check_existing(config: RunConfig, items: Iterable[InputImage], tags: Sequence[str] = ("",)) -> None:
     """Refuse to replace earlier outputs unless asked to (``--overwrite``, ``--skip-existing``,
-    ``--resume``); a resumed run must use the options the earlier one used."""
+    ``--resume``); a resumed run must use the options the earlier one used. ``tags``: what the
+    run's file names may add per explained class (``Prepared.output_tags``)."""
     if config.existing == "resume":
         _check_resumable(config)
     if config.existing != "refuse":
@@ -34,7 +35,7 @@ def check_existing(config: RunConfig, items: Iterable[InputImage]) -> None:
         raise InterruptedRunError(config.out_dir, "killed" if status == "running" else status)
     run_files = [p for p in (config.predictions_path, config.out_dir / MANIFEST_NAME) if p is not None]
     found = [p for p in run_files if p.exists()]
-    found += [p for item in items for p in planned_outputs(config, item) if p.exists()]
+    found += [p for item in items for p in planned_outputs(config, item, tags) if p.exists()]
     if found:
         more = f" and {len(found) - 1} more outputs" if len(found) > 1 else ""
         raise UsageError(f"{found[0]} exists{more}; pass --overwrite to replace them or --skip-existing "
@@ -67,18 +68,18 @@ def _check_resumable(config: RunConfig) -> None:
                          "resume with the same options, or start again with --overwrite")
 
 
-def previous_rows(config: RunConfig) -> dict[str, list[dict[str, object]]]:
+def previous_rows(config: RunConfig, columns: tuple[str, ...]) -> dict[str, list[dict[str, object]]]:
     """``--resume``: the earlier table's rows of each image it finished (every row ok or
-    skipped), keyed by input as the table writes it, in table order."""
+    skipped), keyed by input as the table writes it, in table order. Its ``columns`` must be
+    those this run writes."""
     path = config.kept_table_path
     if config.existing != "resume" or not path.exists():
         return {}
     try:
-        columns, records = read_table(path, config.table_format)
+        earlier_columns, records = read_table(path, config.table_format)
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"--resume: cannot read the earlier table {path}: {exc}") from None
-    if records and columns != table_columns(config.top_k, config.true_labels is not None, config.figures,
-                                            config.target == "topk"):
+    if records and earlier_columns != columns:
         raise UsageError(f"--resume: {path} has other columns than this run writes; resume with the same "
                          "options, or start again with --overwrite")
     by_input: dict[str, list[dict[str, object]]] = {}

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 from .._budget import return_large_blocks_to_the_system
 from .._engines import Watch, check_engine
 from .._errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_REQUIREMENT_UNMET, EXIT_SOME_FAILED, UsageError
-from .._evaluation.faithfulness import failed_requirements, parse_requirements
+from .._evaluation.faithfulness import LABEL_FIGURES, failed_requirements, parse_requirements
 from .._inputs.discover import IMAGE_SUFFIXES, InputImage, discover
 from .._models.files import check_model_path
 from .._outputs.report import write_report, write_summary
@@ -134,8 +134,8 @@ def _locked_run(config: RunConfig, watch: Watch, stop: Callable[[], str | None])
     from .record import Record
     from .resume import check_existing
 
-    check_existing(config, _images(config))
     prepared = prepare(config)
+    check_existing(config, _images(config), prepared.output_tags)
     watch.note(f"{total} images; {_choices(prepared)}")
     _pillow_pixel_limit(config.max_pixels)
     return_large_blocks_to_the_system()
@@ -157,7 +157,12 @@ def _choices(prepared: Prepared) -> str:
     target = f"layer {layer.path} ({layer.type_name}; {prepared.layer_reason})" if layer else "input gradients"
     info = prepared.info
     explained = f"; output {info.head_path} ({info.output_reason})" if len(info.outputs) > 1 else ""
-    return f"{target}{explained}; preprocess {prepared.preprocess} ({prepared.preprocess_reason})"
+    from .rows import threshold
+
+    kind = f"; {info.kind} ({info.kind_reason})"
+    if prepared.dynamic_targets:
+        kind += f", explaining each label at or above {threshold(prepared):g}"
+    return f"{target}{explained}{kind}; preprocess {prepared.preprocess} ({prepared.preprocess_reason})"
 
 
 def _counted(results: Iterator, total: int) -> tuple[int, str]:
@@ -177,8 +182,8 @@ def _summary(config: RunConfig, record: Record, total: int, first_failure: str, 
     """The run's summary from its record; the gates checked, the page and the Markdown summary written."""
     metrics = record.means.as_dict(config.methods, config.figures) if config.figures else {}
     accuracy = record.tally.as_dict() if config.true_labels else None
-    unmet = tuple(failed_requirements(parse_requirements(config.require), metrics, (accuracy or {}).get("accuracy"))
-                  if config.require else ())
+    labelled = {name: (accuracy or {}).get(name) for name in LABEL_FIGURES}
+    unmet = tuple(failed_requirements(parse_requirements(config.require), metrics, labelled) if config.require else ())
     report = write_report(config.out_dir) if config.report else None
     summary = write_summary(config.out_dir, config.summary) if config.summary is not None else None
     return RunSummary(out_dir=config.out_dir, status=record.status, images=total, counts=dict(record.counts),

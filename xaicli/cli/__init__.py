@@ -137,12 +137,15 @@ def _on_ray(pool: dict | None) -> str:
 
 
 def _accuracy(accuracy: dict | None) -> str:
-    """'; accuracy 91.7% (11 of 12 labelled images)' from run.json's accuracy (--true-labels)."""
+    """'; accuracy 91.7% (11 of 12 labelled images), macro F1 0.905' from run.json's accuracy (--true-labels)."""
     if accuracy is None:
         return ""
     if not accuracy["images"]:
         return "; no image with a true label was explained"
-    return f"; accuracy {accuracy['accuracy']:.1%} ({accuracy['correct']} of {accuracy['images']} labelled images)"
+    f1 = f", macro F1 {accuracy['f1']:.3f}" if accuracy.get("f1") is not None else ""
+    exact = " (every label right)" if "labels" in accuracy else ""
+    return (f"; accuracy {accuracy['accuracy']:.1%}{exact} ({accuracy['correct']} of {accuracy['images']} "
+            f"labelled images){f1}")
 
 
 def _model_command(func: Callable) -> Callable:
@@ -198,7 +201,7 @@ def _as_text(value: object) -> str:
         return "; ".join(_as_text(v) for v in value) if value and isinstance(value[0], dict) else ", ".join(map(str, value))
     if isinstance(value, dict):  # a model output
         dims = ", ".join("N" if d is None else str(d) for d in value["shape"])
-        use = "can be explained" if value["explainable"] else "not a classifier output (N, classes)"
+        use = f"{value['kind']}, can be explained" if value["explainable"] else "not an (N, units) output"
         return f"{value['index']}: {value['layer']} ({dims}), {value['activation']}, {use}"
     return str(value)
 

@@ -17,10 +17,12 @@ from .._inputs.nifti import SLICE_AXES, SLICE_AXIS_HELP
 from .._inputs.raster import DEFAULT_MAX_PIXELS
 from .._inputs.scaling import PRESET_HELP
 from .._inputs.stacks import SLICE_CHOICES
+from .._models.kinds import AUTO_KIND, KINDS as OUTPUT_KINDS
 from .._outputs.naming import IMAGE_FORMATS
 from .._outputs.render import COLORMAPS
 from .._outputs.table import TABLE_FORMATS
-from .._runs.config import AUTO, ENGINES, TARGETS, parse_numbers, parse_size, read_config_file
+from .._runs.config import (AUTO, DEFAULT_THRESHOLD, ENGINES, SIGNS, TARGETS, parse_numbers, parse_size,
+                            read_config_file)
 from ..methods import REGISTRY
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -48,8 +50,12 @@ def model_options(func: Callable) -> Callable:
         click.option("--input-size", metavar="HxW", callback=parsed(parse_size),
                      help="Image size fed to the model (height x width); needed when the model accepts any size."),
         click.option("--output", "output", default=AUTO, show_default=True, metavar="auto|INDEX|NAME",
-                     help="Which model output to explain: auto takes the only (or first) classifier output "
-                          "shaped (N, classes); feature-map outputs beside it are ignored (see `xai info`)."),
+                     help="Which model output to explain: auto takes the only (or first) output shaped "
+                          "(N, units); feature-map outputs beside it are ignored (see `xai info`)."),
+        click.option("--kind", default=AUTO_KIND, show_default=True, type=click.Choice([AUTO_KIND, *OUTPUT_KINDS]),
+                     help="What the explained output is; auto tells it from its shape and activation (a linear "
+                          "output of several units is taken as a classifier's logits): "
+                          + "; ".join(f"{k}: {v}" for k, v in OUTPUT_KINDS.items()) + "."),
         click.option("--unsafe", is_flag=True,
                      help="Allow Lambda layers holding Python code; loading them can run arbitrary code, "
                           "so use only for files you trust."),
@@ -125,8 +131,10 @@ RUN_OPTIONS = [
                  help="Predictions table format."),
     click.option("--true-labels", metavar="folder|FILE.csv",
                  help="True classes: 'folder' (each image's parent folder is its class, the ImageFolder layout) or a "
-                      "CSV of path,label. The table gains true_label and correct; the summary, run.json and the report "
-                      "gain accuracy and a confusion matrix. Labels must be the model's (--labels names, else indices)."),
+                      "CSV of path,label (a multi-label model's row may list several: a.png,\"Effusion;Edema\"). The table "
+                      "gains true_label and correct; the summary, run.json and the report gain accuracy, macro F1 and a "
+                      "confusion matrix (per-label precision, recall and F1 for a multi-label model). Labels must be the "
+                      "model's (--labels names, else indices)."),
     click.option("--summary", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE.md",
                  help="Write a short Markdown summary (counts, accuracy, the ten least confident or misclassified "
                       "images, linked) for a CI job page, e.g. --summary \"$GITHUB_STEP_SUMMARY\"."),
@@ -145,7 +153,8 @@ RUN_OPTIONS = [
     click.option("--pointing-tolerance", type=float, default=15.0, show_default=True,
                  help="Pixels (of the original image) around the map's peak that still count as a hit."),
     click.option("--require", metavar="GATES",
-                 help="CI gates on the figures' means, e.g. 'pointing>=0.9,deletion<=0.2,accuracy>=0.95': each method "
+                 help="CI gates on the figures' means, e.g. 'pointing>=0.9,deletion<=0.2,accuracy>=0.95' (f1: the macro "
+                      "F1 of --true-labels): each method "
                       "must meet each; when one does not, everything is still written and the exit status is 3."),
     click.option("--predictions", metavar="PATH|-",
                  help="Where the predictions table goes (default OUT/predictions.<format>); '-' writes it to "
@@ -163,8 +172,14 @@ RUN_OPTIONS = [
                  help="Class to explain for every image (default: each image's top-1 class)."),
     click.option("--top-k", type=int, default=0, show_default=True, metavar="K",
                  help="Add the K best classes to the table (top1_index, top1_label, top1_prob, ...)."),
-    click.option("--target", type=click.Choice(list(TARGETS)), default="predicted", show_default=True,
+    click.option("--target", type=click.Choice(list(TARGETS)), default=AUTO, show_default=True,
                  help="Which classes get a heatmap: " + "; ".join(f"{k}: {v}" for k, v in TARGETS.items()) + "."),
+    click.option("--threshold", type=float, metavar="P",
+                 help=f"Multi-label models: a label is present (and explained by --target positive) when its "
+                      f"probability is at least P, 0..1 [default: {DEFAULT_THRESHOLD}]."),
+    click.option("--sign", type=click.Choice(list(SIGNS)),
+                 help="Regression models: explain " + "; ".join(f"{k}: {v}" for k, v in SIGNS.items())
+                      + " [default: positive]."),
     click.option("--labels", type=click.Path(dir_okay=False, path_type=Path),
                  help="Class names: a text file with one per line, or a JSON list or index->name object."),
     click.option("-b", "--batch-size", type=int, default=16, show_default=True,

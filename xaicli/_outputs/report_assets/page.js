@@ -23,9 +23,12 @@
       ["Layer", run.layer ? `${run.layer} (${run.layer_reason})` : "input gradients"],
       ["Preprocessing", `${run.preprocess} (${run.preprocess_reason})`],
       ["Methods", (run.methods || []).join(", ")],
+      ["Output", run.kind || "classifier"],
       ["Run", `${run.status}, ${Number(run.seconds).toFixed(1)} s`],
       ...(run.accuracy && run.accuracy.images ? [["Accuracy", `${(100 * run.accuracy.accuracy).toFixed(1)}% ` +
-        `(${run.accuracy.correct} of ${run.accuracy.images} labelled images)`]] : []),
+        `${run.accuracy.labels ? "(every label right) " : ""}(${run.accuracy.correct} of ${run.accuracy.images} ` +
+        `labelled images)${run.accuracy.f1 === null || run.accuracy.f1 === undefined ? "" :
+          `; macro F1 ${Number(run.accuracy.f1).toFixed(3)}`}`]] : []),
       ...Object.entries(run.metrics || {}).map(([method, means]) => [`Figures, ${method}`,
         Object.entries(means).filter(([, value]) => value !== null)
           .map(([name, value]) => `${FIGURES[name] ? FIGURES[name][0] : name} ${Number(value).toFixed(3)}`).join(", ")]),
@@ -56,7 +59,7 @@
 
   function offerClasses(cards) {
     const select = byId("filter-class");
-    const labels = [...new Set(cards.map((card) => card.pred_label).filter(Boolean))].sort();
+    const labels = [...new Set(cards.flatMap((card) => card.labels))].sort();
     for (const label of labels) {
       const option = element("option", "", label);
       option.value = label;
@@ -82,7 +85,30 @@
     byId("pointing-filter").hidden = !present.includes("pointing");
   }
 
+  // A multi-label run: each label's precision, recall and F1 (no confusion matrix: an image has several labels).
+  function drawLabelScores(accuracy) {
+    byId("confusion-title").textContent = "Per-label scores";
+    byId("confusion-hint").textContent = "Over the labelled images; a label counts where it is true or predicted.";
+    const matrix = byId("matrix");
+    const head = element("tr");
+    for (const name of ["label", "precision", "recall", "F1", "images"]) head.append(element("th", "", name));
+    matrix.append(head);
+    const shown = (value) => (value === null ? "–" : Number(value).toFixed(3));
+    for (const [label, scores] of Object.entries(accuracy.labels)) {
+      const row = element("tr");
+      row.append(element("th", "", label), element("td", "", shown(scores.precision)),
+                 element("td", "", shown(scores.recall)), element("td", "", shown(scores.f1)),
+                 element("td", "", String(scores.support)));
+      matrix.append(row);
+    }
+    byId("confusion").hidden = false;
+  }
+
   function drawMatrix(cards) {
+    if (data.run.accuracy && data.run.accuracy.labels) {
+      drawLabelScores(data.run.accuracy);
+      return;
+    }
     const labelled = cards.filter((card) => card.true_label && card.pred_prob !== null);
     if (!labelled.length) return;
     const classes = [...new Set(labelled.flatMap((card) => [card.true_label, card.pred_label]))].sort();
@@ -162,7 +188,12 @@
       node.append(maps);
     }
     node.append(element("div", "path", card.input));
-    if (card.pred_prob !== null) {
+    if (card.chips.length || (data.run.kind === "multilabel" && card.status === "ok")) {
+      const chips = element("div", "prediction chips");
+      for (const chip of card.chips) chips.append(element("span", "chip", chip));
+      if (!card.chips.length) chips.append(element("span", "none", "no label present"));
+      node.append(chips);
+    } else if (card.pred_prob !== null) {
       node.append(element("div", "prediction", `${card.pred_label} ${card.pred_prob.toFixed(3)}`));
     }
     if (card.true_label) {
@@ -184,7 +215,7 @@
     const pointing = byId("filter-pointing").value;
     const order = byId("sort").value;
     const chosen = data.cards.filter((card) =>
-      (!label || card.pred_label === label) && (!status || card.status === status) &&
+      (!label || card.labels.includes(label)) && (!status || card.status === status) &&
       (!text || card.input.toLowerCase().includes(text)) &&
       (!pointing || figureOf(card, "pointing") === (pointing === "hit" ? 1 : 0)) &&
       (!state.cell || (card.true_label === state.cell.truth && card.pred_label === state.cell.predicted &&
