@@ -199,7 +199,7 @@ def test_config_file_fills_options_and_the_command_line_wins(tiny_model, image_f
 
 
 @pytest.mark.parametrize("content,message", [
-    ("batchsize = 3\n", "unknown key 'batchsize'; keys are the long options of `xai run`: alpha, batch-size"),
+    ("batchsize = 3\n", "unknown key 'batchsize'; keys are the long options of `xai run`: alpha, background, batch-size"),
     ('batch-size = "many"\n', "key 'batch-size': 'many' is not a valid integer"),
     ('preprocess = "magic"\n', "key 'preprocess': 'magic' is not one of"),
     ("batch-size = [\n", "is not valid TOML"),

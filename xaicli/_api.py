@@ -30,8 +30,8 @@ ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
 """One image: a file (anything ``xai run`` reads as one image), a PIL image, or an array (H, W) or (H, W, C)."""
 
 # Options of ``explain`` that change neither the compiled steps nor the methods' settings.
-PER_CALL = ("target_class", "target", "top_k", "threshold", "alpha", "colormap", "resize", "intensity", "max_size",
-            "max_pixels")
+PER_CALL = ("target_class", "target", "top_k", "threshold", "region", "alpha", "colormap", "resize", "intensity",
+            "max_size", "max_pixels")
 
 
 class Explainer:
@@ -205,8 +205,9 @@ class Explanation:
         maps: method -> float32 maps in [0, 1], exactly what ``--save raw`` writes: (N, h, w), or
             (N, K, h, w) with ``target="topk"`` (rank k at [:, k - 1]); (h, w) is the method's own
             grid (the layer's for the CAM family, the model input's for gradient methods). With
-            ``target="positive"`` (a multi-label model's default) each image has its own number
-            of labels: a tuple of one (k_i, h, w) array per image, in label order (``classes_of``).
+            ``target="positive"`` (a multi-label model's default) or a segmentation model, each
+            image has its own number of labels or classes: a tuple of one (k_i, h, w) array per
+            image, in class order (``classes_of``).
         predictions: the rows the predictions table gets, as JSON Lines would hold them: image by
             image, then method, then explained class; ``input`` is the path, or '<array i>' /
             '<image i>'.
@@ -280,7 +281,7 @@ class Explanation:
         options = self._options
         text = f"{caption(self._prepared, explained.explanation, explained.index)} | {method}"
         drawing = draw_kind(kind, image, view, explained.explanation.maps[method][explained.index], options.alpha,
-                            self._lut(), text, options.max_size)
+                            self._lut(), text, options.max_size, outline=explained.target.outline)
         return Image.fromarray(drawing.pixels())
 
     def _at(self, index: int, rank: int) -> Explained:

@@ -321,3 +321,22 @@ def test_a_multilabel_model_gives_the_same_labels_and_files_on_both_engines(ray_
     rows = _table(runs["local"]).splitlines()
     assert len(rows) > 1 + 5 + 6  # some image or slice has several labels present
     assert list((runs["local"]).glob("brain.nii.gz.gradcam.label*.mosaic.png"))
+
+
+@pytest.mark.parametrize("region", ["predicted", "box:2,2,20,30"])
+def test_a_segmentation_gives_the_same_regions_and_files_on_both_engines(ray_cluster, tmp_path, region):
+    """Each image's classes and regions come from its prediction (or a box placed on each
+    image's own grid): the rows, maps and outlined overlays are the same whichever engine ran."""
+    from ..explain.test_segmentation import _save, _shapes, _unet
+
+    model = tmp_path / "unet.keras"
+    _unet(3, "softmax", 5).save(model)
+    images, _ = _shapes(5, 11)
+    _save(images, tmp_path / "images")
+    runs = {engine: tmp_path / engine for engine in ("local", "ray")}
+    for engine, out in runs.items():
+        result = xai("run", model, tmp_path / "images", "-o", out, "--region", region, "--save", "overlay,raw",
+                     "-b", "2", "--engine", engine, *(("--workers", 2) if engine == "ray" else ()))
+        assert result.exit_code == 0, result.output
+    _same_outputs(runs["local"], runs["ray"])
+    assert len(_table(runs["local"]).splitlines()) > 1 + 5  # some image has two classes

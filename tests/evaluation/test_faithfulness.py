@@ -85,6 +85,48 @@ def test_deletion_and_insertion_match_a_numpy_computation(linear, tmp_path):
     assert insertion[-1] == pytest.approx(probability(image))  # the last step is the image itself
 
 
+def test_a_segmentation_s_curves_follow_its_region_s_mean_probability(linear, tmp_path):
+    """A linear per-pixel segmentation of the same 6x6 image (logits L = x @ W + b, two classes
+    per pixel): class 1 is explained over the pixels predicted as it, so saliency is
+    |sum of W[:, region, 1]|, and each curve step is class 1's mean probability over that region."""
+    import keras
+
+    root, _, _, image = linear
+    rng = np.random.default_rng(8)
+    weights = rng.normal(size=(SIDE * SIDE, SIDE * SIDE * 2)).astype(np.float32) * 0.5
+    bias = rng.normal(size=SIDE * SIDE * 2).astype(np.float32)
+    model = keras.Sequential([keras.Input((SIDE, SIDE, 1)), keras.layers.Flatten(), keras.layers.Dense(SIDE * SIDE * 2),
+                              keras.layers.Reshape((SIDE, SIDE, 2)), keras.layers.Softmax()])
+    model.layers[1].set_weights([weights, bias])
+    model.save(tmp_path / "segmenter.keras")
+    out = tmp_path / "out"
+    result = xai("run", tmp_path / "segmenter.keras", root / "image.png", "-o", out, "-m", "saliency", "--preprocess",
+                 "unit", "--metrics", "deletion,insertion", "--metric-steps", STEPS, "-q")
+    assert result.exit_code == 0, result.output
+    (row,) = _rows(out)
+
+    def probabilities(x: np.ndarray) -> np.ndarray:  # (36,) class 1's probability at each pixel
+        logits = (x.ravel() @ weights + bias).reshape(SIDE * SIDE, 2)
+        return np.exp(logits[:, 1]) / np.exp(logits).sum(axis=1)
+
+    region = probabilities(image) > 0.5
+    assert 0 < region.sum() < SIDE * SIDE and row["class_index"] == "1" and int(row["region_pixels"]) == region.sum()
+    probability = lambda x: probabilities(x)[region].mean()  # noqa: E731
+    assert float(row["class_prob"]) == pytest.approx(probability(image), abs=1e-6)
+    saliency = np.abs(weights.reshape(SIDE * SIDE, SIDE * SIDE, 2)[:, region, 1].sum(axis=1))
+    order = np.argsort(-saliency, kind="stable")
+    deleted, inserted, blur = image.ravel().copy(), _blur_by_hand(image).ravel(), image.ravel()
+    deletion, insertion = [probability(deleted)], [probability(inserted)]
+    for step in range(1, STEPS + 1):
+        chosen = order[round((step - 1) * SIDE * SIDE / STEPS):round(step * SIDE * SIDE / STEPS)]
+        deleted[chosen] = 0.0
+        inserted[chosen] = blur[chosen]
+        deletion.append(probability(deleted))
+        insertion.append(probability(inserted))
+    assert float(row["deletion_auc"]) == pytest.approx(_area(deletion), abs=2e-6)
+    assert float(row["insertion_auc"]) == pytest.approx(_area(insertion), abs=2e-6)
+
+
 def test_the_demo_models_grad_cam_beats_a_random_map(tmp_path):
     """Deleting Grad-CAM's top pixels (to gray: the demo's shapes are dark, so black would leave
     them in place) lowers the probability sooner than a random order; inserting them raises it sooner."""

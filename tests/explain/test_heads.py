@@ -128,8 +128,8 @@ def test_each_kind_is_told_and_said(heads, tmp_path):
     (["--threshold", "1.5"], "--threshold must be between 0 and 1, got 1.5"),
     (["--sign", "negative"], "--sign says which way a regression's value is explained; this model's output is "
                              "classifier (3 linear units, taken as a classifier's logits"),
-    (["--target", "positive"], "--target positive goes with a multi-label model (several sigmoid units); this "
-                               "model's output is classifier"),
+    (["--target", "positive"], "--target positive goes with a multi-label model (several sigmoid units, or "
+                               "sigmoid channels of a segmentation); this model's output is classifier"),
     (["--kind", "regression", "--top-k", "2"], "--top-k ranks classes by probability; this model's output is "
                                                "regression (as requested (--kind)): explain one of its values with --class"),
     (["--kind", "regression", "--metrics", "deletion"], "--metrics deletion follow a class's probability; this "

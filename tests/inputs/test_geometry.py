@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xaicli._inputs.geometry import View, fit_view, to_model_input
+from xaicli._inputs.geometry import View, box_region, fit_view, grid_points, sampled_labels, to_model_input
 from xaicli._inputs.scaling import PRESETS
 
 
@@ -80,3 +80,25 @@ def test_at_a_capped_output_size_the_map_still_peaks_where_the_object_is(resize,
     scale = size[0] / shape[0]
     assert abs(peak[0] - row * scale) <= 4 and abs(peak[1] - column * scale) <= 4
     assert output_size(shape, 2000) == shape  # never enlarged
+
+
+def test_grid_cells_land_on_the_original_by_hand():
+    """A 100x50 photo letterboxed into 32x32: its rows fill the input's middle half, so a 4x4
+    grid's first and last rows lie in the padding; cell centres are 25 original pixels apart."""
+    view = fit_view((50, 100), (32, 32), "letterbox")
+    x, y = grid_points(view, (4, 4))
+    np.testing.assert_allclose(x[1], [12.5, 37.5, 62.5, 87.5])
+    np.testing.assert_allclose(y[:, 0], [np.nan, 12.5, 37.5, np.nan])
+
+
+def test_a_box_and_a_label_map_on_the_output_grid():
+    view = fit_view((50, 100), (32, 32), "letterbox")
+    expected = np.zeros((4, 4), np.float32)
+    expected[1, :2] = 1  # centres (12.5, 12.5) and (37.5, 12.5) fall in x < 40, y < 20
+    np.testing.assert_array_equal(box_region(view, (4, 4), (0, 0, 40, 20)), expected)
+    tiny = box_region(view, (4, 4), (60, 30, 61, 31))  # no centre inside: the nearest cell, (62.5, 37.5)
+    assert tiny.sum() == 1 and tiny[2, 2] == 1
+    labels = np.zeros((25, 50), np.int64)  # half the photo's size: stretched over it
+    labels[:, 25:] = 2
+    np.testing.assert_array_equal(sampled_labels(labels, view, (50, 100), (4, 4)),
+                                  [[-1, -1, -1, -1], [0, 0, 2, 2], [0, 0, 2, 2], [-1, -1, -1, -1]])

@@ -263,7 +263,8 @@ def recipe(tmp_path_factory):
 
 def test_feature_map_output_beside_the_classifier_is_ignored(recipe):
     _, info = open_model(recipe["both"])
-    assert [o.explainable for o in info.outputs] == [False, True]
+    assert [o.kind for o in info.outputs] == ["segmentation", "classifier"]  # explainable both, if asked
+    assert [o.explainable for o in info.outputs] == [True, True]
     assert info.head_path == "predictions" and info.num_classes == 3
     assert info.output_reason == "the only (N, units) output of 2"
     images = np.random.default_rng(12).uniform(0, 1, size=(3, 12, 12, 3)).astype(np.float32)
@@ -285,35 +286,34 @@ def test_recipe_model_runs_and_says_which_output(recipe, image_folder, tmp_path)
     assert manifest["resolved"]["explained_output"] == "predictions"
     assert manifest["resolved"]["output_choice"] == "the only (N, units) output of 2"
     info = xai("info", recipe["both"])
-    assert "0: backbone/conv_b (N, 8, 8, 5), linear, not an (N, units) output" in info.stdout
+    assert "0: backbone/conv_b (N, 8, 8, 5), linear, segmentation, can be explained" in info.stdout
     assert "1: predictions (N, 3), softmax, classifier, can be explained" in info.stdout
 
 
-def test_naming_the_feature_map_output_is_one_line(recipe, image_folder, tmp_path):
+def test_naming_the_feature_map_output_explains_it_per_pixel(recipe, image_folder, tmp_path):
+    """A feature map cannot be told from a segmentation's logits: named with --output, it is
+    explained as one, and the run line says so."""
     for spec in ("0", "conv_b"):
-        result = xai("run", recipe["both"], image_folder / "a.png", "-o", tmp_path / "out", "--output", spec)
-        assert result.exit_code == 2, result.output
-        (line,) = result.stderr.strip().splitlines()
-        assert (f"--output '{spec}' is 0: backbone/conv_b (N, 8, 8, 5), linear, not an output shaped "
-                "(N, units); outputs that can be explained: 1: predictions (N, 3), softmax") in line
-    assert not (tmp_path / "out").exists()  # a run refused before it began leaves nothing behind
+        result = xai("run", recipe["both"], image_folder / "a.png", "-o", tmp_path / spec, "--output", spec)
+        assert result.exit_code == 0, result.output
+        assert "segmentation (a per-pixel linear output of 5 channels)" in result.stderr
 
 
-def test_segmentation_model_is_one_line(image_folder, tmp_path):
+def test_naming_a_sequence_output_is_one_line(image_folder, tmp_path):
     import keras
     from keras import layers
 
     inputs = keras.Input((8, 8, 3))
-    x = layers.Conv2D(4, 3, padding="same", activation="relu", name="conv")(inputs)
-    keras.Model(inputs, layers.Conv2D(2, 1, activation="softmax", name="mask")(x)).save(tmp_path / "seg.keras")
-    for command in (["run", tmp_path / "seg.keras", image_folder / "a.png", "-o", tmp_path / "out"],
-                    ["info", tmp_path / "seg.keras"], ["layers", tmp_path / "seg.keras"]):
-        result = xai(*command)
-        assert result.exit_code == 2, result.output
-        (line,) = result.stderr.strip().splitlines()
-        assert ("the model has no output shaped (N, units) to explain; its outputs: "
-                "0: mask (N, 8, 8, 2), softmax") in line
-
+    features = _small_cnn(inputs)
+    sequence = layers.Reshape((-1, 1), name="tokens")(layers.Dense(4)(features))
+    predictions = layers.Dense(3, activation="softmax", name="predictions")(features)
+    keras.Model(inputs, [sequence, predictions]).save(tmp_path / "seq.keras")
+    result = xai("run", tmp_path / "seq.keras", image_folder / "a.png", "-o", tmp_path / "out", "--output", "0")
+    assert result.exit_code == 2, result.output
+    (line,) = result.stderr.strip().splitlines()
+    assert ("--output '0' is 0: tokens (N, 4, 1), linear, not an output shaped (N, units) or (N, h, w, C); "
+            "outputs that can be explained: 1: predictions (N, 3), softmax") in line
+    assert not (tmp_path / "out").exists()  # a run refused before it began leaves nothing behind
 
 def test_unknown_custom_layer_names_the_module_the_file_records(tmp_path, monkeypatch):
     import importlib

@@ -20,6 +20,7 @@ from .._inputs.stacks import StackCache
 from .._outputs.naming import planned_outputs, recorded_outputs
 from .._outputs.table import table_text
 from .._runs.decisions import Prepared
+from .._runs.regions import given_region
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class Decoded:
     skipped: bool = False  # --skip-existing and every output is already there
     carried: tuple[dict[str, object], ...] = ()  # --resume: the earlier run's rows, outputs all there
     note: str = ""  # what the user should know about how the image was read
+    given: np.ndarray | None = None  # a segmentation's region from --region truth or box, on the output grid
 
 
 def passable(prepared: Prepared, items: Iterable[InputImage],
@@ -106,6 +108,8 @@ def decode(prepared: Prepared, item: InputImage, may_pass: bool, carried: dict[s
             picture, note = opened_picture(prepared, item, workers.stacks)
             model_input = to_model_input(picture, info.input_size, info.channels, prepared.scaling,
                                          prepared.config.resize)
+            given = given_region(prepared.config.region, info, prepared.ground, item, (picture.height, picture.width),
+                                 prepared.config.resize) if info.kind == "segmentation" else None
         except ImageError as exc:
             return Decoded(item, None, None, error=str(exc))
         shown, view = drawn_picture(picture, info.input_size, prepared.config.resize, prepared.config.max_size)
@@ -115,7 +119,8 @@ def decode(prepared: Prepared, item: InputImage, may_pass: bool, carried: dict[s
     size = shown.width * shown.height * PICTURE_BYTES_PER_PIXEL
     kept = size if workers.budget.try_keep(size) else 0
     return Decoded(item, shown if kept else None, model_input, view, note=note, kept=kept,
-                    shown_size=(shown.height, shown.width), original_size=original_size, decode_bytes=decoding)
+                    shown_size=(shown.height, shown.width), original_size=original_size, decode_bytes=decoding,
+                    given=given)
 
 
 def opened_picture(prepared: Prepared, item: InputImage, stacks: StackCache) -> tuple[Image.Image, str]:

@@ -46,6 +46,8 @@ class Job:
     paths: dict[str, Path]  # --save kind -> file
     caption: str  # the panel's caption
     tiles: int  # tiles in the mosaic of the image's file; 0 when it gets none
+    outline: np.ndarray | None = None  # a segmentation's region on the output grid, outlined on the overlays
+    object_label: int | None = None  # a segmentation's class: the object is the truth mask's pixels of it
 
 
 def render_image(prepared: Prepared, decoded: Decoded, jobs: list[Job], workers: Workers) -> list[Outcome]:
@@ -74,35 +76,36 @@ def render_image(prepared: Prepared, decoded: Decoded, jobs: list[Job], workers:
 
 
 def _written(prepared: Prepared, image: Image.Image, view: View, job: Job, small: Shrunk,
-             measure: Callable[[np.ndarray], Figures]) -> Outcome:
+             measure: Callable[[np.ndarray, int | None], Figures]) -> Outcome:
     try:
-        _render(image, view, job.heatmap, prepared, job.paths, job.caption, small)
+        _render(image, view, job, prepared, small)
     except OSError as exc:
         return Outcome(exc)
-    tile = (_small_overlay(small(tile_size((image.height, image.width), job.tiles)), job.heatmap, prepared)
+    tile = (_small_overlay(small(tile_size((image.height, image.width), job.tiles)), job, prepared)
             if job.tiles else None)
-    return Outcome(None, tile, measure(job.heatmap))
+    return Outcome(None, tile, measure(job.heatmap, job.object_label))
 
 
 MEASURE_LONG_SIDE = 1024  # maps are compared with objects at most this large: the figures barely move
 
 
-def _object_measure(prepared: Prepared, decoded: Decoded, small: Shrunk) -> Callable[[np.ndarray], Figures]:
-    """A function of a map giving pointing, energy and IoU against the image's object (--truth-masks
-    or --truth-boxes), on the map and mask at no more than ``MEASURE_LONG_SIDE`` pixels; {} without
-    ground truth."""
+def _object_measure(prepared: Prepared, decoded: Decoded, small: Shrunk) -> Callable[[np.ndarray, int | None], Figures]:
+    """A function of a map (and, for a segmentation, its class's value in the label map) giving
+    pointing, energy and IoU against the image's object (--truth-masks or --truth-boxes), on the
+    map and mask at no more than ``MEASURE_LONG_SIDE`` pixels; {} without ground truth."""
     ground = prepared.ground
     if ground is None:
-        return lambda heatmap: {}
+        return lambda heatmap, label: {}
     shown = decoded.shown_size
     size = output_size(shown, MEASURE_LONG_SIDE)
-    mask = ground.mask(decoded.item, decoded.original_size, size)
-    if mask is None:
-        return lambda heatmap: {}
+    masks = functools.cache(lambda label: ground.mask(decoded.item, decoded.original_size, size, label))
     view = small(size)[1]
     tolerance = prepared.config.pointing_tolerance * size[1] / decoded.original_size[1]
 
-    def measure(heatmap: np.ndarray) -> Figures:
+    def measure(heatmap: np.ndarray, label: int | None) -> Figures:
+        mask = masks(label)
+        if mask is None:
+            return {}
         saliency = upsample(heatmap, size, view)
         return {"pointing": pointing_hit(saliency, mask, tolerance), "energy": round(energy_in(saliency, mask), 6),
                 "iou": round(iou(saliency, mask), 6)}
@@ -110,21 +113,20 @@ def _object_measure(prepared: Prepared, decoded: Decoded, small: Shrunk) -> Call
     return measure
 
 
-def _render(image: Image.Image, view: View, heatmap: np.ndarray, prepared: Prepared, paths: dict[str, Path],
-            caption: str, small: Shrunk) -> None:
+def _render(image: Image.Image, view: View, job: Job, prepared: Prepared, small: Shrunk) -> None:
     """Write ``image``'s files of one map (see ``draw_kind``), its raw values and thumbnail."""
     config = prepared.config
-    for kind, path in paths.items():
+    for kind, path in job.paths.items():
         if kind == "raw":
-            write_npy(path, heatmap)
+            write_npy(path, job.heatmap)
         elif kind == THUMBNAIL:
-            write_image(path, _small_overlay(small(thumbnail_size((image.height, image.width))), heatmap, prepared),
+            write_image(path, _small_overlay(small(thumbnail_size((image.height, image.width))), job, prepared),
                         "jpeg")
         else:
-            write_image(path, draw_kind(kind, image, view, heatmap, config.alpha, prepared.lut, caption,
-                                        config.max_size, small), config.image_format)
+            write_image(path, draw_kind(kind, image, view, job.heatmap, config.alpha, prepared.lut, job.caption,
+                                        config.max_size, small, job.outline), config.image_format)
 
 
-def _small_overlay(shrunk: tuple[Image.Image, View], heatmap: np.ndarray, prepared: Prepared) -> np.ndarray:
+def _small_overlay(shrunk: tuple[Image.Image, View], job: Job, prepared: Prepared) -> np.ndarray:
     picture, view = shrunk
-    return overlay(picture, heatmap, prepared.config.alpha, prepared.lut, view)
+    return overlay(picture, job.heatmap, prepared.config.alpha, prepared.lut, view, job.outline)

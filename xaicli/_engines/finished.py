@@ -127,7 +127,8 @@ def _rows(prepared: Prepared, pending: Pending) -> Iterator[Row]:
         if write.done is None:
             explained = write.explained
             yield nothing_row(prepared, explained.explanation, explained.index, write.method, name=pending.item.name,
-                              note=pending.note, true_label=_true_label(prepared, pending.item))
+                              reason=explained.target.reason, note=pending.note,
+                              true_label=_true_label(prepared, pending.item))
             continue
         outcome = write.done.result()[write.index]
         error = outcome.error
@@ -153,7 +154,8 @@ def _ok_row(prepared: Prepared, pending: Pending, write: Write, outcome: Outcome
     return explained_row(
         prepared, explained.explanation, explained.index, write.method, name=pending.item.name, note=pending.note,
         output=str(write.path), rank=explained.target.rank, top_k=prepared.config.top_k,
-        figures={**write.figures, **outcome.figures}, true_label=_true_label(prepared, pending.item))
+        figures={**write.figures, **outcome.figures}, true_label=_true_label(prepared, pending.item),
+        region_pixels=explained.target.region_pixels)
 
 
 def _error_row(prepared: Prepared, item: InputImage, method: str, error: str) -> Row:

@@ -24,6 +24,7 @@ from .._outputs.render import upsample
 from .._runs.config import default_workers
 from .._runs.decisions import Prepared
 from .._runs.record import ImageResult, Record
+from .._runs.regions import object_label
 from .._runs.rows import caption
 from . import Watch
 from .decoded import Decoded, Workers, decode, passable
@@ -127,7 +128,8 @@ def _explain_batch(prepared: Prepared, batch: list[Decoded], workers: Workers, w
         inputs = np.stack([d.model_input for d in good])
         watch.runs(len(good), len(prepared.targets) * len(prepared.config.methods))
         try:
-            explained = prepared.explainer.explain_each(inputs, prepared.targets, watch.on_stage)
+            given = [d.given for d in good] if prepared.config.region != "predicted" else None
+            explained = prepared.explainer.explain_each(inputs, prepared.targets, watch.on_stage, given)
             if prepared.config.metrics:
                 watch.stage("deletion and insertion curves")
             faithfulness = _faithfulness(prepared, inputs, explained)
@@ -213,7 +215,7 @@ def _faithfulness(prepared: Prepared, inputs: np.ndarray,
                 for name in wanted:
                     source, target = starts[name](index)
                     jobs.append(CurveJob(functools.partial(perturbed, source, target, order, config.metric_steps),
-                                         int(explanation.classes[at]), config.metric_steps))
+                                         int(explanation.classes[at]), config.metric_steps, each.target.outline))
                     keys.append((index, method, position, name))
     figures: dict[tuple[int, str, int], Figures] = {}
     for (index, method, position, name), area in zip(keys, curve_areas(jobs, prepared.explainer.probabilities,
@@ -243,7 +245,8 @@ def _schedule(prepared: Prepared, decoded: Decoded, explained: list[Explained], 
                 paths[THUMBNAIL] = thumbnail_path(config.out_dir, item.output_relative, method, tag)
             text = caption(prepared, each.explanation, each.index)
             jobs.append(Job(each.explanation.maps[method][each.index], paths, f"{text} | {method}",
-                            item.part.count if wants_mosaic(config, item) else 0))
+                            item.part.count if wants_mosaic(config, item) else 0, each.target.outline,
+                            object_label(prepared.info, int(each.explanation.classes[each.index]))))
             writes.append((method, each, paths[config.save[0]], faithfulness.get((index, method, position), {})))
     done = workers.pool.submit(render_image, prepared, decoded, jobs, workers) if jobs else None
     placed = iter(range(len(jobs)))

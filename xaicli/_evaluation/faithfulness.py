@@ -81,23 +81,30 @@ def blurred(image: np.ndarray, sigma: float = BLUR_SIGMA, taps: int = BLUR_TAPS)
 
 @dataclass(frozen=True)
 class CurveJob:
-    """One curve to measure: its inputs, and the class whose probability it follows."""
+    """One curve to measure: its inputs, and the class whose probability it follows (a
+    segmentation's, its mean over ``region``, (h, w) on the output grid)."""
 
     inputs: Callable[[], Iterator[np.ndarray]]
     explained: int
     steps: int
+    region: np.ndarray | None = None
 
 
-def curve_areas(jobs: Sequence[CurveJob], probabilities: Callable[[np.ndarray], np.ndarray],
-                batch_size: int) -> list[float]:
+Probabilities = Callable[[np.ndarray, "np.ndarray | None"], np.ndarray]  # (inputs, regions or None) -> (n, classes)
+
+
+def curve_areas(jobs: Sequence[CurveJob], probabilities: Probabilities, batch_size: int) -> list[float]:
     """The area of each job's curve. Inputs of all jobs go through ``probabilities`` ((n, H, W, C)
-    -> (n, classes)) together, ``batch_size`` at a time, so the steps of several images share a
-    model call; inputs are made as they are needed, never all at once."""
+    and the jobs' regions (n, h, w), None without -> (n, classes)) together, ``batch_size`` at a
+    time, so the steps of several images share a model call; inputs are made as they are
+    needed, never all at once."""
     curves = [np.zeros(job.steps + 1) for job in jobs]
     pending: list[tuple[int, int, np.ndarray]] = []
 
     def flush() -> None:
-        scores = probabilities(np.stack([inputs for _, _, inputs in pending]))
+        regions = [jobs[job].region for job, _, _ in pending]
+        scores = probabilities(np.stack([inputs for _, _, inputs in pending]),
+                               None if regions[0] is None else np.stack(regions))
         for (job, step, _), row in zip(pending, scores):
             curves[job][step] = row[jobs[job].explained]
         pending.clear()

@@ -205,26 +205,56 @@ class GroundTruth:
     masks: Path | None = None
     boxes: dict[str, list[list[float]]] = field(default_factory=dict)
 
-    def mask(self, item: InputImage, original: tuple[int, int], size: tuple[int, int]) -> np.ndarray | None:
+    def mask(self, item: InputImage, original: tuple[int, int], size: tuple[int, int],
+             label: int | None = None) -> np.ndarray | None:
         """(H, W) = ``size`` boolean object mask of an image of ``original`` (height, width)
-        pixels; None when the image has no ground truth (or is a slice of a volume)."""
+        pixels: a mask's non-zero pixels, or those equal to ``label`` (a segmentation's class in
+        a label map); None when the image has no ground truth (or is a slice of a volume)."""
         if item.part is not None:
             return None
         if self.masks is None:
             boxes = self.boxes.get(str(item.relative))
             scale = (size[0] / original[0], size[1] / original[1])
             return box_mask(boxes, size, scale) if boxes is not None else None
+        found = self._mask_file(item)
+        if found is None:
+            return None
+        if label is not None:
+            labels = Image.fromarray(self.label_map(item).astype(np.int32)).resize((size[1], size[0]),
+                                                                                  Image.Resampling.NEAREST)
+            return np.asarray(labels) == label
+        try:
+            with Image.open(found) as picture:
+                gray = picture.convert("L").resize((size[1], size[0]), Image.Resampling.NEAREST)
+        except (OSError, ValueError):
+            raise MaskError(f"cannot read the mask {found}; give a PNG whose non-zero pixels are the object") from None
+        return np.asarray(gray) > 0
+
+    def label_map(self, item: InputImage) -> np.ndarray:
+        """(h, w) int64 class of each pixel of the image's mask, as stored (a segmentation's
+        ``--region truth``: 8- or 16-bit grayscale PNGs whose values are class indices).
+
+        Raises:
+            MaskError: no mask for the image, or one that cannot be read.
+        """
+        found = self._mask_file(item) if self.masks is not None and item.part is None else None
+        if found is None:
+            raise MaskError(f"no mask for this image under --truth-masks {self.masks}; --region truth needs one "
+                            "(a PNG of the same relative path whose pixels are class indices)")
+        try:
+            with Image.open(found) as picture:
+                if picture.mode not in ("1", "L", "P", "I", "I;16", "I;16B", "I;16L"):
+                    raise ValueError(picture.mode)
+                return np.asarray(picture).astype(np.int64)
+        except (OSError, ValueError):
+            raise MaskError(f"cannot read the mask {found} as class indices; give a grayscale PNG whose pixel "
+                            "values are the classes (0 background)") from None
+
+    def _mask_file(self, item: InputImage) -> Path | None:
+        """The mask of ``item`` under ``masks``: the same relative path, or with '.png' for or after its suffix."""
         exact = self.masks / item.relative
-        for candidate in (exact, exact.with_suffix(".png"), exact.with_name(f"{exact.name}.png")):
-            if candidate.is_file():
-                try:
-                    with Image.open(candidate) as picture:
-                        gray = picture.convert("L").resize((size[1], size[0]), Image.Resampling.NEAREST)
-                except (OSError, ValueError):
-                    raise MaskError(f"cannot read the mask {candidate}; give a PNG whose non-zero pixels are "
-                                    "the object") from None
-                return np.asarray(gray) > 0
-        return None
+        return next((candidate for candidate in (exact, exact.with_suffix(".png"), exact.with_name(f"{exact.name}.png"))
+                     if candidate.is_file()), None)
 
 
 def load_ground_truth(masks: Path | None, boxes: Path | None) -> GroundTruth | None:

@@ -44,16 +44,17 @@ class GradientContext:
 @dataclass(frozen=True)
 class ScoreContext:
     """What a score-family method gets: the batch, its classes, the target layer's activations,
-    and a way to ask the model's probability of the class for one image under a stack of masks
-    drawn from them."""
+    and a way to ask the model's probability of the explained class for one image under a stack
+    of masks drawn from them."""
 
     images: np.ndarray  # (B, H, W, C) float32
     classes: np.ndarray  # (B,) int32
     activations: np.ndarray  # (B, h, w, k) float32
     options: MethodOptions
-    # (image (H, W, C), channel maps (m, h, w), class) -> (m,) the class's probability in [0, 1]
-    # for each masked image (a one-unit sigmoid's probability of the explained sign)
-    masked_probabilities: Callable[[np.ndarray, np.ndarray, int], np.ndarray]
+    # (the image's position in the batch, channel maps (m, h, w)) -> (m,) its explained class's
+    # probability in [0, 1] for each masked copy of it (a one-unit sigmoid's probability of the
+    # explained sign; a segmentation's mean over the region; a regression's signed value)
+    masked_probabilities: Callable[[int, np.ndarray], np.ndarray]
 
 
 @dataclass(frozen=True)

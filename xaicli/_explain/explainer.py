@@ -36,7 +36,8 @@ class BatchExplanation:
     """What one batch gives.
 
     probabilities, scores: (n, classes) float32 (a regression's ``probabilities`` are its values,
-    see ``class_scores``); classes: (n,) int explained class per image; maps: method name ->
+    see ``class_scores``; a segmentation's are the mean probability and the summed score over
+    each image's region); classes: (n,) int explained class per image; maps: method name ->
     (n, h, w) float32 in [0, 1] (h, w: the layer's grid for CAM methods, the model input's size
     for gradient methods); empty for a prediction alone.
     """
@@ -45,12 +46,13 @@ class BatchExplanation:
     scores: np.ndarray
     classes: np.ndarray
     maps: dict[str, np.ndarray]
+    pixels: np.ndarray | None = None  # a segmentation's prediction: (n, h, w, classes) per-pixel probabilities
 
 
 @dataclass(frozen=True)
 class Explained:
     """One explained target of one image: what it explains, and the explanation that holds its
-    maps at ``index`` (for a ``NoLabel`` target, the image's prediction alone)."""
+    maps at ``index`` (for a ``Nothing`` target, the image's prediction alone)."""
 
     target: Target
     explanation: BatchExplanation
@@ -81,9 +83,12 @@ class Explainer:
         height, width = info.input_size
         images = tf.TensorSpec((batch_size, height, width, info.channels), tf.float32)
         classes = tf.TensorSpec((batch_size,), tf.int32)
-        self._step = tf.function(self._predict_and_cams, input_signature=[images, classes])
-        self._input_gradient = tf.function(self._score_gradient, input_signature=[images, classes])
-        self._predict = tf.function(self._scores_and_probabilities, input_signature=[images])
+        # A segmentation explains a class's scores summed over a region of its output grid; other
+        # kinds take a (1, 1) region that is never read, so every model has the same steps.
+        regions = tf.TensorSpec((batch_size, *info.output_grid), tf.float32)
+        self._step = tf.function(self._predict_and_cams, input_signature=[images, classes, regions])
+        self._input_gradient = tf.function(self._score_gradient, input_signature=[images, classes, regions])
+        self._predict = tf.function(self._scores_and_probabilities, input_signature=[images, regions])
         self._masked = None
         if self._score_methods:
             layer_shape = probe.activation_shape
@@ -92,6 +97,7 @@ class Explainer:
                 tf.TensorSpec((height, width, info.channels), tf.float32),
                 tf.TensorSpec((batch_size, *grid), tf.float32),
                 tf.TensorSpec((), tf.int32),
+                tf.TensorSpec(info.output_grid, tf.float32),
             ])
 
     @property
@@ -99,12 +105,12 @@ class Explainer:
         """The model the maps are computed on (its layers are the loaded model's own)."""
         return self._probe
 
-    def _predict_and_cams(self, images: tf.Tensor, requested: tf.Tensor):
+    def _predict_and_cams(self, images: tf.Tensor, requested: tf.Tensor, regions: tf.Tensor):
         with tf.GradientTape() as tape:
             if self._gradient_methods:
                 tape.watch(images)
             outputs = self._probe(images, training=False)
-            scores, probabilities = self._scores(outputs["logits"])
+            scores, probabilities = self._scores(outputs["logits"], regions)
             classes = _chosen_classes(scores, requested)
             explained = tf.gather(scores, classes, batch_dims=1)
         activations = self._on_grid(outputs["activations"]) if "activations" in outputs else None
@@ -142,45 +148,68 @@ class Explainer:
         rows, columns = self._info.token_grid
         return tf.reshape(tensor[:, self._info.extra_tokens:, :], (-1, rows, columns, tensor.shape[-1]))
 
-    def _score_masked(self, image: tf.Tensor, channel_maps: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
+    def _score_masked(self, image: tf.Tensor, channel_maps: tf.Tensor, target: tf.Tensor,
+                      region: tf.Tensor) -> tf.Tensor:
         """Upsample each map to the input size (bilinear, half-pixel centres), min-max it to
         [0, 1] (a flat map becomes 0), mask the image with it and return ``target``'s
-        probability: the explained output's activation, as Score-CAM's Algorithm 1 scores."""
+        probability: the explained output's activation, as Score-CAM's Algorithm 1 scores (a
+        segmentation's over ``region``)."""
         height, width = self._info.input_size
         masks = tf.image.resize(channel_maps[..., None], (height, width), method="bilinear")
         low = tf.reduce_min(masks, axis=(1, 2, 3), keepdims=True)
         span = tf.reduce_max(masks, axis=(1, 2, 3), keepdims=True) - low
         masks = tf.where(span > 0, (masks - low) / tf.where(span > 0, span, 1.0), 0.0)
-        scores, probabilities = self._scores(self._probe.logits(image[None] * masks))
+        regions = tf.broadcast_to(region, (tf.shape(masks)[0], *self._info.output_grid))
+        scores, probabilities = self._scores(self._probe.logits(image[None] * masks), regions)
         return explained_measure(scores, probabilities, self._info)[:, target]
 
-    def _scores(self, logits: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        return class_scores(tf.cast(logits, tf.float32), self._info, self._sign)
+    def _scores(self, logits: tf.Tensor, regions: tf.Tensor | None) -> tuple[tf.Tensor, tf.Tensor]:
+        """(scores, probabilities), (B, classes): a segmentation's per-pixel ones summed (scores)
+        and averaged (probabilities) over each image's region of ``regions`` (B, h, w) in
+        [0, 1]; the whole output grid when ``regions`` is None."""
+        scores, probabilities = class_scores(tf.cast(logits, tf.float32), self._info, self._sign)
+        if self._info.kind != "segmentation":
+            return scores, probabilities
+        if regions is None:
+            regions = tf.ones(tf.shape(scores)[:3], tf.float32)
+        area = tf.maximum(tf.reduce_sum(regions, axis=(1, 2)), 1.0)[:, None]
+        return (tf.einsum("bhwk,bhw->bk", scores, regions),
+                tf.einsum("bhwk,bhw->bk", probabilities, regions) / area)
 
-    def _scores_and_probabilities(self, images: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        return self._scores(self._probe.logits(images))
+    def _scores_and_probabilities(self, images: tf.Tensor, regions: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """Scores and probabilities (a segmentation's over ``regions``), and a segmentation's
+        per-pixel probabilities (B, h, w, classes) (nothing for other kinds)."""
+        logits = tf.cast(self._probe.logits(images), tf.float32)
+        scores, probabilities = self._scores(logits, regions)
+        pixels = (class_scores(logits, self._info)[1] if self._info.kind == "segmentation" else tf.zeros((0,)))
+        return scores, probabilities, pixels
 
-    def probabilities(self, images: np.ndarray) -> np.ndarray:
+    def probabilities(self, images: np.ndarray, regions: np.ndarray | None = None) -> np.ndarray:
         """(n, classes) float32 probabilities of up to ``batch_size`` (n, H, W, C) model inputs,
-        as the explained images' are computed (the final activation of the explained output)."""
-        return self.predict(images).probabilities
+        as the explained images' are computed (the final activation of the explained output; a
+        segmentation's mean over each image's region of ``regions``, (n, h, w))."""
+        return self.predict(images, regions).probabilities
 
-    def predict(self, images: np.ndarray) -> BatchExplanation:
+    def predict(self, images: np.ndarray, regions: np.ndarray | None = None) -> BatchExplanation:
         """The prediction alone of up to ``batch_size`` (n, H, W, C) model inputs: scores,
-        probabilities and each image's best class, no maps."""
+        probabilities (a segmentation's over ``regions``, by default the whole image) and each
+        image's best class, no maps."""
         count = len(images)
-        scores, probabilities = self._predict(tf.constant(_padded(images.astype(np.float32), self.batch_size, 0.0)))
+        scores, probabilities, pixels = self._predict(tf.constant(_padded(images.astype(np.float32), self.batch_size, 0.0)),
+                                                      tf.constant(self._regions(count, regions)))
         scores = scores.numpy()[:count]
-        return BatchExplanation(probabilities.numpy()[:count], scores, np.argmax(scores, axis=-1), {})
+        return BatchExplanation(probabilities.numpy()[:count], scores, np.argmax(scores, axis=-1), {},
+                                pixels.numpy()[:count] if self._info.kind == "segmentation" else None)
 
-    def _score_gradient(self, images: tf.Tensor, classes: tf.Tensor) -> tf.Tensor:
+    def _score_gradient(self, images: tf.Tensor, classes: tf.Tensor, regions: tf.Tensor) -> tf.Tensor:
         with tf.GradientTape() as tape:
             tape.watch(images)
-            scores, _ = self._scores(self._probe.logits(images))
+            scores, _ = self._scores(self._probe.logits(images), regions)
             explained = tf.gather(scores, classes, batch_dims=1)
         return tape.gradient(explained, images)
 
-    def explain(self, images: np.ndarray, target: Target = BEST, on_stage: StageCallback = _untold) -> BatchExplanation:
+    def explain(self, images: np.ndarray, target: Target = BEST, on_stage: StageCallback = _untold,
+                regions: np.ndarray | None = None) -> BatchExplanation:
         """Explain up to ``batch_size`` images.
 
         Args:
@@ -189,23 +218,28 @@ class Explainer:
                 or a class per image.
             on_stage: told as each stage (the prediction with every CAM method, then each other
                 method) starts and ends.
+            regions: a segmentation's (n, h, w) float32 region per image on its output grid, in
+                [0, 1]; the class's scores are summed over it. None: the whole grid.
         """
         count = len(images)
         batch = _padded(images.astype(np.float32), self.batch_size, 0.0)
         wanted = np.concatenate([target.requested(count), BEST.requested(self.batch_size - count)])
+        areas = self._regions(count, regions)
         with self._stage(on_stage, tuple(self._cam_methods), self._step):
             (probabilities, scores, classes, cam_maps, activations, attention, attention_gradients,
-             at_images) = self._step(tf.constant(batch), tf.constant(wanted))
+             at_images) = self._step(tf.constant(batch), tf.constant(wanted), tf.constant(areas))
             raw = {name: m.numpy() for name, m in cam_maps.items()}
         if self._gradient_methods:
-            context = GradientContext(batch, classes.numpy(), self._options, self._gradient_at(classes),
+            context = GradientContext(batch, classes.numpy(), self._options, self._gradient_at(classes, areas),
                                       at_images.numpy())
             for name, method in self._gradient_methods.items():
                 with self._stage(on_stage, (name,), self._input_gradient):
                     raw[name] = method(context)
         if self._score_methods:
-            context = ScoreContext(batch[:count], classes.numpy()[:count], activations.numpy()[:count],
-                                   self._options, self._masked_probabilities)
+            chosen = classes.numpy()
+            context = ScoreContext(batch[:count], chosen[:count], activations.numpy()[:count], self._options,
+                                   lambda position, maps: self._masked_probabilities(
+                                       batch[position], maps, int(chosen[position]), areas[position]))
             for name, method in self._score_methods.items():
                 with self._stage(on_stage, (name,), self._masked):
                     raw[name] = method(context)
@@ -223,8 +257,15 @@ class Explainer:
             maps={name: normalize_maps(raw[name][:count]) for name in raw},
         )
 
-    def explain_each(self, images: np.ndarray, targets: tuple[Target, ...],
-                     on_stage: StageCallback = _untold) -> list[list[Explained]]:
+    def _regions(self, count: int, regions: np.ndarray | None) -> np.ndarray:
+        """(batch_size, h, w) float32: ``regions`` of ``count`` images, the whole grid elsewhere."""
+        areas = np.ones((self.batch_size, *self._info.output_grid), np.float32)
+        if regions is not None:
+            areas[:count] = regions
+        return areas
+
+    def explain_each(self, images: np.ndarray, targets: tuple[Target, ...], on_stage: StageCallback = _untold,
+                     given: list[np.ndarray] | None = None) -> list[list[Explained]]:
         """Explain up to ``batch_size`` images for each of ``targets``: per image, its explained
         targets in target order. A target that applies to the whole batch is one pass; one whose
         classes depend on the prediction (the labels present) first predicts the batch, then
@@ -232,6 +273,8 @@ class Explainer:
 
         Args:
             images: (n, H, W, C) float32 preprocessed model inputs, 1 <= n <= batch_size.
+            given: a segmentation's region of each image from outside the model, on the output
+                grid, for targets that ``needs_given_regions`` (see ``ClassRegions.per_image``).
         """
         explained: list[list[Explained]] = [[] for _ in images]
         for target in targets:
@@ -242,7 +285,7 @@ class Explainer:
                 continue
             prediction = self.predict(images)
             pairs = []
-            for index, chosen in enumerate(target.per_image(prediction.probabilities)):
+            for index, chosen in enumerate(target.per_image(prediction, given)):
                 for each in chosen:
                     if each.explains:
                         pairs.append((index, each))
@@ -251,7 +294,9 @@ class Explainer:
             for start in range(0, len(pairs), self.batch_size):
                 chunk = pairs[start:start + self.batch_size]
                 classes = EachClass(tuple(int(each.requested(1)[0]) for _, each in chunk))
-                explanation = self.explain(images[[index for index, _ in chunk]], classes, on_stage)
+                regions = (np.stack([each.region for _, each in chunk]) if self._info.kind == "segmentation"
+                           else None)
+                explanation = self.explain(images[[index for index, _ in chunk]], classes, on_stage, regions)
                 for position, (index, each) in enumerate(chunk):
                     explained[index].append(Explained(each, explanation, position))
         return explained
@@ -268,19 +313,22 @@ class Explainer:
         yield
         on_stage(methods, False, True)
 
-    def _masked_probabilities(self, image: np.ndarray, channel_maps: np.ndarray, target: int) -> np.ndarray:
-        """``target``'s probabilities for ``image`` under each of ``channel_maps`` (m, h, w), in
-        padded chunks."""
+    def _masked_probabilities(self, image: np.ndarray, channel_maps: np.ndarray, target: int,
+                              region: np.ndarray) -> np.ndarray:
+        """``target``'s probabilities for ``image`` (over ``region``) under each of ``channel_maps``
+        (m, h, w), in padded chunks."""
         scores = []
         for start in range(0, len(channel_maps), self.batch_size):
             chunk = channel_maps[start:start + self.batch_size]
             padded = _padded(chunk.astype(np.float32), self.batch_size, 0.0)
-            result = self._masked(tf.constant(image), tf.constant(padded), tf.constant(target, tf.int32))
+            result = self._masked(tf.constant(image), tf.constant(padded), tf.constant(target, tf.int32),
+                                  tf.constant(region))
             scores.append(result.numpy()[:len(chunk)])
         return np.concatenate(scores)
 
-    def _gradient_at(self, classes: tf.Tensor) -> Callable[[np.ndarray], np.ndarray]:
-        return lambda inputs: self._input_gradient(tf.constant(inputs, tf.float32), classes).numpy()
+    def _gradient_at(self, classes: tf.Tensor, regions: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+        areas = tf.constant(regions)
+        return lambda inputs: self._input_gradient(tf.constant(inputs, tf.float32), classes, areas).numpy()
 
 
 def _chosen_classes(scores: tf.Tensor, requested: tf.Tensor) -> tf.Tensor:

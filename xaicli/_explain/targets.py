@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -42,11 +43,27 @@ class Target:
         """True when the classes explained are chosen from each image's prediction (``per_image``)."""
         return False
 
-    def per_image(self, probabilities: np.ndarray) -> list[tuple[Target, ...]]:
-        """For a target that ``depends_on_prediction``: given the batch's (n, classes)
-        probabilities, each image's targets (each explaining one class, or one that explains
-        nothing)."""
+    def per_image(self, prediction: Prediction, given: list[np.ndarray] | None = None) -> list[tuple[Target, ...]]:
+        """For a target that ``depends_on_prediction``: given the batch's prediction (its
+        ``probabilities`` (n, classes), a segmentation's ``pixels`` (n, h, w, classes)) and, for
+        one that ``needs_given_regions``, each image's region from outside the model, each
+        image's targets (each explaining one class, or one ``Nothing``)."""
         raise TypeError(f"{type(self).__name__} applies to the whole batch at once")
+
+    @property
+    def needs_given_regions(self) -> bool:
+        """True when each image's regions come from outside the model (a truth mask, a box)."""
+        return False
+
+    @property
+    def region_pixels(self) -> int | None:
+        """A segmentation target's region size, in pixels of the output grid; None for others."""
+        return None
+
+    @property
+    def outline(self) -> np.ndarray | None:
+        """The region drawn over the overlays, (h, w) on the output grid; None for others."""
+        return None
 
     @property
     def explains(self) -> bool:
@@ -129,11 +146,11 @@ class Label(Target):
 
 
 @dataclass(frozen=True)
-class NoLabel(Target):
-    """An image on which a multi-label model finds no label at or above the threshold: one row
-    that says so, and no map."""
+class Nothing(Target):
+    """An image with nothing to explain (no label present, no class in its mask): one row that
+    says ``reason``, and no map."""
 
-    threshold: float
+    reason: str
 
     @property
     def explains(self) -> bool:
@@ -162,9 +179,119 @@ class PresentLabels(Target):
     def requested(self, count: int) -> np.ndarray:
         raise TypeError("PresentLabels depends on each image's prediction: ask per_image")
 
-    def per_image(self, probabilities: np.ndarray) -> list[tuple[Target, ...]]:
+    def per_image(self, prediction: Prediction, given: list[np.ndarray] | None = None) -> list[tuple[Target, ...]]:
+        nothing = Nothing(f"no label reached the threshold {self.threshold:g}: nothing to explain")
         return [tuple(Label(int(index), self.tags[index]) for index in np.flatnonzero(row >= self.threshold))
-                or (NoLabel(self.threshold),) for row in probabilities]
+                or (nothing,) for row in prediction.probabilities]
+
+
+@dataclass(frozen=True, eq=False)
+class Region(Target):
+    """One class of a segmentation, explained over a region of one image: its scores summed
+    over ``region`` (h, w) float32 in [0, 1] on the output grid (Seg-Grad-CAM)."""
+
+    index: int
+    region_tag: str
+    region: np.ndarray
+
+    @property
+    def tag(self) -> str:
+        return self.region_tag
+
+    @property
+    def region_pixels(self) -> int:
+        return int(np.count_nonzero(self.region > 0.5))
+
+    @property
+    def outline(self) -> np.ndarray:
+        return self.region
+
+    def requested(self, count: int) -> np.ndarray:
+        return np.full(count, self.index, np.int32)
+
+
+REGION_SOURCES = {
+    "predicted": "each class over the pixels the model predicts as it",
+    "truth": "each class over its pixels in the image's --truth-masks label map (pixel values are classes)",
+    "box:X0,Y0,X1,Y1": "each class the model predicts inside the box (original pixels), over the whole box",
+}
+
+
+@dataclass(frozen=True)
+class ClassRegions(Target):
+    """A segmentation's classes, each over a region (Vinogradova et al. 2020): every class but
+    ``background`` present in the image's predicted mask, or only ``class_index`` when given.
+    The region is where the class is predicted (``within`` 'predicted'), where the image's
+    label map has it ('truth'), or a box ('box', every class predicted inside it). A pixel's
+    predicted class is the most probable one; with ``independent`` channels (several sigmoids)
+    a pixel belongs to every class at or above ``threshold``. ``tags`` names each class's files."""
+
+    tags: tuple[str, ...]
+    background: int | None = 0
+    class_index: int | None = None
+    independent: bool = False
+    threshold: float = 0.5
+    within: str = "predicted"
+
+    @property
+    def possible_tags(self) -> tuple[str, ...]:
+        return tuple(tag for index, tag in enumerate(self.tags) if index != self.background)
+
+    @property
+    def depends_on_prediction(self) -> bool:
+        return True
+
+    @property
+    def needs_given_regions(self) -> bool:
+        return self.within != "predicted"
+
+    def requested(self, count: int) -> np.ndarray:
+        raise TypeError("ClassRegions depends on each image's prediction: ask per_image")
+
+    def per_image(self, prediction: Prediction, given: list[np.ndarray] | None = None) -> list[tuple[Target, ...]]:
+        """``given``: with ``within`` 'truth', each image's (h, w) int label map on the output grid
+        (-1 where unknown); with 'box', each image's (h, w) float32 box region."""
+        predicted = predicted_masks(prediction.pixels, self.independent, self.threshold)
+        return [self._regions(predicted[index], given[index] if given is not None else None) or
+                (Nothing(self._nothing_reason()),) for index in range(len(predicted))]
+
+    def _regions(self, predicted: np.ndarray, given: np.ndarray | None) -> tuple[Region, ...]:
+        """One image's regions, from its (h, w, classes) predicted mask and its given region."""
+        classes = predicted.shape[-1]
+        wanted = [self.class_index] if self.class_index is not None else [
+            index for index in range(classes) if index != self.background]
+        if self.within == "truth":
+            masks = given[..., None] == np.arange(classes)
+        elif self.within == "box":
+            inside = given > 0.5
+            return tuple(Region(index, self.tags[index], given) for index in wanted
+                         if self.class_index is not None or predicted[inside, index].any())
+        else:
+            masks = predicted
+        return tuple(Region(index, self.tags[index], masks[..., index].astype(np.float32))
+                     for index in wanted if masks[..., index].any())
+
+    def _nothing_reason(self) -> str:
+        which = f"class {self.class_index}" if self.class_index is not None else "no class but the background"
+        where = {"predicted": "in the predicted mask", "truth": "in the truth mask",
+                 "box": "predicted inside the box"}[self.within]
+        return f"{which} {where}: nothing to explain"
+
+
+def predicted_masks(pixels: np.ndarray, independent: bool, threshold: float) -> np.ndarray:
+    """(n, h, w, classes) bool: each pixel's class from its (n, h, w, classes) probabilities,
+    the most probable one (ties: the lower index); with ``independent`` channels, every class
+    at or above ``threshold``."""
+    if independent:
+        return pixels >= threshold
+    return np.argmax(pixels, axis=-1)[..., None] == np.arange(pixels.shape[-1])
+
+
+class Prediction(Protocol):
+    """What ``per_image`` reads of a batch's prediction."""
+
+    probabilities: np.ndarray  # (n, classes)
+    pixels: np.ndarray | None  # a segmentation's (n, h, w, classes) per-pixel probabilities
 
 
 BEST = TopClass()
@@ -182,11 +309,17 @@ def label_tags(labels: tuple[str, ...], count: int) -> tuple[str, ...]:
 
 
 def targets_of(target: str, top_k: int, class_index: int | None, kind: str = "classifier",
-               threshold: float = 0.5, tags: tuple[str, ...] = ()) -> tuple[Target, ...]:
+               threshold: float = 0.5, tags: tuple[str, ...] = (), background: int | None = 0,
+               independent: bool = False, region: str = "predicted") -> tuple[Target, ...]:
     """The targets of ``--target`` (``auto``, ``predicted``, ``topk`` or ``positive``), ``--top-k``
     and ``--class``'s index, for an output of ``kind``: each of the top ``top_k`` classes, the
     labels present at ``threshold`` (named by ``tags``; ``auto`` on a multi-label model without
-    ``--class``), the class given, or each image's best."""
+    ``--class``), a segmentation's classes over their predicted pixels (all but ``background``,
+    or the class given; each over the region ``region`` (``REGION_SOURCES``) says), the class
+    given, or each image's best."""
+    if kind == "segmentation":
+        within = "box" if region.startswith("box:") else region
+        return (ClassRegions(tags, background, class_index, independent, threshold, within),)
     if target == "topk":
         return tuple(RankedClass(place, top_k) for place in range(1, top_k + 1))
     if target == "positive" or (target == "auto" and kind == "multilabel" and class_index is None):

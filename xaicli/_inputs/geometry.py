@@ -92,6 +92,50 @@ def fit_view(image_size: tuple[int, int], size: tuple[int, int], resize: str = "
     raise ValueError(f"unknown resize mode {resize!r}")
 
 
+def grid_points(view: View, grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Where each cell of an output grid over the model input lies in the original image: the
+    (x, y) of its centre in original pixels, each (gh, gw) float64; NaN for a cell in letterbox
+    padding. ``view`` is of the image at its original size; ``grid`` is (gh, gw)."""
+    rows, columns = grid
+    left, top, right, bottom = view.placed
+    seen_left, seen_top, seen_right, seen_bottom = view.seen
+    across = ((np.arange(columns) + 0.5) / columns - left) / (right - left)
+    down = ((np.arange(rows) + 0.5) / rows - top) / (bottom - top)
+    across = np.where((across >= 0) & (across < 1), across, np.nan)
+    down = np.where((down >= 0) & (down < 1), down, np.nan)
+    x = seen_left + across * (seen_right - seen_left)
+    y = seen_top + down * (seen_bottom - seen_top)
+    return np.broadcast_to(x, grid), np.broadcast_to(y[:, None], grid)
+
+
+def box_region(view: View, grid: tuple[int, int], box: tuple[float, float, float, float]) -> np.ndarray:
+    """(gh, gw) float32 in {0, 1}: the cells of an output grid whose centres fall in ``box``
+    (x0, y0, x1, y1 in original pixels, the far edges excluded); a box smaller than a cell
+    takes the cell under its centre."""
+    x, y = grid_points(view, grid)
+    x0, y0, x1, y1 = box
+    with np.errstate(invalid="ignore"):
+        inside = (x >= x0) & (x < x1) & (y >= y0) & (y < y1)
+        if not inside.any():
+            distance = (x - (x0 + x1) / 2) ** 2 + (y - (y0 + y1) / 2) ** 2
+            inside = np.zeros(grid, bool)
+            if np.isfinite(distance).any():
+                inside[np.unravel_index(np.nanargmin(distance), grid)] = True
+    return inside.astype(np.float32)
+
+
+def sampled_labels(labels: np.ndarray, view: View, image_size: tuple[int, int],
+                   grid: tuple[int, int]) -> np.ndarray:
+    """(gh, gw) int64: the label map ``labels`` (any (h, w) size, stretched over an image of
+    ``image_size`` (height, width)) read at each output-grid cell's centre (nearest); -1 for a
+    cell in letterbox padding."""
+    x, y = grid_points(view, grid)
+    finite = np.isfinite(x) & np.isfinite(y)
+    rows = np.clip((np.nan_to_num(y) * labels.shape[0] / image_size[0]).astype(np.int64), 0, labels.shape[0] - 1)
+    columns = np.clip((np.nan_to_num(x) * labels.shape[1] / image_size[1]).astype(np.int64), 0, labels.shape[1] - 1)
+    return np.where(finite, labels[rows, columns].astype(np.int64), -1)
+
+
 def _letterbox_box(image_size: tuple[int, int], size: tuple[int, int]) -> tuple[int, int, int, int]:
     """(left, top, width, height) in model-input pixels of the image scaled to fit inside
     ``size`` with its aspect ratio kept, centred."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .kinds import IMAGE_LEVEL, detected_kind
+from .kinds import detected_kind
 
 
 @dataclass(frozen=True)
@@ -49,8 +49,9 @@ class OutputInfo:
 
     @property
     def explainable(self) -> bool:
-        """An image-level (N, units) output has a score to explain; feature maps do not."""
-        return self.kind in IMAGE_LEVEL
+        """An (N, units) or per-pixel (N, h, w, C) output has a score to explain; a token
+        sequence does not."""
+        return self.kind is not None
 
     @property
     def units(self) -> int:
@@ -89,6 +90,19 @@ class ModelInfo:
 
     @property
     def num_classes(self) -> int:
-        """Classes (labels, values) a user can ask for; a binary output has two (0 = negative,
-        1 = positive)."""
-        return 2 if self.kind == "binary" else self.units
+        """Classes (labels, values) a user can ask for; a binary output, and a one-channel
+        sigmoid segmentation, has two (0 = negative or background, 1 = positive)."""
+        return 2 if self.units == 1 and (self.kind == "binary" or self.per_pixel_sigmoid) else self.units
+
+    @property
+    def per_pixel_sigmoid(self) -> bool:
+        """A segmentation whose channels are sigmoids: independent per pixel, not competing."""
+        return self.kind == "segmentation" and self.final_activation == "sigmoid"
+
+    @property
+    def output_grid(self) -> tuple[int, int]:
+        """(height, width) of a segmentation's output (its stride may be > 1); (1, 1) for other kinds."""
+        if self.kind != "segmentation":
+            return (1, 1)
+        shape = next(o.shape for o in self.outputs if o.head_path == self.head_path)
+        return int(shape[1]), int(shape[2])

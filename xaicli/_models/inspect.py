@@ -182,25 +182,28 @@ def _patch_grid(tokens: int, size: tuple[int, int]) -> tuple[int, int] | None:
 
 def choose_output(outputs: tuple[OutputInfo, ...], spec: str) -> tuple[OutputInfo, str]:
     """The output to explain and why: 'auto' takes the only (N, units) output, or the first of
-    several; an index or a head layer's name or path takes that output, which must be one."""
+    several, or, without one, the first per-pixel (N, h, w, C) output; an index or a head
+    layer's name or path takes that output, which must be one of them."""
     explainable = [o for o in outputs if o.explainable]
     listing = "; ".join(o.describe() for o in outputs)
     if spec == AUTO_OUTPUT:
         if not explainable:
-            raise ModelError(f"the model has no output shaped (N, units) to explain; its outputs: {listing}. "
-                             "xai explains classifiers, multi-label and regression heads: save the model with its head")
-        chosen = explainable[0]
+            raise ModelError(f"the model has no output shaped (N, units) or (N, H, W, C) to explain; its outputs: "
+                             f"{listing}. Save the model with its head")
+        image_level = [o for o in explainable if len(o.shape) == 2]
+        candidates, shape = (image_level, "(N, units)") if image_level else (explainable, "(N, h, w, C)")
+        chosen = candidates[0]
         if len(outputs) == 1:
             return chosen, "the model's only output"
-        if len(explainable) == 1:
-            return chosen, f"the only (N, units) output of {len(outputs)}"
-        return chosen, f"the first of {len(explainable)} (N, units) outputs; choose another with --output"
+        if len(candidates) == 1:
+            return chosen, f"the only {shape} output of {len(outputs)}"
+        return chosen, f"the first of {len(candidates)} {shape} outputs; choose another with --output"
     chosen = _named_output(outputs, spec)
     if chosen is None:
         raise UsageError(f"--output {spec!r} does not name an output; the model has {listing}")
     if not chosen.explainable:
         choices = ", ".join(o.describe() for o in explainable) or "(none)"
-        raise UsageError(f"--output {spec!r} is {chosen.describe()}, not an output shaped (N, units); "
+        raise UsageError(f"--output {spec!r} is {chosen.describe()}, not an output shaped (N, units) or (N, h, w, C); "
                          f"outputs that can be explained: {choices}")
     return chosen, "as requested"
 

@@ -22,7 +22,7 @@ def detected_kind(shape: tuple[int | None, ...], activation: str) -> tuple[str, 
     'sigmoid' or 'linear'), and why; None for an output that is neither (N, units) nor
     (N, H, W, C), such as a token sequence."""
     if len(shape) == 4 and shape[-1] is not None:
-        return "segmentation", f"a per-pixel {activation} output of {shape[-1]} channel(s)"
+        return "segmentation", f"a per-pixel {activation} output of {shape[-1]} channel{'s' if shape[-1] != 1 else ''}"
     if len(shape) != 2 or shape[1] is None:
         return None
     units = int(shape[1])

@@ -63,17 +63,30 @@ def _end_of_last_conv_block(info: ModelInfo) -> tuple[LayerInfo, str] | None:
     """The structural pick of ``auto_layer`` with its reason, or None (no convolution feeds the
     explained output, or no layer after it lies on every path to that output)."""
     convolutions = [l for l in info.layers if l.is_convolution and l.is_feature_map and l.path in info.feeds_output]
+    stop, before = len(info.layers), ""
+    classifier = _pixel_classifier(info, convolutions)
+    if classifier is not None:  # explaining the class scores at the layer that computes them shows nothing new
+        stop, before = info.layers.index(classifier), f", before the per-pixel classifier {classifier.path}"
+        convolutions = convolutions[:-1]
     if not convolutions:
         return None
     last = convolutions[-1]
     start = info.layers.index(last)
-    ends = [l for l in info.layers[start:]
+    ends = [l for l in info.layers[start:stop]
             if l.path in info.on_every_path and l.is_feature_map and l.output_shape[1:3] == last.output_shape[1:3]]
     if not ends:
         return None
     if ends[-1] is last:
-        return last, "the last convolution: every path to the output passes here"
-    return ends[-1], f"end of the last conv block (after {last.path}): every path to the output passes here"
+        return last, f"the last convolution{before}: every path to the output passes here"
+    return ends[-1], f"end of the last conv block (after {last.path}{before}): every path to the output passes here"
+
+
+def _pixel_classifier(info: ModelInfo, convolutions: list[LayerInfo]) -> LayerInfo | None:
+    """A segmentation's last convolution when it gives the class channels (its 1x1 classifier)."""
+    if info.kind != "segmentation" or not convolutions:
+        return None
+    last = convolutions[-1]
+    return last if last.output_shape[-1] == info.units else None
 
 
 def is_token_layer(layer: LayerInfo, info: ModelInfo) -> bool:

@@ -113,19 +113,21 @@ def class_scores(logits: tf.Tensor, info: ModelInfo, sign: float = 1.0) -> tuple
     """Per-class scores to explain and what the table reports, by the output's kind.
 
     Args:
-        logits: (N, units) pre-activation outputs.
+        logits: (N, units) pre-activation outputs; a segmentation's (N, h, w, channels).
         sign: a regression's direction: 1 explains what increases the value, -1 what decreases it.
 
     Returns:
-        (scores, reported), both (N, classes). A classifier: logits and softmax probabilities.
-        Binary (one unit) becomes two classes: scores (-z, z), probabilities (1 - s, s).
-        Multi-label: logits and each label's sigmoid. Regression: ``sign`` x the pre-activation
-        value, and the values the model outputs (its own sigmoid applied, if it has one).
+        (scores, reported), both (N, classes), a segmentation's (N, h, w, classes). A
+        classifier: logits and softmax probabilities. Binary (one unit) becomes two classes:
+        scores (-z, z), probabilities (1 - s, s). Multi-label: logits and each label's sigmoid.
+        Regression: ``sign`` x the pre-activation value, and the values the model outputs (its
+        own sigmoid applied, if it has one). A segmentation, per pixel, as a classifier (softmax
+        or logits), a binary output (one sigmoid channel) or a multi-label one (several).
     """
-    if info.kind == "binary":
+    if info.kind == "binary" or (info.per_pixel_sigmoid and info.units == 1):
         scores = tf.concat([-logits, logits], axis=-1)
         return scores, tf.sigmoid(scores)
-    if info.kind == "multilabel":
+    if info.kind == "multilabel" or info.per_pixel_sigmoid:
         return logits, tf.sigmoid(logits)
     if info.kind == "regression":
         return sign * logits, tf.sigmoid(logits) if info.final_activation == "sigmoid" else logits
@@ -133,7 +135,8 @@ def class_scores(logits: tf.Tensor, info: ModelInfo, sign: float = 1.0) -> tuple
 
 
 def explained_measure(scores: tf.Tensor, reported: tf.Tensor, info: ModelInfo) -> tf.Tensor:
-    """What Score-CAM weighs a mask by: the class's probability, or a regression's signed score."""
+    """What Score-CAM weighs a mask by: the class's probability (a segmentation's, its mean over
+    the region), or a regression's signed score."""
     return scores if info.kind == "regression" else reported
 
 
@@ -218,7 +221,9 @@ def _call(layer: keras.layers.Layer, *args: Any, prefix: str, plan: _Plan, level
     path = prefix + layer.name
     if isinstance(layer, (keras.Sequential, Functional)):
         outputs = _thread(layer, args[0], path + "/", plan, level)
-        out = outputs[0] if len(outputs) == 1 else outputs
+        # Several outputs go back in the nested model's own structure: a dict of pyramid levels
+        # (keras-hub's backbones) read by key must not be read by position.
+        out = outputs[0] if len(outputs) == 1 else keras.tree.pack_sequence_as(layer.output, outputs)
     else:
         level.inputs_of[path] = _producers(args, kwargs, level)
         out = layer(*args, **kwargs)

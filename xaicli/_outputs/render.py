@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Union
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from .._inputs.geometry import VIEWING_SIDE, View, output_size, shown_at, view_at
 from . import colormap_data
@@ -159,7 +159,7 @@ Original = Union[np.ndarray, Image.Image]  # (H, W, 3) uint8, or an RGB picture 
 
 
 def draw_overlay(image: Original, heatmap: np.ndarray, alpha: float, lut: np.ndarray,
-                 view: View | None = None) -> Drawing:
+                 view: View | None = None, outline: np.ndarray | None = None) -> Drawing:
     """A coloured heatmap blended over an image at the image's own size.
 
     Args:
@@ -168,6 +168,8 @@ def draw_overlay(image: Original, heatmap: np.ndarray, alpha: float, lut: np.nda
         alpha: weight of the heatmap colour, in [0, 1]; 0 shows only the image.
         lut: (256, 3) uint8 colormap.
         view: how the model input was cut from the image; None = stretched.
+        outline: a region (h', w') in [0, 1] on the model's output grid, drawn as its outline
+            (``OUTLINE_COLOUR``); None draws none.
 
     Returns:
         (H, W, 3) strips: ``(1 - alpha) * image + alpha * colour``, rounded half up; the image
@@ -179,14 +181,42 @@ def draw_overlay(image: Original, heatmap: np.ndarray, alpha: float, lut: np.nda
     def strips() -> Iterator[np.ndarray]:
         for rows in _strips(*size):
             values = upsample(heatmap, size, view, rows)
-            yield _blended(_cropped(picture, rows), values, _coloured(values, lut), alpha)
+            yield _with_outline(_blended(_cropped(picture, rows), values, _coloured(values, lut), alpha),
+                                outline, size, view, rows)
 
     return Drawing(size[0], size[1], 3, strips())
 
 
-def overlay(image: Original, heatmap: np.ndarray, alpha: float, lut: np.ndarray, view: View | None = None) -> np.ndarray:
+OUTLINE_COLOUR = (255, 255, 255)
+
+
+def _with_outline(strip: np.ndarray, region: np.ndarray | None, size: tuple[int, int], view: View | None,
+                  rows: slice) -> np.ndarray:
+    """``strip`` (rows of an image of ``size``) with the outline of ``region`` (on the model's
+    output grid, put back onto the image as the map is) drawn over it: the region's pixels
+    within ``outline_width(size)`` of its edge. The image's own border is no edge."""
+    if region is None:
+        return strip
+    width = outline_width(size)
+    first, last = max(0, rows.start - width), min(size[0], rows.stop + width)
+    values = upsample(region, size, view, slice(first, last))
+    inside = np.nan_to_num(values, nan=0.0) > 0.5
+    padded = Image.fromarray(np.pad(inside, width, mode="edge").astype(np.uint8) * 255, mode="L")
+    kept = np.asarray(padded.filter(ImageFilter.MinFilter(2 * width + 1)))[width:-width, width:-width] > 0
+    edge = (inside & ~kept)[rows.start - first:rows.stop - first]
+    strip[edge] = OUTLINE_COLOUR
+    return strip
+
+
+def outline_width(size: tuple[int, int]) -> int:
+    """Pixels of an outline on an image of ``size``: 1 up to 400 pixels on the long side, then wider."""
+    return max(1, round(max(size) / 400))
+
+
+def overlay(image: Original, heatmap: np.ndarray, alpha: float, lut: np.ndarray, view: View | None = None,
+            outline: np.ndarray | None = None) -> np.ndarray:
     """``draw_overlay`` as one (H, W, 3) uint8 array."""
-    return draw_overlay(image, heatmap, alpha, lut, view).pixels()
+    return draw_overlay(image, heatmap, alpha, lut, view, outline).pixels()
 
 
 def _picture(image: Original) -> Image.Image:
@@ -234,9 +264,10 @@ def heatmap_image(heatmap: np.ndarray, size: tuple[int, int], view: View | None 
 
 
 def draw_panel(image: Original, heatmap: np.ndarray, alpha: float, lut: np.ndarray, caption: str,
-               view: View | None = None) -> Drawing:
+               view: View | None = None, outline: np.ndarray | None = None) -> Drawing:
     """Original | coloured heatmap | overlay, side by side at the image's size, over a caption bar.
-    Parts of the image the model never saw are mid gray in the heatmap pane.
+    Parts of the image the model never saw are mid gray in the heatmap pane; ``outline`` is
+    drawn on the overlay pane (see ``draw_overlay``).
 
     Returns:
         (H + bar, 3 W, 3) strips, where bar = max(16, H // 10) rows of white with ``caption`` in black.
@@ -250,8 +281,8 @@ def draw_panel(image: Original, heatmap: np.ndarray, alpha: float, lut: np.ndarr
             values = upsample(heatmap, (height, width), view, rows)
             colour = _coloured(values, lut)  # upsampled and coloured once for both panes
             original = _cropped(picture, rows)
-            yield np.concatenate([np.asarray(original), np.asarray(colour), _blended(original, values, colour, alpha)],
-                                 axis=1)
+            blended = _with_outline(_blended(original, values, colour, alpha), outline, (height, width), view, rows)
+            yield np.concatenate([np.asarray(original), np.asarray(colour), blended], axis=1)
         yield from _caption_bar(caption, 3 * width, bar)
 
     return Drawing(height + bar, 3 * width, 3, strips())
@@ -282,19 +313,20 @@ Shrunk = Callable[[tuple[int, int]], tuple[Image.Image, View]]  # (height, width
 
 
 def draw_kind(kind: str, image: Image.Image, view: View, heatmap: np.ndarray, alpha: float, lut: np.ndarray,
-              caption: str, max_size: int | None, small: Shrunk | None = None) -> Drawing:
+              caption: str, max_size: int | None, small: Shrunk | None = None,
+              outline: np.ndarray | None = None) -> Drawing:
     """One image output of ``heatmap`` over ``image`` (the original at its output size, and the
     model's ``view`` of it): the overlay at ``image``'s size; the heatmap (grayscale) and the panel
     (image | heatmap | overlay, ``caption`` below) at most ``VIEWING_SIDE`` on their long side
     unless ``max_size`` was given. ``small`` shrinks ``image`` with its view (cached by callers
-    that draw several kinds)."""
+    that draw several kinds). ``outline``: a segmentation's region, outlined on the overlays."""
     size = (image.height, image.width)
     viewing = output_size(size, None if max_size else VIEWING_SIDE)
     if kind == "overlay":
-        return draw_overlay(image, heatmap, alpha, lut, view)
+        return draw_overlay(image, heatmap, alpha, lut, view, outline)
     if kind == "heatmap":
         return draw_heatmap(heatmap, viewing, view_at(view, size, viewing))
     if kind == "panel":
         picture, picture_view = (small or (lambda at: shown_at(image, view, at)))(viewing)
-        return draw_panel(picture, heatmap, alpha, lut, caption, picture_view)
+        return draw_panel(picture, heatmap, alpha, lut, caption, picture_view, outline)
     raise ValueError(f"not a picture kind: {kind!r} (one of {', '.join(PICTURE_KINDS)})")

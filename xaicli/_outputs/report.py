@@ -209,7 +209,9 @@ def _cards(records: list[dict[str, object]], options: dict, out_dir: Path, kind:
         if status == "skipped" and card.status == "ok" and not card.maps:
             card.status = "skipped"
         card.note = card.note or str(record.get("note") or "")
-        if not card.labels and not card.chips:
+        if kind == "segmentation":
+            _region(card, record, str(options.get("methods", [""])[0]))
+        elif not card.labels and not card.chips:
             _predicted(card, record, kind)
         output = str(record.get("output") or "")
         if output:
@@ -234,6 +236,16 @@ def _predicted(card: Card, record: dict[str, object], kind: str) -> None:
         probabilities = unit_values(record, "prob")
         card.labels = list(split_labels(str(record.get("positive") or "")))
         card.chips = [f"{label} {probabilities[label]:.2f}" if label in probabilities else label for label in card.labels]
+
+
+def _region(card: Card, record: dict[str, object], method: str) -> None:
+    """A segmentation's explained class on the card (once, from the rows of ``method``): its
+    name and its region's size."""
+    if record.get("method") != method or record.get("class_index") in (None, ""):
+        return
+    label = str(record.get("class_label") or f"class {record.get('class_index')}")
+    card.labels.append(label)
+    card.chips.append(f"{label} {record.get('region_pixels')} px")
 
 
 def _truth_value(cell: object) -> bool | None:

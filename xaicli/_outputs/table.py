@@ -43,6 +43,7 @@ class Row:
     figures: dict[str, float | bool] = field(default_factory=dict)  # metric name -> value (FIGURE_COLUMNS)
     units: tuple[float, ...] = ()  # every label's probability (multi-label) or every unit's value (regression)
     positive: tuple[str, ...] = ()  # multi-label: the labels at or above the threshold (names, or indices)
+    region_pixels: int | None = None  # segmentation: the explained region's size on the output grid
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ PER_UNIT = {"prob": "every label's probability (multi-label)", "value": "every u
 class Layout:
     """The columns of a run's table beyond the fixed ones (``COLUMNS``): ``top_k`` ranked classes,
     true labels (``truth``), ``figures`` (names of ``FIGURE_COLUMNS``), the explained class's rank
-    (``ranked``, for ``--target topk``), and a column per unit of a multi-label model (``per_unit``
+    (``ranked``, for ``--target topk``), a segmentation's region size (``regions``), and a column per unit of a multi-label model (``per_unit``
     'prob', with its ``positive`` labels) or a regression ('value'), named by ``units``. JSON
     Lines holds the units as one object column (``probs`` or ``values``), CSV as a column each
     (``prob_<unit>``, ``value_<unit>``, or ``value`` for a single value)."""
@@ -73,11 +74,13 @@ class Layout:
     ranked: bool = False
     per_unit: str = ""
     units: tuple[str, ...] = ()
+    regions: bool = False  # a segmentation: each row's region size (region_pixels)
 
     @property
     def columns(self) -> tuple[str, ...]:
         """Every column, in order."""
         return (_with_rank(COLUMNS, self.ranked) + (("positive",) if self.per_unit == "prob" else ())
+                + ((REGION_COLUMN,) if self.regions else ())
                 + (TRUTH_COLUMNS if self.truth else ()) + tuple(FIGURE_COLUMNS[f] for f in self.figures)
                 + self.unit_columns + top_columns(self.top_k))
 
@@ -97,6 +100,8 @@ class Layout:
         values: dict[str, object] = {c: getattr(row, c) for c in _with_rank(COLUMNS, self.ranked)}
         if self.per_unit == "prob":
             values["positive"] = ";".join(row.positive) if row.status == "ok" and row.units else ""
+        if self.regions:
+            values[REGION_COLUMN] = row.region_pixels
         values.update({c: getattr(row, c) for c in (TRUTH_COLUMNS if self.truth else ())})
         values.update({FIGURE_COLUMNS[f]: row.figures.get(f) for f in self.figures})
         values.update(self._unit_cells(row))
@@ -118,8 +123,9 @@ class Layout:
 
 TRUTH_COLUMNS = ("true_label", "correct")
 RANK_COLUMN = "rank"
+REGION_COLUMN = "region_pixels"
 COLUMNS = tuple(f.name for f in fields(Row)
-                if f.name not in ("top", "figures", "units", "positive", RANK_COLUMN, *TRUTH_COLUMNS))
+                if f.name not in ("top", "figures", "units", "positive", RANK_COLUMN, REGION_COLUMN, *TRUTH_COLUMNS))
 FIGURE_COLUMNS = {"deletion": "deletion_auc", "insertion": "insertion_auc", "pointing": "pointing_hit",
                   "energy": "energy_in", "iou": "iou"}
 

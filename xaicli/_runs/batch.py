@@ -7,15 +7,18 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .._errors import ImageError, UsageError
 from .._explain.explainer import Explained
 from .._inputs.geometry import drawn_picture, to_model_input
 from .._outputs.table import row_record
 from . import rows
 from .config import ExplainOptions
 from .decisions import Prepared, chosen_targets
+from .regions import given_region
 
 if TYPE_CHECKING:
     from .._api import Explanation, Picture
+    from .._models.info import ModelInfo
 
 NON_FINITE = "the model produced non-finite scores (NaN or inf) for this image"
 
@@ -27,16 +30,32 @@ def explain_pictures(prepared: Prepared, options: ExplainOptions, pictures: list
 
     info = prepared.info
     _, targets = chosen_targets(options, prepared.labels, info)
+    if options.region == "truth":
+        raise UsageError("region='truth' reads each image's label map from a run's --truth-masks; here give the "
+                         "region as region='box:X0,Y0,X1,Y1', or explain the files with xaicli.run")
     batch_size = prepared.explainer.batch_size
     explained: list[list[Explained]] = []
     for start in range(0, len(pictures), batch_size):
         chunk = pictures[start:start + batch_size]
         inputs = np.stack([to_model_input(p.picture, info.input_size, info.channels, prepared.scaling, options.resize)
                            for p in chunk])
-        explained += prepared.explainer.explain_each(inputs, targets)
+        given = [_given_box(options, info, p, start + position) for position, p in enumerate(chunk)]
+        explained += prepared.explainer.explain_each(inputs, targets, given=given if given[0] is not None else None)
     views = [drawn_picture(p.picture, info.input_size, options.resize, options.max_size) for p in pictures]
     return Explanation(prepared, options, pictures, explained, _records(prepared, options, pictures, explained), views,
                        per_image=any(target.depends_on_prediction for target in targets))
+
+
+def _given_box(options: ExplainOptions, info: ModelInfo, picture: Picture, position: int) -> np.ndarray | None:
+    """The ``region`` box of a segmentation on the output grid of ``picture``, the ``position``-th
+    image; None for other regions and models."""
+    if info.kind != "segmentation":
+        return None
+    try:
+        return given_region(options.region, info, None, None, (picture.picture.height, picture.picture.width),
+                            options.resize)
+    except ImageError as exc:
+        raise ImageError(f"image {position} ({picture.name}): {exc}") from None
 
 
 def _records(prepared: Prepared, options: ExplainOptions, pictures: list[Picture],
@@ -52,9 +71,10 @@ def _records(prepared: Prepared, options: ExplainOptions, pictures: list[Picture
                     row = rows.error_row(prepared, picture.name, method, NON_FINITE)
                 elif not each.target.explains:
                     row = rows.nothing_row(prepared, each.explanation, each.index, method, name=picture.name,
-                                           note=picture.note)
+                                           reason=each.target.reason, note=picture.note)
                 else:
                     row = rows.explained_row(prepared, each.explanation, each.index, method, name=picture.name,
-                                             note=picture.note, rank=each.target.rank, top_k=options.top_k)
+                                             note=picture.note, rank=each.target.rank, top_k=options.top_k,
+                                             region_pixels=each.target.region_pixels)
                 records.append(row_record(row, layout))
     return records

@@ -26,6 +26,7 @@ from .._inputs.stacks import parse_slices
 from .._outputs.naming import IMAGE_FORMATS, SAVE_KINDS, table_path
 from .._outputs.render import COLORMAPS
 from .._outputs.table import TABLE_FORMATS
+from .regions import parse_region
 
 AUTO = "auto"
 CUSTOM = "custom"
@@ -57,6 +58,8 @@ class _Explaining:
     target: str = AUTO  # TARGETS: predicted, topk (each of the top_k classes), positive (labels over threshold)
     threshold: float | None = None  # multi-label: a label is present at this probability (None: DEFAULT_THRESHOLD)
     sign: str | None = None  # regression: explain what increases (positive, the default) or decreases the value
+    background: str | None = None  # segmentation: the class not explained (index, label or 'none'; None: auto)
+    region: str = "predicted"  # segmentation: where a class's scores are summed (targets.REGION_SOURCES)
     top_k: int = 0  # extra table columns for the K best classes
     batch_size: int = 16
     alpha: float = 0.4
@@ -119,6 +122,7 @@ class _Explaining:
             raise UsageError(f"--threshold must be between 0 and 1, got {self.threshold}")
         if self.sign is not None and self.sign not in SIGNS:
             raise UsageError(f"unknown --sign {self.sign!r}; choose from {', '.join(SIGNS)}")
+        parse_region(self.region)
 
         for _method, option in METHOD_OPTIONS:
             option.check(getattr(self, option.name))

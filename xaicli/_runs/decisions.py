@@ -191,8 +191,23 @@ def chosen_targets(options: ExplainOptions, labels: tuple[str, ...],
         raise UsageError(f"--top-k {options.top_k} is more than the model's {info.num_classes} classes")
     target_class = resolve_class(options.target_class, labels, info.num_classes)
     threshold = DEFAULT_THRESHOLD if options.threshold is None else options.threshold
+    independent = info.per_pixel_sigmoid and info.units > 1
     return target_class, targets_of(options.target, options.top_k, target_class, info.kind, threshold,
-                                    label_tags(labels, info.num_classes))
+                                    label_tags(labels, info.num_classes), background_class(options, labels, info),
+                                    independent, options.region)
+
+
+def background_class(options: ExplainOptions, labels: tuple[str, ...], info: ModelInfo) -> int | None:
+    """A segmentation's class that is not explained (``--background``): an index, a label or
+    'none'; by default 0, except for independent sigmoid channels, which have none."""
+    if options.background is None:
+        return None if info.per_pixel_sigmoid and info.units > 1 else 0
+    if options.background.strip().lower() == "none":
+        return None
+    try:
+        return resolve_class(options.background, labels, info.num_classes)
+    except UsageError as error:
+        raise UsageError(str(error).replace("--class", "--background", 1)) from None
 
 
 def check_kind_options(options: ExplainOptions, info: ModelInfo) -> None:
@@ -201,12 +216,21 @@ def check_kind_options(options: ExplainOptions, info: ModelInfo) -> None:
     kind = f"this model's output is {info.kind} ({info.kind_reason})"
     if options.sign is not None and info.kind != "regression":
         raise UsageError(f"--sign says which way a regression's value is explained; {kind}")
-    if info.kind != "multilabel" and (options.threshold is not None or options.target == "positive"):
+    independent = info.kind == "multilabel" or (info.per_pixel_sigmoid and info.units > 1)
+    if not independent and (options.threshold is not None or options.target == "positive"):
         given = "--threshold" if options.threshold is not None else "--target positive"
-        raise UsageError(f"{given} goes with a multi-label model (several sigmoid units); {kind}; "
-                         "say --kind multilabel if its units are independent labels")
+        raise UsageError(f"{given} goes with a multi-label model (several sigmoid units, or sigmoid channels of a "
+                         f"segmentation); {kind}; say --kind multilabel if its units are independent labels")
     if info.kind == "regression" and (options.target == "topk" or options.top_k):
         raise UsageError(f"--top-k ranks classes by probability; {kind}: explain one of its values with --class")
+    if info.kind == "segmentation" and (options.target in ("topk", "positive") or options.top_k):
+        given = f"--target {options.target}" if options.target in ("topk", "positive") else "--top-k"
+        raise UsageError(f"{given} ranks an image's classes; {kind}, whose classes are explained over their "
+                         "regions: each class in the predicted mask, or the one --class names")
+    if options.background is not None and info.kind != "segmentation":
+        raise UsageError(f"--background names the class a segmentation does not explain; {kind}")
+    if options.region != "predicted" and info.kind != "segmentation":
+        raise UsageError(f"--region says where a segmentation's class is explained; {kind}")
 
 
 def check_run_kind_options(config: RunConfig, info: ModelInfo, dynamic_targets: bool) -> None:
@@ -214,8 +238,12 @@ def check_run_kind_options(config: RunConfig, info: ModelInfo, dynamic_targets: 
     kind = f"this model's output is {info.kind} ({info.kind_reason})"
     if info.kind == "regression" and config.metrics:
         raise UsageError(f"--metrics {','.join(config.metrics)} follow a class's probability; {kind}, which has none")
-    if info.kind == "regression" and config.true_labels is not None:
-        raise UsageError(f"--true-labels gives classes; {kind}, whose values are not compared with true values")
+    if info.kind in ("regression", "segmentation") and config.true_labels is not None:
+        compared = "values" if info.kind == "regression" else "masks"
+        raise UsageError(f"--true-labels gives an image's classes; {kind}, whose {compared} are not compared with them")
+    if config.region == "truth" and config.truth_masks is None:
+        raise UsageError("--region truth takes each image's regions from --truth-masks: give the folder of label "
+                         "maps (PNGs whose pixel values are the classes, mirroring the inputs)")
     if dynamic_targets and config.existing == "skip":
         raise UsageError("--skip-existing cannot know which labels an image's files are for before the model "
                          "predicts it; continue a stopped run with --resume, or replace the outputs with --overwrite")

@@ -18,15 +18,16 @@ from .decisions import Prepared
 
 def explained_row(prepared: Prepared, explanation: BatchExplanation, index: int, method: str, *, name: str,
                   note: str = "", output: str = "", rank: int | None = None, top_k: int = 0,
-                  figures: dict[str, float | bool] | None = None, true_label: str | None = None) -> Row:
+                  figures: dict[str, float | bool] | None = None, true_label: str | None = None,
+                  region_pixels: int | None = None) -> Row:
     """The ``ok`` row of image ``index`` of a batch's ``explanation`` by ``method``: its prediction,
     the explained class and its score, its ``top_k`` best classes, and every label's probability
-    (multi-label) or every value (regression). ``true_label``: with ``--true-labels``, the
-    image's ('' when it has none)."""
+    (multi-label) or every value (regression); a segmentation's class over its region of
+    ``region_pixels``. ``true_label``: with ``--true-labels``, the image's ('' when it has none)."""
     reported = explanation.probabilities[index]
     explained = int(explanation.classes[index])
     regression = prepared.info.kind == "regression"
-    predicted = None if regression else predicted_class(explanation, index)
+    predicted = None if regression or prepared.info.kind == "segmentation" else predicted_class(explanation, index)
     return Row(
         input=name,
         status="ok",
@@ -48,17 +49,17 @@ def explained_row(prepared: Prepared, explanation: BatchExplanation, index: int,
         figures=figures or {},
         units=tuple(float(value) for value in reported) if _per_unit(prepared) else (),
         positive=positive_labels(prepared, explanation, index),
+        region_pixels=region_pixels,
     )
 
 
 def nothing_row(prepared: Prepared, explanation: BatchExplanation, index: int, method: str, *, name: str,
-                note: str = "", true_label: str | None = None) -> Row:
-    """The row of an image on which a multi-label model finds no label at or above the
-    threshold: its prediction and every label's probability, no explained class and no map."""
+                reason: str, note: str = "", true_label: str | None = None) -> Row:
+    """The row of an image with nothing to explain (``reason``: no label present, no class in
+    its mask): its prediction (every label's probability), no explained class and no map."""
     row = explained_row(prepared, explanation, index, method, name=name, true_label=true_label)
-    said = f"no label reached the threshold {threshold(prepared):g}: nothing to explain"
     return replace(row, class_index=None, class_label="", class_prob=None, class_score=None,
-                   note=f"{note}; {said}" if note else said)
+                   note=f"{note}; {reason}" if note else reason)
 
 
 def error_row(prepared: Prepared, name: str, method: str, error: str, true_label: str | None = None) -> Row:
@@ -89,7 +90,7 @@ def _predicted_names(prepared: Prepared, explanation: BatchExplanation, index: i
     predicted class's name (or index) of a classifier; None for a regression."""
     if prepared.info.kind == "multilabel":
         return positive_labels(prepared, explanation, index)
-    if prepared.info.kind == "regression":
+    if prepared.info.kind in ("regression", "segmentation"):
         return None
     predicted = predicted_class(explanation, index)
     return (predicted_name(class_label(prepared, predicted), predicted),)
@@ -105,7 +106,8 @@ def positive_labels(prepared: Prepared, explanation: BatchExplanation, index: in
 
 
 def threshold(prepared: Prepared) -> float:
-    """The probability at which a multi-label model's label is present (``--threshold``)."""
+    """The probability at which a multi-label model's label (a sigmoid segmentation's class) is
+    present (``--threshold``)."""
     given = prepared.config.threshold
     return DEFAULT_THRESHOLD if given is None else given
 
@@ -124,6 +126,8 @@ def caption(prepared: Prepared, explanation: BatchExplanation, index: int) -> st
         return f"{unit} {reported[explained]:.5g}{lowers}"
     if kind == "multilabel":
         return f"{name(explained)} {reported[explained]:.2f}"
+    if kind == "segmentation":
+        return f"{name(explained)} region, mean {reported[explained]:.2f}"
     predicted = predicted_class(explanation, index)
     text = f"{name(predicted)} {reported[predicted]:.2f}"
     return text if explained == predicted else f"{text}; explaining {name(explained)}"
@@ -162,7 +166,8 @@ def table_layout(prepared: Prepared, options: ExplainOptions, table_format: str 
     """The columns of the table of ``prepared``'s model explained as ``options`` say."""
     per_unit = _per_unit(prepared)
     return Layout(table_format=table_format, top_k=options.top_k, truth=truth, figures=figures,
-                  ranked=options.target == "topk", per_unit=per_unit, units=unit_names(prepared) if per_unit else ())
+                  ranked=options.target == "topk", per_unit=per_unit, units=unit_names(prepared) if per_unit else (),
+                  regions=prepared.info.kind == "segmentation")
 
 
 def layer_label(prepared: Prepared, method: str) -> str:

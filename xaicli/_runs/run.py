@@ -20,6 +20,7 @@ from .._outputs.report import write_report, write_summary
 from .config import RunConfig
 from .lock import output_lock
 from .options import as_fields, existing_mode
+from .regions import check_box_on_first_image
 
 if TYPE_CHECKING:
     from .decisions import Prepared
@@ -136,6 +137,7 @@ def _locked_run(config: RunConfig, watch: Watch, stop: Callable[[], str | None])
 
     prepared = prepare(config)
     check_existing(config, _images(config), prepared.output_tags)
+    check_box_on_first_image(config.region, _images(config), config.max_pixels, config.intensity)
     watch.note(f"{total} images; {_choices(prepared)}")
     _pillow_pixel_limit(config.max_pixels)
     return_large_blocks_to_the_system()
@@ -160,7 +162,11 @@ def _choices(prepared: Prepared) -> str:
     from .rows import threshold
 
     kind = f"; {info.kind} ({info.kind_reason})"
-    if prepared.dynamic_targets:
+    if info.kind == "segmentation":
+        kind += {"predicted": ", explaining each class in the predicted mask over its pixels",
+                 "truth": ", explaining each class in the truth mask over its pixels"}.get(
+            prepared.config.region, f", explaining each class predicted inside {prepared.config.region} over the box")
+    elif prepared.dynamic_targets:
         kind += f", explaining each label at or above {threshold(prepared):g}"
     return f"{target}{explained}{kind}; preprocess {prepared.preprocess} ({prepared.preprocess_reason})"
 

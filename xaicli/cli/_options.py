@@ -11,6 +11,7 @@ import click
 from .._errors import XaiError
 from .._evaluation.faithfulness import PERTURBATION_METRICS
 from .._explain.registry import METHOD_OPTIONS
+from .._explain.targets import REGION_SOURCES
 from .._inputs.geometry import RESIZE_MODES
 from .._inputs.intensity import KINDS
 from .._inputs.nifti import SLICE_AXES, SLICE_AXIS_HELP
@@ -180,6 +181,12 @@ RUN_OPTIONS = [
     click.option("--sign", type=click.Choice(list(SIGNS)),
                  help="Regression models: explain " + "; ".join(f"{k}: {v}" for k, v in SIGNS.items())
                       + " [default: positive]."),
+    click.option("--background", metavar="INDEX|LABEL|none",
+                 help="Segmentation models: the class whose region is not explained (every other class in the "
+                      "predicted mask gets a map) [default: 0; none for independent sigmoid channels]."),
+    click.option("--region", default="predicted", show_default=True, metavar="predicted|truth|box:X0,Y0,X1,Y1",
+                 help="Segmentation models: where each class's scores are summed: "
+                      + "; ".join(f"{k}: {v}" for k, v in REGION_SOURCES.items()) + "."),
     click.option("--labels", type=click.Path(dir_okay=False, path_type=Path),
                  help="Class names: a text file with one per line, or a JSON list or index->name object."),
     click.option("-b", "--batch-size", type=int, default=16, show_default=True,

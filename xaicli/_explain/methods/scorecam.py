@@ -32,10 +32,10 @@ def scorecam(context: ScoreContext) -> np.ndarray:
         (B, h, w) maps on the layer's grid, >= 0, not yet normalized.
     """
     maps = []
-    for image, activations, target in zip(context.images, context.activations, context.classes):
+    for position, activations in enumerate(context.activations):
         channels = _chosen_channels(activations, context.options.scorecam_max_channels)
         chosen = activations[:, :, channels]
-        probabilities = context.masked_probabilities(image, np.moveaxis(chosen, -1, 0), int(target))
+        probabilities = context.masked_probabilities(position, np.moveaxis(chosen, -1, 0))
         weights = np.exp(probabilities - probabilities.max())
         maps.append(np.maximum(chosen @ (weights / weights.sum()), 0.0))
     return np.stack(maps).astype(np.float32)

@@ -188,10 +188,13 @@
       node.append(maps);
     }
     node.append(element("div", "path", card.input));
-    if (card.chips.length || (data.run.kind === "multilabel" && card.status === "ok")) {
+    const explainsSets = ["multilabel", "segmentation"].includes(data.run.kind);
+    if (card.chips.length || (explainsSets && card.status === "ok")) {
       const chips = element("div", "prediction chips");
       for (const chip of card.chips) chips.append(element("span", "chip", chip));
-      if (!card.chips.length) chips.append(element("span", "none", "no label present"));
+      if (!card.chips.length) {
+        chips.append(element("span", "none", data.run.kind === "segmentation" ? "no class in the mask" : "no label present"));
+      }
       node.append(chips);
     } else if (card.pred_prob !== null) {
       node.append(element("div", "prediction", `${card.pred_label} ${card.pred_prob.toFixed(3)}`));
