@@ -344,3 +344,53 @@ def test_a_stopped_multilabel_run_resumed_ends_as_a_whole_one(heads, pictures, t
     assert files(tmp_path / "whole") == files(tmp_path / "parts")
     assert ((tmp_path / "whole" / "predictions.csv").read_text().replace("whole", "X")
             == (tmp_path / "parts" / "predictions.csv").read_text().replace("parts", "X"))
+
+
+@pytest.mark.architectures
+def test_a_densenet121_with_fourteen_findings_explains_each_finding_present(tmp_path):
+    """CheXNet's shape: DenseNet121 (weights=None) nested as a backbone, average pooling, 14
+    sigmoid findings. The labels explained are those over the threshold by the model's own
+    probabilities, and each map is Grad-CAM of its finding's logit at the auto layer."""
+    import keras
+    import tensorflow as tf
+    from PIL import Image
+
+    keras.utils.set_random_seed(14)
+    backbone = keras.applications.DenseNet121(weights=None, include_top=False, input_shape=(64, 64, 3))
+    inputs = keras.Input((64, 64, 3))
+    findings = keras.layers.Dense(14, activation="sigmoid", name="findings")(
+        keras.layers.GlobalAveragePooling2D()(backbone(inputs)))
+    keras.Model(inputs, findings).save(tmp_path / "chexnet.keras")
+    rng = np.random.default_rng(14)
+    (tmp_path / "xrays").mkdir()
+    for index in range(3):
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "xrays" / f"x{index}.png")
+    model = keras.models.load_model(tmp_path / "chexnet.keras")
+    images = _inputs(tmp_path / "xrays")
+    probabilities = model(images).numpy()
+    threshold = float(np.median(probabilities))  # about half the findings of each image present
+    out = tmp_path / "out"
+    result = xai("run", tmp_path / "chexnet.keras", tmp_path / "xrays", "-o", out, "--preprocess", "unit",
+                 "--threshold", str(threshold), "--save", "raw", "-q")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["resolved"]["kind"] == "multilabel"
+    layer = manifest["resolved"]["layer"]
+    assert layer.startswith(f"{backbone.name}/")
+    inner = model.get_layer(backbone.name)
+    features = keras.Model(inner.inputs, inner.get_layer(layer.split("/", 1)[1]).output)
+    head = model.get_layer("findings")
+    rows = _rows(out / "predictions.csv")
+    for index, path in enumerate(sorted((tmp_path / "xrays").glob("*.png"))):
+        present = list(np.flatnonzero(probabilities[index] >= threshold))
+        mine = [r for r in rows if r["input"] == str(path)]
+        assert [int(r["class_index"]) for r in mine] == present and present
+        for unit in present:
+            with tf.GradientTape() as tape:
+                activations = features(images[index:index + 1])
+                tape.watch(activations)
+                logit = (tf.matmul(tf.reduce_mean(activations, axis=(1, 2)), head.kernel) + head.bias)[0, unit]
+            gradients = tape.gradient(logit, activations).numpy()[0]
+            cam = np.maximum((gradients.mean(axis=(0, 1)) * activations.numpy()[0]).sum(-1), 0)
+            reference = (cam - cam.min()) / (cam.max() - cam.min())
+            np.testing.assert_allclose(np.load(out / f"{path.name}.gradcam.label{unit:02d}.npy"), reference, atol=1e-4)

@@ -405,9 +405,14 @@ def test_the_page_shows_each_image_s_classes_and_region_sizes(models, doubled, t
         (images / path.name).write_bytes(path.read_bytes())
     Image.new("RGB", (64, 64)).save(images / "zz_black.png")  # no shape: nothing but background
     out = tmp_path / "out"
-    result = xai("run", models["trained"], images, "-o", out, "--labels", _labels(tmp_path), "-q")
+    result = xai("run", models["trained"], images, "-o", out, "--labels", _labels(tmp_path), "--summary",
+                 tmp_path / "summary.md", "-q")
     assert result.exit_code == 0, result.output
     rows = _rows(out / "predictions.csv")
+    summary = (tmp_path / "summary.md").read_text()
+    first = [r for r in rows if r["input"] == str(images / paths[0].name) and r["class_index"]]
+    assert "| image | classes explained (region) |" in summary
+    assert ", ".join(f"{r['class_label']} {r['region_pixels']} px" for r in first) in summary
     page, cards, _, errors = _page_cards(browser, out)
     assert errors == []
     for card in cards:
@@ -418,3 +423,25 @@ def test_the_page_shows_each_image_s_classes_and_region_sizes(models, doubled, t
     loaded = page.eval_on_selector_all("#gallery .card img", "images => images.map(i => i.naturalWidth)")
     assert loaded and all(width > 0 for width in loaded)
     page.close()
+
+
+def test_a_stopped_run_over_truth_regions_resumed_ends_as_a_whole_one(models, doubled, tmp_path):
+    import xaicli
+
+    paths, _ = doubled
+    options = {"save": ["overlay", "raw"], "batch_size": 1, "report": False, "region": "truth",
+               "truth_masks": paths[0].parent.parent / "masks"}
+    whole = xaicli.run(models["trained"], paths[0].parent, tmp_path / "whole", **options)
+    asked = []
+    stopped = xaicli.run(models["trained"], paths[0].parent, tmp_path / "parts", **options,
+                         stop=lambda: asked.append(1) or ("SIGINT" if len(asked) > 2 else None))
+    assert stopped.status == "stopped by SIGINT" and 0 < stopped.done < len(paths)
+    resumed = xaicli.run(models["trained"], paths[0].parent, tmp_path / "parts", **options, resume=True)
+    assert resumed.counts["resumed"] == stopped.done and whole.exit_status == resumed.exit_status == 0
+
+    def files(out):
+        return {p.name: p.read_bytes() for p in out.iterdir() if p.suffix in (".png", ".npy")}
+
+    assert files(tmp_path / "whole") == files(tmp_path / "parts")
+    assert ((tmp_path / "whole" / "predictions.csv").read_text().replace("whole", "X")
+            == (tmp_path / "parts" / "predictions.csv").read_text().replace("parts", "X"))

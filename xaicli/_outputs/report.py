@@ -99,9 +99,10 @@ def write_summary(out_dir: Path, path: Path) -> Path:
     shown = _worth_a_look(cards)
     if shown:
         truth = any(card.true_label for card in cards)
-        several = resolved.get("kind") in ("multilabel", "regression")
-        heading = {"multilabel": "| image | labels present |", "regression": "| image | values |"}.get(
-            resolved.get("kind"), "| image | predicted | probability |")
+        chip_headings = {"multilabel": "| image | labels present |", "regression": "| image | values |",
+                         "segmentation": "| image | classes explained (region) |"}
+        several = resolved.get("kind") in chip_headings
+        heading = chip_headings.get(resolved.get("kind"), "| image | predicted | probability |")
         lines += ["", heading + (" true |" if truth else ""),
                   "| --- " * heading.count("|", 1) + "|" + (" --- |" if truth else "")]
         for card in shown:
@@ -142,7 +143,7 @@ def _is_shared(path: Path) -> bool:
 
 def _worth_a_look(cards: list[Card]) -> list[Card]:
     """Misclassified images first, then the least confident, ``SUMMARY_IMAGES`` at most; for a
-    regression (no probabilities), the first images."""
+    regression or a segmentation (no probability per image), the first images."""
     if all(card.pred_prob is None for card in cards):
         return [card for card in cards if card.chips][:SUMMARY_IMAGES]
     predicted = [card for card in cards if card.pred_prob is not None]
