@@ -368,7 +368,11 @@ def sanity(model: str | os.PathLike, inputs: str | os.PathLike | Sequence[str | 
     items = list(itertools.islice(discover(config.inputs, exclude=[config.out_dir]), max_images))
     if not items:
         raise UsageError(f"no images found in {', '.join(map(str, config.inputs))}")
-    return check(prepare(config), items, steps, config.out_dir)
+    prepared = prepare(config)
+    if prepared.info.takes_volumes:
+        raise UsageError("xai sanity on a 3-D model is not supported yet: it randomizes a 2-D model's layers over "
+                         "images; run xai run on its volumes")
+    return check(prepared, items, steps, config.out_dir)
 
 
 def _model_source(model: str | os.PathLike | keras.Model) -> Any:

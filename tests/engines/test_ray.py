@@ -73,6 +73,18 @@ def _same_outputs(first: Path, second: Path) -> None:
     assert _table(first) == _table(second)
 
 
+def _same_on_both_engines(model: Path, inputs: Path, out: Path, *options: object) -> Path:
+    """``xai run`` of ``inputs`` on the local engine and on two Ray replicas, batches of 2, into
+    OUT/local and OUT/ray: both succeed with the same files and table; OUT/local is returned."""
+    runs = {engine: out / engine for engine in ("local", "ray")}
+    for engine, folder in runs.items():
+        result = xai("run", model, inputs, "-o", folder, *options, "-b", "2", "--engine", engine,
+                     *(("--workers", 2) if engine == "ray" else ()))
+        assert result.exit_code == 0, result.output
+    _same_outputs(runs["local"], runs["ray"])
+    return runs["local"]
+
+
 @pytest.fixture(scope="module")
 def sample_runs(ray_cluster, tiny_model, tmp_path_factory) -> tuple[Path, Path, Path]:
     """Three images, a broken file and a 6-slice volume (for a mosaic), explained by each engine
@@ -312,15 +324,9 @@ def test_a_multilabel_model_gives_the_same_labels_and_files_on_both_engines(ray_
         Image.effect_mandelbrot((16 + 4 * index, 16), (-2 + index / 4, -1.2, 0.8, 1.2), 50).convert("RGB").save(
             scans / f"m{index}.png")
     _volume(scans)
-    runs = {engine: tmp_path / engine for engine in ("local", "ray")}
-    for engine, out in runs.items():
-        result = xai("run", model, scans, "-o", out, "--threshold", "0.5", "--save", "overlay,raw", "-b", "2",
-                     "--engine", engine, *(("--workers", 2) if engine == "ray" else ()))
-        assert result.exit_code == 0, result.output
-    _same_outputs(runs["local"], runs["ray"])
-    rows = _table(runs["local"]).splitlines()
-    assert len(rows) > 1 + 5 + 6  # some image or slice has several labels present
-    assert list((runs["local"]).glob("brain.nii.gz.gradcam.label*.mosaic.png"))
+    local = _same_on_both_engines(model, scans, tmp_path, "--threshold", "0.5", "--save", "overlay,raw")
+    assert len(_table(local).splitlines()) > 1 + 5 + 6  # some image or slice has several labels present
+    assert list(local.glob("brain.nii.gz.gradcam.label*.mosaic.png"))
 
 
 @pytest.mark.parametrize("region", ["predicted", "box:2,2,20,30"])
@@ -333,10 +339,23 @@ def test_a_segmentation_gives_the_same_regions_and_files_on_both_engines(ray_clu
     _unet(3, "softmax", 5).save(model)
     images, _ = _shapes(5, 11)
     _save(images, tmp_path / "images")
-    runs = {engine: tmp_path / engine for engine in ("local", "ray")}
-    for engine, out in runs.items():
-        result = xai("run", model, tmp_path / "images", "-o", out, "--region", region, "--save", "overlay,raw",
-                     "-b", "2", "--engine", engine, *(("--workers", 2) if engine == "ray" else ()))
-        assert result.exit_code == 0, result.output
-    _same_outputs(runs["local"], runs["ray"])
-    assert len(_table(runs["local"]).splitlines()) > 1 + 5  # some image has two classes
+    local = _same_on_both_engines(model, tmp_path / "images", tmp_path, "--region", region, "--save", "overlay,raw")
+    assert len(_table(local).splitlines()) > 1 + 5  # some image has two classes
+
+
+def test_a_volume_model_writes_the_same_maps_over_the_scans_on_both_engines(ray_cluster, tmp_path):
+    """A 3-D model's NIfTI maps, planes and mosaics, written by replicas, are the local engine's bytes."""
+    import nibabel
+    import numpy as np
+
+    from ..explain.test_volume_models import _affine, _network, _scan
+
+    model = tmp_path / "cnn3d.keras"
+    _network().save(model)
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    rng = np.random.default_rng(2)
+    for index in range(4):
+        nibabel.save(nibabel.Nifti1Image(_scan(rng, bool(index % 2))[0], _affine()), scans / f"v{index}.nii.gz")
+    local = _same_on_both_engines(model, scans, tmp_path, "--method", "gradcam,scorecam", "--save", "overlay,raw")
+    assert len(list(local.glob("*.nii.gz.*.nii.gz"))) == 8

@@ -96,7 +96,7 @@ def test_layer_choice_by_name_path_and_index(variant_models):
 
 @pytest.mark.parametrize("spec,message", [
     ("nope", "layer 'nope' not found; candidates: base/conv_a, base/conv_b"),
-    ("gap", r"layer 'gap' outputs \(None, 6\), not a 4-D feature map"),
+    ("gap", r"layer 'gap' outputs \(None, 6\), not a feature map \(N, H, W, C\)"),
     ("5", "there are 2 candidate layers"),
 ])
 def test_layer_errors_list_the_candidates(variant_models, spec, message):

@@ -13,10 +13,13 @@ from PIL import Image
 
 from .._budget import MemoryBudget
 from .._errors import ImageError
-from .._inputs.discover import InputImage
+from .._inputs.dicom import dicom_pixel_count
+from .._inputs.discover import InputImage, is_dicom
 from .._inputs.geometry import View, drawn_picture, to_model_input
 from .._inputs.raster import PICTURE_BYTES_PER_PIXEL, decode_bytes, open_image
-from .._inputs.stacks import StackCache
+from .._inputs.nifti import is_nifti_name
+from .._inputs.stacks import StackCache, load_bytes
+from .._inputs.volumes import PlacedScan, fit_volume_view, fitted_volume, read_scan
 from .._outputs.naming import planned_outputs, recorded_outputs
 from .._outputs.table import table_text
 from .._runs.decisions import Prepared
@@ -51,6 +54,7 @@ class Decoded:
     carried: tuple[dict[str, object], ...] = ()  # --resume: the earlier run's rows, outputs all there
     note: str = ""  # what the user should know about how the image was read
     given: np.ndarray | None = None  # a segmentation's region from --region truth or box, on the output grid
+    scan: PlacedScan | None = None  # a 3-D model's volume, and how its model input was cut from it
 
 
 def passable(prepared: Prepared, items: Iterable[InputImage],
@@ -102,6 +106,8 @@ def decode(prepared: Prepared, item: InputImage, may_pass: bool, carried: dict[s
     if earlier or (prepared.config.existing == "skip" and may_pass):
         if outputs_there(prepared, item, earlier):
             return Decoded(item, None, None, skipped=not earlier, carried=tuple(earlier))
+    if info.takes_volumes:
+        return _decoded_volume(prepared, item, workers.budget)
     decoding = _decode_bytes(item)
     with workers.budget.working(decoding):
         try:
@@ -121,6 +127,44 @@ def decode(prepared: Prepared, item: InputImage, may_pass: bool, carried: dict[s
     return Decoded(item, shown if kept else None, model_input, view, note=note, kept=kept,
                     shown_size=(shown.height, shown.width), original_size=original_size, decode_bytes=decoding,
                     given=given)
+
+
+def _decoded_volume(prepared: Prepared, item: InputImage, budget: MemoryBudget) -> Decoded:
+    """A 3-D model's input: a NIfTI volume or a DICOM series read once (RAS, intensities mapped
+    over the whole volume) and resampled to the model's (D, H, W); the scan is held in the
+    budget until its files are written."""
+    config, info = prepared.config, prepared.info
+    if not (item.series or is_nifti_name(item.path.name)):
+        return Decoded(item, None, None, error=_not_a_volume(item, info.input_size))
+    try:
+        with budget.working(_volume_bytes(item)):
+            scan = read_scan(item, prepared.intensity)
+            view = fit_volume_view(scan.shape, info.input_size, config.resize)
+            model_input = prepared.scaling(fitted_volume(scan.values, info.input_size, view)[..., None])
+    except ImageError as exc:
+        return Decoded(item, None, None, error=str(exc))
+    budget.hold(scan.values.nbytes)
+    return Decoded(item, None, model_input.astype(np.float32, copy=False), note=scan.note, kept=scan.values.nbytes,
+                   scan=PlacedScan(scan, view))
+
+
+def _not_a_volume(item: InputImage, size: tuple[int, ...]) -> str:
+    """Why an input is not a volume a 3-D model can take, in one line."""
+    model = f"this model takes volumes ({'x'.join(map(str, size))} voxels)"
+    if is_dicom(item.path):
+        return (f"{model}: a DICOM file is read as a volume with the other slices of its series (single-frame files "
+                "in one folder sharing a SeriesInstanceUID, with ImagePositionPatient, ImageOrientationPatient and "
+                "PixelSpacing); this one has no series to join (multi-frame DICOM volumes are not supported yet)")
+    return f"{model}: give NIfTI files (.nii, .nii.gz) or folders of DICOM series, not {item.path.suffix or 'this file'}"
+
+
+def _volume_bytes(item: InputImage) -> int:
+    """What reading a volume holds at its peak: as a NIfTI stack's (``load_bytes``), or a
+    series' slices as float64 values, their float32 copy and the 8-bit result."""
+    if item.series:
+        files = item.series[1]
+        return dicom_pixel_count(files[0]) * len(files) * (8 + 4 + 2)
+    return load_bytes(item.path)
 
 
 def opened_picture(prepared: Prepared, item: InputImage, stacks: StackCache) -> tuple[Image.Image, str]:

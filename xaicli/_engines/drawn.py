@@ -5,6 +5,7 @@ against the object."""
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -16,10 +17,12 @@ from .._budget import render_estimate
 from .._errors import ImageError
 from .._evaluation.faithfulness import energy_in, iou, pointing_hit
 from .._inputs.geometry import View, drawn_picture, output_size, shown_at
+from .._inputs.volumes import PlacedScan, scan_map
 from .._outputs.mosaic import tile_size
 from .._outputs.render import Shrunk, draw_kind, overlay, upsample
 from .._outputs.report import thumbnail_size
-from .._outputs.writers import write_image, write_npy
+from .._outputs.scans import axial_mosaic, nifti_bytes, ortho_picture, thumbnail_of
+from .._outputs.writers import write_bytes, write_image, write_npy
 from .._runs.decisions import Prepared
 from .decoded import Decoded, Workers, opened_picture
 THUMBNAIL = "thumbnail"  # the report page's small overlay, written beside the --save kinds
@@ -55,6 +58,8 @@ def render_image(prepared: Prepared, decoded: Decoded, jobs: list[Job], workers:
     again when it was not kept. Returns, per job, the outcome: None or the error that kept it
     from being written (a file system error, or the image no longer readable), and its mosaic
     tile when it has one."""
+    if decoded.scan is not None:
+        return _rendered_volume(prepared, decoded, jobs, workers)
     height, width = decoded.shown_size
     estimate = render_estimate((height, width), prepared.config.save, prepared.config.image_format,
                                decoded.decode_bytes if decoded.image is None else 0)
@@ -73,6 +78,47 @@ def render_image(prepared: Prepared, decoded: Decoded, jobs: list[Job], workers:
         return [Outcome(exc)] * len(jobs)
     finally:
         workers.budget.release(decoded.kept)
+
+
+SCAN_RENDER_BYTES_PER_VOXEL = 16  # the map over the scan, its stored-order copy, the NIfTI bytes and their gzip
+
+
+def _rendered_volume(prepared: Prepared, decoded: Decoded, jobs: list[Job], workers: Workers) -> list[Outcome]:
+    """Write a 3-D model's files of one volume (``write_volume_files``) for each job, within the
+    memory budget; the scan held since decoding is given back after."""
+    placed = decoded.scan
+    try:
+        with workers.budget.working(math.prod(placed.scan.shape) * SCAN_RENDER_BYTES_PER_VOXEL):
+            outcomes = []
+            for job in jobs:
+                try:
+                    write_volume_files(prepared, placed, job)
+                    outcomes.append(Outcome(None))
+                except OSError as exc:
+                    outcomes.append(Outcome(exc))
+            return outcomes
+    finally:
+        workers.budget.release(decoded.kept)
+
+
+def write_volume_files(prepared: Prepared, placed: PlacedScan, job: Job) -> None:
+    """One map's files over its scan, as ``job.paths`` names them (``naming.VOLUME_KINDS``):
+    the map resampled onto the scan's voxels and written as NIfTI in the file's own space, the
+    planes through its peak, the axial mosaic, the model-space map and the page's thumbnail."""
+    config, scan = prepared.config, placed.scan
+    values = scan_map(job.heatmap, placed.view, scan.shape)
+    ortho = functools.cache(lambda: ortho_picture(scan, values, config.alpha, prepared.lut, job.caption))
+    for kind, path in job.paths.items():
+        if kind == "scan":
+            write_bytes(path, nifti_bytes(values, scan))
+        elif kind == "raw":
+            write_npy(path, job.heatmap)
+        elif kind == "ortho":
+            write_image(path, ortho(), config.image_format)
+        elif kind == "mosaic":
+            write_image(path, axial_mosaic(scan, values, config.alpha, prepared.lut), config.image_format)
+        elif kind == THUMBNAIL:
+            write_image(path, thumbnail_of(ortho(), thumbnail_size(ortho().shape[:2])), "jpeg")
 
 
 def _written(prepared: Prepared, image: Image.Image, view: View, job: Job, small: Shrunk,

@@ -77,7 +77,9 @@ def explained(prepared: Prepared, items: Iterable[InputImage], carried: Carried,
           ThreadPoolExecutor(threads, thread_name_prefix="xai-write") as writers,
           ThreadPoolExecutor(1, thread_name_prefix="xai-split") as splitter):
         workers = Workers(writers, budget, stacks)
-        parts = chain.from_iterable(_read_ahead(splitter, lambda item: list(stacks.split([item])), items, FILES_AHEAD))
+        # A 3-D model takes each volume whole; a 2-D model its slices.
+        parts = items if prepared.info.takes_volumes else chain.from_iterable(
+            _read_ahead(splitter, lambda item: list(stacks.split([item])), items, FILES_AHEAD))
         decoded = _read_ahead(readers, lambda entry: decode(prepared, *entry, carried, workers),
                               passable(prepared, parts, carried), 2 * config.batch_size)
         mosaics = Mosaics(prepared)
@@ -137,13 +139,17 @@ def _explain_batch(prepared: Prepared, batch: list[Decoded], workers: Workers, w
             failure = f"the model failed on this batch: {first_line(exc)}"
     watch.done()
     position = {id(d): i for i, d in enumerate(good)}
-    return [
+    pending = [
         Pending(d.item, "", skipped=True) if d.skipped
         else Pending(d.item, "", carried=d.carried) if d.carried
         else Pending(d.item, d.error or failure) if d.error or failure
         else _schedule(prepared, d, explained[position[id(d)]], position[id(d)], workers, faithfulness)
         for d in batch
     ]
+    for d, entry in zip(batch, pending):
+        if not any(write.done for write in entry.writes):  # nothing will draw it: what it kept is free
+            workers.budget.release(d.kept)
+    return pending
 
 
 class _BatchWatch:

@@ -80,8 +80,7 @@ class Explainer:
         self._options = options
         self._staged: set[tuple[str, ...]] = set()  # the stages that have run: compiled by now
         self.batch_size = batch_size
-        height, width = info.input_size
-        images = tf.TensorSpec((batch_size, height, width, info.channels), tf.float32)
+        images = tf.TensorSpec((batch_size, *info.input_size, info.channels), tf.float32)
         classes = tf.TensorSpec((batch_size,), tf.int32)
         # A segmentation explains a class's scores summed over a region of its output grid; other
         # kinds take a (1, 1) region that is never read, so every model has the same steps.
@@ -92,9 +91,9 @@ class Explainer:
         self._masked = None
         if self._score_methods:
             layer_shape = probe.activation_shape
-            grid = info.token_grid if len(layer_shape) == 3 else layer_shape[1:3]
+            grid = info.token_grid if len(layer_shape) == 3 else layer_shape[1:-1]
             self._masked = tf.function(self._score_masked, input_signature=[
-                tf.TensorSpec((height, width, info.channels), tf.float32),
+                tf.TensorSpec((*info.input_size, info.channels), tf.float32),
                 tf.TensorSpec((batch_size, *grid), tf.float32),
                 tf.TensorSpec((), tf.int32),
                 tf.TensorSpec(info.output_grid, tf.float32),
@@ -150,14 +149,14 @@ class Explainer:
 
     def _score_masked(self, image: tf.Tensor, channel_maps: tf.Tensor, target: tf.Tensor,
                       region: tf.Tensor) -> tf.Tensor:
-        """Upsample each map to the input size (bilinear, half-pixel centres), min-max it to
-        [0, 1] (a flat map becomes 0), mask the image with it and return ``target``'s
-        probability: the explained output's activation, as Score-CAM's Algorithm 1 scores (a
-        segmentation's over ``region``)."""
-        height, width = self._info.input_size
-        masks = tf.image.resize(channel_maps[..., None], (height, width), method="bilinear")
-        low = tf.reduce_min(masks, axis=(1, 2, 3), keepdims=True)
-        span = tf.reduce_max(masks, axis=(1, 2, 3), keepdims=True) - low
+        """Upsample each map to the input size (bilinear, half-pixel centres; trilinear for a
+        volume), min-max it to [0, 1] (a flat map becomes 0), mask the image with it and return
+        ``target``'s probability: the explained output's activation, as Score-CAM's Algorithm 1
+        scores (a segmentation's over ``region``)."""
+        masks = _resized(channel_maps[..., None], self._info.input_size)
+        positions = tuple(range(1, masks.shape.rank))
+        low = tf.reduce_min(masks, axis=positions, keepdims=True)
+        span = tf.reduce_max(masks, axis=positions, keepdims=True) - low
         masks = tf.where(span > 0, (masks - low) / tf.where(span > 0, span, 1.0), 0.0)
         regions = tf.broadcast_to(region, (tf.shape(masks)[0], *self._info.output_grid))
         scores, probabilities = self._scores(self._probe.logits(image[None] * masks), regions)
@@ -329,6 +328,20 @@ class Explainer:
     def _gradient_at(self, classes: tf.Tensor, regions: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
         areas = tf.constant(regions)
         return lambda inputs: self._input_gradient(tf.constant(inputs, tf.float32), classes, areas).numpy()
+
+
+def _resized(maps: tf.Tensor, size: tuple[int, ...]) -> tf.Tensor:
+    """(m, *size, 1): (m, h, w, 1) maps resized bilinearly, or (m, d, h, w, 1) volumes
+    trilinearly (bilinear over each depth slice, then linear across the slices: the same
+    interpolation, separable), with half-pixel centres."""
+    if len(size) == 2:
+        return tf.image.resize(maps, size, method="bilinear")
+    depth, height, width = size
+    count, slices = tf.shape(maps)[0], maps.shape[1]
+    planes = tf.image.resize(tf.reshape(maps, (-1, *maps.shape[2:])), (height, width), method="bilinear")
+    across = tf.transpose(tf.reshape(planes, (count, slices, height * width, 1)), (0, 2, 1, 3))
+    stretched = tf.image.resize(across, (height * width, depth), method="bilinear")  # rows are kept as they are
+    return tf.reshape(tf.transpose(stretched, (0, 2, 1, 3)), (count, depth, height, width, 1))
 
 
 def _chosen_classes(scores: tf.Tensor, requested: tf.Tensor) -> tf.Tensor:

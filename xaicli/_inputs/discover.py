@@ -53,17 +53,23 @@ class InputImage:
     """One image to explain: where it is, and where it sits in the mirrored output tree.
 
     ``part``: which frame or slice, for files that hold several images. ``error``: why a file
-    could not be split into its images (its row says so).
+    could not be split into its images (its row says so). ``series``: for a DICOM series read as
+    one volume, its SeriesInstanceUID and files; ``path`` is then their folder and ``relative``
+    the folder's, named by the UID.
     """
 
     path: Path
     relative: PurePosixPath
     part: Part | None = None
     error: str = ""
+    series: tuple[str, tuple[Path, ...]] | None = None
 
     @property
     def name(self) -> str:
-        """The input as the table names it: the path, with '#frame=3' or '#z=42' for a part."""
+        """The input as the table names it: the path, with '#frame=3' or '#z=42' for a part,
+        '#series=UID' for a DICOM series."""
+        if self.series:
+            return f"{self.path}#series={self.series[0]}"
         return f"{self.path}#{self.part.label}" if self.part else str(self.path)
 
     @property

@@ -32,6 +32,9 @@ class Volume:
 
     values: np.ndarray
     note: str = ""
+    affine: np.ndarray | None = None  # the file's 4x4 voxel-to-world matrix, for its stored voxel order
+    orientation: np.ndarray | None = None  # the stored axes' way to RAS (nibabel's io_orientation)
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)  # voxel size along i, j, k (RAS), in mm
 
 
 def is_nifti_name(name: str) -> bool:
@@ -51,7 +54,9 @@ def read_volume(path: Path) -> Volume:
         if len(shape) not in (3, 4):
             raise ImageError(f"a NIfTI volume must be 3-D or 4-D; this one is {len(shape)}-D {tuple(shape)}")
         stored = np.asanyarray(image.dataobj[..., 0] if len(shape) == 4 else image.dataobj)
-        values = apply_orientation(stored, io_orientation(image.affine))
+        orientation = io_orientation(image.affine)
+        values = apply_orientation(stored, orientation)
+        zooms = image.header.get_zooms()[:3]
     except ImageError:
         raise
     except (FileNotFoundError, PermissionError) as exc:
@@ -70,7 +75,17 @@ def read_volume(path: Path) -> Volume:
         raise ImageError(f"the volume holds {bad} non-finite voxels (NaN or inf); replace them (e.g. by 0) and run again")
     volumes = shape[3] if len(shape) == 4 else 1
     note = f"4-D volume: explained its first volume of {volumes}" if volumes > 1 else ""
-    return Volume(np.ascontiguousarray(values), note)
+    return Volume(np.ascontiguousarray(values), note, np.asarray(image.affine, np.float64), orientation,
+                  ras_spacing(orientation, zooms))
+
+
+def ras_spacing(orientation: np.ndarray, zooms: tuple[float, ...]) -> tuple[float, float, float]:
+    """The stored axes' voxel sizes, in RAS axis order (1 mm where the header gives none)."""
+    spacing = [1.0, 1.0, 1.0]
+    for stored, (axis, _flip) in enumerate(orientation):
+        if np.isfinite(axis) and zooms[stored] > 0:
+            spacing[int(axis)] = float(zooms[stored])
+    return spacing[0], spacing[1], spacing[2]
 
 
 def volume_voxels(path: Path) -> tuple[int, int]:
@@ -104,3 +119,4 @@ def _nibabel():
     except ImportError:
         raise ImageError(f"reading NIfTI files needs nibabel: {MEDICAL_EXTRA}") from None
     return nibabel
+

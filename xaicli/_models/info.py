@@ -3,6 +3,7 @@ Made by ``inspect``; read by every decision (layer, preprocessing, output) witho
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from .kinds import detected_kind
@@ -23,12 +24,17 @@ class LayerInfo:
 
     @property
     def is_feature_map(self) -> bool:
-        """A 4-D (N, H, W, C) output with more than one spatial position."""
+        """A 4-D (N, H, W, C) output, or a volume model's 5-D (N, D, H, W, C) one, with more than
+        one spatial position."""
         shape = self.output_shape
-        if shape is None or len(shape) != 4:
+        if shape is None or len(shape) not in (4, 5):
             return False
-        height, width = (d if d is not None else 2 for d in shape[1:3])
-        return height * width > 1
+        return math.prod(d if d is not None else 2 for d in shape[1:-1]) > 1
+
+    @property
+    def spatial_shape(self) -> tuple[int | None, ...]:
+        """A feature map's (H, W) or (D, H, W)."""
+        return tuple(self.output_shape[1:-1]) if self.output_shape else ()
 
 
 @dataclass(frozen=True)
@@ -68,7 +74,7 @@ class OutputInfo:
 class ModelInfo:
     """What the rest of the tool needs to know about a loaded model."""
 
-    input_size: tuple[int, int]  # (height, width) fed to the model
+    input_size: tuple[int, ...]  # (height, width) fed to the model; (depth, height, width) for a volume model
     model_name: str  # the outer model's own name (keras.applications models keep theirs, e.g. resnet50)
     channels: int
     layers: tuple[LayerInfo, ...]  # in execution order, inner layers before their model
@@ -87,6 +93,11 @@ class ModelInfo:
     on_every_path: frozenset[str] = frozenset()  # paths every path from the input to that output passes
     kind: str = "classifier"  # what the explained output is (kinds.KINDS)
     kind_reason: str = ""  # why: its shape and activation, or --kind
+
+    @property
+    def takes_volumes(self) -> bool:
+        """A 3-D model: its input is a batch of volumes (N, D, H, W, C)."""
+        return len(self.input_size) == 3
 
     @property
     def num_classes(self) -> int:

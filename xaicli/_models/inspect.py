@@ -23,12 +23,14 @@ CONVOLUTIONS = (
     keras.layers.Conv2DTranspose,
     keras.layers.DepthwiseConv2D,
     keras.layers.SeparableConv2D,
+    keras.layers.Conv3D,
+    keras.layers.Conv3DTranspose,
 )
 PREPROCESSING_LAYERS = (keras.layers.Rescaling, keras.layers.Normalization)
 AUTO_OUTPUT = "auto"  # --output auto: the only, or first, classifier output
 
 
-def open_model(path: Path, *, input_size: tuple[int, int] | None = None, output: str = AUTO_OUTPUT,
+def open_model(path: Path, *, input_size: tuple[int, ...] | None = None, output: str = AUTO_OUTPUT,
                kind: str = AUTO_KIND, unsafe: bool = False,
                custom_objects: str | None = None) -> tuple[keras.Model, ModelInfo]:
     """Load and inspect in one step, as every command does."""
@@ -37,12 +39,13 @@ def open_model(path: Path, *, input_size: tuple[int, int] | None = None, output:
     return model, inspect_model(model, input_size, output, kind)
 
 
-def inspect_model(model: keras.Model, input_size: tuple[int, int] | None = None,
+def inspect_model(model: keras.Model, input_size: tuple[int, ...] | None = None,
                   output: str = AUTO_OUTPUT, kind: str = AUTO_KIND) -> ModelInfo:
     """Trace the model once, symbolically, and describe its input, layers and outputs.
 
     Args:
-        input_size: (height, width) for models whose input size is not fixed.
+        input_size: (height, width), or a volume model's (depth, height, width), for models whose
+            input size is not fixed.
         output: which output to explain: 'auto' (the only, or first, (N, units) output), an
             index, or the name or path of the layer that produces it (``xai info`` lists them).
         kind: what that output is (``kinds.KINDS``); 'auto' tells it from its shape and activation.
@@ -215,24 +218,34 @@ def _named_output(outputs: tuple[OutputInfo, ...], spec: str) -> OutputInfo | No
     return next((o for o in outputs if spec in (o.head_path, o.head_path.rsplit("/", 1)[-1])), None)
 
 
-def _input_geometry(model: keras.Model, input_size: tuple[int, int] | None) -> tuple[tuple[int, int], int]:
+def _input_geometry(model: keras.Model, input_size: tuple[int, ...] | None) -> tuple[tuple[int, ...], int]:
+    """The model input's spatial size, (H, W) or a volume model's (D, H, W), and its channels."""
     inputs = model.inputs
     if len(inputs) != 1:
         raise ModelError(f"the model has {len(inputs)} inputs; only single-image models are supported")
     shape = tuple(inputs[0].shape)
-    if len(shape) != 4:
-        raise ModelError(f"the model input has shape {shape}; expected an image batch (N, H, W, C)")
-    channels = shape[3]
+    if len(shape) not in (4, 5):
+        raise ModelError(f"the model input has shape {shape}; expected an image batch (N, H, W, C) or a volume "
+                         "batch (N, D, H, W, C)")
+    channels = shape[-1]
+    if len(shape) == 5 and channels != 1:
+        raise ModelError(f"the model expects volumes of {channels} channels; xai feeds one-channel volumes "
+                         "(a scan), so a model of several modalities at once is not supported")
     if channels not in (1, 3):
         raise ModelError(f"the model expects {channels} channels; only 1 (grayscale) or 3 (RGB) are supported")
+    spatial = shape[1:-1]
     if input_size is not None:
-        return input_size, channels
-    if shape[1] is None or shape[2] is None:
+        if len(input_size) != len(spatial):
+            raise UsageError(f"--input-size {'x'.join(map(str, input_size))} has {len(input_size)} sizes; this model "
+                             f"takes {'volumes: give DxHxW' if len(spatial) == 3 else 'images: give HxW'}")
+        return tuple(input_size), channels
+    if any(d is None for d in spatial):
+        wanted = "DxHxW" if len(spatial) == 3 else "HxW"
         raise UsageError(
-            f"the model accepts any image size (input shape {shape}); "
-            "give the size it was trained on with --input-size HxW"
+            f"the model accepts any {'volume' if len(spatial) == 3 else 'image'} size (input shape {shape}); "
+            f"give the size it was trained on with --input-size {wanted}"
         )
-    return (int(shape[1]), int(shape[2])), int(channels)
+    return tuple(int(d) for d in spatial), int(channels)
 
 
 def _shape(tensor: Any) -> tuple[int | None, ...] | None:

@@ -73,7 +73,7 @@ def _end_of_last_conv_block(info: ModelInfo) -> tuple[LayerInfo, str] | None:
     last = convolutions[-1]
     start = info.layers.index(last)
     ends = [l for l in info.layers[start:stop]
-            if l.path in info.on_every_path and l.is_feature_map and l.output_shape[1:3] == last.output_shape[1:3]]
+            if l.path in info.on_every_path and l.is_feature_map and l.spatial_shape == last.spatial_shape]
     if not ends:
         return None
     if ends[-1] is last:
@@ -133,8 +133,8 @@ def resolve_layer(info: ModelInfo, spec: str, name_regex: str) -> LayerInfo:
     layer = matches[0]
     if not (layer.is_feature_map or is_token_layer(layer, info)):
         raise LayerError(
-            f"layer {layer.path!r} outputs {layer.output_shape}, not a 4-D feature map "
-            f"(N, H, W, C) with H*W > 1; candidates: {_list([l.path for l in candidates])}"
+            f"layer {layer.path!r} outputs {layer.output_shape}, not a feature map "
+            f"(N, H, W, C) or (N, D, H, W, C) of more than one position; candidates: {_list([l.path for l in candidates])}"
         )
     return layer
 
@@ -149,7 +149,7 @@ def no_candidates(info: ModelInfo, name_regex: str) -> str:
     feature_maps = [layer.path for layer in info.layers if layer.is_feature_map]
     if not feature_maps:
         return f"no layer of this model outputs a feature map (N, H, W, C); {instead}"
-    return (f"no convolutional layer found (a 4-D feature map whose name matches /{name_regex}/ or whose type "
+    return (f"no convolutional layer found (a feature map, (N, H, W, C) or a 3-D model's (N, D, H, W, C), whose name matches /{name_regex}/ or whose type "
             f"is a convolution); feature-map layers: {_list(feature_maps)}; choose one with --layer, or {instead}")
 
 

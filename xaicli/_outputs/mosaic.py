@@ -59,7 +59,6 @@ def compose(labels: Sequence[str], tiles: Sequence[np.ndarray | None]) -> np.nda
     rows = math.ceil(len(tiles) / columns)
     canvas = Image.new("RGB", (columns * (width + GAP) + GAP, rows * (height + GAP) + GAP))
     draw = ImageDraw.Draw(canvas)
-    font = ImageFont.load_default()
     for position, (label, drawn) in enumerate(zip(labels, tiles)):
         left = GAP + (position % columns) * (width + GAP)
         top = GAP + (position // columns) * (height + GAP)
@@ -67,12 +66,19 @@ def compose(labels: Sequence[str], tiles: Sequence[np.ndarray | None]) -> np.nda
             draw.rectangle((left, top, left + width - 1, top + height - 1), fill=(MISSING_GRAY,) * 3)
         else:
             canvas.paste(Image.fromarray(drawn), (left, top))
-        text = _fitted(draw, label, font, width - 4)
-        if text:
-            box = draw.textbbox((left + 2, top + 1), text, font=font)
-            draw.rectangle((box[0] - 2, box[1] - 1, box[2] + 1, box[3] + 1), fill=(0, 0, 0))
-            draw.text((left + 2, top + 1), text, fill=(255, 255, 255), font=font)
+        draw_label(draw, label, left, top, width)
     return np.asarray(canvas)
+
+
+def draw_label(draw: ImageDraw.ImageDraw, label: str, left: int, top: int, width: int) -> None:
+    """``label`` in white on black at the top left of a picture placed at (``left``, ``top``),
+    cut to the picture's ``width``."""
+    font = ImageFont.load_default()
+    text = _fitted(draw, label, font, width - 4)
+    if text:
+        box = draw.textbbox((left + 2, top + 1), text, font=font)
+        draw.rectangle((box[0] - 2, box[1] - 1, box[2] + 1, box[3] + 1), fill=(0, 0, 0))
+        draw.text((left + 2, top + 1), text, fill=(255, 255, 255), font=font)
 
 
 def _fitted(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont, width: int) -> str:

@@ -29,6 +29,13 @@ SAVE_KINDS = {  # kind -> what its file name adds before the suffix
     "panel": ".panel",  # original | heatmap | overlay with the prediction written below
 }
 FILE_KINDS = {**SAVE_KINDS, "mosaic": ".mosaic"}  # a volume's slices in one grid, besides --save's kinds
+VOLUME_KINDS = {  # a 3-D model's files: kind -> what its name adds before the suffix
+    "scan": "",  # the map in the scan's own voxels and affine (.nii.gz), always written
+    "ortho": ".ortho",  # three orthogonal planes through the map's peak, the map blended
+    "mosaic": ".mosaic",  # axial slices across the volume, the map blended
+    "raw": "",  # the map as float32 in [0, 1] at the method's own (d, h, w) resolution (.npy)
+}
+FILE_KINDS.update({kind: infix for kind, infix in VOLUME_KINDS.items() if kind not in FILE_KINDS})
 IMAGE_FORMATS = {  # --image-format -> suffix of the overlay, heatmap and panel files
     "png": ".png",  # lossless: our own encoder (Up filter, ISA-L deflate)
     "jpeg": ".jpg",  # quality 90, 4:2:0: a 500x400 overlay in 35 KB where PNG takes 258 KB
@@ -46,8 +53,8 @@ def output_stem(relative: PurePosixPath, method: str, tag: str = "") -> PurePosi
 
 
 def kind_name(stem: PurePosixPath, kind: str, image_format: str = "png") -> PurePosixPath:
-    """The file of a kind of ``FILE_KINDS`` for ``stem``: ``<stem>[.<kind>].<png|jpg|webp|npy>``."""
-    suffix = ".npy" if kind == "raw" else IMAGE_FORMATS[image_format]
+    """The file of a kind of ``FILE_KINDS`` for ``stem``: ``<stem>[.<kind>].<png|jpg|webp|npy|nii.gz>``."""
+    suffix = {"raw": ".npy", "scan": ".nii.gz"}.get(kind) or IMAGE_FORMATS[image_format]
     return stem.with_name(f"{stem.name}{FILE_KINDS[kind]}{suffix}")
 
 
@@ -95,6 +102,14 @@ def recorded_outputs(config: RunConfig, records: Iterable[dict[str, object]]) ->
     stems = [stem_of(PurePosixPath(str(record["output"])), config.save[0], config.image_format)
              for record in records if record.get("status") == "ok" and record.get("output")]
     return [Path(kind_name(stem, kind, config.image_format)) for stem in stems for kind in config.save]
+
+
+def volume_kinds(save: Sequence[str]) -> tuple[str, ...]:
+    """A 3-D model's files for ``--save``'s kinds, in ``VOLUME_KINDS`` order: the map in the
+    scan's space always; for overlay, the orthogonal planes and the axial mosaic (each may be
+    asked for alone); for raw, the model-space map."""
+    wanted = set(save) | ({"ortho", "mosaic"} if "overlay" in save else set())
+    return tuple(kind for kind in VOLUME_KINDS if kind == "scan" or kind in wanted)
 
 
 def wants_mosaic(config: RunConfig, item: InputImage) -> bool:

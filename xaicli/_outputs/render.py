@@ -48,15 +48,17 @@ def normalize_maps(raw: np.ndarray) -> np.ndarray:
     """Min-max normalize each map of a batch on its own.
 
     Args:
-        raw: (N, h, w) real-valued maps; NaN or infinite values count as no evidence.
+        raw: (N, h, w) real-valued maps (a volume model's (N, d, h, w)); NaN or infinite values
+            count as no evidence.
 
     Returns:
-        (N, h, w) float32 in [0, 1]. A map that is constant (e.g. no positive evidence
+        The same shape, float32 in [0, 1]. A map that is constant (e.g. no positive evidence
         after ReLU) becomes all zeros rather than NaN.
     """
     maps = np.nan_to_num(np.asarray(raw, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-    low = maps.min(axis=(1, 2), keepdims=True)
-    span = maps.max(axis=(1, 2), keepdims=True) - low
+    positions = tuple(range(1, maps.ndim))
+    low = maps.min(axis=positions, keepdims=True)
+    span = maps.max(axis=positions, keepdims=True) - low
     flat = span <= np.finfo(np.float32).tiny
     scaled = (maps - low) / np.where(flat, 1.0, span)
     return np.where(flat, 0.0, scaled).astype(np.float32)
@@ -283,12 +285,12 @@ def draw_panel(image: Original, heatmap: np.ndarray, alpha: float, lut: np.ndarr
             original = _cropped(picture, rows)
             blended = _with_outline(_blended(original, values, colour, alpha), outline, (height, width), view, rows)
             yield np.concatenate([np.asarray(original), np.asarray(colour), blended], axis=1)
-        yield from _caption_bar(caption, 3 * width, bar)
+        yield from caption_bar(caption, 3 * width, bar)
 
     return Drawing(height + bar, 3 * width, 3, strips())
 
 
-def _caption_bar(caption: str, width: int, height: int) -> Iterator[np.ndarray]:
+def caption_bar(caption: str, width: int, height: int) -> Iterator[np.ndarray]:
     """Strips of a white bar ``width`` x ``height`` with ``caption`` in black at its left; only
     the caption's own box is drawn as a picture."""
     font = ImageFont.load_default()

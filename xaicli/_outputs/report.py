@@ -269,7 +269,7 @@ def _map(record: dict[str, object], output: PurePosixPath, kinds: list[str], ima
     stem = stem_of(output, kinds[0], image_format)
     files = {kind: kind_name(stem, kind, image_format) for kind in kinds if kind != "raw"}
     thumbnail = thumbnail_name(stem)
-    source = files.get("overlay") or files.get("panel") or files.get("heatmap")
+    source = files.get("overlay") or files.get("ortho") or files.get("panel") or files.get("heatmap")
     if source is not None and not (out_dir / thumbnail).exists():
         _make_thumbnail(out_dir / source, out_dir / thumbnail)
     return {
@@ -280,7 +280,11 @@ def _map(record: dict[str, object], output: PurePosixPath, kinds: list[str], ima
         "thumb": _url(thumbnail) if (out_dir / thumbnail).exists() else "",
         "full": _url(source) if source is not None else "",
         "panel": _url(files["panel"]) if "panel" in files else "",
+        "links": [{"text": text, "href": _url(files[kind])} for kind, text in VOLUME_LINKS.items() if kind in files],
     }
+
+
+VOLUME_LINKS = {"mosaic": "axial slices", "scan": "map (.nii.gz)"}  # a 3-D model's files linked under its map
 
 
 def _make_thumbnail(source: Path, thumbnail: Path) -> None:

@@ -29,6 +29,11 @@ def write_npy(path: Path, array: np.ndarray) -> None:
     _write_atomically(path, lambda stream: np.save(stream, array, allow_pickle=False))
 
 
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` via a temporary file and a rename."""
+    _write_atomically(path, lambda stream: stream.write(data))
+
+
 def write_json(path: Path, data: dict) -> None:
     """Write ``data`` as sorted, indented JSON via a temporary file and a rename."""
     _write_atomically(path, lambda stream: stream.write(json.dumps(data, indent=2, sort_keys=True).encode() + b"\n"))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import dataclass, field, fields, make_dataclass
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from .._inputs.nifti import SLICE_AXES
 from .._inputs.raster import DEFAULT_MAX_PIXELS
 from .._inputs.scaling import COLOUR_ONLY_PRESETS, PRESETS
 from .._inputs.stacks import parse_slices
-from .._outputs.naming import IMAGE_FORMATS, SAVE_KINDS, table_path
+from .._outputs.naming import IMAGE_FORMATS, SAVE_KINDS, VOLUME_KINDS, table_path
 from .._outputs.render import COLORMAPS
 from .._outputs.table import TABLE_FORMATS
 from .regions import parse_region
@@ -68,7 +67,7 @@ class _Explaining:
     resize: str = "stretch"
     mean: tuple[float, ...] | None = None  # --preprocess custom, on the 0..1 scale
     std: tuple[float, ...] | None = None
-    input_size: tuple[int, int] | None = None
+    input_size: tuple[int, ...] | None = None  # (H, W), or a volume model's (D, H, W)
     output: str = AUTO  # 'auto', or the index or name of the model output to explain
     kind: str = AUTO  # what that output is (kinds.KINDS), 'auto' from its shape and activation
     unsafe: bool = False  # allow Lambda layers holding Python code
@@ -196,9 +195,10 @@ class RunConfig(ExplainOptions):
             raise UsageError(f"--true-labels {self.true_labels}: give 'folder' or an existing CSV file of path,label")
         if self.slice_axis not in SLICE_AXES:
             raise UsageError(f"unknown --slice-axis {self.slice_axis!r}; choose from {', '.join(SLICE_AXES)}")
-        unknown_kinds = [kind for kind in self.save if kind not in SAVE_KINDS]
+        unknown_kinds = [kind for kind in self.save if kind not in SAVE_KINDS and kind not in VOLUME_KINDS]
         if unknown_kinds or not self.save:
-            raise UsageError(f"--save {','.join(self.save) or '(empty)'}: choose from {', '.join(SAVE_KINDS)}")
+            raise UsageError(f"--save {','.join(self.save) or '(empty)'}: choose from {', '.join(SAVE_KINDS)} "
+                             f"(a volume model's: {', '.join(VOLUME_KINDS)})")
         if self.image_format not in IMAGE_FORMATS:
             raise UsageError(f"unknown --image-format {self.image_format!r}; choose from {', '.join(IMAGE_FORMATS)}")
         if self.memory_budget < 16:
@@ -284,12 +284,14 @@ def parse_names(text: str) -> tuple[str, ...]:
     return tuple(part.strip().lower() for part in text.split(",") if part.strip())
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """'224x160' (height x width) -> (224, 160)."""
-    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
-    if not match or min(int(match[1]), int(match[2])) < 1:
-        raise UsageError(f"--input-size {text!r}: give HEIGHTxWIDTH in pixels, e.g. 224x224")
-    return int(match[1]), int(match[2])
+def parse_size(text: str) -> tuple[int, ...]:
+    """'224x160' (height x width) -> (224, 160); a volume model's '64x128x128' (depth x height x
+    width) -> (64, 128, 128)."""
+    sizes = [part.strip() for part in text.lower().split("x")]
+    if len(sizes) not in (2, 3) or not all(size.isdigit() and int(size) >= 1 for size in sizes):
+        raise UsageError(f"--input-size {text!r}: give HEIGHTxWIDTH in pixels, e.g. 224x224 (a volume model's "
+                         "DEPTHxHEIGHTxWIDTH in voxels, e.g. 64x128x128)")
+    return tuple(int(size) for size in sizes)
 
 
 def load_labels(path: Path) -> tuple[str, ...]:

@@ -26,6 +26,7 @@ from .._models.layers import auto_layer, candidate_layers, resolve_layer
 from .._models.load import model_format
 from .._models.preprocessing import Preprocessing, choose_preprocessing
 from .._models.probe import build_probe
+from .._outputs.naming import SAVE_KINDS, volume_kinds
 from .._outputs.render import COLORMAPS
 from .._outputs.writers import file_digest
 from .config import (AUTO, CUSTOM, DEFAULT_THRESHOLD, ExplainOptions, RunConfig, check_preset_channels, load_labels,
@@ -251,10 +252,38 @@ def check_run_kind_options(config: RunConfig, info: ModelInfo, dynamic_targets: 
 
 def decide_run(config: RunConfig, info: ModelInfo) -> Decisions:
     """A run's choices: those about explaining, and the ground truth read and checked."""
+    config = with_file_kinds(config, info)
     decisions = decide(config, info, _model_file(config.model))
     check_run_kind_options(config, info, any(t.depends_on_prediction for t in decisions.targets))
     return replace(decisions, truth=_truth(config, decisions.labels, info),
                    ground=load_ground_truth(config.truth_masks, config.truth_boxes))
+
+
+def with_file_kinds(config: RunConfig, info: ModelInfo) -> RunConfig:
+    """``config`` with the files its model's maps are written as: a 3-D model's
+    (``volume_kinds``: the map over the scan always), whose run refuses in one line the options
+    that do not reach volumes; a 2-D model's ``--save`` as given, refused when it names a
+    volume's file."""
+    if not info.takes_volumes:
+        volume_only = [kind for kind in config.save if kind not in SAVE_KINDS]
+        if volume_only:
+            raise UsageError(f"--save {','.join(volume_only)}: files of a 3-D model's map; this model takes 2-D "
+                             f"images: choose from {', '.join(SAVE_KINDS)}")
+        return config
+    model = f"this model takes volumes ({'x'.join(str(n) for n in info.input_size)} voxels)"
+    flat = [kind for kind in config.save if kind in ("heatmap", "panel")]
+    if flat:
+        raise UsageError(f"--save {','.join(flat)}: 2-D pictures; {model}: its map is written over the scan "
+                         "(.nii.gz), with --save overlay (.ortho and .mosaic pictures) and raw (.npy)")
+    not_yet = {"--metrics": bool(config.metrics), "--truth-masks": config.truth_masks is not None,
+               "--truth-boxes": config.truth_boxes is not None}
+    given = [option for option, asked in not_yet.items() if asked]
+    if given:
+        raise UsageError(f"{given[0]} is not supported on volumes yet; {model}: run again without it")
+    if info.kind == "segmentation":
+        raise UsageError(f"a 3-D model's per-voxel output is not supported yet; {model}: explain one of its "
+                         "image-level outputs with --output")
+    return replace(config, save=volume_kinds(config.save))
 
 
 def _labels(given: Path | tuple[str, ...] | None, classes: int) -> tuple[str, ...]:
@@ -316,12 +345,20 @@ def _choose_layer(config: ExplainOptions, info: ModelInfo) -> tuple[LayerInfo, s
 def check_attention(info: ModelInfo, requested: list[str]) -> None:
     """Attention methods need attention layers and a patch grid the tokens map onto."""
     asked = f"--method {','.join(requested)}"
+    if info.takes_volumes:
+        fitting = ", ".join(name for name, spec in REGISTRY.items() if spec.family != "attention")
+        raise UsageError(f"{asked} follows a 2-D Vision Transformer's patch tokens and cannot work on a 3-D model; "
+                         f"methods that do: {fitting}")
     if not info.attention_layers:
         fitting = ", ".join(name for name, spec in REGISTRY.items() if spec.family != "attention")
         raise UsageError(f"{asked} needs a Vision Transformer (attention layers: Keras's "
                          f"MultiHeadAttention at any depth, or vit_keras's); this model has none; methods that fit it: {fitting}")
     if info.token_grid is None:
         raise UsageError(f"{asked} cannot place this model's attention on the image: {info.attention_note}")
+
+
+VOLUME_INPUT = ("volumes (D, H, W): a NIfTI file turned to RAS, the model's D, H, W being its i (to the right), "
+                "j (to anterior), k (to superior), resampled trilinearly")
 
 
 def describe(path: Path | str, info: ModelInfo, layer_regex: str) -> dict:
@@ -335,6 +372,7 @@ def describe(path: Path | str, info: ModelInfo, layer_regex: str) -> dict:
         "model": str(path),
         "format": model_format(path) if isinstance(path, Path) else "keras.Model in memory",
         "input_shape": [*info.input_size, info.channels],
+        "takes": VOLUME_INPUT if info.takes_volumes else "images (H, W)",
         "outputs": [{"index": o.index, "layer": o.head_path, "shape": list(o.shape), "activation": o.final_activation,
                      "kind": o.kind, "explainable": o.explainable} for o in info.outputs],
         "explained_output": info.head_path,

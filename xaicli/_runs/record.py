@@ -22,7 +22,7 @@ from .._outputs.naming import MANIFEST_NAME, THUMBNAIL_DIR
 from .._outputs.table import FIGURE_COLUMNS, PredictionsWriter, Row, Tee, open_table, table_text
 from .._outputs.writers import remove_temporary_files, write_json
 from .config import option_values
-from .decisions import Prepared, background_class
+from .decisions import VOLUME_INPUT, Prepared, background_class
 from .resume import previous_rows
 from .rows import table_layout, threshold, unit_names
 
@@ -199,6 +199,9 @@ def manifest(prepared: Prepared, counts: dict[str, int], status: str, seconds: f
             **({"sign": prepared.config.sign or "positive"} if prepared.info.kind == "regression" else {}),
             **({"background": background_class(prepared.config, prepared.labels, prepared.info),
                 "region": prepared.config.region} if prepared.info.kind == "segmentation" else {}),
+            **({"volumes": {"input_size": list(prepared.info.input_size), "axes": VOLUME_INPUT,
+                            "resize": prepared.config.resize, "intensity": prepared.config.intensity + " over each volume"}}
+               if prepared.info.takes_volumes else {}),
             "preprocess": prepared.preprocess,
             "preprocess_reason": prepared.preprocess_reason,
             "target_class": prepared.target_class,

@@ -15,6 +15,7 @@ from .._engines import Watch, check_engine
 from .._errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_REQUIREMENT_UNMET, EXIT_SOME_FAILED, UsageError
 from .._evaluation.faithfulness import LABEL_FIGURES, failed_requirements, parse_requirements
 from .._inputs.discover import IMAGE_SUFFIXES, InputImage, discover
+from .._inputs.series import grouped_series
 from .._models.files import check_model_path
 from .._outputs.report import write_report, write_summary
 from .config import RunConfig
@@ -136,14 +137,17 @@ def _locked_run(config: RunConfig, watch: Watch, stop: Callable[[], str | None])
     from .resume import check_existing
 
     prepared = prepare(config)
-    check_existing(config, _images(config), prepared.output_tags)
-    check_box_on_first_image(config.region, _images(config), config.max_pixels, config.intensity)
+    images = _inputs_for(config, prepared)
+    if prepared.info.takes_volumes:  # a DICOM series' files are one volume
+        total = sum(1 for _ in images())
+    check_existing(prepared.config, images(), prepared.output_tags)
+    check_box_on_first_image(config.region, images(), config.max_pixels, config.intensity)
     watch.note(f"{total} images; {_choices(prepared)}")
     _pillow_pixel_limit(config.max_pixels)
     return_large_blocks_to_the_system()
     record = Record(prepared, stop)
     watch.begin(total)
-    total, first_failure = _counted(run_engine(prepared, _images(config), record, watch), total)
+    total, first_failure = _counted(run_engine(prepared, images(), record, watch), total)
     watch.end()
     return _summary(config, record, total, first_failure, watch)
 
@@ -151,6 +155,14 @@ def _locked_run(config: RunConfig, watch: Watch, stop: Callable[[], str | None])
 def _images(config: RunConfig) -> Iterator[InputImage]:
     """The inputs' images, streamed: each call walks the folders anew."""
     return discover(config.inputs, exclude=[config.out_dir], dicom=config.dicom)
+
+
+def _inputs_for(config: RunConfig, prepared: Prepared) -> Callable[[], Iterator[InputImage]]:
+    """What the model explains, streamed anew by each call: the images, or for a 3-D model the
+    volumes, each folder's DICOM series grouped into one input."""
+    if prepared.info.takes_volumes:
+        return lambda: grouped_series(_images(config))
+    return lambda: _images(config)
 
 
 def _choices(prepared: Prepared) -> str:

@@ -48,8 +48,9 @@ def model_options(func: Callable) -> Callable:
     """Options that say how to load and read the model, shared by every command that takes one.
     Their names are ``open_model``'s keyword arguments, so commands pass them straight on."""
     options = [
-        click.option("--input-size", metavar="HxW", callback=parsed(parse_size),
-                     help="Image size fed to the model (height x width); needed when the model accepts any size."),
+        click.option("--input-size", metavar="HxW|DxHxW", callback=parsed(parse_size),
+                     help="Image size fed to the model (height x width; a volume model's depth x height x width); "
+                          "needed when the model accepts any size."),
         click.option("--output", "output", default=AUTO, show_default=True, metavar="auto|INDEX|NAME",
                      help="Which model output to explain: auto takes the only (or first) output shaped "
                           "(N, units); feature-map outputs beside it are ignored (see `xai info`)."),
@@ -208,7 +209,9 @@ RUN_OPTIONS = [
                  help="Colormap for the heatmap."),
     click.option("--save", default="overlay", show_default=True, metavar="KINDS",
                  help="Files per image and method, comma-separated: overlay (.png), heatmap (.heatmap.png, "
-                      "grayscale), raw (.npy, float map), panel (.panel.png: image | heatmap | overlay, captioned)."),
+                      "grayscale), raw (.npy, float map), panel (.panel.png: image | heatmap | overlay, captioned). "
+                      "A volume model always writes the map over the scan (.nii.gz); overlay adds .ortho.png "
+                      "(three planes through the peak) and .mosaic.png (axial slices), raw the model-space .npy."),
     click.option("--image-format", type=click.Choice(list(IMAGE_FORMATS)), default="png", show_default=True,
                  help="Overlay, heatmap and panel files: png (lossless), jpeg (quality 90, about 7x smaller) or "
                       "webp (lossy, about 30x smaller)."),

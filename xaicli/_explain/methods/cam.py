@@ -25,15 +25,21 @@ def gradcam(activations: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor:
     ``alpha_k = mean_ij dy_c/dA_ijk`` and ``map_ij = sum_k alpha_k A_ijk``.
 
     Args:
-        activations, gradients: (N, h, w, k) float32.
+        activations, gradients: (N, h, w, k) float32; a volume model's (N, d, h, w, k), whose
+            positions are its voxels (here and in every CAM method).
 
     Returns:
-        (N, h, w) float32, unnormalized.
+        (N, h, w) (or (N, d, h, w)) float32, unnormalized.
     """
     import tensorflow as tf
 
-    weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
+    weights = tf.reduce_mean(gradients, axis=_positions(gradients), keepdims=True)
     return tf.reduce_sum(weights * activations, axis=-1)
+
+
+def _positions(tensor: tf.Tensor) -> tuple[int, ...]:
+    """The spatial axes of an (N, h, w, k) or a volume's (N, d, h, w, k) tensor."""
+    return tuple(range(1, tensor.shape.rank - 1))
 
 
 @method("gradcam++", family="cam",
@@ -60,10 +66,11 @@ def gradcam_plus_plus(activations: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor
     import tensorflow as tf
 
     squared = tf.square(gradients)
-    denominator = 2.0 * squared + tf.reduce_sum(activations, axis=(1, 2), keepdims=True) * squared * gradients
+    positions = _positions(activations)
+    denominator = 2.0 * squared + tf.reduce_sum(activations, axis=positions, keepdims=True) * squared * gradients
     usable = tf.abs(denominator) > 1e-12
     alpha = tf.where(usable, squared / tf.where(usable, denominator, 1.0), 0.0)
-    weights = tf.reduce_sum(alpha * tf.nn.relu(gradients), axis=(1, 2), keepdims=True)
+    weights = tf.reduce_sum(alpha * tf.nn.relu(gradients), axis=positions, keepdims=True)
     return tf.reduce_sum(weights * activations, axis=-1)
 
 
@@ -78,10 +85,11 @@ def xgradcam(activations: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor:
     """
     import tensorflow as tf
 
-    totals = tf.reduce_sum(activations, axis=(1, 2), keepdims=True)
+    positions = _positions(activations)
+    totals = tf.reduce_sum(activations, axis=positions, keepdims=True)
     usable = tf.abs(totals) > 1e-12
     share = tf.where(usable, activations / tf.where(usable, totals, 1.0), 0.0)
-    weights = tf.reduce_sum(share * gradients, axis=(1, 2), keepdims=True)
+    weights = tf.reduce_sum(share * gradients, axis=positions, keepdims=True)
     return tf.reduce_sum(weights * activations, axis=-1)
 
 
@@ -120,12 +128,12 @@ def eigencam(activations: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor:
     import tensorflow as tf
 
     del gradients
-    batch, height, width, channels = tf.unstack(tf.shape(activations))
-    positions = tf.reshape(activations, (batch, height * width, channels))
+    shape = tf.shape(activations)
+    positions = tf.reshape(activations, (shape[0], -1, shape[-1]))
     centred = positions - tf.reduce_mean(positions, axis=1, keepdims=True)
     _, _, vectors = tf.linalg.svd(centred)
     projection = tf.linalg.matvec(centred, vectors[:, :, 0])
     energy = tf.reduce_sum(positions, axis=-1)
     energy = energy - tf.reduce_mean(energy, axis=1, keepdims=True)
     sign = tf.where(tf.reduce_sum(projection * energy, axis=1, keepdims=True) < 0, -1.0, 1.0)
-    return tf.reshape(sign * projection, (batch, height, width))
+    return tf.reshape(sign * projection, shape[:-1])

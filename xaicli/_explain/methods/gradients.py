@@ -1,6 +1,7 @@
 """Gradient-family methods: maps at the model input's resolution from d score / d input.
 
-Each method gets a ``GradientContext`` and returns (B, H, W) raw maps; the engine normalizes.
+Each method gets a ``GradientContext`` and returns (B, H, W) raw maps (a volume model's
+(B, D, H, W)); the engine normalizes.
 """
 
 from __future__ import annotations
@@ -46,8 +47,8 @@ def smoothgrad(context: GradientContext) -> np.ndarray:
     """
     options = context.options
     noise = np.stack([smoothgrad_noise(image, options.smoothgrad_samples, options.smoothgrad_noise, options.seed)
-                      for image in context.images], axis=1)  # (samples, B, H, W, C)
-    total = np.zeros(context.images.shape[:3], np.float64)
+                      for image in context.images], axis=1)  # (samples, B, H, W, C), or (samples, B, D, H, W, C)
+    total = np.zeros(context.images.shape[:-1], np.float64)
     for sample in noise:
         total += np.abs(context.gradient(context.images + sample)).max(axis=-1)
     return (total / options.smoothgrad_samples).astype(np.float32)

@@ -18,7 +18,7 @@ from ..registry import Option, method
 def scorecam(context: ScoreContext) -> np.ndarray:
     """Score-CAM as the paper's Algorithm 1 states it (Wang et al. 2020).
 
-    Each channel ``A_k`` is upsampled to the input size (bilinear), min-max normalized to a mask
+    Each channel ``A_k`` is upsampled to the input size (bilinear; trilinear for volumes), min-max normalized to a mask
     ``H_k`` in [0, 1] (a constant channel masks everything), and the image is passed with that
     mask applied in model-input units. ``S_k`` is the explained output's *probability* for the
     class, ``f_c(x * H_k)`` (softmax, or a sigmoid unit's probability of the explained sign),
@@ -29,12 +29,12 @@ def scorecam(context: ScoreContext) -> np.ndarray:
     passes for a close map.
 
     Returns:
-        (B, h, w) maps on the layer's grid, >= 0, not yet normalized.
+        (B, h, w) maps on the layer's grid (a volume model's (B, d, h, w)), >= 0, not yet normalized.
     """
     maps = []
     for position, activations in enumerate(context.activations):
         channels = _chosen_channels(activations, context.options.scorecam_max_channels)
-        chosen = activations[:, :, channels]
+        chosen = activations[..., channels]
         probabilities = context.masked_probabilities(position, np.moveaxis(chosen, -1, 0))
         weights = np.exp(probabilities - probabilities.max())
         maps.append(np.maximum(chosen @ (weights / weights.sum()), 0.0))
@@ -46,5 +46,5 @@ def _chosen_channels(activations: np.ndarray, most: int | None) -> np.ndarray:
     count = activations.shape[-1]
     if most is None or most >= count:
         return np.arange(count)
-    means = activations.mean(axis=(0, 1))
+    means = activations.reshape(-1, count).mean(axis=0)
     return np.sort(np.argsort(-means, kind="stable")[:most])

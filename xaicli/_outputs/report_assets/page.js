@@ -178,6 +178,11 @@
         const caption = element("figcaption", "method",
           map.class_label && map.class_label !== card.pred_label ? `${map.method} · ${map.class_label}` : map.method);
         cell.append(link, caption);
+        for (const extra of map.links || []) {
+          const file = element("a", "file", extra.text);
+          file.href = extra.href;
+          cell.append(file, " ");
+        }
         const figures = Object.entries(map.figures || {});
         if (figures.length) {
           cell.append(element("div", "figures", figures.map(([name, value]) => name === "pointing"

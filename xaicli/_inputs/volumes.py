@@ -1,0 +1,153 @@
+"""Whole volumes for 3-D models (numpy; nibabel for files): a scan held once in RAS
+voxel order with its intensities mapped over the whole volume, fitted to the model's (D, H, W)
+by trilinear resampling as ``--resize`` says, and a map put back onto the scan's own voxels.
+
+The model's depth, height and width axes are the RAS volume's i (to the subject's right), j (to
+anterior) and k (to superior), in that order: what a NIfTI volume reoriented to RAS and fed as
+its array is, as 3-D training pipelines read them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .discover import InputImage
+from .geometry import RESIZE_MODES
+from .intensity import Intensity, to_8bit
+from .nifti import ras_spacing, read_volume
+from .raster import joined_notes
+from .series import read_series
+
+Span = tuple[float, float]
+
+
+@dataclass(frozen=True)
+class Scan:
+    """A volume as the model and the pictures see it, and what puts a map back into its file's space.
+
+    ``values``: (I, J, K) uint8 in RAS voxel order, intensities mapped over the whole volume.
+    ``affine``: the file's 4x4 voxel-to-world matrix, for its stored voxel order.
+    ``orientation``: the stored axes' way to RAS (a nibabel orientation, ``io_orientation(affine)``).
+    ``spacing``: (3,) voxel size along i, j, k in millimetres, for drawing planes undistorted.
+    """
+
+    values: np.ndarray
+    affine: np.ndarray
+    orientation: np.ndarray
+    spacing: tuple[float, float, float]
+    note: str = ""
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(n) for n in self.values.shape)
+
+
+def read_scan(item: InputImage, intensity: Intensity) -> Scan:
+    """A NIfTI file or a DICOM series as a 3-D model's scan: its (first) volume in RAS,
+    intensities mapped to 0..255 over the whole volume (``--intensity``), with what puts a map
+    back into the file's space (for a series, the space its geometry gives).
+
+    Raises:
+        ImageError: the input cannot be read as a volume (one line).
+    """
+    if item.series:
+        from nibabel.orientations import apply_orientation, io_orientation
+
+        uid, files = item.series
+        stored, affine, how = read_series(files, uid, intensity)
+        orientation = io_orientation(affine)
+        zooms = tuple(float(n) for n in np.linalg.norm(affine[:3, :3], axis=0))
+        return Scan(np.ascontiguousarray(apply_orientation(stored, orientation)), affine, orientation,
+                    ras_spacing(orientation, zooms), how)
+    volume = read_volume(item.path)
+    values, how = to_8bit(volume.values, intensity)
+    return Scan(values, volume.affine, volume.orientation, volume.spacing, joined_notes(volume.note, how))
+
+
+@dataclass(frozen=True)
+class VolumeView:
+    """How a model input was cut from a volume, axis by axis (i, j, k of the RAS volume as the
+    model's D, H, W): ``seen``, the (start, stop) of the part the model saw in voxels (all of it
+    unless centre-cropped); ``placed``, where that part sits along the model's axis as (start,
+    stop) fractions ((0, 1) unless letterboxed)."""
+
+    seen: tuple[Span, Span, Span]
+    placed: tuple[Span, Span, Span] = ((0.0, 1.0),) * 3
+
+
+@dataclass(frozen=True)
+class PlacedScan:
+    """A scan and how a model input was cut from it: what puts the model's map back on it."""
+
+    scan: Scan
+    view: VolumeView
+
+
+def fit_volume_view(shape: tuple[int, int, int], size: tuple[int, int, int], resize: str = "stretch") -> VolumeView:
+    """The geometry of fitting a volume of ``shape`` voxels into the model's ``size`` (D, H, W)
+    with one of ``RESIZE_MODES``, in voxels: letterbox scales every axis by the same factor
+    (the smallest that fits) and pads with 0; crop scales by the largest and keeps the centre."""
+    whole = tuple((0.0, float(n)) for n in shape)
+    if resize == "stretch":
+        return VolumeView(whole)
+    if resize == "letterbox":
+        scale = min(s / n for s, n in zip(size, shape))
+        inner = [max(1, round(n * scale)) for n in shape]
+        offsets = [(s - i) // 2 for s, i in zip(size, inner)]
+        return VolumeView(whole, tuple((o / s, (o + i) / s) for o, i, s in zip(offsets, inner, size)))
+    if resize == "crop":
+        scale = max(s / n for s, n in zip(size, shape))
+        seen = [min(float(n), s / scale) for n, s in zip(shape, size)]
+        return VolumeView(tuple(((n - length) / 2, (n + length) / 2) for n, length in zip(shape, seen)))
+    raise ValueError(f"unknown resize mode {resize!r}; choose from {', '.join(RESIZE_MODES)}")
+
+
+def fitted_volume(values: np.ndarray, size: tuple[int, int, int], view: VolumeView) -> np.ndarray:
+    """(D, H, W) float32: ``values`` (I, J, K) resampled trilinearly (voxel centres aligned, as
+    ``tf.image.resize`` without antialiasing) into the model's ``size`` as ``view`` says;
+    letterbox padding is 0."""
+    result = values.astype(np.float32)
+    for axis, (count, seen, placed) in enumerate(zip(size, view.seen, view.placed)):
+        fraction = (np.arange(count) + 0.5) / count
+        inside = (fraction >= placed[0]) & (fraction < placed[1])
+        position = seen[0] + (fraction - placed[0]) / (placed[1] - placed[0]) * (seen[1] - seen[0])
+        result = _interpolated(result, axis, position - 0.5, inside, 0.0)
+    return result
+
+
+def scan_map(heatmap: np.ndarray, view: VolumeView, shape: tuple[int, int, int]) -> np.ndarray:
+    """(I, J, K) float32: a model-space map (d, h, w) covering the whole model input, put back
+    onto a scan of ``shape`` voxels (RAS order) trilinearly; 0 where the model did not see the
+    scan (outside a centre crop), which every viewer shows as no map."""
+    result = heatmap.astype(np.float32)
+    for axis, (count, seen, placed) in enumerate(zip(shape, view.seen, view.placed)):
+        centre = np.arange(count) + 0.5
+        inside = (centre >= seen[0]) & (centre < seen[1])
+        fraction = placed[0] + (centre - seen[0]) / (seen[1] - seen[0]) * (placed[1] - placed[0])
+        result = _interpolated(result, axis, fraction * heatmap.shape[axis] - 0.5, inside, 0.0)
+    return result
+
+
+def _interpolated(values: np.ndarray, axis: int, coordinates: np.ndarray, inside: np.ndarray,
+                  fill: float) -> np.ndarray:
+    """``values`` read along ``axis`` at fractional indices ``coordinates`` (linear between the
+    two nearest, the ends held), ``fill`` where not ``inside``: one pass of separable resampling."""
+    count = values.shape[axis]
+    low = np.floor(coordinates)
+    weight = (coordinates - low).astype(np.float32)
+    below = np.clip(low.astype(np.int64), 0, count - 1)
+    above = np.clip(below + 1, 0, count - 1)
+    shape = [1] * values.ndim
+    shape[axis] = len(coordinates)
+    weight = weight.reshape(shape)
+    result = np.take(values, below, axis=axis) * (1 - weight) + np.take(values, above, axis=axis) * weight
+    return np.where(inside.reshape(shape), result, np.float32(fill)).astype(np.float32)
+
+
+def in_stored_order(values: np.ndarray, scan: Scan) -> np.ndarray:
+    """A RAS-ordered array of the scan's shape back in the voxel order the scan's file stores,
+    so that the file's own affine places it."""
+    from nibabel.orientations import apply_orientation, axcodes2ornt, ornt_transform
+
+    return np.ascontiguousarray(apply_orientation(values, ornt_transform(axcodes2ornt("RAS"), scan.orientation)))
