@@ -4,6 +4,7 @@ and as fractions of the bound its own measured parts set.
     python benchmarks/run.py                      # MobileNetV2, 160 generated JPEGs, batch 16
     python benchmarks/run.py --recipe --tf-keras-vis --scale 1000,10000 --large 40
     python benchmarks/run.py --ray 960             # also the Ray engine against the local one
+    python benchmarks/run.py --volume 600          # also a 512x512x600 CT series through a 3-D model
 
 Every configuration runs in a fresh child process (so each peak RSS is its own) on the same
 generated images and the same saved model; each images/s is the best of three passes. Model
@@ -64,6 +65,8 @@ def main() -> None:
         _print_large(args, model, images, results["inference"])
     if args.ray:
         _print_ray(args, model)
+    if args.volume:
+        _print_volume(args)
 
 
 def _arguments() -> argparse.Namespace:
@@ -85,6 +88,9 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--ray", type=int, metavar="N", default=0,
                         help="also explain N generated JPEGs of 500x400 with `--engine ray` (a local Ray on this "
                              "machine) and with the local engine: images/s of each and their ratio")
+    parser.add_argument("--volume", type=int, metavar="SLICES", default=0,
+                        help="also explain a generated DICOM series of SLICES slices of 512x512 with a small 3-D CNN "
+                             "(needs the medical extra): wall time and peak RSS of the whole command, e.g. 600")
     parser.add_argument("--workdir", type=Path, default=Path("bench-work"),
                         help="where generated images, the model and outputs go (reused between runs)")
     parser.add_argument("--measure", choices=MEASURES, help=argparse.SUPPRESS)  # one child's job
@@ -516,6 +522,68 @@ def _print_scale(args: argparse.Namespace, counts: list[int]) -> None:
         print(f"scale: {count} images, peak RSS {peaks[count]:.0f} MB", flush=True)
     low, high = min(peaks.values()), max(peaks.values())
     print(f"peak RSS spread across {', '.join(map(str, counts))} images: {100 * (high - low) / low:.1f}%")
+
+
+VOLUME_MODEL_SIZE = 32  # the 3-D CNN's D = H = W
+
+
+def _print_volume(args: argparse.Namespace) -> None:
+    """One CT series of ``--volume`` slices of 512x512 through a small Conv3D classifier: the whole
+    `xai run`'s wall time and peak RSS, against the scan's own sizes (8-bit scan, float32 map)."""
+    series = _make_series(args.workdir / f"series-{args.volume}", args.volume)
+    model = args.workdir / f"cnn3d-{VOLUME_MODEL_SIZE}.keras"
+    if not model.exists():
+        import keras
+
+        size = VOLUME_MODEL_SIZE
+        inputs = keras.Input((size, size, size, 1))
+        x = keras.layers.Conv3D(8, 3, padding="same", activation="relu")(inputs)
+        x = keras.layers.MaxPooling3D()(x)
+        x = keras.layers.Conv3D(16, 3, padding="same", activation="relu")(x)
+        keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(keras.layers.GlobalAveragePooling3D()(x))).save(model)
+    voxels = 512 * 512 * args.volume
+    for save in ("overlay", "overlay,raw"):
+        command = [sys.executable, "-m", "xaicli", "run", str(model), str(series), "-o", str(args.workdir / "out-volume"),
+                   "--save", save, "--overwrite", "-q"]
+        started = time.perf_counter()
+        process = subprocess.Popen(command, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        status, peak = _wait_with_peak_rss(process)
+        if status != 0:
+            print(f"volume: --save {save} failed (exit {os.waitstatus_to_exitcode(status)})")
+            continue
+        print(f"volume: 512x512x{args.volume} series ({voxels / 1e6:.0f} M voxels: 8-bit scan {voxels / 2**20:.0f} MB, "
+              f"float32 map {4 * voxels / 2**20:.0f} MB), --save {save}: {time.perf_counter() - started:.1f} s, "
+              f"peak RSS {peak:.0f} MB", flush=True)
+
+
+def _make_series(folder: Path, slices: int) -> Path:
+    """A CT series of ``slices`` axial 512x512 slices, 0.625 mm apart, noise with a bright ball."""
+    if folder.exists() and len(list(folder.glob("*.dcm"))) == slices:
+        return folder
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(3)
+    noise = rng.integers(900, 1100, (512, 512), dtype=np.uint16)
+    rows, columns = np.ogrid[:512, :512]
+    uid = generate_uid()
+    for k in range(slices):
+        depth = (k - slices / 2) / (slices / 6)
+        ball = ((rows - 300) ** 2 + (columns - 200) ** 2) / 80.0 ** 2 + depth ** 2 <= 1
+        dataset = Dataset()
+        dataset.file_meta = FileMetaDataset()
+        dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        dataset.SOPClassUID = dataset.file_meta.MediaStorageSOPClassUID = CTImageStorage
+        dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        dataset.SeriesInstanceUID = uid
+        dataset.set_pixel_data(np.where(ball, 1400, np.roll(noise, k, axis=0)).astype(np.uint16), "MONOCHROME2", 12)
+        dataset.ImagePositionPatient = [-200, -200, f"{k * 0.625:.3f}"]
+        dataset.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        dataset.PixelSpacing = [0.78, 0.78]
+        dataset.RescaleSlope, dataset.RescaleIntercept = 1, -1024
+        dataset.save_as(folder / f"IM{k:04d}.dcm", enforce_file_format=True)
+    return folder
 
 
 def _make_pngs(folder: Path, count: int) -> Path:

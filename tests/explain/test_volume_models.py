@@ -199,9 +199,62 @@ def test_what_is_not_a_volume_is_an_error_row_and_options_that_cannot_follow_are
     assert rows["photo.png"]["status"] == "error" and "this model takes volumes" in rows["photo.png"]["error"]
     assert rows["broken.nii"]["status"] == "error"
     for option, message in ((("--save", "panel"), "2-D pictures"), (("--method", "attention"), "3-D model"),
-                            (("--metrics", "deletion"), "not supported on volumes yet")):
+                            (("--truth-masks", folder), "not supported on volumes yet")):
         refused = xai("run", trained, folder, "-o", tmp_path / "refused", *option)
         assert refused.exit_code == 2 and message in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+
+
+def _on_model_grid(heatmap: np.ndarray) -> np.ndarray:
+    """A model-space map resized to the model's input by linear interpolation along each axis
+    in turn (voxel centres aligned, ends held): np.interp, not the product's resampler."""
+    for axis, count in enumerate(MODEL_SIZE):
+        coordinates = (np.arange(count) + 0.5) * heatmap.shape[axis] / count - 0.5
+        heatmap = np.apply_along_axis(lambda line: np.interp(coordinates, np.arange(len(line)), line), axis, heatmap)
+    return heatmap
+
+
+def _blur_by_hand(volume: np.ndarray) -> np.ndarray:
+    """(D, H, W) blurred by the 11x11x11 Gaussian (sigma 5) as one 3-D kernel, edges reflected."""
+    taps = np.exp(-np.arange(-5, 6) ** 2 / 50.0)
+    kernel = np.einsum("i,j,k->ijk", taps, taps, taps)
+    windows = np.lib.stride_tricks.sliding_window_view(np.pad(volume, 5, mode="reflect"), (11, 11, 11))
+    return np.einsum("dhwijk,ijk->dhw", windows, kernel / kernel.sum())
+
+
+def test_deletion_and_insertion_rank_a_volume_s_voxels_by_its_map(trained, scans, tmp_path):
+    """The curves' areas equal a numpy computation: voxels ranked by the map resized to the
+    model's grid, removed to the black baseline or revealed over a 3-D blur, in equal steps."""
+    import keras
+
+    folder, _ = scans
+    steps = 4
+    out = tmp_path / "out"
+    chosen = tmp_path / "two"
+    chosen.mkdir()
+    for name in ("scan00.nii.gz", "scan01.nii.gz"):
+        (chosen / name).write_bytes((folder / name).read_bytes())
+    result = xai("run", trained, chosen, "-o", out, "--class", "1", "--intensity", WINDOW, "--save", "raw",
+                 "--metrics", "deletion,insertion", "--metric-steps", steps)
+    assert result.exit_code == 0, result.output
+    model = keras.models.load_model(trained)
+    for row in _rows(out):
+        scan = np.asarray(nibabel.load(row["input"]).dataobj, np.float32)
+        image = _model_inputs([scan])[0]
+        heatmap = np.load(row["output"][: -len(".nii.gz")] + ".npy")
+        order = np.argsort(-_on_model_grid(heatmap).ravel(), kind="stable")
+        deleted, inserted = image.ravel().copy(), _blur_by_hand(image[..., 0]).ravel().astype(np.float32)
+        curves = {"deletion": [], "insertion": []}
+        for step in range(steps + 1):
+            chosen_voxels = order[round((step - 1) * deleted.size / steps):round(step * deleted.size / steps)] if step else []
+            deleted[chosen_voxels] = 0.0
+            inserted[chosen_voxels] = image.ravel()[chosen_voxels]
+            for name, values in (("deletion", deleted), ("insertion", inserted)):
+                curves[name].append(model.predict(values.reshape(1, *MODEL_SIZE, 1), verbose=0)[0, 1])
+        for name, curve in curves.items():
+            area = sum((a + b) / 2 for a, b in zip(curve, curve[1:])) / steps
+            assert float(row[f"{name}_auc"]) == pytest.approx(area, abs=1e-5), name
+    means = json.loads((out / "run.json").read_text())["metrics"]["gradcam"]
+    assert means["deletion"] < means["insertion"]  # the trained model's map finds what it looks at
 
 
 def test_resume_redoes_a_volume_whose_files_are_missing_with_the_same_bytes(trained, scans, tmp_path):
@@ -237,18 +290,33 @@ def _write_series(folder: Path, values: np.ndarray, affine: np.ndarray, uid: str
     return paths
 
 
+def _scan_folder(tmp_path: Path, seed: int) -> tuple[Path, np.ndarray, np.ndarray, np.random.Generator]:
+    """A folder holding one scan with an ellipsoid (whole numbers, as a scanner stores them) as
+    ras.nii.gz: (folder, the scan's values, its mask, the generator for what follows)."""
+    rng = np.random.default_rng(seed)
+    values, mask = _scan(rng, True)
+    values = np.round(values)
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    nibabel.save(nibabel.Nifti1Image(values.astype(np.int16), _affine()), folder / "ras.nii.gz")
+    return folder, values, mask, rng
+
+
+def _same_in_world(first: Path, second: Path) -> np.ndarray:
+    """Two NIfTI maps agree voxel for voxel in world coordinates; the second's canonical image."""
+    maps = [nibabel.as_closest_canonical(nibabel.load(path)) for path in (first, second)]
+    assert np.allclose(maps[0].affine, maps[1].affine, atol=1e-4)
+    assert np.array_equal(np.asarray(maps[0].dataobj), np.asarray(maps[1].dataobj))
+    return maps[1]
+
+
 def test_a_dicom_series_is_one_volume_with_the_map_in_the_scans_world_space(trained, tmp_path):
     """The same scan as a RAS NIfTI and as a DICOM series with shuffled file names: the two maps,
     read back with nibabel, agree voxel for voxel in world coordinates; no patient tag reaches
     any output; a series missing a slice and one with two orientations are error rows."""
     import pydicom
 
-    rng = np.random.default_rng(9)
-    values, mask = _scan(rng, True)
-    values = np.round(values)
-    folder = tmp_path / "scans"
-    folder.mkdir()
-    nibabel.save(nibabel.Nifti1Image(values.astype(np.int16), _affine()), folder / "ras.nii.gz")
+    folder, values, mask, rng = _scan_folder(tmp_path, 9)
     uid = "1.2.826.0.1.3680043.8.498.1001"
     _write_series(folder / "series", values, _affine(), uid, rng)
     gap = _write_series(folder / "gap", values, _affine(), "1.2.826.0.1.3680043.8.498.1002", rng)
@@ -270,14 +338,66 @@ def test_a_dicom_series_is_one_volume_with_the_map_in_the_scans_world_space(trai
     tilted_row = next(row for name, row in rows.items() if name.startswith(str(folder / "tilted")))
     assert tilted_row["status"] == "error" and "two orientations" in tilted_row["error"]
 
-    maps = [nibabel.as_closest_canonical(nibabel.load(path)) for path in
-            (out / "ras.nii.gz.gradcam.nii.gz", out / "series" / f"{uid}.gradcam.nii.gz")]
-    assert np.allclose(maps[0].affine, maps[1].affine, atol=1e-4)
-    assert np.array_equal(np.asarray(maps[0].dataobj), np.asarray(maps[1].dataobj))
-    data = np.asarray(maps[1].dataobj)
-    world = maps[1].affine @ [*np.unravel_index(np.argmax(data), data.shape), 1]
+    series_map = _same_in_world(out / "ras.nii.gz.gradcam.nii.gz", out / "series" / f"{uid}.gradcam.nii.gz")
+    data = np.asarray(series_map.dataobj)
+    world = series_map.affine @ [*np.unravel_index(np.argmax(data), data.shape), 1]
     assert mask[tuple(np.round(np.linalg.inv(_affine()) @ world).astype(int)[:3])]
     for path in out.rglob("*"):
         if path.is_file():
             content = path.read_bytes()
             assert b"Doe^Jane" not in content and b"PID-7731" not in content, path
+
+
+def _write_enhanced(path: Path, values: np.ndarray, affine: np.ndarray, rng: np.random.Generator) -> Path:
+    """``values`` (I, J, K) RAS as one enhanced multi-frame DICOM of axial frames stored in a
+    shuffled order: each frame's position and rescale in its own functional group, orientation and
+    pixel spacing shared, as enhanced CT files carry them."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    from ..inputs.test_dicom import write_dicom
+
+    def group(**sequences: Dataset) -> Dataset:
+        item = Dataset()
+        for keyword, content in sequences.items():
+            setattr(item, keyword, Sequence([content]))
+        return item
+
+    def attributes(**tags) -> Dataset:
+        item = Dataset()
+        for keyword, value in tags.items():
+            setattr(item, keyword, value)
+        return item
+
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    stored = rng.permutation(values.shape[2])  # the k of each stored frame
+    frames = np.stack([(values[:, :, k].T + 1000).astype(np.uint16) for k in stored])
+    per_frame = [group(PlanePositionSequence=attributes(ImagePositionPatient=[f"{v:.4f}" for v in (lps @ [0, 0, k, 1])[:3]]),
+                       PixelValueTransformationSequence=attributes(RescaleSlope=1, RescaleIntercept=-1000))
+                 for k in stored]
+    shared = group(PlaneOrientationSequence=attributes(ImageOrientationPatient=[-1, 0, 0, 0, -1, 0]),
+                   PixelMeasuresSequence=attributes(PixelSpacing=[f"{spacing[1]:g}", f"{spacing[0]:g}"],
+                                                    SliceThickness=f"{spacing[2]:g}"))
+    return write_dicom(path, frames, NumberOfFrames=len(frames), PerFrameFunctionalGroupsSequence=Sequence(per_frame),
+                       SharedFunctionalGroupsSequence=Sequence([shared]))
+
+
+def test_an_enhanced_multiframe_dicom_is_one_volume_placed_by_its_frames_positions(trained, tmp_path):
+    """An enhanced multi-frame file of the scan, frames shuffled: its map equals the NIfTI's in
+    world space; a multi-frame file with no frame positions and a lone single-frame file are
+    error rows that say why."""
+    from ..inputs.test_dicom import write_dicom
+
+    folder, values, _, rng = _scan_folder(tmp_path, 13)
+    _write_enhanced(folder / "enhanced.dcm", values, _affine(), rng)
+    write_dicom(folder / "cine.dcm", np.zeros((4, 8, 8), np.uint16), NumberOfFrames=4)
+    write_dicom(folder / "lone.dcm", np.zeros((8, 8), np.uint16))
+    out = tmp_path / "out"
+    result = xai("run", trained, folder, "-o", out, "--class", "1", "--intensity", WINDOW)
+    assert result.exit_code == 1, result.output
+    rows = {Path(row["input"]).name: row for row in _rows(out)}
+    assert rows["enhanced.dcm"]["status"] == "ok"
+    assert rows["cine.dcm"]["status"] == "error" and "does not say where its frames lie" in rows["cine.dcm"]["error"]
+    assert rows["lone.dcm"]["status"] == "error" and "no series to join" in rows["lone.dcm"]["error"]
+    _same_in_world(out / "ras.nii.gz.gradcam.nii.gz", out / "enhanced.dcm.gradcam.nii.gz")

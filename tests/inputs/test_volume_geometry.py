@@ -33,6 +33,24 @@ def test_stretching_reproduces_a_linear_field_at_the_model_voxels_centres():
     assert np.allclose(fitted[inner], expected[inner], atol=1e-4)
 
 
+def _resampled_by_interp(values: np.ndarray, size: tuple[int, int, int]) -> np.ndarray:
+    """``values`` stretched to ``size`` by np.interp along each axis in turn (ends held)."""
+    for axis, count in enumerate(size):
+        coordinates = (np.arange(count) + 0.5) * values.shape[axis] / count - 0.5
+        values = np.apply_along_axis(lambda line: np.interp(coordinates, np.arange(len(line)), line), axis, values)
+    return values
+
+
+@pytest.mark.parametrize("shape, size", [((4, 5, 3), (16, 9, 7)), ((13, 8, 10), (5, 8, 3))])
+def test_resampling_holds_the_edge_voxels_where_a_field_is_not_linear(shape, size):
+    """Every voxel, ends included, equals separable linear interpolation by np.interp: the half
+    voxel past the outermost centres takes the edge value, as tf.image.resize's bilinear does."""
+    values = np.random.default_rng(1).random(shape).astype(np.float32)
+    expected = _resampled_by_interp(values.astype(np.float64), size)
+    assert np.allclose(fitted_volume(values, size, fit_volume_view(shape, size)), expected, atol=1e-5)
+    assert np.allclose(scan_map(values, fit_volume_view(size, shape), size), expected, atol=1e-5)
+
+
 def test_a_map_put_back_on_the_scan_follows_the_same_geometry():
     shape, size = (9, 12, 20), (3, 4, 5)
     heatmap = _field(size, slopes=(0.1, 0.2, 0.05), offset=0.0)

@@ -134,7 +134,7 @@ def _decoded_volume(prepared: Prepared, item: InputImage, budget: MemoryBudget) 
     over the whole volume) and resampled to the model's (D, H, W); the scan is held in the
     budget until its files are written."""
     config, info = prepared.config, prepared.info
-    if not (item.series or is_nifti_name(item.path.name)):
+    if not (item.series or is_nifti_name(item.path.name) or is_dicom(item.path)):
         return Decoded(item, None, None, error=_not_a_volume(item, info.input_size))
     try:
         with budget.working(_volume_bytes(item)):
@@ -150,20 +150,22 @@ def _decoded_volume(prepared: Prepared, item: InputImage, budget: MemoryBudget) 
 
 def _not_a_volume(item: InputImage, size: tuple[int, ...]) -> str:
     """Why an input is not a volume a 3-D model can take, in one line."""
-    model = f"this model takes volumes ({'x'.join(map(str, size))} voxels)"
-    if is_dicom(item.path):
-        return (f"{model}: a DICOM file is read as a volume with the other slices of its series (single-frame files "
-                "in one folder sharing a SeriesInstanceUID, with ImagePositionPatient, ImageOrientationPatient and "
-                "PixelSpacing); this one has no series to join (multi-frame DICOM volumes are not supported yet)")
-    return f"{model}: give NIfTI files (.nii, .nii.gz) or folders of DICOM series, not {item.path.suffix or 'this file'}"
+    return (f"this model takes volumes ({'x'.join(map(str, size))} voxels): give NIfTI files (.nii, .nii.gz), "
+            f"multi-frame DICOM files or folders of DICOM series, not {item.path.suffix or 'this file'}")
+
+
+SERIES_BYTES_PER_VOXEL = 4 + 1 + 1 + 1  # float32 values, their 8 bits, transposed, turned to RAS
+MULTIFRAME_BYTES_PER_VOXEL = 2 + 8 + 8 + 1 + 1 + 1  # stored pixels, float64 values, reordered, 8 bits (x3)
 
 
 def _volume_bytes(item: InputImage) -> int:
     """What reading a volume holds at its peak: as a NIfTI stack's (``load_bytes``), or a
-    series' slices as float64 values, their float32 copy and the 8-bit result."""
+    DICOM volume's, its slices read one by one (a series) or all at once (a multi-frame file)."""
     if item.series:
         files = item.series[1]
-        return dicom_pixel_count(files[0]) * len(files) * (8 + 4 + 2)
+        return dicom_pixel_count(files[0]) * len(files) * SERIES_BYTES_PER_VOXEL
+    if is_dicom(item.path):
+        return dicom_pixel_count(item.path) * MULTIFRAME_BYTES_PER_VOXEL
     return load_bytes(item.path)
 
 

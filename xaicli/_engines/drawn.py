@@ -21,7 +21,7 @@ from .._inputs.volumes import PlacedScan, scan_map
 from .._outputs.mosaic import tile_size
 from .._outputs.render import Shrunk, draw_kind, overlay, upsample
 from .._outputs.report import thumbnail_size
-from .._outputs.scans import axial_mosaic, nifti_bytes, ortho_picture, thumbnail_of
+from .._outputs.scans import axial_mosaic, nifti_chunks, ortho_picture, thumbnail_of
 from .._outputs.writers import write_bytes, write_image, write_npy
 from .._runs.decisions import Prepared
 from .decoded import Decoded, Workers, opened_picture
@@ -80,7 +80,7 @@ def render_image(prepared: Prepared, decoded: Decoded, jobs: list[Job], workers:
         workers.budget.release(decoded.kept)
 
 
-SCAN_RENDER_BYTES_PER_VOXEL = 16  # the map over the scan, its stored-order copy, the NIfTI bytes and their gzip
+SCAN_RENDER_BYTES_PER_VOXEL = 8  # the map over the scan (float32) and its gzipped NIfTI, compressed plane by plane
 
 
 def _rendered_volume(prepared: Prepared, decoded: Decoded, jobs: list[Job], workers: Workers) -> list[Outcome]:
@@ -110,7 +110,7 @@ def write_volume_files(prepared: Prepared, placed: PlacedScan, job: Job) -> None
     ortho = functools.cache(lambda: ortho_picture(scan, values, config.alpha, prepared.lut, job.caption))
     for kind, path in job.paths.items():
         if kind == "scan":
-            write_bytes(path, nifti_bytes(values, scan))
+            write_bytes(path, nifti_chunks(values, scan))
         elif kind == "raw":
             write_npy(path, job.heatmap)
         elif kind == "ortho":

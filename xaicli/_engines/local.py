@@ -19,6 +19,7 @@ from .._evaluation.faithfulness import PERTURBATION_METRICS, CurveJob, blurred, 
 from .._explain.explainer import Explained
 from .._inputs.discover import InputImage
 from .._inputs.stacks import StackCache, parse_slices
+from .._inputs.volumes import fit_volume_view, scan_map
 from .._outputs.naming import output_path, thumbnail_path, wants_mosaic
 from .._outputs.render import upsample
 from .._runs.config import default_workers
@@ -217,7 +218,7 @@ def _faithfulness(prepared: Prepared, inputs: np.ndarray,
         for position, each in enumerate(image_explained):
             explanation, at = each.explanation, each.index
             for method, maps in explanation.maps.items():
-                order = pixel_order(upsample(maps[at], size))
+                order = pixel_order(_on_input_grid(maps[at], size))
                 for name in wanted:
                     source, target = starts[name](index)
                     jobs.append(CurveJob(functools.partial(perturbed, source, target, order, config.metric_steps),
@@ -228,6 +229,14 @@ def _faithfulness(prepared: Prepared, inputs: np.ndarray,
                                                                   prepared.explainer.batch_size)):
         figures.setdefault((index, method, position), {})[name] = round(area, 6)
     return figures
+
+
+def _on_input_grid(heatmap: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
+    """A map (h, w) or (d, h, w) resized over the whole model input of ``size``, (H, W) or
+    (D, H, W): the pixels or voxels the curves rank."""
+    if heatmap.ndim == 3:
+        return scan_map(heatmap, fit_volume_view(size, size), size)
+    return upsample(heatmap, size)
 
 
 def _schedule(prepared: Prepared, decoded: Decoded, explained: list[Explained], index: int,

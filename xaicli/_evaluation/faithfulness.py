@@ -3,7 +3,7 @@ means per method, and the requirements a CI job sets on them (numpy only; the mo
 probabilities come in as a function).
 
 - Deletion and insertion (Petsiuk, Das & Saenko 2018, RISE): the explained class's probability
-  as the input's pixels are removed (replaced by the baseline) or revealed (over a blurred copy)
+  as the input's pixels (a volume's voxels) are removed (replaced by the baseline) or revealed (over a blurred copy)
   in descending order of the map, in equal steps; the area under that curve over the fraction
   changed, 0..1. A faithful map makes the probability fall fast when deleting (low AUC) and
   rise fast when inserting (high AUC).
@@ -42,35 +42,37 @@ def area_under(probabilities: np.ndarray) -> float:
 
 
 def pixel_order(saliency: np.ndarray) -> np.ndarray:
-    """Flat pixel indices of an (H, W) map, highest first; ties keep raster order."""
+    """Flat indices of an (H, W) map's pixels (a (D, H, W) map's voxels), highest first; ties
+    keep raster order."""
     return np.argsort(-saliency.ravel(), kind="stable")
 
 
 def perturbed(source: np.ndarray, target: np.ndarray, order: np.ndarray, steps: int) -> Iterator[np.ndarray]:
-    """The ``steps + 1`` inputs of a curve: at step k the first round(k / steps * H W) pixels of
-    ``order`` take ``target``'s values (all channels), the others keep ``source``'s.
-    ``source``, ``target``: (H, W, C) float32. Deletion: image over baseline; insertion: blurred
-    copy over image."""
-    height, width, channels = source.shape
-    current = source.reshape(height * width, channels).copy()
-    flat_target = target.reshape(height * width, channels)
-    done = 0
+    """The ``steps + 1`` inputs of a curve: at step k the first round(k / steps * H W) pixels
+    (voxels) of ``order`` take ``target``'s values (all channels), the others keep ``source``'s.
+    ``source``, ``target``: (H, W, C) or (D, H, W, C) float32. Deletion: image over baseline;
+    insertion: blurred copy over image."""
+    channels = source.shape[-1]
+    current = source.reshape(-1, channels).copy()
+    flat_target = target.reshape(-1, channels)
+    count, done = len(current), 0
     for step in range(steps + 1):
-        upto = round(step * height * width / steps)
+        upto = round(step * count / steps)
         chosen = order[done:upto]
         current[chosen] = flat_target[chosen]
         done = upto
-        yield current.reshape(height, width, channels).copy()
+        yield current.reshape(source.shape).copy()
 
 
 def blurred(image: np.ndarray, sigma: float = BLUR_SIGMA, taps: int = BLUR_TAPS) -> np.ndarray:
-    """(H, W, C) float32 Gaussian-blurred (separable, ``taps`` wide, edges reflected)."""
+    """(H, W, C) or (D, H, W, C) float32 Gaussian-blurred along every axis but the channels'
+    (separable, ``taps`` wide, edges reflected)."""
     offsets = np.arange(taps) - taps // 2
     kernel = np.exp(-(offsets ** 2) / (2 * sigma ** 2))
     kernel /= kernel.sum()
     result = image.astype(np.float32)
-    for axis in (0, 1):
-        pad = [(0, 0)] * 3
+    for axis in range(image.ndim - 1):
+        pad = [(0, 0)] * image.ndim
         pad[axis] = (taps // 2, taps // 2)
         padded = np.pad(result, pad, mode="reflect" if result.shape[axis] > taps // 2 else "edge")
         length = result.shape[axis]

@@ -68,13 +68,42 @@ def read_dicom(path: Path) -> DicomPixels:
     if interpretation in COLOUR_INTERPRETATIONS or int(dataset.get("SamplesPerPixel", 1)) == 3:
         frames = pixels.reshape(frame_count, *pixels.shape[-3:])
         return DicomPixels(_colour_8bit(frames, int(dataset.get("BitsStored", 8))), None, False)
+    values, rescaled = _modality_values(pixels.reshape(frame_count, *pixels.shape[-2:]), dataset)
+    shallow = int(dataset.get("BitsStored", 16)) <= 8 and not rescaled and np.issubdtype(pixels.dtype, np.integer)
+    return DicomPixels(values, _first_window(dataset), interpretation == "MONOCHROME1", shallow)
+
+
+def _modality_values(frames: np.ndarray, dataset) -> tuple[np.ndarray, bool]:
+    """(F, H, W) float64 modality values, and whether a rescale changed them: the file's Modality
+    LUT or Rescale Slope/Intercept, or, in an enhanced multi-frame file, each frame's from its
+    Pixel Value Transformation functional group."""
     from pydicom.pixels import apply_rescale
 
-    values = np.asarray(apply_rescale(pixels, dataset), dtype=np.float64)
-    rescaled = float(dataset.get("RescaleSlope", 1) or 1) != 1 or float(dataset.get("RescaleIntercept", 0) or 0) != 0
-    shallow = int(dataset.get("BitsStored", 16)) <= 8 and not rescaled and np.issubdtype(pixels.dtype, np.integer)
-    return DicomPixels(values.reshape(frame_count, *values.shape[-2:]), _first_window(dataset),
-                       interpretation == "MONOCHROME1", shallow)
+    if "ModalityLUTSequence" in dataset or "RescaleSlope" in dataset:
+        rescaled = float(dataset.get("RescaleSlope", 1) or 1) != 1 or float(dataset.get("RescaleIntercept", 0) or 0) != 0
+        return np.asarray(apply_rescale(frames, dataset), dtype=np.float64), rescaled
+    transforms = [(frame_value(dataset, n, "PixelValueTransformationSequence", "RescaleSlope"),
+                   frame_value(dataset, n, "PixelValueTransformationSequence", "RescaleIntercept"))
+                  for n in range(len(frames))]
+    slopes = np.array([float(slope if slope is not None else 1) for slope, _ in transforms])
+    intercepts = np.array([float(intercept if intercept is not None else 0) for _, intercept in transforms])
+    rescaled = bool(np.any(slopes != 1) or np.any(intercepts != 0))
+    values = frames.astype(np.float64)
+    return (values * slopes[:, None, None] + intercepts[:, None, None] if rescaled else values), rescaled
+
+
+def frame_value(dataset, frame: int, sequence: str, keyword: str):
+    """``keyword`` of an enhanced multi-frame file's frame: from the frame's own functional group
+    ``sequence`` (in PerFrameFunctionalGroupsSequence), else the shared one's; None when neither
+    says."""
+    per_frame = dataset.get("PerFrameFunctionalGroupsSequence") or []
+    shared = dataset.get("SharedFunctionalGroupsSequence") or []
+    for groups in ((per_frame[frame],) if frame < len(per_frame) else ()), tuple(shared[:1]):
+        for group in groups:
+            items = group.get(sequence) or []
+            if items and keyword in items[0]:
+                return items[0][keyword].value
+    return None
 
 
 def to_pictures(pixels: DicomPixels, intensity: Intensity) -> tuple[np.ndarray, str]:
@@ -223,8 +252,11 @@ def _read_by_gdcm(path: Path, dataset) -> np.ndarray:
 
 
 def _first_window(dataset) -> tuple[float, float] | None:
-    """The first WindowCenter/WindowWidth pair (each may hold several values), if usable."""
+    """The first WindowCenter/WindowWidth pair (each may hold several values), if usable: the
+    file's, or an enhanced file's first frame's."""
     center, width = dataset.get("WindowCenter"), dataset.get("WindowWidth")
+    if center is None or width is None:  # an enhanced file's first frame's window
+        center, width = (frame_value(dataset, 0, "FrameVOILUTSequence", keyword) for keyword in ("WindowCenter", "WindowWidth"))
     if center is None or width is None:
         return None
     try:

@@ -9,6 +9,7 @@ are never changed.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -53,17 +54,22 @@ def parse_intensity(text: str) -> Intensity:
                      "(e.g. percentile:1,99) or window:CENTER,WIDTH with WIDTH >= 1 (e.g. window:40,400)")
 
 
+SLAB_VALUES = 1 << 22  # values mapped at a time: a volume's float copies stay at a few tens of MB
+
+
 def to_8bit(values: np.ndarray, intensity: Intensity, own_window: tuple[float, float] | None = None) -> tuple[np.ndarray, str]:
-    """Map a deep grayscale image to 0..255.
+    """Map a deep grayscale image, or a volume, to 0..255.
 
     Args:
-        values: (H, W) integers or floats of any range; NaN and infinities count as the lowest value.
+        values: (H, W) or (D, H, W) integers or floats of any range; NaN and infinities count as
+            the lowest value. A volume's mapping is set from all of it and applied a slab at a
+            time, so that its float copies stay small however large the volume.
         intensity: the ``--intensity`` choice; ``auto`` takes ``own_window`` (CENTER, WIDTH) when
             the file carries one, otherwise ``minmax``.
 
     Returns:
-        (H, W) uint8, and what was done for the ``note`` column ('' for ``range``, which is the
-        type's fixed mapping).
+        uint8 of the same shape, and what was done for the ``note`` column ('' for ``range``,
+        which is the type's fixed mapping).
     """
     chosen = intensity
     if chosen.kind == "auto":
@@ -73,24 +79,37 @@ def to_8bit(values: np.ndarray, intensity: Intensity, own_window: tuple[float, f
         lowest = float(values[finite].min()) if finite.any() else 0.0
         values = np.where(finite, values, lowest)
     if chosen.kind == "range":
-        return _by_type_range(values), ""
+        return _in_slabs(values, _type_range_mapping(values)), ""
     if chosen.kind == "window":
-        return _windowed(values, chosen.low, chosen.high), f"intensity: window {chosen.low:g},{chosen.high:g}"
+        return (_in_slabs(values, lambda part: _windowed(part, chosen.low, chosen.high)),
+                f"intensity: window {chosen.low:g},{chosen.high:g}")
     if chosen.kind == "percentile":
         low, high = (float(v) for v in np.percentile(values, [chosen.low, chosen.high]))
         how = f"percentile {chosen.low:g}..{chosen.high:g}"
     else:
         low, high = float(values.min()), float(values.max())
         how = "minmax"
-    return _stretched(values, low, high), f"intensity: {how} ({low:g}..{high:g} to 0..255)"
+    return _in_slabs(values, lambda part: _stretched(part, low, high)), f"intensity: {how} ({low:g}..{high:g} to 0..255)"
 
 
-def _by_type_range(values: np.ndarray) -> np.ndarray:
-    """Integers by the 16-bit range, floats by [0, 1] (or as 0..255 when they go beyond 1)."""
+def _in_slabs(values: np.ndarray, mapping: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """``mapping`` (values to uint8, value by value) applied along the first axis a slab of about
+    ``SLAB_VALUES`` at a time."""
+    if values.size <= SLAB_VALUES or values.ndim < 2:
+        return mapping(values)
+    result = np.empty(values.shape, np.uint8)
+    step = max(1, SLAB_VALUES // (values.size // len(values)))
+    for start in range(0, len(values), step):
+        result[start:start + step] = mapping(values[start:start + step])
+    return result
+
+
+def _type_range_mapping(values: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """Integers by the 16-bit range, floats by [0, 1] (or as 0..255 when any goes beyond 1)."""
     if np.issubdtype(values.dtype, np.floating):
-        scale = 255.0 if values.max(initial=0.0) <= 1.0 else 1.0
-        return _rounded(values.astype(np.float32) * scale)
-    return _rounded(values.astype(np.float32) / 257.0)
+        scale = np.float32(255.0 if values.max(initial=0.0) <= 1.0 else 1.0)
+        return lambda part: _rounded(part.astype(np.float32) * scale)
+    return lambda part: _rounded(part.astype(np.float32) / 257.0)
 
 
 def _stretched(values: np.ndarray, low: float, high: float) -> np.ndarray:

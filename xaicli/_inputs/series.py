@@ -1,6 +1,7 @@
-"""DICOM series as volumes for 3-D models (pydicom and numpy): the single-frame files of a folder that
-share a SeriesInstanceUID are one volume, its slices ordered by their position along the slice
-normal, its voxel-to-world affine computed from the geometry the files carry.
+"""DICOM volumes for 3-D models (pydicom and numpy): the single-frame files of a folder that share a
+SeriesInstanceUID are one volume (a series), and so is a multi-frame file whose frames carry their
+positions (enhanced CT and MR); the slices are ordered by their position along the slice normal,
+the voxel-to-world affine computed from the geometry the files carry.
 
 DICOM places voxels in LPS (x to the patient's left, y to posterior, z to superior);
 NIfTI's world is RAS, so x and y change sign."""
@@ -15,7 +16,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from .._errors import ImageError
-from .dicom import DicomPixels, read_dicom, to_pictures
+from .dicom import DicomPixels, frame_value, read_dicom, to_pictures
 from .discover import InputImage, is_dicom
 from .intensity import Intensity
 
@@ -100,61 +101,137 @@ def read_series(files: Iterable[Path], uid: str, intensity: Intensity) -> tuple[
     """
     import pydicom
 
-    read = []
+    files = list(files)
+    geometries = []
     for path in files:
         try:
             dataset = pydicom.dcmread(path, stop_before_pixels=True)
-            geometry = SliceGeometry(tuple(float(v) for v in dataset.ImagePositionPatient),
-                                     tuple(float(v) for v in dataset.ImageOrientationPatient),
-                                     tuple(float(v) for v in dataset.PixelSpacing),
-                                     (int(dataset.Rows), int(dataset.Columns)))
+            geometries.append(SliceGeometry(_floats(dataset.ImagePositionPatient),
+                                            _floats(dataset.ImageOrientationPatient),
+                                            _floats(dataset.PixelSpacing), (int(dataset.Rows), int(dataset.Columns))))
         except Exception as exc:  # noqa: BLE001 (pydicom raises assorted types on bad headers)
             raise ImageError(f"{path.name} of series {uid}: cannot read its geometry ({exc})") from None
-        read.append((geometry, path))
-    geometries, order, spacing = _ordered(read, uid)
-    slices = []
-    for index in order:
+    order, spacing = _ordered(geometries, [path.name for path in files], f"series {uid}")
+    # float32 holds any modality value a scanner stores (16 bits, rescaled) and halves float64's memory
+    values = np.empty((len(order), *geometries[0].size), np.float32)
+    shallow = True
+    for position, index in enumerate(order):
         try:
-            slices.append(read_dicom(read[index][1]))
+            pixels = read_dicom(files[index])
         except ImageError as exc:
-            raise ImageError(f"{read[index][1].name} of series {uid}: {exc}") from None
-    if any(pixels.colour for pixels in slices):
-        raise ImageError(f"series {uid} holds colour images; a 3-D model takes grayscale volumes")
-    stacked = DicomPixels(np.concatenate([pixels.frames for pixels in slices]), slices[0].window,
-                          slices[0].inverted, all(pixels.shallow for pixels in slices))
-    pictures, mapped = to_pictures(stacked, intensity)
-    return np.ascontiguousarray(np.transpose(pictures, (2, 1, 0))), _affine(geometries[order[0]], spacing), mapped
+            raise ImageError(f"{files[index].name} of series {uid}: {exc}") from None
+        if pixels.colour or pixels.frames.shape[1:] != values.shape[1:]:
+            raise ImageError(f"series {uid} holds colour images or frames of another size ({files[index].name}); "
+                             "a 3-D model takes one grayscale grid")
+        values[position] = pixels.frames[0]
+        shallow = shallow and pixels.shallow
+        if not position:
+            window, inverted = pixels.window, pixels.inverted
+    return _volume(DicomPixels(values, window, inverted, shallow), geometries[order[0]], spacing, intensity)
 
 
-def _ordered(read: list[tuple[SliceGeometry, Path]], uid: str) -> tuple[list[SliceGeometry], list[int], float]:
-    """The slices' geometries, their order along the normal and the slice spacing, checked."""
-    geometries = [geometry for geometry, _ in read]
+def read_multiframe(path: Path, intensity: Intensity) -> tuple[np.ndarray, np.ndarray, str]:
+    """A multi-frame DICOM file as one volume, as ``read_series`` gives a series: its frames
+    ordered along the slice normal by their positions (each frame's Plane Position in an enhanced
+    file's functional groups, or one ImagePositionPatient stepped by SpacingBetweenSlices), with
+    orientation and pixel spacing from the frame's, the shared functional groups or the file's.
+
+    Raises:
+        ImageError: one line: a single frame, frames with no positions, or what ``read_series``
+            reports of slices.
+    """
+    import pydicom
+
+    what = f"multi-frame {path.name}"
+    pixels = read_dicom(path)
+    if len(pixels.frames) == 1:
+        raise ImageError("a single-frame DICOM file is read as a volume with the other slices of its series (files "
+                         "in one folder sharing a SeriesInstanceUID, with ImagePositionPatient, ImageOrientationPatient "
+                         "and PixelSpacing); this one has no series to join")
+    if pixels.colour:
+        raise ImageError(f"{what} holds colour frames; a 3-D model takes grayscale volumes")
+    geometries = _frame_geometries(pydicom.dcmread(path, stop_before_pixels=True), len(pixels.frames), what)
+    order, spacing = _ordered(geometries, [f"frame {n + 1}" for n in range(len(geometries))], what)
+    ordered = DicomPixels(pixels.frames[order], pixels.window, pixels.inverted, pixels.shallow)
+    return _volume(ordered, geometries[order[0]], spacing, intensity)
+
+
+def _frame_geometries(dataset, count: int, what: str) -> list[SliceGeometry]:
+    """Each frame's geometry from the functional groups (its own, then the shared ones), the
+    file's own attributes filling what they do not say."""
+    size = (int(dataset.Rows), int(dataset.Columns))
+    geometries = []
+    try:
+        for index in range(count):
+            orientation = _frame_or_file(dataset, index, "PlaneOrientationSequence", "ImageOrientationPatient")
+            spacing = _frame_or_file(dataset, index, "PixelMeasuresSequence", "PixelSpacing")
+            position = frame_value(dataset, index, "PlanePositionSequence", "ImagePositionPatient")
+            if position is None:
+                position = _stepped_position(dataset, orientation, index)
+            if orientation is None or spacing is None or position is None:
+                raise ImageError(f"{what} does not say where its frames lie (no Plane Position, Plane Orientation "
+                                 "or Pixel Measures in its functional groups); a 3-D model needs the volume's "
+                                 "geometry: export it as enhanced CT/MR or as a series")
+            geometries.append(SliceGeometry(_floats(position), _floats(orientation), _floats(spacing), size))
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise ImageError(f"{what}: cannot read its frames' geometry ({exc})") from None
+    return geometries
+
+
+def _frame_or_file(dataset, frame: int, sequence: str, keyword: str):
+    value = frame_value(dataset, frame, sequence, keyword)
+    return dataset.get(keyword) if value is None else value
+
+
+def _stepped_position(dataset, orientation, index: int):
+    """Frame ``index``'s position when the file gives one ImagePositionPatient for the first
+    frame and SpacingBetweenSlices (as nuclear medicine and some converted files do); None otherwise."""
+    first, step = dataset.get("ImagePositionPatient"), dataset.get("SpacingBetweenSlices")
+    if first is None or step is None or orientation is None:
+        return None
+    normal = np.cross(_floats(orientation)[:3], _floats(orientation)[3:])
+    return tuple(np.array(_floats(first)) + index * float(step) * normal)
+
+
+def _floats(values) -> tuple[float, ...]:
+    return tuple(float(value) for value in values)
+
+
+def _volume(pixels: DicomPixels, first: SliceGeometry, spacing: float,
+            intensity: Intensity) -> tuple[np.ndarray, np.ndarray, str]:
+    """Slices (F, rows, columns), in order along the normal, as (columns, rows, slices) 8-bit
+    values mapped together, with their RAS affine and how they were mapped."""
+    pictures, mapped = to_pictures(pixels, intensity)
+    return np.ascontiguousarray(np.transpose(pictures, (2, 1, 0))), _affine(first, spacing), mapped
+
+
+def _ordered(geometries: list[SliceGeometry], names: list[str], what: str) -> tuple[list[int], float]:
+    """The slices' order along the normal and the slice spacing, checked; ``names`` say which
+    slice a message means (file names, or frames)."""
     first = geometries[0]
-    for geometry, path in read:
+    for geometry, name in zip(geometries, names):
         if np.abs(np.subtract(geometry.orientation, first.orientation)).max() > ORIENTATION_TOLERANCE:
-            raise ImageError(f"series {uid} has two orientations ({_cosines(first)} and {_cosines(geometry)}, "
-                             f"{path.name}); export each orientation as its own series")
+            raise ImageError(f"{what} has two orientations ({_cosines(first)} and {_cosines(geometry)}, "
+                             f"{name}); export each orientation as its own series")
         if geometry.size != first.size or not np.allclose(geometry.pixel_spacing, first.pixel_spacing):
-            raise ImageError(f"series {uid} has slices of two sizes or pixel spacings ({path.name}); "
-                             "a volume needs one grid")
-    if len(read) < 2:
-        raise ImageError(f"series {uid} has one slice; a 3-D model needs a volume")
+            raise ImageError(f"{what} has slices of two sizes or pixel spacings ({name}); a volume needs one grid")
+    if len(geometries) < 2:
+        raise ImageError(f"{what} has one slice; a 3-D model needs a volume")
     distances = np.array([np.dot(geometry.position, first.normal) for geometry in geometries])
     order = [int(i) for i in np.argsort(distances, kind="stable")]
     gaps = np.diff(distances[order])
     if gaps.min() <= 1e-3:
-        raise ImageError(f"series {uid} has two slices at one position ({read[order[int(np.argmin(gaps))]][1].name}); "
+        raise ImageError(f"{what} has two slices at one position ({names[order[int(np.argmin(gaps))]]}); "
                          "remove the repeated slice")
     spacing = float(np.median(gaps))
     if gaps.max() > 1.5 * spacing:
         where = int(np.argmax(gaps))
-        raise ImageError(f"series {uid} is missing a slice: {gaps[where]:.3g} mm between "
-                         f"{read[order[where]][1].name} and {read[order[where + 1]][1].name} where slices are "
-                         f"{spacing:.3g} mm apart")
+        raise ImageError(f"{what} is missing a slice: {gaps[where]:.3g} mm between {names[order[where]]} and "
+                         f"{names[order[where + 1]]} where slices are {spacing:.3g} mm apart")
     if gaps.max() - gaps.min() > SPACING_TOLERANCE * spacing:
-        raise ImageError(f"series {uid} has uneven slice spacing ({gaps.min():.3g}..{gaps.max():.3g} mm); "
+        raise ImageError(f"{what} has uneven slice spacing ({gaps.min():.3g}..{gaps.max():.3g} mm); "
                          "resample it to even slices first")
-    return geometries, order, float(np.mean(gaps))
+    return order, float(np.mean(gaps))
 
 
 def _cosines(geometry: SliceGeometry) -> str:

@@ -12,12 +12,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .discover import InputImage
+from .discover import InputImage, is_dicom
 from .geometry import RESIZE_MODES
 from .intensity import Intensity, to_8bit
 from .nifti import ras_spacing, read_volume
 from .raster import joined_notes
-from .series import read_series
+from .series import read_multiframe, read_series
 
 Span = tuple[float, float]
 
@@ -44,7 +44,7 @@ class Scan:
 
 
 def read_scan(item: InputImage, intensity: Intensity) -> Scan:
-    """A NIfTI file or a DICOM series as a 3-D model's scan: its (first) volume in RAS,
+    """A NIfTI file, a DICOM series or a multi-frame DICOM as a 3-D model's scan: its (first) volume in RAS,
     intensities mapped to 0..255 over the whole volume (``--intensity``), with what puts a map
     back into the file's space (for a series, the space its geometry gives).
 
@@ -52,17 +52,23 @@ def read_scan(item: InputImage, intensity: Intensity) -> Scan:
         ImageError: the input cannot be read as a volume (one line).
     """
     if item.series:
-        from nibabel.orientations import apply_orientation, io_orientation
-
         uid, files = item.series
-        stored, affine, how = read_series(files, uid, intensity)
-        orientation = io_orientation(affine)
-        zooms = tuple(float(n) for n in np.linalg.norm(affine[:3, :3], axis=0))
-        return Scan(np.ascontiguousarray(apply_orientation(stored, orientation)), affine, orientation,
-                    ras_spacing(orientation, zooms), how)
+        return _dicom_scan(*read_series(files, uid, intensity))
+    if is_dicom(item.path):
+        return _dicom_scan(*read_multiframe(item.path, intensity))
     volume = read_volume(item.path)
     values, how = to_8bit(volume.values, intensity)
     return Scan(values, volume.affine, volume.orientation, volume.spacing, joined_notes(volume.note, how))
+
+
+def _dicom_scan(stored: np.ndarray, affine: np.ndarray, how: str) -> Scan:
+    """A DICOM volume (its stored voxel order and RAS affine) as a scan in RAS voxel order."""
+    from nibabel.orientations import apply_orientation, io_orientation
+
+    orientation = io_orientation(affine)
+    zooms = tuple(float(n) for n in np.linalg.norm(affine[:3, :3], axis=0))
+    return Scan(np.ascontiguousarray(apply_orientation(stored, orientation)), affine, orientation,
+                ras_spacing(orientation, zooms), how)
 
 
 @dataclass(frozen=True)
@@ -107,7 +113,7 @@ def fitted_volume(values: np.ndarray, size: tuple[int, int, int], view: VolumeVi
     """(D, H, W) float32: ``values`` (I, J, K) resampled trilinearly (voxel centres aligned, as
     ``tf.image.resize`` without antialiasing) into the model's ``size`` as ``view`` says;
     letterbox padding is 0."""
-    result = values.astype(np.float32)
+    result = values
     for axis, (count, seen, placed) in enumerate(zip(size, view.seen, view.placed)):
         fraction = (np.arange(count) + 0.5) / count
         inside = (fraction >= placed[0]) & (fraction < placed[1])
@@ -129,15 +135,30 @@ def scan_map(heatmap: np.ndarray, view: VolumeView, shape: tuple[int, int, int])
     return result
 
 
+SLAB_VALUES = 1 << 22  # values resampled at a time: a large scan's float copies stay at a few tens of MB
+
+
 def _interpolated(values: np.ndarray, axis: int, coordinates: np.ndarray, inside: np.ndarray,
                   fill: float) -> np.ndarray:
     """``values`` read along ``axis`` at fractional indices ``coordinates`` (linear between the
-    two nearest, the ends held), ``fill`` where not ``inside``: one pass of separable resampling."""
+    two nearest, the ends held), ``fill`` where not ``inside``: one pass of separable resampling,
+    float32, done in slabs along another axis when the result is large."""
+    result_size = values.size // values.shape[axis] * len(coordinates)
+    if axis == 0 or max(values.size, result_size) <= SLAB_VALUES:
+        return _interpolated_whole(values, axis, coordinates, inside, fill)
+    result = np.empty((*values.shape[:axis], len(coordinates), *values.shape[axis + 1:]), np.float32)
+    step = max(1, len(values) * SLAB_VALUES // max(values.size, result_size))
+    for start in range(0, len(values), step):
+        result[start:start + step] = _interpolated_whole(values[start:start + step], axis, coordinates, inside, fill)
+    return result
+
+
+def _interpolated_whole(values: np.ndarray, axis: int, coordinates: np.ndarray, inside: np.ndarray,
+                        fill: float) -> np.ndarray:
     count = values.shape[axis]
-    low = np.floor(coordinates)
+    low = np.floor(coordinates).astype(np.int64)
     weight = (coordinates - low).astype(np.float32)
-    below = np.clip(low.astype(np.int64), 0, count - 1)
-    above = np.clip(below + 1, 0, count - 1)
+    below, above = np.clip(low, 0, count - 1), np.clip(low + 1, 0, count - 1)
     shape = [1] * values.ndim
     shape[axis] = len(coordinates)
     weight = weight.reshape(shape)
@@ -147,7 +168,7 @@ def _interpolated(values: np.ndarray, axis: int, coordinates: np.ndarray, inside
 
 def in_stored_order(values: np.ndarray, scan: Scan) -> np.ndarray:
     """A RAS-ordered array of the scan's shape back in the voxel order the scan's file stores,
-    so that the file's own affine places it."""
+    so that the file's own affine places it (a view: axes swapped and flipped, nothing copied)."""
     from nibabel.orientations import apply_orientation, axcodes2ornt, ornt_transform
 
-    return np.ascontiguousarray(apply_orientation(values, ornt_transform(axcodes2ornt("RAS"), scan.orientation)))
+    return apply_orientation(values, ornt_transform(axcodes2ornt("RAS"), scan.orientation))

@@ -7,7 +7,8 @@ millimetres, so a scan of 0.5 x 0.5 x 3 mm voxels is not squashed."""
 
 from __future__ import annotations
 
-import gzip
+import struct
+import zlib
 from typing import Sequence
 
 import numpy as np
@@ -20,6 +21,7 @@ from .render import caption_bar, overlay
 
 PLANE_LONG_SIDE = 320  # the longest extent of the scan, in pixels of the .ortho picture
 MOSAIC_SLICES = 30  # axial slices in a volume's mosaic, at most, evenly spaced
+NIFTI_DATA_OFFSET = 352  # a single-file NIfTI-1's data follow its 348-byte header and 4 bytes of no extension
 NIFTI_GZIP_LEVEL = 1  # a smooth float map: level 1 is within a few percent of 9, several times faster
 CAPTION_HEIGHT = 24
 PLANES = ("axial", "coronal", "sagittal")
@@ -27,18 +29,32 @@ PLANES = ("axial", "coronal", "sagittal")
 PLANE_AXES = {"axial": (2, "z", 1, 0), "coronal": (1, "y", 2, 0), "sagittal": (0, "x", 2, 1)}
 
 
-def nifti_bytes(values: np.ndarray, scan: Scan) -> bytes:
-    """A map over the scan as a gzipped NIfTI-1 file: ``values`` (I, J, K) in RAS order put
-    back into the file's stored voxel order, float32, with the scan file's affine as both its
-    qform and sform (scanner space), so that viewers place it over the scan. The gzip header
-    carries no time: the same map gives the same bytes."""
+def nifti_chunks(values: np.ndarray, scan: Scan) -> list[bytes]:
+    """A map over the scan as a gzipped NIfTI-1 file, in chunks to write one after another:
+    ``values`` (I, J, K) in RAS order put back into the file's stored voxel order, float32, with
+    the scan file's affine as both its qform and sform (scanner space), so that viewers place it
+    over the scan. The gzip header carries no time: the same map gives the same bytes."""
     import nibabel
 
-    image = nibabel.Nifti1Image(in_stored_order(values.astype(np.float32, copy=False), scan), scan.affine)
+    stored = in_stored_order(values.astype(np.float32, copy=False), scan)
+    image = nibabel.Nifti1Image(np.empty((1, 1, 1), np.float32), scan.affine)
+    header = image.header
+    header.set_data_shape(stored.shape)
     image.set_qform(scan.affine, code=1)
     image.set_sform(scan.affine, code=1)
-    image.header["descrip"] = b"xai map over the scan, 0..1"
-    return gzip.compress(image.to_bytes(), compresslevel=NIFTI_GZIP_LEVEL, mtime=0)
+    header["descrip"] = b"xai map over the scan, 0..1"
+    header["vox_offset"] = NIFTI_DATA_OFFSET
+    # NIfTI stores voxels in Fortran order: the last axis' planes, one after another, each
+    # compressed as it is made so that no copy of the whole map is ever held.
+    compressor = zlib.compressobj(NIFTI_GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
+    parts, checksum, length = [], zlib.crc32(b""), 0
+    for chunk in (header.binaryblock, bytes(NIFTI_DATA_OFFSET - header.sizeof_hdr),
+                  *(stored[..., k].tobytes(order="F") for k in range(stored.shape[-1]))):
+        checksum, length = zlib.crc32(chunk, checksum), length + len(chunk)
+        parts.append(compressor.compress(chunk))
+    parts.append(compressor.flush())
+    gzip_header = b"\x1f\x8b\x08\x00" + bytes(4) + b"\x00\xff"  # deflate, no name, no time, unknown OS
+    return [gzip_header, *parts, struct.pack("<II", checksum, length & 0xFFFFFFFF)]
 
 
 def peak_voxel(values: np.ndarray) -> tuple[int, int, int]:

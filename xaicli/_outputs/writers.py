@@ -29,9 +29,9 @@ def write_npy(path: Path, array: np.ndarray) -> None:
     _write_atomically(path, lambda stream: np.save(stream, array, allow_pickle=False))
 
 
-def write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` via a temporary file and a rename."""
-    _write_atomically(path, lambda stream: stream.write(data))
+def write_bytes(path: Path, data: bytes | Iterable[bytes]) -> None:
+    """Write ``data`` (or its chunks, one after another) via a temporary file and a rename."""
+    _write_atomically(path, lambda stream: stream.writelines([data] if isinstance(data, bytes) else data))
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -275,8 +275,7 @@ def with_file_kinds(config: RunConfig, info: ModelInfo) -> RunConfig:
     if flat:
         raise UsageError(f"--save {','.join(flat)}: 2-D pictures; {model}: its map is written over the scan "
                          "(.nii.gz), with --save overlay (.ortho and .mosaic pictures) and raw (.npy)")
-    not_yet = {"--metrics": bool(config.metrics), "--truth-masks": config.truth_masks is not None,
-               "--truth-boxes": config.truth_boxes is not None}
+    not_yet = {"--truth-masks": config.truth_masks is not None, "--truth-boxes": config.truth_boxes is not None}
     given = [option for option, asked in not_yet.items() if asked]
     if given:
         raise UsageError(f"{given[0]} is not supported on volumes yet; {model}: run again without it")
@@ -393,7 +392,7 @@ def describe(path: Path | str, info: ModelInfo, layer_regex: str) -> dict:
 
 
 def baseline_input(name: str, info: ModelInfo, scaling: Scaling) -> np.ndarray:
-    """The integrated-gradients baseline in model-input units: (H, W, C) float32."""
+    """The integrated-gradients baseline in model-input units: (H, W, C) float32, a 3-D model's (D, H, W, C)."""
     shape = (*info.input_size, info.channels)
     if name == "zeros":
         return np.zeros(shape, np.float32)
