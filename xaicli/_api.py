@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Sequence, Union
 
 import numpy as np
@@ -22,12 +22,16 @@ from ._runs.options import as_fields
 if TYPE_CHECKING:
     import keras
 
+    from ._inputs.volumes import PlacedScan, Scan
+
     from ._explain.explainer import Explained
     from ._inputs.geometry import View
     from ._runs.decisions import Prepared
 
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
-"""One image: a file (anything ``xai run`` reads as one image), a PIL image, or an array (H, W) or (H, W, C)."""
+"""One image: a file (anything ``xai run`` reads as one image), a PIL image, or an array (H, W) or (H, W, C).
+For a 3-D model, one volume: a NIfTI or multi-frame DICOM file, a folder holding one DICOM series,
+a nibabel image, or an array (I, J, K) in RAS voxel order."""
 
 # Options of ``explain`` that change neither the compiled steps nor the methods' settings.
 PER_CALL = ("target_class", "target", "top_k", "threshold", "region", "alpha", "colormap", "resize", "intensity",
@@ -112,9 +116,14 @@ class Explainer:
         return self._prepared.labels
 
     @property
-    def input_size(self) -> tuple[int, int]:
-        """(height, width) of the model input every image is fitted to."""
+    def input_size(self) -> tuple[int, ...]:
+        """(height, width) of the model input every image is fitted to; a 3-D model's (depth, height, width)."""
         return self._prepared.info.input_size
+
+    @property
+    def takes_volumes(self) -> bool:
+        """Whether the model is a 3-D one, whose ``explain`` takes volumes."""
+        return self._prepared.info.takes_volumes
 
     def explain(self, images: ImageLike | Sequence[ImageLike], **options: Any) -> Explanation:
         """Explain images with every method, ``batch_size`` at a time.
@@ -123,6 +132,10 @@ class Explainer:
             images: one image or several: file paths, PIL images, arrays (H, W) or (H, W, C)
                 each, or one array (N, H, W, C). uint8 pixels are taken as they are; deeper ones
                 (uint16, float) go through ``intensity``, as a 16-bit or float file's would.
+                For a 3-D model (``takes_volumes``), one volume or several: NIfTI or multi-frame
+                DICOM files, folders of one DICOM series each, nibabel images, arrays (I, J, K)
+                in RAS voxel order with 1 mm voxels, or one array (N, I, J, K); read as
+                ``xai run`` reads them (the ``medical`` extra).
             **options: for this call only, any of ``target_class``, ``target``, ``top_k``,
                 ``alpha``, ``colormap``, ``resize``, ``intensity``, ``max_size``, ``max_pixels``.
 
@@ -138,8 +151,10 @@ class Explainer:
             raise UsageError(f"{fixed[0]} is settled when the Explainer is made; make another Explainer for "
                              f"another value (each call may change {', '.join(PER_CALL)})")
         current = replace(self._options, **as_fields(options)) if options else self._options
-        from ._runs.batch import explain_pictures
+        from ._runs.batch import explain_pictures, explain_volumes
 
+        if self.takes_volumes:
+            return explain_volumes(self._prepared, current, _scans(_listed_volumes(images), current, self.input_size))
         return explain_pictures(self._prepared, current, _pictures(_listed(images), current))
 
 
@@ -193,6 +208,81 @@ def _pictures(images: list[ImageLike], options: ExplainOptions) -> list[Picture]
     return pictures
 
 
+@dataclass(frozen=True)
+class ScanInput:
+    """One volume to explain: its name in the table, the scan as a 3-D model sees it, and what to note."""
+
+    name: str
+    scan: Scan
+    note: str = ""
+
+
+def _listed_volumes(volumes: ImageLike | Sequence[ImageLike]) -> list[object]:
+    """The volumes as a list: one volume, a sequence of them, or a batch array (N, I, J, K)."""
+    if isinstance(volumes, np.ndarray):
+        if volumes.ndim == 3 or (volumes.ndim == 4 and volumes.shape[-1] == 1):
+            return [volumes]
+        if volumes.ndim in (4, 5):
+            return list(volumes)
+        raise ImageError(f"volumes array of shape {volumes.shape}: give (I, J, K) or a batch (N, I, J, K)")
+    if isinstance(volumes, (str, os.PathLike)) or _is_nibabel_image(volumes):
+        return [volumes]
+    return list(volumes)
+
+
+def _scans(volumes: list[object], options: ExplainOptions, size: tuple[int, ...]) -> list[ScanInput]:
+    """Each volume read as ``xai run`` reads one: turned to RAS, intensities mapped over it whole."""
+    from ._inputs.nifti import Volume, volume_of_image
+    from ._inputs.volumes import scan_of_volume
+
+    intensity = parse_intensity(options.intensity)
+    scans = []
+    for position, volume in enumerate(volumes):
+        try:
+            if isinstance(volume, (str, os.PathLike)):
+                name, scan = _scan_at(Path(volume), intensity, size)
+            elif _is_nibabel_image(volume):
+                name, scan = f"<volume {position}>", scan_of_volume(volume_of_image(volume), intensity)
+            elif isinstance(volume, np.ndarray) and (volume.ndim == 3 or (volume.ndim == 4 and volume.shape[-1] == 1)):
+                values = volume.reshape(volume.shape[:3])
+                name, scan = f"<array {position}>", scan_of_volume(Volume(values, affine=np.eye(4),
+                                                                           orientation=RAS_ORIENTATION), intensity)
+            else:
+                raise ImageError(f"not a volume: a {type(volume).__name__}; give a path, a nibabel image or an "
+                                 "array (I, J, K)")
+        except ImageError as exc:
+            raise ImageError(f"volume {position} ({_shown_name(volume)}): {exc}") from None
+        scans.append(ScanInput(name, scan, scan.note))
+    if not scans:
+        raise UsageError("no volumes to explain")
+    return scans
+
+
+RAS_ORIENTATION = np.array([[0.0, 1.0], [1.0, 1.0], [2.0, 1.0]])  # stored axes already i, j, k of RAS
+
+
+def _scan_at(path: Path, intensity, size: tuple[int, ...]) -> tuple[str, Scan]:
+    """The volume a path names (a file, or a folder of one DICOM series) and its table name."""
+    from ._inputs.discover import InputImage, discover, is_dicom
+    from ._inputs.nifti import is_nifti_name
+    from ._inputs.series import grouped_series
+    from ._inputs.volumes import not_a_volume, read_scan
+
+    if path.is_dir():
+        series = [item for item in grouped_series(discover([path], dicom=True)) if item.series]
+        if len(series) != 1:
+            raise ImageError(f"the folder holds {len(series)} DICOM series; give a folder of one series, or each "
+                             "series' files' folder")
+        return series[0].name, read_scan(series[0], intensity)
+    if not (is_nifti_name(path.name) or is_dicom(path)):
+        raise ImageError(not_a_volume(path.name, size))
+    return str(path), read_scan(InputImage(path, PurePosixPath(path.name)), intensity)
+
+
+def _is_nibabel_image(value: object) -> bool:
+    return hasattr(value, "affine") and hasattr(value, "dataobj")
+
+
 def _shown_name(image: object) -> str:
     return str(image) if isinstance(image, (str, os.PathLike)) else type(image).__name__
 
@@ -207,24 +297,27 @@ class Explanation:
             grid (the layer's for the CAM family, the model input's for gradient methods). With
             ``target="positive"`` (a multi-label model's default) or a segmentation model, each
             image has its own number of labels or classes: a tuple of one (k_i, h, w) array per
-            image, in class order (``classes_of``).
+            image, in class order (``classes_of``). A 3-D model's are (N, d, h, w), in the
+            model's RAS axis order; ``scan_map`` puts one back on its volume.
         predictions: the rows the predictions table gets, as JSON Lines would hold them: image by
             image, then method, then explained class; ``input`` is the path, or '<array i>' /
-            '<image i>'.
+            '<image i>' ('<volume i>' for a nibabel image).
         probabilities: (N, classes) float32, the explained output's probabilities (a regression
             model's values).
         names: each image's name, as in ``predictions``.
     """
 
-    def __init__(self, prepared: Prepared, options: ExplainOptions, pictures: list[Picture],
+    def __init__(self, prepared: Prepared, options: ExplainOptions, pictures: list[Picture] | list[ScanInput],
                  explained: list[list[Explained]], predictions: list[dict[str, object]],
-                 views: list[tuple[Image.Image, View]], per_image: bool = False) -> None:
-        """``per_image``: the classes explained were chosen from each image's prediction."""
+                 views: list[tuple[Image.Image, View]] | list[PlacedScan], per_image: bool = False) -> None:
+        """``per_image``: the classes explained were chosen from each image's prediction.
+        ``views``: each original at its output size and the model's view of it; a 3-D model's
+        scans and how each model input was cut from them."""
         self._prepared = prepared
         self._per_image = per_image
         self._options = options
         self._explained = explained  # per image, its explained classes (the predicted/given one, ranks, labels)
-        self._views = views  # each original at its output size, and the model's view of it
+        self._views = views
         self.names = tuple(picture.name for picture in pictures)
         self.notes = tuple(picture.note for picture in pictures)
         self.predictions = predictions
@@ -256,7 +349,8 @@ class Explanation:
     def overlay(self, index: int, method: str, rank: int = 1) -> Image.Image:
         """Image ``index``'s map by ``method`` over the image, at the original size (or ``max_size``):
         pixel for pixel the overlay ``xai run`` writes. ``rank``: the image's ``rank``-th
-        explained class (a top-K rank, or one of its present labels)."""
+        explained class (a top-K rank, or one of its present labels). For a 3-D model, the
+        axial, coronal and sagittal planes through the map's peak: the ``.ortho.png``."""
         return self._drawn("overlay", index, method, rank)
 
     def heatmap(self, index: int, method: str, rank: int = 1) -> Image.Image:
@@ -268,24 +362,72 @@ class Explanation:
         """Image | heatmap | overlay with the caption below: pixel for pixel ``--save panel``'s file."""
         return self._drawn("panel", index, method, rank)
 
+    def mosaic(self, index: int, method: str, rank: int = 1) -> Image.Image:
+        """A 3-D model's volume ``index``: up to 30 axial slices with the map blended, pixel for
+        pixel the ``.mosaic.png`` ``xai run`` writes."""
+        from ._outputs.scans import axial_mosaic
+
+        self._volume_only("mosaic")
+        explained = self._at(index, rank, method)
+        placed = self._views[index]
+        return Image.fromarray(axial_mosaic(placed.scan, self._over_scan(index, explained, method), self._options.alpha,
+                                            self._lut()))
+
+    def scan_map(self, index: int, method: str, rank: int = 1) -> np.ndarray:
+        """A 3-D model's map over volume ``index``'s own voxels: float32 in [0, 1] with the
+        input's shape and voxel order (as stored in its file; an array's own), 0 where the model
+        did not see the scan; the values of the ``.nii.gz`` ``xai run`` writes."""
+        from ._inputs.volumes import in_stored_order
+
+        self._volume_only("scan_map")
+        placed = self._views[index]
+        return np.ascontiguousarray(in_stored_order(self._over_scan(index, self._at(index, rank, method), method),
+                                                    placed.scan))
+
+    def affine(self, index: int) -> np.ndarray:
+        """A 3-D model's volume ``index``: the 4x4 voxel-to-world (RAS, mm) matrix that places
+        ``scan_map`` (a file's own; a DICOM series' from its geometry; identity for an array)."""
+        self._volume_only("affine")
+        return self._views[index].scan.affine.copy()
+
     def _drawn(self, kind: str, index: int, method: str, rank: int) -> Image.Image:
         from ._outputs.render import draw_kind
         from ._runs.rows import caption
 
-        if method not in self.maps:
-            raise UsageError(f"method {method!r} was not computed; this explanation has {', '.join(self.maps)}")
-        if not 0 <= index < len(self):
-            raise IndexError(f"image {index} of {len(self)}")
-        explained = self._at(index, rank)
-        image, view = self._views[index]
-        options = self._options
+        explained = self._at(index, rank, method)
         text = f"{caption(self._prepared, explained.explanation, explained.index)} | {method}"
+        options = self._options
+        if self._prepared.info.takes_volumes:
+            if kind != "overlay":
+                raise UsageError(f"{kind}: a 2-D picture; a 3-D model's map is shown by overlay (three planes through "
+                                 "its peak), mosaic, and scan_map over the scan")
+            from ._outputs.scans import ortho_picture
+
+            placed = self._views[index]
+            return Image.fromarray(ortho_picture(placed.scan, self._over_scan(index, explained, method), options.alpha,
+                                                 self._lut(), text))
+        image, view = self._views[index]
         drawing = draw_kind(kind, image, view, explained.explanation.maps[method][explained.index], options.alpha,
                             self._lut(), text, options.max_size, outline=explained.target.outline)
         return Image.fromarray(drawing.pixels())
 
-    def _at(self, index: int, rank: int) -> Explained:
-        """Image ``index``'s ``rank``-th explained class."""
+    def _over_scan(self, index: int, explained: Explained, method: str) -> np.ndarray:
+        """(I, J, K) float32: the map put back on volume ``index``'s voxels, RAS order."""
+        from ._inputs.volumes import scan_map
+
+        placed = self._views[index]
+        return scan_map(explained.explanation.maps[method][explained.index], placed.view, placed.scan.shape)
+
+    def _volume_only(self, what: str) -> None:
+        if not self._prepared.info.takes_volumes:
+            raise UsageError(f"{what} is a 3-D model's; this model takes 2-D images: use overlay, heatmap or panel")
+
+    def _at(self, index: int, rank: int, method: str | None = None) -> Explained:
+        """Image ``index``'s ``rank``-th explained class (``method`` checked to have been computed)."""
+        if method is not None and method not in self.maps:
+            raise UsageError(f"method {method!r} was not computed; this explanation has {', '.join(self.maps)}")
+        if not 0 <= index < len(self):
+            raise IndexError(f"image {index} of {len(self)}")
         explained = [e for e in self._explained[index] if e.target.explains]
         if not explained:
             raise UsageError(f"image {index} has nothing explained: no label reached the threshold")

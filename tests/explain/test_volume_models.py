@@ -401,3 +401,79 @@ def test_an_enhanced_multiframe_dicom_is_one_volume_placed_by_its_frames_positio
     assert rows["cine.dcm"]["status"] == "error" and "does not say where its frames lie" in rows["cine.dcm"]["error"]
     assert rows["lone.dcm"]["status"] == "error" and "no series to join" in rows["lone.dcm"]["error"]
     _same_in_world(out / "ras.nii.gz.gradcam.nii.gz", out / "enhanced.dcm.gradcam.nii.gz")
+
+
+def test_the_python_api_explains_volumes_as_the_command_line_does(trained, scans, tmp_path):
+    """``Explainer.explain`` on a NIfTI path, a DICOM series folder, a nibabel image and an array:
+    the same maps as ``xai run``'s, the map over the scan and the pictures byte for byte its files."""
+    from PIL import Image
+
+    import xaicli
+    from xaicli._errors import ImageError, UsageError
+
+    folder, _ = scans
+    nifti = folder / "scan02.nii.gz"
+    image = nibabel.load(nifti)
+    values = np.asarray(image.dataobj)
+    uid = "1.2.826.0.1.3680043.8.498.2001"
+    _write_series(tmp_path / "series", np.round(values), _affine(), uid, np.random.default_rng(4))
+    out = tmp_path / "out"
+    assert xai("run", trained, nifti, "-o", out, "--class", "1", "--intensity", WINDOW).exit_code == 0
+
+    explainer = xaicli.Explainer(trained, methods="gradcam")
+    assert explainer.takes_volumes and explainer.input_size == (16, 16, 16)
+    explanation = explainer.explain([nifti, tmp_path / "series", image, values], target_class=1, intensity=WINDOW)
+    maps = explanation.maps["gradcam"]
+    assert maps.shape == (4, 8, 8, 8)
+    assert [row["input"] for row in explanation.predictions] == [
+        str(nifti), f"{tmp_path / 'series'}#series={uid}", "<volume 2>", "<array 3>"]
+    assert np.array_equal(maps[0], maps[2]) and np.array_equal(maps[0], maps[3])  # the same voxels, read three ways
+    written = nibabel.load(out / "scan02.nii.gz.gradcam.nii.gz")
+    assert np.array_equal(explanation.scan_map(0, "gradcam"), np.asarray(written.dataobj))
+    assert np.allclose(explanation.affine(0), written.affine)
+    assert explanation.scan_map(3, "gradcam").shape == values.shape
+    for picture, drawn in ((".ortho.png", explanation.overlay(0, "gradcam")), (".mosaic.png", explanation.mosaic(0, "gradcam"))):
+        assert np.array_equal(np.asarray(drawn), np.asarray(Image.open(out / f"scan02.nii.gz.gradcam{picture}")))
+    with pytest.raises(UsageError, match="2-D picture"):
+        explanation.heatmap(0, "gradcam")
+    Image.new("RGB", (8, 8)).save(tmp_path / "photo.png")
+    with pytest.raises(ImageError, match=r"volume 0 \(.*photo.png\): this model takes volumes"):
+        explainer.explain(tmp_path / "photo.png")
+
+
+def test_the_page_shows_each_volume_s_planes_and_links_its_mosaic_and_map(trained, scans, tmp_path, browser):
+    """In the browser: one card per volume, its picture the three planes (loaded, wider than
+    tall), its links opening the run's own mosaic and NIfTI map; a bad file is listed as failed."""
+    from xaicli._outputs.report import REPORT_NAME
+
+    from ..conftest import wait_until
+
+    folder, _ = scans
+    chosen = tmp_path / "scans"
+    chosen.mkdir()
+    for name in ("scan00.nii.gz", "scan01.nii.gz"):
+        (chosen / name).write_bytes((folder / name).read_bytes())
+    (chosen / "broken.nii").write_bytes(b"not a volume")
+    out = tmp_path / "out"
+    assert xai("run", trained, chosen, "-o", out, "--intensity", WINDOW, "-q").exit_code == 1
+    page = browser.new_page(viewport={"width": 1280, "height": 3000})
+    errors = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto((out / REPORT_NAME).as_uri())
+    page.wait_for_load_state("load")
+    wait_until(page, "document.querySelectorAll('#gallery .card img').length === 2 && "
+                     "[...document.images].every(image => image.complete && image.naturalWidth > 0)")
+    page.select_option("#sort", "path")
+    cards = page.eval_on_selector_all("#gallery .card[data-status='ok']", """cards => cards.map(c => ({
+        input: c.dataset.input, size: [...c.querySelectorAll('img')].map(i => [i.naturalWidth, i.naturalHeight]),
+        links: [...c.querySelectorAll('a.file')].map(a => [a.textContent, a.href])}))""")
+    assert errors == []
+    assert [Path(card["input"]).name for card in cards] == ["scan00.nii.gz", "scan01.nii.gz"]
+    for card in cards:
+        ((width, height),) = card["size"]
+        assert width > 2 * height  # three planes side by side
+        stem = out / f"{Path(card['input']).name}.gradcam"
+        assert card["links"] == [["axial slices", Path(f"{stem}.mosaic.png").as_uri()],
+                                 ["map (.nii.gz)", Path(f"{stem}.nii.gz").as_uri()]]
+    assert "broken.nii" in page.inner_text("#failed")
+    page.close()

@@ -19,7 +19,7 @@ from .._inputs.geometry import View, drawn_picture, to_model_input
 from .._inputs.raster import PICTURE_BYTES_PER_PIXEL, decode_bytes, open_image
 from .._inputs.nifti import is_nifti_name
 from .._inputs.stacks import StackCache, load_bytes
-from .._inputs.volumes import PlacedScan, fit_volume_view, fitted_volume, read_scan
+from .._inputs.volumes import PlacedScan, fit_volume_view, not_a_volume, read_scan, volume_model_input
 from .._outputs.naming import planned_outputs, recorded_outputs
 from .._outputs.table import table_text
 from .._runs.decisions import Prepared
@@ -135,23 +135,16 @@ def _decoded_volume(prepared: Prepared, item: InputImage, budget: MemoryBudget) 
     budget until its files are written."""
     config, info = prepared.config, prepared.info
     if not (item.series or is_nifti_name(item.path.name) or is_dicom(item.path)):
-        return Decoded(item, None, None, error=_not_a_volume(item, info.input_size))
+        return Decoded(item, None, None, error=not_a_volume(item.path.name, info.input_size))
     try:
         with budget.working(_volume_bytes(item)):
             scan = read_scan(item, prepared.intensity)
-            view = fit_volume_view(scan.shape, info.input_size, config.resize)
-            model_input = prepared.scaling(fitted_volume(scan.values, info.input_size, view)[..., None])
+            placed = PlacedScan(scan, fit_volume_view(scan.shape, info.input_size, config.resize))
+            inputs = volume_model_input(placed, info.input_size, prepared.scaling)
     except ImageError as exc:
         return Decoded(item, None, None, error=str(exc))
     budget.hold(scan.values.nbytes)
-    return Decoded(item, None, model_input.astype(np.float32, copy=False), note=scan.note, kept=scan.values.nbytes,
-                   scan=PlacedScan(scan, view))
-
-
-def _not_a_volume(item: InputImage, size: tuple[int, ...]) -> str:
-    """Why an input is not a volume a 3-D model can take, in one line."""
-    return (f"this model takes volumes ({'x'.join(map(str, size))} voxels): give NIfTI files (.nii, .nii.gz), "
-            f"multi-frame DICOM files or folders of DICOM series, not {item.path.suffix or 'this file'}")
+    return Decoded(item, None, inputs, note=scan.note, kept=scan.values.nbytes, scan=placed)
 
 
 SERIES_BYTES_PER_VOXEL = 4 + 1 + 1 + 1  # float32 values, their 8 bits, transposed, turned to RAS

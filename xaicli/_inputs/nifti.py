@@ -46,17 +46,8 @@ def read_volume(path: Path) -> Volume:
     """Read a NIfTI file's first 3-D volume, reoriented to RAS; one-line ``ImageError``s for files
     that are not NIfTI, are cut short, are not 3-D or 4-D, or hold non-finite voxels."""
     nibabel = _nibabel()
-    from nibabel.orientations import apply_orientation, io_orientation
-
     try:
-        image = nibabel.load(path)
-        shape = image.shape
-        if len(shape) not in (3, 4):
-            raise ImageError(f"a NIfTI volume must be 3-D or 4-D; this one is {len(shape)}-D {tuple(shape)}")
-        stored = np.asanyarray(image.dataobj[..., 0] if len(shape) == 4 else image.dataobj)
-        orientation = io_orientation(image.affine)
-        values = apply_orientation(stored, orientation)
-        zooms = image.header.get_zooms()[:3]
+        return volume_of_image(nibabel.load(path))
     except ImageError:
         raise
     except (FileNotFoundError, PermissionError) as exc:
@@ -70,13 +61,29 @@ def read_volume(path: Path) -> Volume:
         if "size" in reason.lower() or "buffer" in reason.lower():
             reason = "the file is cut short (truncated)"
         raise ImageError(f"cannot read the NIfTI file: {reason}") from None
+
+
+def volume_of_image(image) -> Volume:
+    """A nibabel image's (a file's, or one made in memory) first 3-D volume, reoriented to RAS.
+
+    Raises:
+        ImageError: the image is not 3-D or 4-D, or holds non-finite voxels (one line).
+    """
+    from nibabel.orientations import apply_orientation, io_orientation
+
+    shape = image.shape
+    if len(shape) not in (3, 4):
+        raise ImageError(f"a NIfTI volume must be 3-D or 4-D; this one is {len(shape)}-D {tuple(shape)}")
+    stored = np.asanyarray(image.dataobj[..., 0] if len(shape) == 4 else image.dataobj)
+    orientation = io_orientation(image.affine)
+    values = apply_orientation(stored, orientation)
     if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
         bad = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
         raise ImageError(f"the volume holds {bad} non-finite voxels (NaN or inf); replace them (e.g. by 0) and run again")
     volumes = shape[3] if len(shape) == 4 else 1
     note = f"4-D volume: explained its first volume of {volumes}" if volumes > 1 else ""
     return Volume(np.ascontiguousarray(values), note, np.asarray(image.affine, np.float64), orientation,
-                  ras_spacing(orientation, zooms))
+                  ras_spacing(orientation, image.header.get_zooms()[:3]))
 
 
 def ras_spacing(orientation: np.ndarray, zooms: tuple[float, ...]) -> tuple[float, float, float]:

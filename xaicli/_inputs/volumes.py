@@ -9,13 +9,15 @@ its array is, as 3-D training pipelines read them."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Callable
 
 import numpy as np
 
 from .discover import InputImage, is_dicom
 from .geometry import RESIZE_MODES
 from .intensity import Intensity, to_8bit
-from .nifti import ras_spacing, read_volume
+from .nifti import Volume, ras_spacing, read_volume
 from .raster import joined_notes
 from .series import read_multiframe, read_series
 
@@ -56,9 +58,26 @@ def read_scan(item: InputImage, intensity: Intensity) -> Scan:
         return _dicom_scan(*read_series(files, uid, intensity))
     if is_dicom(item.path):
         return _dicom_scan(*read_multiframe(item.path, intensity))
-    volume = read_volume(item.path)
+    return scan_of_volume(read_volume(item.path), intensity)
+
+
+def scan_of_volume(volume: Volume, intensity: Intensity) -> Scan:
+    """A NIfTI volume (in RAS, with its file's affine) as a scan, its intensities mapped over it whole."""
     values, how = to_8bit(volume.values, intensity)
     return Scan(values, volume.affine, volume.orientation, volume.spacing, joined_notes(volume.note, how))
+
+
+def not_a_volume(name: str, size: tuple[int, ...]) -> str:
+    """Why a file called ``name`` is not a volume a 3-D model of ``size`` (D, H, W) takes, in one line."""
+    suffix = PurePosixPath(name).suffix
+    return (f"this model takes volumes ({'x'.join(map(str, size))} voxels): give NIfTI files (.nii, .nii.gz), "
+            f"multi-frame DICOM files or folders of DICOM series, not {suffix or 'this file'}")
+
+
+def volume_model_input(placed: PlacedScan, size: tuple[int, int, int], scaling: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """(D, H, W, 1) float32: the scan fitted to the model's ``size`` as ``placed.view`` says,
+    its 0..255 values through the model's pixel ``scaling``."""
+    return scaling(fitted_volume(placed.scan.values, size, placed.view)[..., None]).astype(np.float32, copy=False)
 
 
 def _dicom_scan(stored: np.ndarray, affine: np.ndarray, how: str) -> Scan:

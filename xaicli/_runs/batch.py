@@ -1,5 +1,5 @@
-"""Explaining images held in memory, for the Python API: read, fitted to the model, explained a
-batch at a time, and their rows made as the table's are."""
+"""Explaining images (or a 3-D model's volumes) held in memory, for the Python API: read, fitted to
+the model, explained a batch at a time, and their rows made as the table's are."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import numpy as np
 from .._errors import ImageError, UsageError
 from .._explain.explainer import Explained
 from .._inputs.geometry import drawn_picture, to_model_input
+from .._inputs.volumes import PlacedScan, fit_volume_view, volume_model_input
 from .._outputs.table import row_record
 from . import rows
 from .config import ExplainOptions
@@ -17,7 +18,7 @@ from .decisions import Prepared, chosen_targets
 from .regions import given_region
 
 if TYPE_CHECKING:
-    from .._api import Explanation, Picture
+    from .._api import Explanation, Picture, ScanInput
     from .._models.info import ModelInfo
 
 NON_FINITE = "the model produced non-finite scores (NaN or inf) for this image"
@@ -46,6 +47,23 @@ def explain_pictures(prepared: Prepared, options: ExplainOptions, pictures: list
                        per_image=any(target.depends_on_prediction for target in targets))
 
 
+def explain_volumes(prepared: Prepared, options: ExplainOptions, scans: list[ScanInput]) -> Explanation:
+    """Explain a 3-D model's ``scans`` as ``explain_pictures`` does images: each fitted to the
+    model's (D, H, W) as ``options.resize`` says, ``batch_size`` at a time."""
+    from .._api import Explanation
+
+    info = prepared.info
+    _, targets = chosen_targets(options, prepared.labels, info)
+    placed = [PlacedScan(each.scan, fit_volume_view(each.scan.shape, info.input_size, options.resize)) for each in scans]
+    batch_size = prepared.explainer.batch_size
+    explained: list[list[Explained]] = []
+    for start in range(0, len(placed), batch_size):
+        inputs = np.stack([volume_model_input(p, info.input_size, prepared.scaling) for p in placed[start:start + batch_size]])
+        explained += prepared.explainer.explain_each(inputs, targets)
+    return Explanation(prepared, options, scans, explained, _records(prepared, options, scans, explained), placed,
+                       per_image=any(target.depends_on_prediction for target in targets))
+
+
 def _given_box(options: ExplainOptions, info: ModelInfo, picture: Picture, position: int) -> np.ndarray | None:
     """The ``region`` box of a segmentation on the output grid of ``picture``, the ``position``-th
     image; None for other regions and models."""
@@ -58,7 +76,7 @@ def _given_box(options: ExplainOptions, info: ModelInfo, picture: Picture, posit
         raise ImageError(f"image {position} ({picture.name}): {exc}") from None
 
 
-def _records(prepared: Prepared, options: ExplainOptions, pictures: list[Picture],
+def _records(prepared: Prepared, options: ExplainOptions, pictures: list[Picture] | list[ScanInput],
              explained: list[list[Explained]]) -> list[dict[str, object]]:
     """The table's rows: image by image, then method, then explained class, as JSON Lines holds them."""
     layout = rows.table_layout(prepared, options)

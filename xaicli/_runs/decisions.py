@@ -132,6 +132,7 @@ def prepare_model(model: keras.Model | Path, options: ExplainOptions) -> Prepare
     with ``options``: the API's ``Explainer``."""
     loaded, info = opened_model(model, input_size=options.input_size, output=options.output, kind=options.kind,
                                 unsafe=options.unsafe, custom_objects=options.custom_objects)
+    check_volume_head(info)
     model_file = _model_file(model) if isinstance(model, Path) else {"path": "", "sha256": "",
                                                                      "format": "keras.Model in memory"}
     return build(loaded, info, decide(options, info, model_file))
@@ -279,10 +280,16 @@ def with_file_kinds(config: RunConfig, info: ModelInfo) -> RunConfig:
     given = [option for option, asked in not_yet.items() if asked]
     if given:
         raise UsageError(f"{given[0]} is not supported on volumes yet; {model}: run again without it")
-    if info.kind == "segmentation":
-        raise UsageError(f"a 3-D model's per-voxel output is not supported yet; {model}: explain one of its "
-                         "image-level outputs with --output")
+    check_volume_head(info)
     return replace(config, save=volume_kinds(config.save))
+
+
+def check_volume_head(info: ModelInfo) -> None:
+    """Refuse, in one line, a 3-D model's output that volumes cannot be explained by yet."""
+    if info.takes_volumes and info.kind == "segmentation":
+        raise UsageError(f"a 3-D model's per-voxel output is not supported yet; this model takes volumes "
+                         f"({'x'.join(str(n) for n in info.input_size)} voxels): explain one of its image-level "
+                         "outputs with --output")
 
 
 def _labels(given: Path | tuple[str, ...] | None, classes: int) -> tuple[str, ...]:
