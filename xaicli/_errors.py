@@ -5,6 +5,8 @@ Library code raises these; only the command line (``xaicli.cli``) prints them an
 
 from __future__ import annotations
 
+import errno
+
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
 EXIT_USAGE = 2
@@ -54,6 +56,20 @@ class ImageError(XaiError):
         if isinstance(exc, FileNotFoundError):
             return ImageError("file not found (a broken link or removed during the run)")
         return ImageError("permission denied: the file is not readable")
+
+
+# What stops a run as a signal does (its outputs cannot be written, not one image's fault): a write's
+# errno -> what the output folder has become.
+STORAGE_FAILURES = {errno.ENOSPC: "disk full", errno.EDQUOT: "quota exceeded", errno.EROFS: "read-only",
+                    errno.EACCES: "not writable", errno.EPERM: "not writable"}
+
+
+def storage_failure(exc: BaseException | None) -> str | None:
+    """'disk full at PATH' (or quota exceeded, read-only, not writable) when ``exc`` is a write's
+    OSError that no retry of one image can get past; None for anything else."""
+    if not isinstance(exc, OSError) or exc.errno not in STORAGE_FAILURES:
+        return None
+    return f"{STORAGE_FAILURES[exc.errno]} at {exc.filename}" if exc.filename else STORAGE_FAILURES[exc.errno]
 
 
 def first_line(exc: BaseException) -> str:

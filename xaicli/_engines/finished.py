@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
+from .._errors import storage_failure
 from .._evaluation.truth import MaskError
 from .._explain.explainer import Explained
 from .._inputs.discover import InputImage
@@ -58,12 +59,28 @@ def finish(prepared: Prepared, pending: list[Pending], mosaics: Mosaics, stacks:
         if entry.carried:
             result = ImageResult(entry.item, (), entry.carried)
         else:
-            rows = list(_rows(prepared, entry))
-            if wants_mosaic(prepared.config, entry.item) and not entry.skipped:
-                rows = mosaics.add(entry, rows)
-            result = ImageResult(entry.item, tuple(rows))
+            result = _storage_lost(entry)
+            if result is None:
+                rows = list(_rows(prepared, entry))
+                try:
+                    if wants_mosaic(prepared.config, entry.item) and not entry.skipped:
+                        rows = mosaics.add(entry, rows)
+                    result = ImageResult(entry.item, tuple(rows))
+                except OSError as exc:  # the output folder takes no more (other failures are rows)
+                    result = ImageResult(entry.item, (), lost=storage_failure(exc))
         stacks.done(entry.item)
         yield result
+
+
+def _storage_lost(entry: Pending) -> ImageResult | None:
+    """The image's result when a file of it could not be written because the output folder takes
+    no more files (a full disk): no rows, the run stops; None otherwise."""
+    for write in entry.writes:
+        if write.done is not None:
+            lost = storage_failure(write.done.result()[write.index].error)
+            if lost:
+                return ImageResult(entry.item, (), lost=lost)
+    return None
 
 
 class Mosaics:
@@ -79,7 +96,7 @@ class Mosaics:
         """Add the part's tiles (a failed part leaves its cells empty, as does a part on which a
         label is not present); after the file's last part, write the mosaics. Returns ``rows``,
         where a mosaic that could not be written turns the last part's row of its method into an
-        error row."""
+        error row; a full output folder (``storage_failure``) raises its OSError."""
         config, part = self._prepared.config, entry.item.part
         if part.position == 0:
             self._sheets = {(method, tag): Sheet() for method in config.methods for tag in self._prepared.output_tags
@@ -105,6 +122,8 @@ class Mosaics:
             try:
                 write_image(path, sheet.compose(), config.image_format)
             except OSError as exc:
+                if storage_failure(exc):
+                    raise
                 failed[method] = f"cannot write the mosaic {path}: {exc.strerror or exc}"
         self._sheets = {}
         return [replace(_error_row(self._prepared, entry.item, row.method, failed[row.method]), rank=row.rank)

@@ -223,10 +223,52 @@ class Tee:
             stream.flush()
 
 
-def open_table(path: Path) -> IO[str]:
+def open_table(path: Path) -> WholeLines:
     """Open a predictions table for writing. A file name that is not valid UTF-8 is written
     with \\xNN-style escapes (``table_text``), so the table itself stays valid UTF-8."""
-    return open(path, "w", newline="", encoding="utf-8", errors="backslashreplace")
+    return WholeLines(path)
+
+
+class WholeLines:
+    """A text file that takes what was written between two flushes all together or not at all:
+    a write that fails (a full disk) is cut back to the previous flush, so the file never holds
+    half a row. Text is UTF-8, undecodable file-name bytes as backslash escapes."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._file = open(path, "wb", buffering=0)
+        self._pending: list[str] = []
+        self._size = 0
+
+    def write(self, text: str) -> int:
+        self._pending.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        """Write what came since the last flush, whole; on failure, the file is as it was and the
+        OSError (named by the table's path) is raised."""
+        data = memoryview("".join(self._pending).encode("utf-8", "backslashreplace"))
+        self._pending.clear()
+        try:
+            while data:
+                data = data[self._file.write(data):]
+        except OSError as exc:
+            self._file.truncate(self._size)
+            self._file.seek(self._size)
+            raise OSError(exc.errno, exc.strerror, str(self._path)) from None
+        self._size = self._file.tell()
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self._file.close()
+
+    def __enter__(self) -> WholeLines:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def table_text(text: str) -> str:

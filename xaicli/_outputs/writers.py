@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -147,6 +148,10 @@ def _write_atomically(path: Path, write: Callable[[IO[bytes]], object]) -> None:
         with open(temp, "wb") as stream:
             write(stream)
         os.replace(temp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):  # a read-only folder keeps it; a later run's cleanup takes it
+            temp.unlink(missing_ok=True)
+        raise OSError(exc.errno, exc.strerror, str(path)) from None  # named by the file the run wanted
     except BaseException:
         temp.unlink(missing_ok=True)
         raise

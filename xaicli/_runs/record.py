@@ -4,6 +4,7 @@ figures and ``run.json``."""
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ import keras
 import tensorflow as tf
 
 from .. import __version__
-from .._errors import UsageError
+from .._errors import UsageError, storage_failure
 from .._evaluation.faithfulness import Means, figure_from_cell
 from .._evaluation.truth import LabelTally, Tally, predicted_name
 from .._inputs.discover import InputImage
@@ -35,6 +36,7 @@ class ImageResult:
     item: InputImage
     rows: tuple[Row, ...]
     carried: tuple[dict[str, object], ...] = ()
+    lost: str = ""  # its files could not be written ('disk full at PATH'): no rows, the run stops
 
     @property
     def ok(self) -> bool:
@@ -72,6 +74,9 @@ class Record:
                                           else Tally())
         self.means = Means.empty()
         self.status = "complete"
+        self.lost = ""  # why the output folder takes no more files ('disk full at PATH'); '' while it does
+        self.manifest_written = True  # run.json says how the run ended (False: even that could not be written)
+        self._folder: tuple[int, int] | None = None  # the output folder's device and inode, to notice it vanish
         self.engine = ""
         self.engine_details: dict[str, object] = {}  # what run.json records under the engine's name
         self.seconds = 0.0  # from opening to closing
@@ -95,20 +100,49 @@ class Record:
             stream = open_table(table) if table is not None else _on_stdout_and_kept(config.kept_table_path)
         except OSError as exc:
             raise UsageError(f"cannot write to output folder {config.out_dir}: {exc.strerror or exc}") from None
+        self._folder = _identity(config.out_dir)
         with stream as table_stream:
             self._writer = PredictionsWriter(table_stream, layout)
             yield self
             self._close()
         self.seconds = time.monotonic() - started
-        write_json(config.out_dir / MANIFEST_NAME, manifest(self._prepared, self.counts, self.status, self.seconds,
-                                                            self.tally, self.means, engine, self.engine_details))
+        self._write_manifest()
+
+    def _write_manifest(self) -> None:
+        """``run.json`` as the run ended; not when the output folder has vanished (writing would
+        make it anew), nor when it cannot take even that (``manifest_written`` says so)."""
+        if self._folder_gone():
+            self.manifest_written = False
+            return
+        try:
+            write_json(self._prepared.config.out_dir / MANIFEST_NAME,
+                       manifest(self._prepared, self.counts, self.status, self.seconds, self.tally, self.means,
+                                self.engine, self.engine_details))
+        except OSError as exc:
+            if storage_failure(exc) is None:
+                raise
+            self.manifest_written = False
 
     def add(self, result: ImageResult) -> None:
-        """Write the image's rows (or the resumed run's) and count them."""
-        if result.carried:
-            self._writer.write_records(result.carried)
-        else:
-            self._writer.write(result.rows)
+        """Write the image's rows (or the resumed run's) and count them. An image whose files or
+        rows the output folder could not take stops the run (``stopping``): it and every image
+        after it get no rows, which ``--resume`` explains again."""
+        if self.lost:
+            return
+        if result.lost:
+            self._lose(result.lost)
+            return
+        try:
+            if result.carried:
+                self._writer.write_records(result.carried)
+            else:
+                self._writer.write(result.rows)
+        except OSError as exc:
+            reason = storage_failure(exc)
+            if reason is None:
+                raise
+            self._lose(reason)
+            return
         self.carried.pop(table_text(result.item.name), None)
         self.folders.add(result.item.relative.parent)
         self.counts[result.outcome] += 1
@@ -118,21 +152,47 @@ class Record:
     def stopping(self) -> bool:
         """Whether to start no more work: the caller's ``stop`` gave a reason (e.g. 'SIGINT'), or
         ``--fail-fast`` and an image failed. The reason goes into ``status``."""
+        if not self.lost and self._folder_gone():
+            self._lose(f"the output folder {self._prepared.config.out_dir} vanished")
+        if self.lost:
+            return True
         reason = self._stop() or ("the first failure (--fail-fast)"
                                   if self._prepared.config.fail_fast and self.counts["failed"] else None)
         if reason:
             self.status = f"stopped by {reason}"
         return reason is not None
 
+    def _lose(self, reason: str) -> None:
+        self.lost = reason
+        self.status = f"stopped: {reason}"
+
+    def _folder_gone(self) -> bool:
+        """The output folder was removed (or replaced by another) since the run opened it."""
+        return self._folder is not None and _identity(self._prepared.config.out_dir) != self._folder
+
     def _close(self) -> None:
-        """A stopped run keeps the resumed run's rows of the images it did not reach. A complete
-        run, with no write under way, removes what writers killed mid-write left in its folders."""
+        """A stopped run keeps the resumed run's rows of the images it did not reach (as many as the
+        output folder takes). A complete run, with no write under way, removes what writers killed
+        mid-write left in its folders."""
         if self.status != "complete":
-            self._writer.write_records(record for rows in self.carried.values() for record in rows)
+            try:
+                self._writer.write_records(record for rows in self.carried.values() for record in rows)
+            except OSError as exc:
+                if storage_failure(exc) is None:
+                    raise
             return
         out_dir = self._prepared.config.out_dir
         remove_temporary_files(folder for relative in self.folders
                                for folder in (out_dir / relative, out_dir / THUMBNAIL_DIR / relative))
+
+
+def _identity(folder: Path) -> tuple[int, int] | None:
+    """(device, inode) of ``folder``; None when it is not there."""
+    try:
+        status = os.stat(folder)
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
 
 
 @contextlib.contextmanager

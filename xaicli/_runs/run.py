@@ -34,7 +34,9 @@ class RunSummary:
 
     Attributes:
         out_dir: the output folder.
-        status: 'complete', or 'stopped by REASON' (a signal's name, 'the first failure (--fail-fast)').
+        status: 'complete', 'stopped by REASON' (a signal's name, 'the first failure (--fail-fast)'),
+            or 'stopped: WHAT at PATH' when the output folder took no more files (disk full, quota
+            exceeded, read-only, not writable, or 'the output folder OUT vanished').
         images: images found (a volume's slices each count).
         counts: images by outcome: explained, failed, skipped (outputs already there), resumed
             (finished by the interrupted run ``resume`` continued).
@@ -47,6 +49,10 @@ class RunSummary:
         report: the page written (``report``), or None.
         summary: the Markdown summary written (``summary``), or None.
         engine: 'local' or 'ray'; ``engine_details``: what the engine reports of itself (Ray's pool).
+        space_needed: a run stopped because the output folder took no more files ('stopped: disk
+            full at PATH'): about how many bytes the images not done need, at the bytes a done
+            image's files took in the folder; None otherwise.
+        manifest_written: False when even ``run.json`` could not be written (or the folder vanished).
     """
 
     out_dir: Path
@@ -63,6 +69,8 @@ class RunSummary:
     summary: Path | None = None
     engine: str = "local"
     engine_details: dict[str, Any] = field(default_factory=dict)
+    space_needed: int | None = None
+    manifest_written: bool = True
 
     @property
     def done(self) -> int:
@@ -70,9 +78,16 @@ class RunSummary:
         return sum(self.counts.values())
 
     @property
+    def storage_stopped(self) -> bool:
+        """The run stopped because the output folder took no more files (``status`` says why)."""
+        return self.status.startswith("stopped: ")
+
+    @property
     def exit_status(self) -> int:
         """What ``xai run`` exits with: 128 + the signal that stopped the run, 3 for a gate not met,
-        1 when an image failed, else 0."""
+        1 when an image failed or the output folder took no more files, else 0."""
+        if self.storage_stopped:
+            return EXIT_SOME_FAILED
         reason = self.status.removeprefix("stopped by ").split(" ", 1)[0]
         if self.status != "complete" and reason.startswith("SIG") and reason in signal.Signals.__members__:
             return 128 + signal.Signals[reason].value
@@ -202,12 +217,24 @@ def _summary(config: RunConfig, record: Record, total: int, first_failure: str, 
     accuracy = record.tally.as_dict() if config.true_labels else None
     labelled = {name: (accuracy or {}).get(name) for name in LABEL_FIGURES}
     unmet = tuple(failed_requirements(parse_requirements(config.require), metrics, labelled) if config.require else ())
-    report = write_report(config.out_dir) if config.report else None
-    summary = write_summary(config.out_dir, config.summary) if config.summary is not None else None
+    # A folder that takes no more files gets no page; --resume writes it.
+    report = write_report(config.out_dir) if config.report and not record.lost else None
+    summary = write_summary(config.out_dir, config.summary) if config.summary is not None and not record.lost else None
     return RunSummary(out_dir=config.out_dir, status=record.status, images=total, counts=dict(record.counts),
                       seconds=record.seconds, first_failure=first_failure, accuracy=accuracy, metrics=metrics,
                       unmet=unmet, table=config.predictions_path, report=report, summary=summary,
-                      engine=record.engine, engine_details=dict(record.engine_details))
+                      engine=record.engine, engine_details=dict(record.engine_details),
+                      space_needed=_space_needed(config.out_dir, record, total) if record.lost else None,
+                      manifest_written=record.manifest_written)
+
+
+def _space_needed(out_dir: Path, record: Record, total: int) -> int:
+    """Bytes the images not done yet need, at the bytes per image that the folder's files take
+    now (every file under it, over the images whose files are there)."""
+    with_files = sum(record.counts[outcome] for outcome in ("explained", "skipped", "resumed"))
+    left = max(0, total - sum(record.counts.values()))
+    size = sum(path.stat().st_size for path in out_dir.rglob("*") if path.is_file()) if out_dir.is_dir() else 0
+    return round(size / max(with_files, 1) * left)
 
 
 def _pillow_pixel_limit(max_pixels: int) -> None:

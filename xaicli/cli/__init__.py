@@ -56,7 +56,8 @@ def run(model: Path, inputs: tuple[Path, ...], config_file: Path | None, quiet: 
     .jsonl) and OUT/run.json.
     Exit status: 0 all images explained, 1 some images failed (see the status column),
     2 bad usage, a model that cannot be used, or OUT in use by another run, 3 a --require gate
-    not met (every output still written; it wins over 1), 130/143 stopped
+    not met (every output still written; it wins over 1), 1 also when OUT takes no more files
+    (disk full, read-only, removed: stopped as on SIGINT; free space, then --resume), 130/143 stopped
     by SIGINT/SIGTERM (after finishing the batches under way; continue with --resume), 141
     standard output's reader went away (`| head`; stopped the same way),
     70 an internal error (a bug: run with --debug and report it).
@@ -73,6 +74,8 @@ def run(model: Path, inputs: tuple[Path, ...], config_file: Path | None, quiet: 
             click.echo(f"xai: stopped by {cause} after {summary.done} of {summary.images} images; "
                        "run again with --resume to finish", err=True)
         sys.exit(128 + signal.Signals[stop.reason].value)
+    if summary.storage_stopped:  # said even with --quiet: it is why the job fails
+        click.echo(_storage_stop(summary), err=True)
     if summary.status == "stopped by the first failure (--fail-fast)":
         watch.note(f"stopped at the first failure (--fail-fast): {summary.first_failure}")
     for failure in summary.unmet:  # said even with --quiet: it is why the job fails
@@ -124,6 +127,26 @@ def _summary_line(summary: RunSummary) -> str:
     return (f"{explained} of {total} images explained{resumed}{kept}, {counts['failed']} failed, in "
             f"{summary.seconds:.1f} s ({summary.done / max(summary.seconds, 1e-9):.1f} img/s); outputs in "
             f"{summary.out_dir}{where}")
+
+
+def _storage_stop(summary: RunSummary) -> str:
+    """One line for a run the output folder stopped: what happened where, what the rest needs,
+    and how to go on."""
+    what = summary.status.removeprefix("stopped: ")
+    left = summary.images - summary.done
+    need = (f"; the other {left} images need about {_megabytes(summary.space_needed)} more"
+            if left and summary.space_needed is not None else "")
+    said = "" if summary.manifest_written else " (run.json could not be written to say so)"
+    if "vanished" in what:
+        advice = "start again with --overwrite: nothing is left to resume"
+    else:
+        fix = "free space" if what.startswith(("disk full", "quota")) else "make the output folder writable"
+        advice = f"{fix} and run again with --resume"
+    return f"xai: stopped: {what}{said} after {summary.done} of {summary.images} images{need}; {advice}"
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 2**30:.1f} GB" if size >= 2**30 else f"{size / 2**20:.1f} MB"
 
 
 def _on_ray(pool: dict | None) -> str:
