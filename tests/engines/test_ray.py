@@ -3,6 +3,7 @@ resume from one engine to the other, SIGINT, and a replica killed mid-run."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -359,3 +360,78 @@ def test_a_volume_model_writes_the_same_maps_over_the_scans_on_both_engines(ray_
         nibabel.save(nibabel.Nifti1Image(_scan(rng, bool(index % 2))[0], _affine()), scans / f"v{index}.nii.gz")
     local = _same_on_both_engines(model, scans, tmp_path, "--method", "gradcam,scorecam", "--save", "overlay,raw")
     assert len(list(local.glob("*.nii.gz.*.nii.gz"))) == 8
+
+
+def _node_processes(folder: str) -> list[int]:
+    """Process ids of a Ray node started with ``--temp-dir folder``: its own processes (which name
+    the folder) and every process under them (the workers its raylet started)."""
+    parents, named = {}, set()
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit():
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                if folder.encode() in (entry / "cmdline").read_bytes():
+                    named.add(int(entry.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    found, grown = set(named), True
+    while grown:
+        children = {pid for pid, parent in parents.items() if parent in found} - found
+        found |= children
+        grown = bool(children)
+    return sorted(found)
+
+
+@pytest.fixture()
+def two_nodes(monkeypatch) -> tuple[str, str]:
+    """A Ray cluster of two nodes on this machine, each started by `ray start` with one CPU and a
+    temporary folder of its own, the head checking its nodes' health every half second:
+    (the head's address, the worker node's folder). Its processes are killed after the test."""
+    import tempfile
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # whatever token file this machine's user has
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_health_check_period_ms": "500",
+           "RAY_health_check_failure_threshold": "3", "RAY_health_check_initial_delay_ms": "0"}
+    ray = str(Path(sys.executable).parent / "ray")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # Short folders: Ray's socket paths under them must stay within the 107 bytes Linux allows.
+    head, worker = tempfile.mkdtemp(prefix="xh", dir="/tmp"), tempfile.mkdtemp(prefix="xw", dir="/tmp")
+    common = ("--num-cpus=1", "--object-store-memory=200000000", "--disable-usage-stats")
+    try:
+        subprocess.run([ray, "start", "--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={head}",
+                        *common], env=env, check=True, capture_output=True, timeout=120)
+        subprocess.run([ray, "start", f"--address=127.0.0.1:{port}", f"--temp-dir={worker}", *common], env=env,
+                       check=True, capture_output=True, timeout=120)
+        yield f"127.0.0.1:{port}", worker
+    finally:
+        for folder in (worker, head):
+            for pid in _node_processes(folder):
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_node_lost_mid_run_has_its_work_redone_on_the_other(two_nodes, many, tiny_model, tmp_path):
+    """The worker node of a two-node cluster (its raylet and every process on it) killed while
+    both nodes hold a replica: the run finishes on the head with the local engine's outputs,
+    every image once, and says that a node was lost and its work redone."""
+    address, worker = two_nodes
+    images, local = many
+    on_ray = tmp_path / "ray"
+    run = subprocess.Popen([sys.executable, "-m", "xaicli", "run", str(tiny_model), str(images), "-o", str(on_ray),
+                            "-b", "2", "--save", "overlay,raw", "--engine", "ray", "--ray-address", address,
+                            "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait(lambda: _rows(on_ray) >= 16 and set(_replica_processes()) & set(_node_processes(worker)), run)
+    for pid in _node_processes(worker):
+        os.kill(pid, signal.SIGKILL)
+    assert _rows(on_ray) < 300  # killed mid-run
+    _, stderr = run.communicate(timeout=300)
+    assert run.returncode == 1, stderr  # the one broken image
+    _same_outputs(local, on_ray)
+    inputs = [line.split(",", 1)[0] for line in _table(on_ray).splitlines()[1:]]
+    assert len(inputs) == len(set(inputs)) == 300
+    lost = json.loads((on_ray / "run.json").read_text())["ray"]["nodes_lost"]
+    assert len(lost) == 1
+    assert f"2 nodes; 1 node lost mid-run ({lost[0]}), its work redone on the others" in stderr

@@ -53,8 +53,9 @@ def run(prepared: Prepared, items: Iterable[InputImage], record: Record | None =
     as each block comes back; when it gives a reason (or ``--fail-fast`` has
     met a failure) that block and those under way are dropped: their images have no rows (their
     files may be written), and ``--resume`` explains them again. A node that cannot write the
-    output folder stops the run before any image is explained. ``watch`` is told of each image
-    as its result comes back.
+    output folder stops the run before any image is explained. A node lost mid-run (its
+    replicas' blocks are run again on the others by Ray Data) is recorded under
+    ``nodes_lost``. ``watch`` is told of each image as its result comes back.
     """
     config = prepared.config
     watch = watch or Watch()
@@ -62,17 +63,29 @@ def run(prepared: Prepared, items: Iterable[InputImage], record: Record | None =
         check_shared(config.out_dir)
         record = record or Record(prepared)
         with record.opened("ray"):
+            started_on = _alive_nodes()
             pool = pool_for(config.workers, config.gpus_per_worker)
             record.engine_details = pool.as_dict()
             carried = _carried_by_file(record.carried)
             watch.stage(f"starting {pool.replicas} model replicas (each loads the model and compiles)")
-            for files in batched(items, FILES_PER_DATASET):
-                for result in _explained_on_ray(prepared, files, carried, pool, record.stopping):
-                    record.add(result)
-                    _watched(watch, result)
-                    yield result
-                if record.status != "complete":
-                    return
+            try:
+                for files in batched(items, FILES_PER_DATASET):
+                    for result in _explained_on_ray(prepared, files, carried, pool, record.stopping):
+                        record.add(result)
+                        _watched(watch, result)
+                        yield result
+                    if record.status != "complete":
+                        return
+            finally:
+                lost = [f"{address} (node {node[:8]})" for node, address in started_on.items()
+                        if node not in _alive_nodes()]
+                if lost:
+                    record.engine_details["nodes_lost"] = lost
+
+
+def _alive_nodes() -> dict[str, str]:
+    """The cluster's live nodes: node id -> address."""
+    return {node["NodeID"]: node["NodeManagerAddress"] for node in ray.nodes() if node.get("Alive")}
 
 
 def _watched(watch: Watch, result: ImageResult) -> None:

@@ -150,13 +150,17 @@ def _megabytes(size: int) -> str:
 
 
 def _on_ray(pool: dict | None) -> str:
-    """'; on Ray: 2 replicas (0.5 CPU each) on 1 node' from run.json's ray entry (--engine ray)."""
+    """'; on Ray: 2 replicas (0.5 CPU each) on 2 nodes' from run.json's ray entry (--engine ray), and
+    the nodes lost mid-run."""
     if pool is None:
         return ""
     gpus = f", {pool['gpus_per_replica']:g} GPU" if pool["gpus_per_replica"] else ""
     plural = lambda count, word: f"{count} {word}{'' if count == 1 else 's'}"  # noqa: E731
+    lost = pool.get("nodes_lost") or []
+    redone = (f"; {plural(len(lost), 'node')} lost mid-run ({', '.join(lost)}), "
+              f"{'its' if len(lost) == 1 else 'their'} work redone on the others") if lost else ""
     return (f"; on Ray: {plural(pool['replicas'], 'replica')} ({pool['cpus_per_replica']:g} CPU{gpus} each) "
-            f"on {plural(pool['nodes'], 'node')}")
+            f"on {plural(pool['nodes'], 'node')}{redone}")
 
 
 def _accuracy(accuracy: dict | None) -> str:
