@@ -150,8 +150,9 @@ class Record:
         _add_figures(self.means, result)
 
     def stopping(self) -> bool:
-        """Whether to start no more work: the caller's ``stop`` gave a reason (e.g. 'SIGINT'), or
-        ``--fail-fast`` and an image failed. The reason goes into ``status``."""
+        """Whether to start no more work: the output folder takes no more files (full, read-only,
+        or gone: checked here by its identity), the caller's ``stop`` gave a reason (e.g.
+        'SIGINT'), or ``--fail-fast`` and an image failed. The reason goes into ``status``."""
         if not self.lost and self._folder_gone():
             self._lose(f"the output folder {self._prepared.config.out_dir} vanished")
         if self.lost:
