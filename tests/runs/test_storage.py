@@ -10,6 +10,7 @@ import csv
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -115,6 +116,18 @@ def test_a_full_disk_stops_the_run_and_resume_after_freeing_space_finishes_it(ti
     _same_as_a_run_that_never_stopped(tiny_model, noise, out, tmp_path)
 
 
+def _bind_read_only(folder: Path) -> None:
+    """Mount ``folder`` onto itself, then make that mount read-only. The kernel refuses the second
+    step (EBUSY) while a file is open for writing through the new mount, which the run's writer
+    threads may just have done: it is tried again until they are between two files."""
+    subprocess.run(["mount", "--bind", str(folder), str(folder)], check=True, capture_output=True)
+    for _ in range(200):
+        if subprocess.run(["mount", "-o", "remount,bind,ro", str(folder)], capture_output=True).returncode == 0:
+            return
+        time.sleep(0.01)
+    pytest.fail(f"{folder} never became read-only")
+
+
 def test_a_folder_turned_read_only_mid_run_stops_it_and_resume_finishes_it(tiny_model, noise, small_disk, tmp_path):
     """OUT bind-mounted read-only onto itself at the third batch (as a remount read-only of a
     file system with errors does): the files already open are still written, every new one fails."""
@@ -127,8 +140,7 @@ def test_a_folder_turned_read_only_mid_run_stops_it_and_resume_finishes_it(tiny_
     def turn_read_only_at_the_third_batch() -> None:
         batches.append(1)
         if len(batches) == 3:
-            subprocess.run(["mount", "--bind", str(out), str(out)], check=True, capture_output=True)
-            subprocess.run(["mount", "-o", "remount,bind,ro", str(out)], check=True, capture_output=True)
+            _bind_read_only(out)
 
     summary = xaicli.run(tiny_model, noise, out, batch_size=4, stop=turn_read_only_at_the_third_batch)
     assert summary.exit_status == 1 and summary.status.startswith(f"stopped: read-only at {out}/")
