@@ -220,7 +220,7 @@ class ScanInput:
 def _listed_volumes(volumes: ImageLike | Sequence[ImageLike]) -> list[object]:
     """The volumes as a list: one volume, a sequence of them, or a batch array (N, I, J, K)."""
     if isinstance(volumes, np.ndarray):
-        if volumes.ndim == 3 or (volumes.ndim == 4 and volumes.shape[-1] == 1):
+        if _is_one_volume(volumes):
             return [volumes]
         if volumes.ndim in (4, 5):
             return list(volumes)
@@ -243,7 +243,7 @@ def _scans(volumes: list[object], options: ExplainOptions, size: tuple[int, ...]
                 name, scan = _scan_at(Path(volume), intensity, size)
             elif _is_nibabel_image(volume):
                 name, scan = f"<volume {position}>", scan_of_volume(volume_of_image(volume), intensity)
-            elif isinstance(volume, np.ndarray) and (volume.ndim == 3 or (volume.ndim == 4 and volume.shape[-1] == 1)):
+            elif isinstance(volume, np.ndarray) and _is_one_volume(volume):
                 values = volume.reshape(volume.shape[:3])
                 name, scan = f"<array {position}>", scan_of_volume(Volume(values, affine=np.eye(4),
                                                                            orientation=RAS_ORIENTATION), intensity)
@@ -277,6 +277,11 @@ def _scan_at(path: Path, intensity, size: tuple[int, ...]) -> tuple[str, Scan]:
     if not (is_nifti_name(path.name) or is_dicom(path)):
         raise ImageError(not_a_volume(path.name, size))
     return str(path), read_scan(InputImage(path, PurePosixPath(path.name)), intensity)
+
+
+def _is_one_volume(array: np.ndarray) -> bool:
+    """(I, J, K), or (I, J, K, 1): one volume, not a batch of them."""
+    return array.ndim == 3 or (array.ndim == 4 and array.shape[-1] == 1)
 
 
 def _is_nibabel_image(value: object) -> bool:

@@ -67,11 +67,16 @@ def scan_of_volume(volume: Volume, intensity: Intensity) -> Scan:
     return Scan(values, volume.affine, volume.orientation, volume.spacing, joined_notes(volume.note, how))
 
 
+def takes_volumes(size: tuple[int, ...]) -> str:
+    """'this model takes volumes (32x64x64 voxels)': how a message names a 3-D model of ``size``."""
+    return f"this model takes volumes ({'x'.join(map(str, size))} voxels)"
+
+
 def not_a_volume(name: str, size: tuple[int, ...]) -> str:
     """Why a file called ``name`` is not a volume a 3-D model of ``size`` (D, H, W) takes, in one line."""
     suffix = PurePosixPath(name).suffix
-    return (f"this model takes volumes ({'x'.join(map(str, size))} voxels): give NIfTI files (.nii, .nii.gz), "
-            f"multi-frame DICOM files or folders of DICOM series, not {suffix or 'this file'}")
+    return (f"{takes_volumes(size)}: give NIfTI files (.nii, .nii.gz), multi-frame DICOM files or folders of "
+            f"DICOM series, not {suffix or 'this file'}")
 
 
 def volume_model_input(placed: PlacedScan, size: tuple[int, int, int], scaling: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:

@@ -22,6 +22,7 @@ from .._inputs.scaling import PRESETS, Scaling, custom_scaling
 from .._models.files import check_model_path
 from .._models.info import LayerInfo, ModelInfo
 from .._models.inspect import inspect_model, open_model
+from .._inputs.volumes import takes_volumes
 from .._models.layers import auto_layer, candidate_layers, resolve_layer
 from .._models.load import model_format
 from .._models.preprocessing import Preprocessing, choose_preprocessing
@@ -271,7 +272,7 @@ def with_file_kinds(config: RunConfig, info: ModelInfo) -> RunConfig:
             raise UsageError(f"--save {','.join(volume_only)}: files of a 3-D model's map; this model takes 2-D "
                              f"images: choose from {', '.join(SAVE_KINDS)}")
         return config
-    model = f"this model takes volumes ({'x'.join(str(n) for n in info.input_size)} voxels)"
+    model = takes_volumes(info.input_size)
     flat = [kind for kind in config.save if kind in ("heatmap", "panel")]
     if flat:
         raise UsageError(f"--save {','.join(flat)}: 2-D pictures; {model}: its map is written over the scan "
@@ -287,9 +288,8 @@ def with_file_kinds(config: RunConfig, info: ModelInfo) -> RunConfig:
 def check_volume_head(info: ModelInfo) -> None:
     """Refuse, in one line, a 3-D model's output that volumes cannot be explained by yet."""
     if info.takes_volumes and info.kind == "segmentation":
-        raise UsageError(f"a 3-D model's per-voxel output is not supported yet; this model takes volumes "
-                         f"({'x'.join(str(n) for n in info.input_size)} voxels): explain one of its image-level "
-                         "outputs with --output")
+        raise UsageError(f"a 3-D model's per-voxel output is not supported yet; {takes_volumes(info.input_size)}: "
+                         "explain one of its image-level outputs with --output")
 
 
 def _labels(given: Path | tuple[str, ...] | None, classes: int) -> tuple[str, ...]:
@@ -351,12 +351,11 @@ def _choose_layer(config: ExplainOptions, info: ModelInfo) -> tuple[LayerInfo, s
 def check_attention(info: ModelInfo, requested: list[str]) -> None:
     """Attention methods need attention layers and a patch grid the tokens map onto."""
     asked = f"--method {','.join(requested)}"
+    fitting = ", ".join(name for name, spec in REGISTRY.items() if spec.family != "attention")
     if info.takes_volumes:
-        fitting = ", ".join(name for name, spec in REGISTRY.items() if spec.family != "attention")
         raise UsageError(f"{asked} follows a 2-D Vision Transformer's patch tokens and cannot work on a 3-D model; "
                          f"methods that do: {fitting}")
     if not info.attention_layers:
-        fitting = ", ".join(name for name, spec in REGISTRY.items() if spec.family != "attention")
         raise UsageError(f"{asked} needs a Vision Transformer (attention layers: Keras's "
                          f"MultiHeadAttention at any depth, or vit_keras's); this model has none; methods that fit it: {fitting}")
     if info.token_grid is None:
