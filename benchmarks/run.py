@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -67,6 +68,73 @@ def main() -> None:
         _print_ray(args, model)
     if args.volume:
         _print_volume(args)
+    if args.store:
+        _print_store(args, model)
+
+
+def _print_store(args: argparse.Namespace, model: Path) -> None:
+    """``xai run`` of N photos from s3:// to s3:// on moto's S3 server (started here; its request
+    log counts every request) against the same run from and to local disk."""
+    import socket
+
+    import fsspec
+
+    folder = _make_images(args.workdir / f"images-{args.store}", args.store, (400, 500))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = args.workdir / "s3-requests.log"
+    env = {**os.environ, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "bench",
+           "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    with open(log, "w") as stream:
+        server = subprocess.Popen([sys.executable, "-m", "moto.server", "-p", str(port)], env=env, stderr=stream,
+                                  stdout=subprocess.DEVNULL)
+    try:
+        time.sleep(3)
+        os.environ.update({key: value for key, value in env.items() if key.startswith("AWS_")})
+        fs = fsspec.filesystem("s3", use_listings_cache=False)
+        fs.mkdir("bench")
+        fs.put(str(folder), "bench/in", recursive=True)
+        common = ["-b", str(args.batch_size), "--preprocess", "symmetric", "-q"]
+        local_out = args.workdir / "out-store-local"
+        subprocess.run([sys.executable, "-m", "xaicli", "run", str(model), str(folder), "-o", str(local_out),
+                        "--overwrite", *common], check=True, env=env)
+        on_disk = _wall(lambda: subprocess.run([sys.executable, "-m", "xaicli", "run", str(model), str(folder), "-o",
+                                                str(local_out), "--overwrite", *common], check=True, env=env))
+        before = log.read_text().count("\n")
+        on_store = _wall(lambda: subprocess.run([sys.executable, "-m", "xaicli", "run", str(model), "s3://bench/in",
+                                                 "-o", "s3://bench/out", *common], check=True, env=env))
+        requests = _requests(log.read_text().splitlines()[before:])
+        read = sum(p.stat().st_size for p in folder.glob("*.jpg"))
+        written = sum(info["size"] for info in fs.find("bench/out", detail=True).values())
+    finally:
+        server.terminate()
+        server.wait()
+    n = args.store
+    print(f"\n{n} JPEGs of 500x400 from s3:// to s3:// (moto on localhost), Grad-CAM, PNG outputs, whole commands:")
+    print("| run | seconds | × local disk |\n| --- | ---: | ---: |")
+    print(f"| local disk | {on_disk:.1f} | 1.00 |\n| S3 in and out | {on_store:.1f} | {on_disk / on_store:.2f} |")
+    print("requests per image: " + ", ".join(f"{kind} {count / n:.3f}" for kind, count in sorted(requests.items())))
+    print(f"bytes per image: {read / n / 1024:.0f} KB read, {written / n / 1024:.0f} KB written")
+
+
+def _wall(work) -> float:
+    started = time.perf_counter()
+    work()
+    return time.perf_counter() - started
+
+
+def _requests(lines: list[str]) -> dict[str, int]:
+    """Requests of moto's log lines ('"PUT /bench/out/a.png HTTP/1.1" 200') by kind: LIST for a
+    bucket listing, else the HTTP method."""
+    counts: dict[str, int] = {}
+    for line in (re.sub(r"\x1b\[[0-9;]*m", "", line) for line in lines):  # its terminal colours
+        if '"' not in line or " HTTP/" not in line:
+            continue
+        method, target = line.split('"')[1].split(" ")[:2]
+        kind = "LIST" if method == "GET" and ("list-type" in target or "delimiter" in target) else method
+        counts[kind] = counts.get(kind, 0) + 1
+    return counts
 
 
 def _arguments() -> argparse.Namespace:
@@ -88,6 +156,9 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--ray", type=int, metavar="N", default=0,
                         help="also explain N generated JPEGs of 500x400 with `--engine ray` (a local Ray on this "
                              "machine) and with the local engine: images/s of each and their ratio")
+    parser.add_argument("--store", type=int, metavar="N", default=0,
+                        help="also explain N photos from and to S3 (moto's server on localhost): requests and bytes "
+                             "per image, and the rate against the same run on local disk")
     parser.add_argument("--volume", type=int, metavar="SLICES", default=0,
                         help="also explain a generated DICOM series of SLICES slices of 512x512 with a small 3-D CNN "
                              "(needs the medical extra): wall time and peak RSS of the whole command, e.g. 600")

@@ -64,9 +64,17 @@ STORAGE_FAILURES = {errno.ENOSPC: "disk full", errno.EDQUOT: "quota exceeded", e
                     errno.EACCES: "not writable", errno.EPERM: "not writable"}
 
 
+class StoreWriteError(OSError):
+    """A put that an object store refused after its own retries (``strerror`` says why, in one
+    line; ``filename`` is the object's URL); it stops the run as a full disk does."""
+
+
 def storage_failure(exc: BaseException | None) -> str | None:
-    """'disk full at PATH' (or quota exceeded, read-only, not writable) when ``exc`` is a write's
-    OSError that no retry of one image can get past; None for anything else."""
+    """'disk full at PATH' (or quota exceeded, read-only, not writable; 'the store refused a
+    write: WHY' for an object store) when ``exc`` is a write's OSError that no retry of one image
+    can get past; None for anything else."""
+    if isinstance(exc, StoreWriteError):
+        return f"the store refused a write: {exc.strerror}"
     if not isinstance(exc, OSError) or exc.errno not in STORAGE_FAILURES:
         return None
     return f"{STORAGE_FAILURES[exc.errno]} at {exc.filename}" if exc.filename else STORAGE_FAILURES[exc.errno]

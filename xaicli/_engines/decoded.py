@@ -18,6 +18,7 @@ from .._inputs.discover import InputImage, is_dicom
 from .._inputs.geometry import View, drawn_picture, to_model_input
 from .._inputs.raster import PICTURE_BYTES_PER_PIXEL, decode_bytes, open_image
 from .._inputs.nifti import is_nifti_name
+from .._inputs.remote import materialize
 from .._inputs.stacks import StackCache, load_bytes
 from .._inputs.volumes import PlacedScan, fit_volume_view, not_a_volume, read_scan, volume_model_input
 from .._outputs.naming import planned_outputs, recorded_outputs
@@ -79,8 +80,8 @@ def outputs_there(prepared: Prepared, item: InputImage, earlier: Sequence[dict[s
     """Whether the files of ``item`` are all there: those the run plans, or, when the classes
     explained depend on the prediction, those its ``earlier`` rows name (``--resume``)."""
     if prepared.dynamic_targets:
-        return bool(earlier) and all(path.exists() for path in recorded_outputs(prepared.config, earlier))
-    return all(path.exists() for path in planned_outputs(prepared.config, item, prepared.output_tags))
+        return bool(earlier) and all(map(prepared.output_exists, recorded_outputs(prepared.config, earlier)))
+    return all(map(prepared.output_exists, planned_outputs(prepared.config, item, prepared.output_tags)))
 
 
 def _by_file(items: Iterable[InputImage]) -> Iterator[list[InputImage]]:
@@ -106,6 +107,10 @@ def decode(prepared: Prepared, item: InputImage, may_pass: bool, carried: dict[s
     if earlier or (prepared.config.existing == "skip" and may_pass):
         if outputs_there(prepared, item, earlier):
             return Decoded(item, None, None, skipped=not earlier, carried=tuple(earlier))
+    try:
+        materialize(item)
+    except ImageError as exc:
+        return Decoded(item, None, None, error=str(exc))
     if info.takes_volumes:
         return _decoded_volume(prepared, item, workers.budget)
     decoding = _decode_bytes(item)

@@ -23,6 +23,7 @@ from .._outputs.render import Shrunk, draw_kind, overlay, upsample
 from .._outputs.report import thumbnail_size
 from .._outputs.scans import axial_mosaic, nifti_chunks, ortho_picture, thumbnail_of
 from .._outputs.writers import write_bytes, write_image, write_npy
+from .._runs.config import ExplainOptions
 from .._runs.decisions import Prepared
 from .decoded import Decoded, Workers, opened_picture
 THUMBNAIL = "thumbnail"  # the report page's small overlay, written beside the --save kinds
@@ -119,6 +120,7 @@ def write_volume_files(prepared: Prepared, placed: PlacedScan, job: Job) -> None
             write_image(path, axial_mosaic(scan, values, config.alpha, prepared.lut), config.image_format)
         elif kind == THUMBNAIL:
             write_image(path, thumbnail_of(ortho(), thumbnail_size(ortho().shape[:2])), "jpeg")
+        put_on_store(config, path)
 
 
 def _written(prepared: Prepared, image: Image.Image, view: View, job: Job, small: Shrunk,
@@ -171,6 +173,15 @@ def _render(image: Image.Image, view: View, job: Job, prepared: Prepared, small:
         else:
             write_image(path, draw_kind(kind, image, view, job.heatmap, config.alpha, prepared.lut, job.caption,
                                         config.max_size, small, job.outline), config.image_format)
+        put_on_store(config, path)
+
+
+def put_on_store(config: ExplainOptions, path: Path) -> None:
+    """An output folder on a store gets the file just written whole, in one put, from the spool
+    (which keeps nothing); a local folder has it already. Before the image's row, so the table
+    never names an object that is not there."""
+    if config.store is not None:
+        config.store.put(path)
 
 
 def _small_overlay(shrunk: tuple[Image.Image, View], job: Job, prepared: Prepared) -> np.ndarray:

@@ -12,6 +12,7 @@ from .._errors import storage_failure
 from .._evaluation.truth import MaskError
 from .._explain.explainer import Explained
 from .._inputs.discover import InputImage
+from .._inputs.remote import discard
 from .._inputs.stacks import StackCache
 from .._outputs.mosaic import Sheet
 from .._outputs.naming import mosaic_path, output_path, wants_mosaic
@@ -20,7 +21,7 @@ from .._outputs.writers import write_image
 from .._runs.decisions import Prepared
 from .._runs.record import ImageResult
 from .._runs.rows import caption, error_row, explained_row, nothing_row
-from .drawn import Figures, Outcome
+from .drawn import Figures, Outcome, put_on_store
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ def finish(prepared: Prepared, pending: list[Pending], mosaics: Mosaics, stacks:
                 except OSError as exc:  # the output folder takes no more (other failures are rows)
                     result = ImageResult(entry.item, (), lost=storage_failure(exc))
         stacks.done(entry.item)
+        discard(entry.item)
         yield result
 
 
@@ -121,10 +123,11 @@ class Mosaics:
             path = mosaic_path(config, entry.item, method, tag)
             try:
                 write_image(path, sheet.compose(), config.image_format)
+                put_on_store(config, path)
             except OSError as exc:
                 if storage_failure(exc):
                     raise
-                failed[method] = f"cannot write the mosaic {path}: {exc.strerror or exc}"
+                failed[method] = f"cannot write the mosaic {config.shown(path)}: {exc.strerror or exc}"
         self._sheets = {}
         return [replace(_error_row(self._prepared, entry.item, row.method, failed[row.method]), rank=row.rank)
                 if row.method in failed and row.status == "ok" else row for row in rows]
@@ -139,7 +142,7 @@ def _rows(prepared: Prepared, pending: Pending) -> Iterator[Row]:
                 if pending.skipped:
                     path = output_path(config.out_dir, pending.item.output_relative, method, config.save[0], target.tag,
                                        config.image_format)
-                    row = replace(row, status="skipped", output=str(path))
+                    row = replace(row, status="skipped", output=prepared.config.shown(path))
                 yield row
         return
     for write in pending.writes:
@@ -152,7 +155,7 @@ def _rows(prepared: Prepared, pending: Pending) -> Iterator[Row]:
         outcome = write.done.result()[write.index]
         error = outcome.error
         if isinstance(error, OSError):
-            reason = f"cannot write {write.path}: {error.strerror or error}"
+            reason = f"cannot write {prepared.config.shown(write.path)}: {error.strerror or error}"
         elif isinstance(error, MaskError):
             reason = str(error)
         elif error is not None:
@@ -172,7 +175,7 @@ def _ok_row(prepared: Prepared, pending: Pending, write: Write, outcome: Outcome
     explained = write.explained
     return explained_row(
         prepared, explained.explanation, explained.index, write.method, name=pending.item.name, note=pending.note,
-        output=str(write.path), rank=explained.target.rank, top_k=prepared.config.top_k,
+        output=prepared.config.shown(write.path), rank=explained.target.rank, top_k=prepared.config.top_k,
         figures={**write.figures, **outcome.figures}, true_label=_true_label(prepared, pending.item),
         region_pixels=explained.target.region_pixels)
 

@@ -29,6 +29,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from .._errors import UsageError
+from .._storage import Store, failure
 from .._inputs.discover import InputImage
 from .._outputs.table import table_text
 from .._quiet import stderr_silenced
@@ -60,7 +61,10 @@ def run(prepared: Prepared, items: Iterable[InputImage], record: Record | None =
     config = prepared.config
     watch = watch or Watch()
     with _ray_session(config.ray_address):
-        check_shared(config.out_dir)
+        if config.store is None:
+            check_shared(config.out_dir)
+        else:
+            check_store_nodes(config.store)
         record = record or Record(prepared)
         with record.opened("ray"):
             started_on = _alive_nodes()
@@ -102,7 +106,7 @@ def _explained_on_ray(prepared: Prepared, files: list[InputImage], carried: dict
     """One dataset of ``files`` through a pool of replicas, results in input order; the blocks
     that come back after ``stopping`` says so are dropped."""
     config = prepared.config
-    work = [pickle.dumps((item, carried.get(table_text(str(item.path)), {}))) for item in files]
+    work = [pickle.dumps((item, carried.get(table_text(item.source), {}))) for item in files]
     blocks = ray.data.from_items([{"work": blob} for blob in work],
                                  override_num_blocks=math.ceil(len(work) / (config.batch_size * BLOCK_BATCHES)))
     replicas = blocks.map_batches(
@@ -268,6 +272,48 @@ def check_shared(out_dir: Path) -> None:
         more = f" (and {len(problems) - 1} more nodes)" if len(problems) > 1 else ""
         raise UsageError(f"--engine ray: the workers on {address}{more} cannot write the output folder: {problem}; "
                          "on a cluster, -o must be storage every node mounts at the same path")
+
+
+def check_store_nodes(store: Store) -> None:
+    """Fail before any image is explained when a node of the cluster cannot put an object in the
+    output folder on a store, or read the one the driver put there (its credentials or network)."""
+    token = f".xai-check-{uuid.uuid4().hex}"
+    nodes: list[dict] = []
+    try:
+        if not store.create(token, token.encode()):
+            raise UsageError(f"cannot write to {store.url}: {token} is there already")
+    except UsageError:
+        raise
+    except Exception as exc:  # the store's own errors
+        raise UsageError(f"cannot write to {store.url}: {failure(exc, store.url)}") from None
+    try:
+        nodes = [node for node in ray.nodes() if node.get("Alive")]
+        checks = [_reaches_remote.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False))
+                  .remote(store, token, node["NodeID"]) for node in nodes]
+        problems = [(node["NodeManagerAddress"], problem) for node, problem in zip(nodes, ray.get(checks)) if problem]
+    finally:
+        for name in [token, *(f"{token}.{node['NodeID']}" for node in nodes)]:
+            store.remove(name)
+    if problems:
+        address, problem = problems[0]
+        more = f" (and {len(problems) - 1} more nodes)" if len(problems) > 1 else ""
+        raise UsageError(f"--engine ray: the workers on {address}{more} cannot use {store.url}: {problem}; every "
+                         "node needs the store's credentials and endpoint (environment or config files)")
+
+
+def reaches(store: Store, token: str, node: str) -> str:
+    """'' when this process reads the driver's ``token`` object on ``store`` and can put one
+    beside it (named by its ``node``); else what is wrong."""
+    try:
+        if store.read(token) != token.encode():
+            return f"{store.url}/{token} is missing or holds something else than the driver wrote"
+        store.create(f"{token}.{node}", token.encode())
+    except Exception as exc:  # the store's own errors (credentials, access, network), or its package missing
+        return failure(exc, store.url) if not isinstance(exc, UsageError) else str(exc)
+    return ""
+
+
+_reaches_remote = ray.remote(num_cpus=0, max_retries=0)(reaches)
 
 
 def sees(out_dir: str, token: str, folder: str) -> str:

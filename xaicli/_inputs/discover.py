@@ -10,6 +10,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable, Iterator, Sequence
 
 from .._errors import UsageError
+from .._storage import as_location
 from .dicom import has_dicom_preamble
 from .nifti import NIFTI_SUFFIXES, is_nifti_name
 
@@ -55,7 +56,8 @@ class InputImage:
     ``part``: which frame or slice, for files that hold several images. ``error``: why a file
     could not be split into its images (its row says so). ``series``: for a DICOM series read as
     one volume, its SeriesInstanceUID and files; ``path`` is then their folder and ``relative``
-    the folder's, named by the UID.
+    the folder's, named by the UID. ``url``: an object on a store ('s3://bucket/a.png'), fetched
+    to ``path`` (in the run's spool) while it is read.
     """
 
     path: Path
@@ -63,14 +65,20 @@ class InputImage:
     part: Part | None = None
     error: str = ""
     series: tuple[str, tuple[Path, ...]] | None = None
+    url: str = ""
+
+    @property
+    def source(self) -> str:
+        """The file as the table names it: its URL on a store, else its path."""
+        return self.url or str(self.path)
 
     @property
     def name(self) -> str:
-        """The input as the table names it: the path, with '#frame=3' or '#z=42' for a part,
-        '#series=UID' for a DICOM series."""
+        """The input as the table names it: the file (``source``), with '#frame=3' or '#z=42' for
+        a part, '#series=UID' for a DICOM series."""
         if self.series:
             return f"{self.path}#series={self.series[0]}"
-        return f"{self.path}#{self.part.label}" if self.part else str(self.path)
+        return f"{self.source}#{self.part.label}" if self.part else self.source
 
     @property
     def output_relative(self) -> PurePosixPath:
@@ -95,18 +103,20 @@ def is_dicom(path: Path) -> bool:
     return suffix in DICOM_SUFFIXES or (suffix not in IMAGE_SUFFIXES and has_dicom_preamble(path))
 
 
-def expand_stdin(inputs: Sequence[Path], lines: Iterable[str]) -> list[Path]:
-    """Replace an input '-' by the paths in ``lines`` (standard input), one per line; blank
-    lines are skipped."""
-    if Path("-") not in inputs:
+def expand_stdin(inputs: Sequence[Path | str], lines: Iterable[str]) -> list[Path | str]:
+    """Replace an input '-' by the paths or store URLs in ``lines`` (standard input), one per
+    line; blank lines are skipped."""
+    if not any(os.fspath(entry) == "-" for entry in inputs):
         return list(inputs)
-    listed = [Path(line.rstrip("\r\n")) for line in lines if line.strip()]
-    return [path for entry in inputs for path in (listed if entry == Path("-") else [entry])]
+    listed = [as_location(line.rstrip("\r\n")) for line in lines if line.strip()]
+    return [path for entry in inputs for path in (listed if os.fspath(entry) == "-" else [entry])]
 
 
-def discover(inputs: Sequence[Path], exclude: Iterable[Path] = (), dicom: bool = False) -> Iterator[InputImage]:
+def discover(inputs: Sequence[Path | str], exclude: Iterable[Path | str] = (), dicom: bool = False,
+             spool: Path | None = None) -> Iterator[InputImage]:
     """Stream the images named by ``inputs``: files as given, folders searched recursively (for
     files with an image suffix and, when ``dicom``, any other file whose DICOM preamble is found).
+    Inputs may instead all be URLs of a store (``remote.discover_remote``: fetched into ``spool``).
 
     Relative paths are taken from the deepest folder that holds every input, so a single
     folder mirrors its own tree and several inputs never collide. Folders in ``exclude``
@@ -118,6 +128,14 @@ def discover(inputs: Sequence[Path], exclude: Iterable[Path] = (), dicom: bool =
         An iterator of images in sorted order of their relative paths' components (a folder's
         files and subfolders by name), each once. Missing inputs raise at once.
     """
+    urls = [entry for entry in inputs if isinstance(entry, str)]
+    if urls:
+        if len(urls) != len(inputs):
+            raise UsageError("give inputs either as local paths or as URLs of a store, not both in one run")
+        from .remote import discover_remote
+
+        return discover_remote(urls, spool, [entry for entry in exclude if isinstance(entry, str)], dicom)
+    exclude = [entry for entry in exclude if not isinstance(entry, str)]
     missing = [str(p) for p in inputs if not os.path.lexists(p)]
     if missing:
         raise UsageError(f"input not found: {missing[0]} (give image files or folders)")
@@ -128,10 +146,10 @@ def discover(inputs: Sequence[Path], exclude: Iterable[Path] = (), dicom: bool =
 
     wanted = (lambda path: is_image_name(path.name) or is_dicom(path)) if dicom else (lambda path: is_image_name(path.name))
     streams = [map(located, _walk_sorted(root, excluded, wanted) if root.is_dir() else [root]) for root in inputs]
-    return _unique(heapq.merge(*streams, key=lambda item: item.relative.parts))
+    return unique(heapq.merge(*streams, key=lambda item: item.relative.parts))
 
 
-def _unique(items: Iterable[InputImage]) -> Iterator[InputImage]:
+def unique(items: Iterable[InputImage]) -> Iterator[InputImage]:
     """Drop repeats of a relative path; ``items`` are sorted, so repeats are neighbours."""
     previous = None
     for item in items:

@@ -15,9 +15,10 @@ from PIL import Image
 from .._budget import MemoryBudget
 from .._errors import ImageError, UsageError
 from .dicom import dicom_frame_count, dicom_pixel_count, read_dicom, to_pictures
-from .discover import InputImage, Part, is_dicom
+from .discover import PICTURE_SUFFIXES, InputImage, Part, image_suffix, is_dicom
 from .intensity import Intensity, to_8bit
 from .nifti import SLICE_AXES, is_nifti_name, read_volume, slices_of, volume_voxels
+from .remote import materialize
 from .raster import DEFAULT_MAX_PIXELS, check_pixel_limit, joined_notes, rgb_picture
 
 SLICE_CHOICES = {
@@ -97,6 +98,11 @@ def holds_several(path: Path) -> bool:
     return is_nifti_name(path.name) or (is_dicom(path) and dicom_frame_count(path) > 1)
 
 
+def may_hold_several(path: Path) -> bool:
+    """Whether ``holds_several`` must read the file: a NIfTI or a possible DICOM (by name)."""
+    return is_nifti_name(path.name) or image_suffix(path.name) not in PICTURE_SUFFIXES
+
+
 def read_stack(path: Path, intensity: Intensity, slice_axis: str = "axial") -> Stack:
     """A NIfTI volume's slices along ``slice_axis`` (RAS, ``nifti.slices_of``), or a DICOM file's
     frames, in 8 bits. Intensity statistics (minmax, percentiles) are those of the whole volume or
@@ -144,10 +150,12 @@ class StackCache:
         """``items`` with each file of several images replaced by its chosen parts; a file that
         cannot be read or has no chosen part stays one item, with the reason as its ``error``."""
         for item in items:
-            if not holds_several(item.path):
-                yield item
-                continue
             try:
+                if item.url and may_hold_several(item.path):
+                    materialize(item)
+                if not holds_several(item.path):
+                    yield item
+                    continue
                 yield from self._parts(item)
             except ImageError as exc:
                 yield replace(item, error=str(exc))

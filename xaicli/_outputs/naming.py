@@ -99,7 +99,7 @@ def planned_outputs(config: RunConfig, item: InputImage, tags: Sequence[str] = (
 def recorded_outputs(config: RunConfig, records: Iterable[dict[str, object]]) -> list[Path]:
     """The files an earlier run's table rows say it wrote: each ``--save`` kind of every
     ``ok`` row's output (the first kind's file)."""
-    stems = [stem_of(PurePosixPath(str(record["output"])), config.save[0], config.image_format)
+    stems = [stem_of(PurePosixPath(config.local(str(record["output"]))), config.save[0], config.image_format)
              for record in records if record.get("status") == "ok" and record.get("output")]
     return [Path(kind_name(stem, kind, config.image_format)) for stem in stems for kind in config.save]
 

@@ -19,6 +19,7 @@ from urllib.parse import quote, unquote
 from PIL import Image
 
 from .._errors import UsageError
+from .._storage import is_url
 from .._evaluation.faithfulness import figure_from_cell
 from .._evaluation.truth import split_labels
 from .naming import IMAGE_FORMATS, MANIFEST_NAME, kind_name, stem_of, table_path, thumbnail_name
@@ -75,11 +76,18 @@ def write_report(out_dir: Path) -> Path:
 SUMMARY_IMAGES = 10
 
 
-def write_summary(out_dir: Path, path: Path) -> Path:
+def write_summary(out_dir: Path, path: Path, out_url: str | None = None) -> Path:
     """Write a short Markdown summary of the run in OUT to ``path``: counts, accuracy, and the
     ``SUMMARY_IMAGES`` misclassified or least confident images (misclassified first), each linked
-    to its overlay relative to ``path``. For a CI job page (e.g. ``$GITHUB_STEP_SUMMARY``)."""
+    to its overlay relative to ``path`` (or, for an output folder on a store whose files
+    ``out_dir`` spooled, by its URL ``out_url/...``). For a CI job page (e.g. ``$GITHUB_STEP_SUMMARY``)."""
     manifest, _, cards = _run(out_dir)
+
+    def _link(text: str, target: Path, summary: Path) -> str:
+        if out_url is None:
+            return _relative_link(text, target, summary)
+        return f"[{_md(text)}]({out_url}/{_url(PurePosixPath(target.relative_to(out_dir).as_posix()))})"
+
     counts = manifest.get("counts", {})
     resolved = manifest.get("resolved", {})
     explained = counts.get("explained", 0) + counts.get("resumed", 0)
@@ -157,7 +165,7 @@ def _md(text: str) -> str:
     return "".join(f"\\{char}" if char in "\\`*_{}[]()#+-.!|~" else char for char in text)
 
 
-def _link(text: str, target: Path, summary: Path) -> str:
+def _relative_link(text: str, target: Path, summary: Path) -> str:
     relative = os.path.relpath(os.path.abspath(target), os.path.abspath(summary.parent))
     return f"[{_md(text)}]({_url(PurePosixPath(Path(relative).as_posix()))})"
 
@@ -185,8 +193,10 @@ def _table(out_dir: Path, options: dict) -> tuple[str, list[dict[str, object]]]:
     table_format = options.get("table_format", "csv")
     given = options.get("predictions")
     path = table_path(out_dir, table_format, given)
+    run_out = str(options.get("out_dir", ""))
+    shown = f"{run_out}/{path.name}" if is_url(run_out) and not given else str(path)  # on a store: its URL
     try:
-        return ("" if given == "-" else str(path)), read_table(path, table_format)[1]
+        return ("" if given == "-" else shown), read_table(path, table_format)[1]
     except (OSError, UnicodeDecodeError):
         return "", []
 

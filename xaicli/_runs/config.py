@@ -14,6 +14,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, published as tomli
 
 from .._engines import ENGINES
 from .._errors import UsageError
+from .._storage import Store
 from .._evaluation.faithfulness import LABEL_FIGURES, PERTURBATION_METRICS, TRUTH_METRICS, parse_requirements
 from .._explain.registry import METHOD_OPTIONS, REGISTRY
 from .._inputs.geometry import RESIZE_MODES
@@ -76,6 +77,12 @@ class _Explaining:
     max_pixels: int = DEFAULT_MAX_PIXELS
     intensity: str = "auto"  # how images deeper than 8 bits reach 0..255 (intensity.KINDS)
     max_size: int | None = None  # long side of image outputs at most this; None = the original size
+
+    @property
+    def store(self) -> Store | None:
+        """Where the files are put once written (an output folder on a store); None: they stay
+        where they are written (always, but for a run's ``RunConfig``)."""
+        return None
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in REGISTRY]
@@ -156,8 +163,10 @@ class RunConfig(ExplainOptions):
     folder and how the run goes. Built with keyword arguments; it checks itself."""
 
     model: Path
-    inputs: tuple[Path, ...]
-    out_dir: Path
+    inputs: tuple[Path | str, ...]  # local paths, or URLs of a store ('s3://bucket/prefix')
+    out_dir: Path  # the output folder; for an output on a store, the local spool its files are put from
+    out_url: str | None = None  # the output folder on a store ('s3://bucket/prefix'), or None
+    spool: Path | None = None  # where inputs on a store are fetched to and OUT's files written before their put
     dicom: bool = False  # also find files without an image suffix whose DICOM preamble is there
     slices: str = "nonzero"  # which slices of a volume (frames of a DICOM) to explain (stacks.SLICE_CHOICES)
     slice_axis: str = "axial"  # NIfTI volumes are cut across this axis (nifti.SLICE_AXES)
@@ -258,6 +267,23 @@ class RunConfig(ExplainOptions):
         return table_path(self.out_dir, self.table_format, self.predictions)
 
     @property
+    def store(self) -> Store | None:
+        """The output folder on a store (its files put from ``out_dir``), or None for a local folder."""
+        return Store(self.out_url, self.out_dir) if self.out_url else None
+
+    def shown(self, path: Path) -> str:
+        """A file of the run as rows and messages name it: its URL when the output folder is on a
+        store, else its path."""
+        store = self.store
+        return store.url_of(path) if store and store.holds(path) else str(path)
+
+    def local(self, shown: str) -> Path:
+        """``shown``'s inverse: the file a row's output names, in ``out_dir`` when it is on the store."""
+        if self.out_url and shown.startswith(self.out_url + "/"):
+            return self.out_dir / shown[len(self.out_url) + 1:]
+        return Path(shown)
+
+    @property
     def kept_table_path(self) -> Path:
         """Where the run's table is read back from (``--resume``, the page): the table itself, or
         the copy kept in OUT when it goes to standard output."""
@@ -266,8 +292,11 @@ class RunConfig(ExplainOptions):
 
 
 def option_values(config: RunConfig) -> dict[str, object]:
-    """Every option's value, JSON-ready, as run.json records it."""
-    return {field.name: _plain(getattr(config, field.name)) for field in fields(config)}
+    """Every option's value, JSON-ready, as run.json records it: the output folder as given (a
+    store's URL, not the spool)."""
+    values = {field.name: _plain(getattr(config, field.name)) for field in fields(config)
+              if field.name not in ("out_url", "spool")}
+    return {**values, "out_dir": config.out_url or values["out_dir"]}
 
 
 def _plain(value: object) -> object:

@@ -3,6 +3,7 @@ ground truth), and the model and explainer built to follow them. Never prints.""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -113,6 +114,16 @@ class Prepared:
     @property
     def model_file(self) -> dict[str, str]:
         return self.decisions.model_file
+
+    def output_exists(self, path: Path) -> bool:
+        """Whether an output file of the run is there already: on disk, or, for an output folder on
+        a store, in the one listing of it taken when first asked (before this run wrote there)."""
+        return path in self._stored if self.config.store else path.exists()
+
+    @functools.cached_property
+    def _stored(self) -> frozenset[Path]:
+        store = self.config.store
+        return frozenset(store.spool / relative for relative in store.listing())
 
 
 def prepare(config: RunConfig) -> Prepared:
@@ -336,7 +347,7 @@ def _truth(config: RunConfig, labels: tuple[str, ...], info: ModelInfo) -> Truth
     if config.true_labels is None:
         return None
     truth = load_truth(config.true_labels, several=info.kind == "multilabel")
-    check_known(truth, discover(config.inputs, exclude=[config.out_dir], dicom=config.dicom), labels, info.num_classes)
+    check_known(truth, discover(config.inputs, exclude=[config.out_url or config.out_dir], dicom=config.dicom, spool=config.spool), labels, info.num_classes)
     return truth
 
 

@@ -5,7 +5,8 @@ holder dies however it dies; the file's text (process id, host, start time) is o
 tell the next run who holds it. A lock file whose ``flock`` can be taken is stale: its run has
 ended without removing it (SIGKILL, a power cut), and it is taken over. On a file system
 without ``flock`` the holder's process id decides: a process that no longer exists on this host
-holds nothing.
+holds nothing. An output folder on a store is locked by creating ``OUT/.xai.lock`` only if no
+object is there (S3: one conditional put, If-None-Match: *), with the same record inside.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from .._errors import UsageError
+from .._storage import Store, failure
 
 LOCK_NAME = ".xai.lock"
 
@@ -54,6 +56,61 @@ def output_lock(out_dir: Path, say: Callable[[str], None] = lambda _m: None) -> 
         if created:
             with contextlib.suppress(OSError):
                 out_dir.rmdir()  # only succeeds when the run wrote nothing
+
+
+@contextlib.contextmanager
+def store_lock(store: Store, say: Callable[[str], None] = lambda _m: None) -> Iterator[str]:
+    """``output_lock`` for an output folder on a store: the lock object is created only where
+    none is (one conditional request where the store has it; elsewhere a look then a put, which
+    ``say`` is told of: two runs started in the same instant could then both go on). A lock
+    object of a process that is gone from this host is taken over; another host's is not (its
+    run may be alive), and the error says which object to remove. Removed on leaving, if still ours."""
+    url = f"{store.url}/{LOCK_NAME}"
+    if not store.conditional:
+        say(f"{store.url.split('://', 1)[0]}:// has no conditional create here: the lock {url} is taken by a look "
+            "and then a put, so two runs started at the same moment could both take it")
+    record = _holder_record()
+    try:
+        taken = store.create(LOCK_NAME, record)
+        if not taken:
+            data = store.read(LOCK_NAME)  # None: its run removed it since
+            earlier = _parsed(data)
+            if data is not None and (not earlier or _alive(earlier)):
+                holder = describe_holder(earlier) if earlier else "another process"
+                raise UsageError(f"{store.url} is in use by another xai run ({holder}); wait for it to end, or write "
+                                 f"to another place with -o (remove {url} if that run is gone)")
+            if data is not None:
+                store.remove(LOCK_NAME)
+            if not store.create(LOCK_NAME, record):
+                raise UsageError(f"{store.url} is in use by another xai run that started just now; write to another "
+                                 "place with -o")
+            if earlier:
+                say(f"took over the lock of an earlier run that ended without removing it ({describe_holder(earlier)})")
+    except UsageError:
+        raise
+    except Exception as exc:  # the store's own errors: access, network
+        raise UsageError(f"cannot take the lock {url}: {failure(exc, store.url)}") from None
+    try:
+        yield url
+    finally:
+        try:
+            if store.read(LOCK_NAME) == record:
+                store.remove(LOCK_NAME)
+        except Exception:  # a store that fails now keeps the lock; the next run takes it over
+            pass
+
+
+def _holder_record() -> bytes:
+    return (json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": round(time.time(), 3)})
+            + "\n").encode()
+
+
+def _parsed(data: bytes | None) -> dict:
+    try:
+        holder = json.loads(data or b"{}")
+    except ValueError:
+        return {}
+    return holder if isinstance(holder, dict) else {}
 
 
 def _acquire(path: Path, say: Callable[[str], None]) -> int:
@@ -109,16 +166,14 @@ def _alive(holder: dict) -> bool:
 def _read_holder(descriptor: int) -> dict:
     """The lock file's record of its holder; {} when it is new, empty or unreadable."""
     try:
-        data = json.loads(os.pread(descriptor, 4096, 0) or b"{}")
-    except (OSError, ValueError):
+        return _parsed(os.pread(descriptor, 4096, 0))
+    except OSError:
         return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _write_holder(descriptor: int) -> None:
-    record = {"pid": os.getpid(), "host": socket.gethostname(), "started": round(time.time(), 3)}
     os.ftruncate(descriptor, 0)
-    os.pwrite(descriptor, (json.dumps(record) + "\n").encode(), 0)
+    os.pwrite(descriptor, _holder_record(), 0)
 
 
 def _same_file(path: Path, descriptor: int) -> bool:

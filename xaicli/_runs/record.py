@@ -54,6 +54,7 @@ class ImageResult:
 
 
 OUTCOMES = ("explained", "failed", "skipped", "resumed")
+TABLE_PUT_SECONDS = 60  # an output folder on a store gets the table this often while the run goes
 
 
 class Record:
@@ -80,6 +81,8 @@ class Record:
         self.engine = ""
         self.engine_details: dict[str, object] = {}  # what run.json records under the engine's name
         self.seconds = 0.0  # from opening to closing
+        self._stream = None  # the table's stream, flushed before the table is put on a store
+        self._table_put = time.monotonic()  # when the table was last put on a store
 
     @contextlib.contextmanager
     def opened(self, engine: str) -> Iterator[Record]:
@@ -96,17 +99,44 @@ class Record:
             config.out_dir.mkdir(parents=True, exist_ok=True)
             write_json(config.out_dir / MANIFEST_NAME, manifest(self._prepared, dict.fromkeys(OUTCOMES, 0), "running",
                                                                 0.0, engine=engine))
+            self._put(config.out_dir / MANIFEST_NAME)
             table = config.predictions_path
             stream = open_table(table) if table is not None else _on_stdout_and_kept(config.kept_table_path)
         except OSError as exc:
-            raise UsageError(f"cannot write to output folder {config.out_dir}: {exc.strerror or exc}") from None
+            raise UsageError(f"cannot write to output folder {config.out_url or config.out_dir}: "
+                             f"{exc.strerror or exc}") from None
         self._folder = _identity(config.out_dir)
         with stream as table_stream:
+            self._stream = table_stream
             self._writer = PredictionsWriter(table_stream, layout)
             yield self
             self._close()
+        self._stream = None
+        self._put_table()
         self.seconds = time.monotonic() - started
         self._write_manifest()
+
+    def _put(self, path: Path) -> None:
+        """An output folder on a store gets the spool's ``path`` (the table, ``run.json``) whole,
+        kept in the spool to be written on and put again."""
+        store = self._prepared.config.store
+        if store is not None and store.holds(path):
+            store.put(path, keep=True)
+
+    def _put_table(self) -> None:
+        """The table as it stands, on the store (at the end, and every ``TABLE_PUT_SECONDS`` so
+        that a run killed outright leaves its rows for ``--resume``)."""
+        self._table_put = time.monotonic()
+        if self._prepared.config.store is None or self.lost:
+            return
+        try:
+            if self._stream is not None:  # still being written
+                self._stream.flush()
+            self._put(self._prepared.config.kept_table_path)
+        except OSError as exc:
+            if storage_failure(exc) is None:
+                raise
+            self._lose(storage_failure(exc))
 
     def _write_manifest(self) -> None:
         """``run.json`` as the run ended; not when the output folder has vanished (writing would
@@ -118,6 +148,7 @@ class Record:
             write_json(self._prepared.config.out_dir / MANIFEST_NAME,
                        manifest(self._prepared, self.counts, self.status, self.seconds, self.tally, self.means,
                                 self.engine, self.engine_details))
+            self._put(self._prepared.config.out_dir / MANIFEST_NAME)
         except OSError as exc:
             if storage_failure(exc) is None:
                 raise
@@ -143,6 +174,8 @@ class Record:
                 raise
             self._lose(reason)
             return
+        if time.monotonic() - self._table_put > TABLE_PUT_SECONDS:
+            self._put_table()
         self.carried.pop(table_text(result.item.name), None)
         self.folders.add(result.item.relative.parent)
         self.counts[result.outcome] += 1

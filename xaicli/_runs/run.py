@@ -4,11 +4,14 @@ printing it. The command line is a shell around it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 from .._budget import return_large_blocks_to_the_system
 from .._engines import Watch, check_engine
@@ -17,9 +20,11 @@ from .._evaluation.faithfulness import LABEL_FIGURES, failed_requirements, parse
 from .._inputs.discover import IMAGE_SUFFIXES, InputImage, discover
 from .._inputs.series import grouped_series
 from .._models.files import check_model_path
+from .._outputs.naming import MANIFEST_NAME, THUMBNAIL_DIR
 from .._outputs.report import write_report, write_summary
+from .._storage import Store, as_location, check_store
 from .config import RunConfig
-from .lock import output_lock
+from .lock import output_lock, store_lock
 from .options import as_fields, existing_mode
 from .regions import check_box_on_first_image
 
@@ -33,7 +38,7 @@ class RunSummary:
     """What a run did, from its record in memory (``run.json`` says the same).
 
     Attributes:
-        out_dir: the output folder.
+        out_dir: the output folder (its URL, for one on a store).
         status: 'complete', 'stopped by REASON' (a signal's name, 'the first failure (--fail-fast)'),
             or 'stopped: WHAT at PATH' when the output folder took no more files (disk full, quota
             exceeded, read-only, not writable, or 'the output folder OUT vanished').
@@ -46,7 +51,7 @@ class RunSummary:
         metrics: method -> figure -> mean over the images (``metrics``, ``truth_masks``/``truth_boxes``).
         unmet: the ``require`` gates not met, one line each.
         table: where the predictions table went; None for standard output.
-        report: the page written (``report``), or None.
+        report: the page written (``report``; its URL on a store), or None.
         summary: the Markdown summary written (``summary``), or None.
         engine: 'local' or 'ray'; ``engine_details``: what the engine reports of itself (Ray's pool).
         space_needed: a run stopped because the output folder took no more files ('stopped: disk
@@ -55,7 +60,7 @@ class RunSummary:
         manifest_written: False when even ``run.json`` could not be written (or the folder vanished).
     """
 
-    out_dir: Path
+    out_dir: Path | str
     status: str
     images: int
     counts: dict[str, int]
@@ -65,7 +70,7 @@ class RunSummary:
     metrics: dict[str, dict[str, float | None]] = field(default_factory=dict)
     unmet: tuple[str, ...] = ()
     table: Path | None = None
-    report: Path | None = None
+    report: Path | str | None = None
     summary: Path | None = None
     engine: str = "local"
     engine_details: dict[str, Any] = field(default_factory=dict)
@@ -127,15 +132,58 @@ def run(model: str | os.PathLike, inputs: str | os.PathLike | Sequence[str | os.
     options = dict(options)
     existing = existing_mode(options) if not options.get("existing") else options.pop("existing")
     paths = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
-    config = RunConfig(**as_fields({**options, "model": model}, RunConfig), inputs=tuple(Path(p) for p in paths),
-                       out_dir=Path(out), existing=existing)
-    return run_config(config, watch or Watch(), stop or (lambda: None))
+    locations, out_location = tuple(as_location(p) for p in paths), as_location(out)
+    with _spool(isinstance(entry, str) for entry in (*locations, out_location)) as spool:
+        out_url = out_location if isinstance(out_location, str) else None
+        config = RunConfig(**as_fields({**options, "model": model}, RunConfig), inputs=locations,
+                           out_dir=spool / SPOOL_OUT if out_url else out_location, out_url=out_url, spool=spool,
+                           existing=existing)
+        return run_config(config, watch or Watch(), stop or (lambda: None))
+
+
+SPOOL_OUT = "out"  # the spool's folder of an output folder on a store: its files before their put
+
+
+@contextlib.contextmanager
+def _spool(on_store: Iterable[bool]) -> Iterator[Path | None]:
+    """A local folder for a run with inputs or outputs on a store (under TMPDIR), removed after; None otherwise."""
+    if not any(on_store):
+        yield None
+        return
+    folder = Path(tempfile.mkdtemp(prefix="xai-spool-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def run_config(config: RunConfig, watch: Watch, stop: Callable[[], str | None]) -> RunSummary:
     """``run`` of a checked configuration."""
-    with output_lock(config.out_dir, watch.note):
-        return _locked_run(config, watch, stop)
+    store = config.store
+    if store is None:
+        with output_lock(config.out_dir, watch.note):
+            return _locked_run(config, watch, stop)
+    check_store(store.url)
+    with store_lock(store, watch.note):
+        _fetch_earlier_run(config, store)
+        summary = _locked_run(config, watch, stop)
+        if summary.report is None:
+            return replace(summary, out_dir=store.url)
+        try:
+            store.put(summary.report)
+        except OSError as exc:
+            watch.note(f"the page was not put on the store: {exc.strerror}")
+            return replace(summary, out_dir=store.url, report=None)
+        return replace(summary, out_dir=store.url, report=store.url_of(summary.report))
+
+
+def _fetch_earlier_run(config: RunConfig, store: Store) -> None:
+    """An output folder on a store: the earlier run's ``run.json`` and table into the spool, where
+    the checks of earlier outputs and ``--resume`` read them."""
+    store.spool.mkdir(parents=True, exist_ok=True)
+    for path in (config.out_dir / MANIFEST_NAME, config.kept_table_path):
+        if store.holds(path):
+            store.fetch(PurePosixPath(path.relative_to(store.spool).as_posix()))
 
 
 def _locked_run(config: RunConfig, watch: Watch, stop: Callable[[], str | None]) -> RunSummary:
@@ -169,7 +217,7 @@ def _locked_run(config: RunConfig, watch: Watch, stop: Callable[[], str | None])
 
 def _images(config: RunConfig) -> Iterator[InputImage]:
     """The inputs' images, streamed: each call walks the folders anew."""
-    return discover(config.inputs, exclude=[config.out_dir], dicom=config.dicom)
+    return discover(config.inputs, exclude=[config.out_url or config.out_dir], dicom=config.dicom, spool=config.spool)
 
 
 def _inputs_for(config: RunConfig, prepared: Prepared) -> Callable[[], Iterator[InputImage]]:
@@ -218,14 +266,25 @@ def _summary(config: RunConfig, record: Record, total: int, first_failure: str, 
     labelled = {name: (accuracy or {}).get(name) for name in LABEL_FIGURES}
     unmet = tuple(failed_requirements(parse_requirements(config.require), metrics, labelled) if config.require else ())
     # A folder that takes no more files gets no page; --resume writes it.
-    report = write_report(config.out_dir) if config.report and not record.lost else None
-    summary = write_summary(config.out_dir, config.summary) if config.summary is not None and not record.lost else None
+    report = _page(config) if config.report and not record.lost else None
+    summary = write_summary(config.out_dir, config.summary, config.out_url) if config.summary is not None and not record.lost else None
     return RunSummary(out_dir=config.out_dir, status=record.status, images=total, counts=dict(record.counts),
                       seconds=record.seconds, first_failure=first_failure, accuracy=accuracy, metrics=metrics,
                       unmet=unmet, table=config.predictions_path, report=report, summary=summary,
                       engine=record.engine, engine_details=dict(record.engine_details),
-                      space_needed=_space_needed(config.out_dir, record, total) if record.lost else None,
+                      space_needed=(_space_needed(config.out_dir, record, total)
+                                    if record.lost and config.store is None else None),
                       manifest_written=record.manifest_written)
+
+
+def _page(config: RunConfig) -> Path:
+    """``write_report`` of the run; for an output folder on a store, from its thumbnails fetched
+    into the spool (made wherever the images were drawn)."""
+    store = config.store
+    if store is not None:
+        for relative in store.listing(THUMBNAIL_DIR):
+            store.fetch(relative)
+    return write_report(config.out_dir)
 
 
 def _space_needed(out_dir: Path, record: Record, total: int) -> int:

@@ -7,6 +7,7 @@ TensorFlow is imported only inside the commands that need a model, so ``xai --he
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import signal
 import sys
@@ -90,7 +91,7 @@ def _run_options(inputs: tuple[Path, ...], config_file: Path | None, options: di
         options = with_config_file(click.get_current_context(), options, config_file)
     if options["out_dir"] is None:
         raise XaiError("no output folder: give -o/--out, or out = \"...\" in the --config file")
-    inputs = tuple(expand_stdin(inputs, sys.stdin if Path("-") in inputs else ()))
+    inputs = tuple(expand_stdin(inputs, sys.stdin if "-" in map(os.fspath, inputs) else ()))
     return {**options, "inputs": inputs}
 
 
@@ -140,7 +141,8 @@ def _storage_stop(summary: RunSummary) -> str:
     if "vanished" in what:
         advice = "start again with --overwrite: nothing is left to resume"
     else:
-        fix = "free space" if what.startswith(("disk full", "quota")) else "make the output folder writable"
+        fix = ("free space" if what.startswith(("disk full", "quota")) else "fix the store's access"
+               if what.startswith("the store") else "make the output folder writable")
         advice = f"{fix} and run again with --resume"
     return f"xai: stopped: {what}{said} after {summary.done} of {summary.images} images{need}; {advice}"
 

@@ -9,6 +9,7 @@ from typing import Callable
 import click
 
 from .._errors import XaiError
+from .._storage import as_location
 from .._evaluation.faithfulness import PERTURBATION_METRICS
 from .._explain.registry import METHOD_OPTIONS
 from .._explain.targets import REGION_SOURCES
@@ -112,13 +113,25 @@ def with_config_file(ctx: click.Context, options: dict[str, object], path: Path)
     return merged
 
 
+class _Location(click.ParamType):
+    """A local path, or a store's URL (kept as text: click.Path would fold 's3://b' into 's3:/b')."""
+
+    name = "path|URL"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> Path | str:
+        return value if isinstance(value, Path) else as_location(str(value))
+
+
+LOCATION = _Location()
+
 # The options of `xai run`, in the order --help shows them.
 RUN_OPTIONS = [
     click.argument("model", type=click.Path(path_type=Path)),
-    click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path)),
-    click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path),
-                 help="Output folder (required here or in --config); overlays mirror the input tree, "
-                      "plus predictions.csv."),
+    click.argument("inputs", nargs=-1, required=True, type=LOCATION),
+    click.option("-o", "--out", "out_dir", type=LOCATION,
+                 help="Output folder (required here or in --config), or a store's URL (s3://bucket/prefix, gs://, "
+                      "az://: the s3, gcs, azure extras; credentials as the store's own tools find them); overlays "
+                      "mirror the input tree, plus predictions.csv."),
     click.option("--overwrite", is_flag=True, help="Replace outputs of an earlier run in OUT."),
     click.option("--skip-existing", is_flag=True,
                  help="Keep outputs of an earlier run in OUT; explain only images missing any of them."),
