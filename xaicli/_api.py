@@ -535,11 +535,18 @@ def _model_options(options: dict[str, Any]) -> dict[str, Any]:
     return as_fields({key: value for key, value in options.items() if value is not None})
 
 
-def report(out: str | os.PathLike, summary: str | os.PathLike | None = None) -> tuple[Path, Path | None]:
+def report(out: str | os.PathLike, summary: str | os.PathLike | None = None) -> tuple[Path | str, Path | None]:
     """``xai report``: write ``out/index.html`` again from the run in ``out`` (thumbnails that are
     missing are made from the overlays) and, with ``summary``, the run's Markdown summary there.
-    Returns the page's path and the summary's (or None)."""
+    ``out`` may be a store's URL (the page is put there). Returns the page's path (or URL) and
+    the summary's (or None)."""
     from ._outputs.report import write_report, write_summary
+    from ._storage import as_location
 
+    location = as_location(out)
+    if isinstance(location, str):
+        from ._runs.run import report_on_store
+
+        return report_on_store(location, Path(summary) if summary is not None else None)
     page = write_report(Path(out))
     return page, (write_summary(Path(out), Path(summary)) if summary is not None else None)

@@ -19,12 +19,14 @@ import pytest
 
 pytest.importorskip("s3fs")
 pytest.importorskip("moto")
+pytest.importorskip("nibabel")
 
-from xaicli._errors import UsageError  # noqa: E402
+from xaicli._errors import StoreWriteError, UsageError, storage_failure  # noqa: E402
 from xaicli._runs.lock import LOCK_NAME, store_lock  # noqa: E402
 from xaicli._storage import Store, as_location, filesystem  # noqa: E402
 
 from ..conftest import xai  # noqa: E402
+from ..inputs.test_volumes import _volume  # noqa: E402
 from .test_reliability import _many_images, _table  # noqa: E402
 
 BUCKET = "xai-test"
@@ -86,7 +88,8 @@ def s3(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def images(s3, tmp_path_factory) -> Path:
-    """A folder of images (a subfolder, a JPEG, a broken file), also on the store at s3://BUCKET/in."""
+    """A folder of images (a subfolder, a JPEG, a broken file, a NIfTI volume), also on the store at
+    s3://BUCKET/in."""
     from PIL import Image
 
     folder = tmp_path_factory.mktemp("store") / "images"
@@ -95,6 +98,7 @@ def images(s3, tmp_path_factory) -> Path:
     Image.linear_gradient("L").resize((20, 50)).save(folder / "sub" / "b.JPG")
     Image.radial_gradient("L").convert("RGB").resize((24, 16)).save(folder / "c.jpg")
     (folder / "broken.png").write_bytes(b"not a png")
+    _volume(folder / "sub")  # a file of several images: fetched once, its slices and mosaic from it
     s3.put(str(folder), f"{BUCKET}/in", recursive=True)
     return folder
 
@@ -153,11 +157,23 @@ def test_a_run_from_and_to_the_store_equals_one_on_disk(s3, tiny_model, images, 
     page = (tmp_path / "got" / "index.html").read_text()
     assert f"{url}/predictions.csv" in page and "xai-spool" not in page
 
+    # The page made again from the run on the store, and put back.
+    s3.rm_file(f"{BUCKET}/runs/local/index.html")
+    summary = tmp_path / "summary.md"
+    remade = xai("report", url, "--summary", summary)
+    assert remade.exit_code == 0, remade.output
+    assert remade.output.splitlines() == [f"{url}/index.html", str(summary)]
+    assert s3.cat_file(f"{BUCKET}/runs/local/index.html").decode() == page
+    assert f"]({url}/" in summary.read_text()  # the summary links the objects by their URLs
+
     # Skipping reads what is there from one listing: nothing is explained again.
     again = xai("run", tiny_model, f"s3://{BUCKET}/in", "-o", url, *OPTIONS, "--skip-existing")
-    assert again.exit_code == 1 and "0 of 4 images explained" in again.stderr and "3 skipped" in again.stderr
+    assert again.exit_code == 1 and "0 of 8 images explained" in again.stderr and "7 skipped" in again.stderr
     refused = xai("run", tiny_model, f"s3://{BUCKET}/in", "-o", url, *OPTIONS)
-    assert refused.exit_code == 2 and "exists" in refused.stderr and "--overwrite" in refused.stderr
+    assert refused.exit_code == 2 and f"{url}/predictions.csv exists" in refused.stderr
+    s3.rm([f"{BUCKET}/runs/local/predictions.csv", f"{BUCKET}/runs/local/run.json"])
+    refused = xai("run", tiny_model, f"s3://{BUCKET}/in", "-o", url, *OPTIONS)  # the objects alone, from the listing
+    assert refused.exit_code == 2 and f"{url}/a.png.gradcam.top1.png exists and" in refused.stderr
 
 
 def test_the_ray_engine_writes_the_same_objects(s3, tiny_model, images, on_disk, tmp_path):
@@ -244,6 +260,14 @@ def test_missing_bucket_bad_credentials_and_missing_extra_are_one_line(s3, tiny_
     assert "input not found: s3://no-such-bucket/in" in one_line_error("s3://no-such-bucket/in", "-o", tmp_path / "o")
     assert "pip install 'xaicli[gcs]'" in one_line_error(images, "-o", "gs://bucket/out")
     assert as_location("file:///data/x%20y") == Path("/data/x y")  # a file URL is a local path
+    # A put the store refuses mid-run stops the run as a full disk does (Record and the engines
+    # handle it as any storage failure; see test_storage.py).
+    (tmp_path / "a.png").write_bytes(b"x")
+    with pytest.raises(StoreWriteError) as refused:
+        Store("s3://no-such-bucket/out", tmp_path).put(tmp_path / "a.png")
+    assert storage_failure(refused.value).startswith("the store refused a write: ")
+    assert "s3://no-such-bucket/out/a.png" in storage_failure(refused.value)
+    assert (tmp_path / "a.png").exists()  # kept when not put
 
     endpoint = os.environ["AWS_ENDPOINT_URL"]
     with _s3_server(INITIAL_NO_AUTH_ACTION_COUNT="0") as checking:  # this one checks credentials

@@ -32,6 +32,7 @@ from .decoded import Decoded, Workers, decode, passable
 from .drawn import Figures, Job, THUMBNAIL, render_image
 from .finished import Mosaics, Pending, Write, finish
 
+STORE_THREADS = 16  # read or write threads when a store's requests (10-100 ms each) are among their work
 FILES_AHEAD = 3  # files split into their images (volumes read whole) ahead of the one being explained
 T = TypeVar("T")
 Carried = dict[str, list[dict[str, object]]]  # --resume: the earlier run's rows of finished images, by input
@@ -73,9 +74,12 @@ def explained(prepared: Prepared, items: Iterable[InputImage], carried: Carried,
     threads = config.workers or default_workers()
     # Decoding and rendering have pools of their own: a decode waiting for memory must never
     # queue ahead of the render that would free it. Volumes are read whole, a few files ahead, by
-    # a thread of their own while the slices before them are explained.
-    with (ThreadPoolExecutor(threads, thread_name_prefix="xai-read") as readers,
-          ThreadPoolExecutor(threads, thread_name_prefix="xai-write") as writers,
+    # a thread of their own while the slices before them are explained. Fetches from a store and
+    # puts to it wait on the network: more threads keep more of them in flight.
+    reading = max(threads, STORE_THREADS) if config.inputs_on_store else threads
+    writing = max(threads, STORE_THREADS) if config.store is not None else threads
+    with (ThreadPoolExecutor(reading, thread_name_prefix="xai-read") as readers,
+          ThreadPoolExecutor(writing, thread_name_prefix="xai-write") as writers,
           ThreadPoolExecutor(1, thread_name_prefix="xai-split") as splitter):
         workers = Workers(writers, budget, stacks)
         # A 3-D model takes each volume whole; a 2-D model its slices.

@@ -103,5 +103,5 @@ def materialize(item: InputImage) -> None:
 
 def discard(item: InputImage) -> None:
     """Remove a fetched object's spool copy once its file is done (a volume's last slice)."""
-    if item.url and (item.part is None or item.part.last):
+    if item.url and not item.series and (item.part is None or item.part.last):
         item.path.unlink(missing_ok=True)

@@ -14,6 +14,8 @@ from typing import Callable
 
 import numpy as np
 
+from .._errors import ImageError
+from .dicom import dicom_frame_count
 from .discover import InputImage, is_dicom
 from .geometry import RESIZE_MODES
 from .intensity import Intensity, to_8bit
@@ -57,6 +59,9 @@ def read_scan(item: InputImage, intensity: Intensity) -> Scan:
         uid, files = item.series
         return _dicom_scan(*read_series(files, uid, intensity))
     if is_dicom(item.path):
+        if item.url and dicom_frame_count(item.path) == 1:
+            raise ImageError("a DICOM series on a store is not read as one volume here (only multi-frame DICOM and "
+                             "NIfTI are): copy its folder to local disk (e.g. aws s3 sync) and give that folder")
         return _dicom_scan(*read_multiframe(item.path, intensity))
     return scan_of_volume(read_volume(item.path), intensity)
 

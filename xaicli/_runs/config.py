@@ -84,6 +84,11 @@ class _Explaining:
         where they are written (always, but for a run's ``RunConfig``)."""
         return None
 
+    @property
+    def inputs_on_store(self) -> bool:
+        """Whether the inputs are fetched from a store (never, but for a run's ``RunConfig``)."""
+        return False
+
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in REGISTRY]
         if unknown or not self.methods:
@@ -270,6 +275,10 @@ class RunConfig(ExplainOptions):
     def store(self) -> Store | None:
         """The output folder on a store (its files put from ``out_dir``), or None for a local folder."""
         return Store(self.out_url, self.out_dir) if self.out_url else None
+
+    @property
+    def inputs_on_store(self) -> bool:
+        return any(isinstance(entry, str) for entry in self.inputs)
 
     def shown(self, path: Path) -> str:
         """A file of the run as rows and messages name it: its URL when the output folder is on a

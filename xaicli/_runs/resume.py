@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from .._errors import InterruptedRunError, UsageError
 from .._explain.registry import METHOD_OPTIONS
@@ -22,23 +22,25 @@ RESUME_NEUTRAL = frozenset({"existing", "fail_fast", "workers", "batch_size", "i
                                                   if not option.changes_results})
 
 
-def check_existing(config: RunConfig, items: Iterable[InputImage], tags: Sequence[str] = ("",)) -> None:
+def check_existing(config: RunConfig, items: Iterable[InputImage], tags: Sequence[str] = ("",),
+                   exists: Callable[[Path], bool] = Path.exists) -> None:
     """Refuse to replace earlier outputs unless asked to (``--overwrite``, ``--skip-existing``,
     ``--resume``); a resumed run must use the options the earlier one used. ``tags``: what the
-    run's file names may add per explained class (``Prepared.output_tags``)."""
+    run's file names may add per explained class (``Prepared.output_tags``); ``exists``: whether
+    an output file is there (``Prepared.output_exists``: on a store, from its listing)."""
     if config.existing == "resume":
         _check_resumable(config)
     if config.existing != "refuse":
         return
     status = _earlier_status(config.out_dir)
     if status == "running" or status.startswith("stopped"):
-        raise InterruptedRunError(config.out_dir, "killed" if status == "running" else status)
+        raise InterruptedRunError(config.out_url or config.out_dir, "killed" if status == "running" else status)
     run_files = [p for p in (config.predictions_path, config.out_dir / MANIFEST_NAME) if p is not None]
-    found = [p for p in run_files if p.exists()]
-    found += [p for item in items for p in planned_outputs(config, item, tags) if p.exists()]
+    found = [p for p in run_files if p.exists()]  # the run's own files: fetched from a store before
+    found += [p for item in items for p in planned_outputs(config, item, tags) if exists(p)]
     if found:
         more = f" and {len(found) - 1} more outputs" if len(found) > 1 else ""
-        raise UsageError(f"{found[0]} exists{more}; pass --overwrite to replace them or --skip-existing "
+        raise UsageError(f"{config.shown(found[0])} exists{more}; pass --overwrite to replace them or --skip-existing "
                          "to keep them and explain only the images without outputs")
 
 
@@ -64,7 +66,8 @@ def _check_resumable(config: RunConfig) -> None:
     if earlier_model != file_digest(config.model):
         changed.insert(0, "the model file")
     if changed:
-        raise UsageError(f"--resume: the run in {config.out_dir} used other settings ({', '.join(changed)}); "
+        raise UsageError(f"--resume: the run in {config.out_url or config.out_dir} used other settings "
+                         f"({', '.join(changed)}); "
                          "resume with the same options, or start again with --overwrite")
 
 
@@ -78,9 +81,9 @@ def previous_rows(config: RunConfig, columns: tuple[str, ...]) -> dict[str, list
     try:
         earlier_columns, records = read_table(path, config.table_format)
     except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"--resume: cannot read the earlier table {path}: {exc}") from None
+        raise UsageError(f"--resume: cannot read the earlier table {config.shown(path)}: {exc}") from None
     if records and earlier_columns != columns:
-        raise UsageError(f"--resume: {path} has other columns than this run writes; resume with the same "
+        raise UsageError(f"--resume: {config.shown(path)} has other columns than this run writes; resume with the same "
                          "options, or start again with --overwrite")
     by_input: dict[str, list[dict[str, object]]] = {}
     for record in records:

@@ -5,6 +5,7 @@ printing it. The command line is a shell around it."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -20,7 +21,7 @@ from .._evaluation.faithfulness import LABEL_FIGURES, failed_requirements, parse
 from .._inputs.discover import IMAGE_SUFFIXES, InputImage, discover
 from .._inputs.series import grouped_series
 from .._models.files import check_model_path
-from .._outputs.naming import MANIFEST_NAME, THUMBNAIL_DIR
+from .._outputs.naming import MANIFEST_NAME, THUMBNAIL_DIR, table_path
 from .._outputs.report import write_report, write_summary
 from .._storage import Store, as_location, check_store
 from .config import RunConfig
@@ -203,7 +204,7 @@ def _locked_run(config: RunConfig, watch: Watch, stop: Callable[[], str | None])
     images = _inputs_for(config, prepared)
     if prepared.info.takes_volumes:  # a DICOM series' files are one volume
         total = sum(1 for _ in images())
-    check_existing(prepared.config, images(), prepared.output_tags)
+    check_existing(prepared.config, images(), prepared.output_tags, prepared.output_exists)
     check_box_on_first_image(config.region, images(), config.max_pixels, config.intensity)
     watch.note(f"{total} images; {_choices(prepared)}")
     _pillow_pixel_limit(config.max_pixels)
@@ -278,13 +279,39 @@ def _summary(config: RunConfig, record: Record, total: int, first_failure: str, 
 
 
 def _page(config: RunConfig) -> Path:
-    """``write_report`` of the run; for an output folder on a store, from its thumbnails fetched
-    into the spool (made wherever the images were drawn)."""
-    store = config.store
-    if store is not None:
-        for relative in store.listing(THUMBNAIL_DIR):
-            store.fetch(relative)
-    return write_report(config.out_dir)
+    """``write_report`` of the run; for an output folder on a store, in its spool."""
+    return write_report(config.out_dir) if config.store is None else _page_in_spool(config.store)
+
+
+def _page_in_spool(store: Store) -> Path:
+    """``write_report`` in the spool of an output folder on a store, from the thumbnails there
+    (made wherever the images were drawn), fetched first; the page is the caller's to put."""
+    for relative in store.listing(THUMBNAIL_DIR):
+        store.fetch(relative)
+    return write_report(store.spool)
+
+
+def report_on_store(url: str, summary: Path | None = None) -> tuple[str, Path | None]:
+    """``xai report`` of a run whose output folder is on a store: its ``run.json``, table and
+    thumbnails fetched into a spool, the page written there and put back. Returns the page's URL
+    and the summary written (or None)."""
+    check_store(url)
+    with _spool([True]) as spool:
+        store = Store(url, spool / SPOOL_OUT)
+        store.spool.mkdir()
+        if not store.fetch(PurePosixPath(MANIFEST_NAME)):
+            raise UsageError(f"{url} holds no run to report on (no {MANIFEST_NAME}); give the -o of an `xai run`")
+        try:
+            options = json.loads((store.spool / MANIFEST_NAME).read_text(encoding="utf-8"))["options"]
+        except (ValueError, KeyError, TypeError):
+            raise UsageError(f"{url}/{MANIFEST_NAME} is not a run's record; give the -o of an `xai run`") from None
+        table = table_path(store.spool, str(options.get("table_format", "csv")), options.get("predictions"))
+        if store.holds(table):
+            store.fetch(PurePosixPath(table.relative_to(store.spool).as_posix()))
+        page = _page_in_spool(store)
+        store.put(page)
+        written = write_summary(store.spool, summary, url) if summary is not None else None
+        return store.url_of(page), written
 
 
 def _space_needed(out_dir: Path, record: Record, total: int) -> int:

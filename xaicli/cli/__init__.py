@@ -29,7 +29,7 @@ from .._runs.config import AUTO
 from .._runs.run import RunSummary
 from .._runs.run import run as xaicli_run
 from ..methods import REGISTRY
-from ._options import CONTEXT, debug_option, layer_regex_option, model_options, run_options, with_config_file
+from ._options import CONTEXT, LOCATION, debug_option, layer_regex_option, model_options, run_options, with_config_file
 from ._terminal import StopSignals, Watched, errors_reported, quiet_tensorflow, table_on_stdout
 
 
@@ -236,13 +236,14 @@ def _as_text(value: object) -> str:
 
 
 @main.command(context_settings=CONTEXT)
-@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("out", type=LOCATION)
 @debug_option
 @click.option("--summary", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE.md",
               help="Also write the run's Markdown summary (as `xai run --summary`).")
-def report(out: Path, summary: Path | None, debug: bool) -> None:
+def report(out: Path | str, summary: Path | None, debug: bool) -> None:
     """Write OUT/index.html again from the run in OUT (after --resume, or for a run made with
-    --no-report or by an older xai); thumbnails that are missing are made from the overlays."""
+    --no-report or by an older xai); thumbnails that are missing are made from the overlays.
+    OUT may be a store's URL (s3://bucket/prefix)."""
     with errors_reported(debug):
         page, written = xaicli_report(out, summary)
         click.echo(page)
