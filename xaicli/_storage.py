@@ -124,6 +124,17 @@ class Store:
             return False
         return True
 
+    def fetch_missing(self, under: str) -> int:
+        """Copy every object under the folder ``under`` that the spool lacks into it, many
+        requests at a time; returns how many were fetched."""
+        fs, root = filesystem(self.url)
+        missing = [relative for relative in self.listing(under) if not (self.spool / relative).exists()]
+        for relative in missing:
+            (self.spool / relative).parent.mkdir(parents=True, exist_ok=True)
+        if missing:  # one call: asynchronous stores (S3, GCS, Azure) run the requests concurrently
+            fs.get([f"{root}/{relative}" for relative in missing], [str(self.spool / relative) for relative in missing])
+        return len(missing)
+
     def create(self, relative: str, data: bytes) -> bool:
         """Write ``data`` at ``relative`` unless an object is there; True when written. On S3 one
         conditional request (If-None-Match: *) decides; elsewhere a look, then a put."""

@@ -120,7 +120,7 @@ def write_volume_files(prepared: Prepared, placed: PlacedScan, job: Job) -> None
             write_image(path, axial_mosaic(scan, values, config.alpha, prepared.lut), config.image_format)
         elif kind == THUMBNAIL:
             write_image(path, thumbnail_of(ortho(), thumbnail_size(ortho().shape[:2])), "jpeg")
-        put_on_store(config, path)
+        put_on_store(config, path, kind)
 
 
 def _written(prepared: Prepared, image: Image.Image, view: View, job: Job, small: Shrunk,
@@ -173,15 +173,16 @@ def _render(image: Image.Image, view: View, job: Job, prepared: Prepared, small:
         else:
             write_image(path, draw_kind(kind, image, view, job.heatmap, config.alpha, prepared.lut, job.caption,
                                         config.max_size, small, job.outline), config.image_format)
-        put_on_store(config, path)
+        put_on_store(config, path, kind)
 
 
-def put_on_store(config: ExplainOptions, path: Path) -> None:
-    """An output folder on a store gets the file just written whole, in one put, from the spool
-    (which keeps nothing); a local folder has it already. Before the image's row, so the table
-    never names an object that is not there."""
+def put_on_store(config: ExplainOptions, path: Path, kind: str = "") -> None:
+    """An output folder on a store gets the file just written whole, in one put, from the spool;
+    a local folder has it already. Before the image's row, so the table never names an object
+    that is not there. The spool keeps only thumbnails (a few KB each), which the page is made
+    from at the end without fetching them back."""
     if config.store is not None:
-        config.store.put(path)
+        config.store.put(path, keep=kind == THUMBNAIL)
 
 
 def _small_overlay(shrunk: tuple[Image.Image, View], job: Job, prepared: Prepared) -> np.ndarray:

@@ -284,10 +284,10 @@ def _page(config: RunConfig) -> Path:
 
 
 def _page_in_spool(store: Store) -> Path:
-    """``write_report`` in the spool of an output folder on a store, from the thumbnails there
-    (made wherever the images were drawn), fetched first; the page is the caller's to put."""
-    for relative in store.listing(THUMBNAIL_DIR):
-        store.fetch(relative)
+    """``write_report`` in the spool of an output folder on a store, from its thumbnails: those
+    drawn here are kept in the spool, the others (drawn on other nodes, or by an earlier run)
+    fetched first; the page is the caller's to put."""
+    store.fetch_missing(THUMBNAIL_DIR)
     return write_report(store.spool)
 
 
