@@ -113,13 +113,15 @@ class Store:
             return frozenset()
         return frozenset(PurePosixPath(name).relative_to(root) for name in found)
 
-    def fetch(self, relative: PurePosixPath) -> bool:
-        """Copy the object at ``relative`` into the spool; False when there is none."""
+    def fetch(self, path: Path) -> bool:
+        """Copy the object that the spool file ``path`` stands for to it; False when there is none,
+        or when ``path`` is not the spool's (``--predictions`` elsewhere)."""
+        if not self.holds(path):
+            return False
         fs, root = filesystem(self.url)
-        local = self.spool / relative
-        local.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            fs.get_file(f"{root}/{relative}", str(local))
+            fs.get_file(f"{root}/{path.relative_to(self.spool).as_posix()}", str(path))
         except FileNotFoundError:
             return False
         return True

@@ -260,17 +260,12 @@ def check_shared(out_dir: Path) -> None:
     except OSError as exc:
         raise UsageError(f"cannot write to output folder {out_dir}: {exc.strerror or exc}") from None
     try:
-        nodes = [node for node in ray.nodes() if node.get("Alive")]
-        checks = [_sees_remote.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False))
-                  .remote(str(out_dir), token, os.getcwd()) for node in nodes]
-        problems = [(node["NodeManagerAddress"], problem) for node, problem in zip(nodes, ray.get(checks)) if problem]
+        where, problem = _first_problem(_sees_remote, lambda node: (str(out_dir), token, os.getcwd()))
     finally:
         for leftover in out_dir.glob(f"{token}*"):
             leftover.unlink(missing_ok=True)
-    if problems:
-        address, problem = problems[0]
-        more = f" (and {len(problems) - 1} more nodes)" if len(problems) > 1 else ""
-        raise UsageError(f"--engine ray: the workers on {address}{more} cannot write the output folder: {problem}; "
+    if problem:
+        raise UsageError(f"--engine ray: the workers on {where} cannot write the output folder: {problem}; "
                          "on a cluster, -o must be storage every node mounts at the same path")
 
 
@@ -278,7 +273,6 @@ def check_store_nodes(store: Store) -> None:
     """Fail before any image is explained when a node of the cluster cannot put an object in the
     output folder on a store, or read the one the driver put there (its credentials or network)."""
     token = f".xai-check-{uuid.uuid4().hex}"
-    nodes: list[dict] = []
     try:
         if not store.create(token, token.encode()):
             raise UsageError(f"cannot write to {store.url}: {token} is there already")
@@ -287,18 +281,27 @@ def check_store_nodes(store: Store) -> None:
     except Exception as exc:  # the store's own errors
         raise UsageError(f"cannot write to {store.url}: {failure(exc, store.url)}") from None
     try:
-        nodes = [node for node in ray.nodes() if node.get("Alive")]
-        checks = [_reaches_remote.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False))
-                  .remote(store, token, node["NodeID"]) for node in nodes]
-        problems = [(node["NodeManagerAddress"], problem) for node, problem in zip(nodes, ray.get(checks)) if problem]
+        where, problem = _first_problem(_reaches_remote, lambda node: (store, token, node))
     finally:
-        for name in [token, *(f"{token}.{node['NodeID']}" for node in nodes)]:
+        for name in [token, *(f"{token}.{node}" for node in _alive_nodes())]:
             store.remove(name)
-    if problems:
-        address, problem = problems[0]
-        more = f" (and {len(problems) - 1} more nodes)" if len(problems) > 1 else ""
-        raise UsageError(f"--engine ray: the workers on {address}{more} cannot use {store.url}: {problem}; every "
-                         "node needs the store's credentials and endpoint (environment or config files)")
+    if problem:
+        raise UsageError(f"--engine ray: the workers on {where} cannot use {store.url}: {problem}; every node needs "
+                         "the store's credentials and endpoint (environment or config files)")
+
+
+def _first_problem(check: ray.remote_function.RemoteFunction,
+                   arguments: Callable[[str], tuple]) -> tuple[str, str]:
+    """Run ``check`` once on every live node, with ``arguments(node id)``: ('', '') when every node
+    says nothing is wrong, else ('ADDRESS (and N more nodes)', PROBLEM) of the first that does."""
+    nodes = _alive_nodes()
+    checks = [check.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
+              .remote(*arguments(node)) for node in nodes]
+    problems = [(address, problem) for address, problem in zip(nodes.values(), ray.get(checks)) if problem]
+    if not problems:
+        return "", ""
+    (address, problem), more = problems[0], len(problems) - 1
+    return f"{address}{f' (and {more} more nodes)' if more else ''}", problem
 
 
 def reaches(store: Store, token: str, node: str) -> str:

@@ -6,6 +6,7 @@ import json
 import os
 from dataclasses import dataclass, field, fields, make_dataclass
 from pathlib import Path
+from typing import Iterator
 
 try:
     import tomllib
@@ -14,9 +15,9 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, published as tomli
 
 from .._engines import ENGINES
 from .._errors import UsageError
-from .._storage import Store
 from .._evaluation.faithfulness import LABEL_FIGURES, PERTURBATION_METRICS, TRUTH_METRICS, parse_requirements
 from .._explain.registry import METHOD_OPTIONS, REGISTRY
+from .._inputs.discover import InputImage, discover
 from .._inputs.geometry import RESIZE_MODES
 from .._inputs.intensity import parse_intensity
 from .._inputs.nifti import SLICE_AXES
@@ -26,6 +27,7 @@ from .._inputs.stacks import parse_slices
 from .._outputs.naming import IMAGE_FORMATS, SAVE_KINDS, VOLUME_KINDS, table_path
 from .._outputs.render import COLORMAPS
 from .._outputs.table import TABLE_FORMATS
+from .._storage import Store
 from .regions import parse_region
 
 AUTO = "auto"
@@ -279,6 +281,11 @@ class RunConfig(ExplainOptions):
     @property
     def inputs_on_store(self) -> bool:
         return any(isinstance(entry, str) for entry in self.inputs)
+
+    def images(self) -> Iterator[InputImage]:
+        """The inputs' images, streamed anew by each call: folders walked (OUT not entered), a
+        store's prefixes listed (``discover``)."""
+        return discover(self.inputs, exclude=[self.out_url or self.out_dir], dicom=self.dicom, spool=self.spool)
 
     def shown(self, path: Path) -> str:
         """A file of the run as rows and messages name it: its URL when the output folder is on a

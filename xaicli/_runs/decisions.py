@@ -17,7 +17,6 @@ from .._explain.contexts import MethodOptions
 from .._explain.explainer import Explainer
 from .._explain.registry import REGISTRY
 from .._explain.targets import Target, label_tags, targets_of
-from .._inputs.discover import discover
 from .._inputs.intensity import Intensity, parse_intensity
 from .._inputs.scaling import PRESETS, Scaling, custom_scaling
 from .._models.files import check_model_path
@@ -347,7 +346,7 @@ def _truth(config: RunConfig, labels: tuple[str, ...], info: ModelInfo) -> Truth
     if config.true_labels is None:
         return None
     truth = load_truth(config.true_labels, several=info.kind == "multilabel")
-    check_known(truth, discover(config.inputs, exclude=[config.out_url or config.out_dir], dicom=config.dicom, spool=config.spool), labels, info.num_classes)
+    check_known(truth, config.images(), labels, info.num_classes)
     return truth
 
 

@@ -11,14 +11,14 @@ import shutil
 import signal
 import tempfile
 from dataclasses import dataclass, field, replace
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 from .._budget import return_large_blocks_to_the_system
 from .._engines import Watch, check_engine
 from .._errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_REQUIREMENT_UNMET, EXIT_SOME_FAILED, UsageError
 from .._evaluation.faithfulness import LABEL_FIGURES, failed_requirements, parse_requirements
-from .._inputs.discover import IMAGE_SUFFIXES, InputImage, discover
+from .._inputs.discover import IMAGE_SUFFIXES, InputImage
 from .._inputs.series import grouped_series
 from .._models.files import check_model_path
 from .._outputs.naming import MANIFEST_NAME, THUMBNAIL_DIR, table_path
@@ -181,16 +181,14 @@ def run_config(config: RunConfig, watch: Watch, stop: Callable[[], str | None]) 
 def _fetch_earlier_run(config: RunConfig, store: Store) -> None:
     """An output folder on a store: the earlier run's ``run.json`` and table into the spool, where
     the checks of earlier outputs and ``--resume`` read them."""
-    store.spool.mkdir(parents=True, exist_ok=True)
     for path in (config.out_dir / MANIFEST_NAME, config.kept_table_path):
-        if store.holds(path):
-            store.fetch(PurePosixPath(path.relative_to(store.spool).as_posix()))
+        store.fetch(path)
 
 
 def _locked_run(config: RunConfig, watch: Watch, stop: Callable[[], str | None]) -> RunSummary:
     check_model_path(config.model)
     check_engine(config)
-    total = sum(1 for _ in _images(config))
+    total = sum(1 for _ in config.images())
     if not total:
         raise UsageError(f"no images found in {', '.join(map(str, config.inputs))} "
                          f"(looked for {' '.join(sorted(IMAGE_SUFFIXES))})")
@@ -216,17 +214,14 @@ def _locked_run(config: RunConfig, watch: Watch, stop: Callable[[], str | None])
     return _summary(config, record, total, first_failure, watch)
 
 
-def _images(config: RunConfig) -> Iterator[InputImage]:
-    """The inputs' images, streamed: each call walks the folders anew."""
-    return discover(config.inputs, exclude=[config.out_url or config.out_dir], dicom=config.dicom, spool=config.spool)
 
 
 def _inputs_for(config: RunConfig, prepared: Prepared) -> Callable[[], Iterator[InputImage]]:
     """What the model explains, streamed anew by each call: the images, or for a 3-D model the
     volumes, each folder's DICOM series grouped into one input."""
     if prepared.info.takes_volumes:
-        return lambda: grouped_series(_images(config))
-    return lambda: _images(config)
+        return lambda: grouped_series(config.images())
+    return config.images
 
 
 def _choices(prepared: Prepared) -> str:
@@ -268,7 +263,8 @@ def _summary(config: RunConfig, record: Record, total: int, first_failure: str, 
     unmet = tuple(failed_requirements(parse_requirements(config.require), metrics, labelled) if config.require else ())
     # A folder that takes no more files gets no page; --resume writes it.
     report = _page(config) if config.report and not record.lost else None
-    summary = write_summary(config.out_dir, config.summary, config.out_url) if config.summary is not None and not record.lost else None
+    summary = (write_summary(config.out_dir, config.summary, config.out_url)
+               if config.summary is not None and not record.lost else None)
     return RunSummary(out_dir=config.out_dir, status=record.status, images=total, counts=dict(record.counts),
                       seconds=record.seconds, first_failure=first_failure, accuracy=accuracy, metrics=metrics,
                       unmet=unmet, table=config.predictions_path, report=report, summary=summary,
@@ -298,16 +294,13 @@ def report_on_store(url: str, summary: Path | None = None) -> tuple[str, Path | 
     check_store(url)
     with _spool([True]) as spool:
         store = Store(url, spool / SPOOL_OUT)
-        store.spool.mkdir()
-        if not store.fetch(PurePosixPath(MANIFEST_NAME)):
+        if not store.fetch(store.spool / MANIFEST_NAME):
             raise UsageError(f"{url} holds no run to report on (no {MANIFEST_NAME}); give the -o of an `xai run`")
         try:
             options = json.loads((store.spool / MANIFEST_NAME).read_text(encoding="utf-8"))["options"]
         except (ValueError, KeyError, TypeError):
             raise UsageError(f"{url}/{MANIFEST_NAME} is not a run's record; give the -o of an `xai run`") from None
-        table = table_path(store.spool, str(options.get("table_format", "csv")), options.get("predictions"))
-        if store.holds(table):
-            store.fetch(PurePosixPath(table.relative_to(store.spool).as_posix()))
+        store.fetch(table_path(store.spool, str(options.get("table_format", "csv")), options.get("predictions")))
         page = _page_in_spool(store)
         store.put(page)
         written = write_summary(store.spool, summary, url) if summary is not None else None
