@@ -144,7 +144,8 @@ def test_a_run_from_and_to_the_store_equals_one_on_disk(s3, tiny_model, images, 
     url = f"s3://{BUCKET}/runs/local"
     result = xai("run", tiny_model, f"s3://{BUCKET}/in/", "-o", url, *OPTIONS)
     assert result.exit_code == 1, result.output
-    assert f"outputs in {url}" in result.stderr and f"report: {url}/index.html" in result.stderr
+    assert f"outputs in {url} (see status=error rows in {url}/predictions.csv)" in result.stderr
+    assert f"report: {url}/index.html" in result.stderr
     manifest = _same_as_on_disk(s3, on_disk, url, images, tmp_path / "got")
     assert manifest["status"] == "complete" and manifest["options"]["out_dir"] == url
     assert manifest["options"]["inputs"] == [f"s3://{BUCKET}/in"]

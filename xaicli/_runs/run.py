@@ -51,7 +51,7 @@ class RunSummary:
         accuracy: with ``true_labels``: images, correct, accuracy, classes, confusion; else None.
         metrics: method -> figure -> mean over the images (``metrics``, ``truth_masks``/``truth_boxes``).
         unmet: the ``require`` gates not met, one line each.
-        table: where the predictions table went; None for standard output.
+        table: where the predictions table went (its URL on a store); None for standard output.
         report: the page written (``report``; its URL on a store), or None.
         summary: the Markdown summary written (``summary``), or None.
         engine: 'local' or 'ray'; ``engine_details``: what the engine reports of itself (Ray's pool).
@@ -70,7 +70,7 @@ class RunSummary:
     accuracy: dict[str, Any] | None = None
     metrics: dict[str, dict[str, float | None]] = field(default_factory=dict)
     unmet: tuple[str, ...] = ()
-    table: Path | None = None
+    table: Path | str | None = None
     report: Path | str | None = None
     summary: Path | None = None
     engine: str = "local"
@@ -168,14 +168,15 @@ def run_config(config: RunConfig, watch: Watch, stop: Callable[[], str | None]) 
     with store_lock(store, watch.note):
         _fetch_earlier_run(config, store)
         summary = _locked_run(config, watch, stop)
+        summary = replace(summary, out_dir=store.url, table=summary.table and config.shown(summary.table))
         if summary.report is None:
-            return replace(summary, out_dir=store.url)
+            return summary
         try:
             store.put(summary.report)
         except OSError as exc:
             watch.note(f"the page was not put on the store: {exc.strerror}")
-            return replace(summary, out_dir=store.url, report=None)
-        return replace(summary, out_dir=store.url, report=store.url_of(summary.report))
+            return replace(summary, report=None)
+        return replace(summary, report=store.url_of(summary.report))
 
 
 def _fetch_earlier_run(config: RunConfig, store: Store) -> None:
